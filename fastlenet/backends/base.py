@@ -1,0 +1,191 @@
+"""The backend interface: every kernel a layer may call, with its shapes.
+
+Layout
+------
+Activations keep the batch innermost. A feature map is ``(C, H, W, N)`` and a feature
+vector batch is ``(F, N)``, C-contiguous. With the batch innermost every slice an
+im2col copies is a long contiguous run, a convolution is one GEMM whose output is
+already in the next layer's layout, flattening before the fully connected layers is a
+free reshape, and CPU loops vectorize over images (see shared PERF_NOTES, lever 2).
+Weights keep the conventional PyTorch shapes: conv ``(K, C, KH, KW)``, linear
+``(OUT, IN)``. ``to_batch_last`` / ``from_batch_last`` convert NCHW arrays at the edges.
+
+A backend subclasses :class:`Backend`, implements the abstract kernels, and may
+override the generic ones (fused ops, the Adam update) with faster versions; the maths
+of the generic versions is the definition the overrides are tested against.
+
+``ctx`` values returned by a forward kernel are opaque to callers: they hold whatever
+that backend's backward needs and are passed back unchanged.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+Array = Any  # numpy.ndarray or cupy.ndarray, as the backend's ``xp`` makes them
+
+
+class Backend:
+    """Base class of the backends; one instance per backend, from the registry."""
+
+    name: str = ""
+    xp: ModuleType
+
+    # ----------------------------------------------------------- device helpers
+    def asarray(self, a, dtype=None) -> Array:
+        """Copy or view ``a`` (any array-like) as an array on this backend's device."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        """Return ``a`` as a ``numpy.ndarray`` on the host."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Block until queued device work is done (a no-op on CPU backends)."""
+
+    def default_rng(self, seed: int):
+        """A random generator living where this backend's arrays live.
+
+        It must offer ``random(shape, dtype=...)`` with values in [0, 1) and expose
+        its state through :meth:`rng_state` / :meth:`set_rng_state`.
+        """
+        raise NotImplementedError
+
+    def rng_state(self, rng) -> dict:
+        """The generator's state as a JSON-serialisable dict."""
+        raise NotImplementedError
+
+    def set_rng_state(self, rng, state: dict) -> None:
+        raise NotImplementedError
+
+    def to_batch_last(self, x_nchw: Array) -> Array:
+        """``(N, C, H, W)`` -> contiguous ``(C, H, W, N)``; ``(N, F)`` -> ``(F, N)``."""
+        xp = self.xp
+        return xp.ascontiguousarray(xp.moveaxis(xp.asarray(x_nchw), 0, -1))
+
+    def from_batch_last(self, x: Array) -> Array:
+        """Inverse of :meth:`to_batch_last`."""
+        xp = self.xp
+        return xp.ascontiguousarray(xp.moveaxis(x, -1, 0))
+
+    # --------------------------------------------------------------- convolution
+    def conv2d_forward(self, x, w, b, stride: int, pad: int):
+        """Cross-correlation, as in PyTorch's Conv2d.
+
+        x: (C, H, W, N); w: (K, C, KH, KW); b: (K,) or None.
+        Returns ``(y, ctx)`` with y: (K, OH, OW, N),
+        OH = (H + 2*pad - KH) // stride + 1, OW likewise.
+        y[k, i, j, n] = b[k] + sum_{c,p,q} w[k, c, p, q] * xpad[c, i*stride+p, j*stride+q, n]
+        """
+        raise NotImplementedError
+
+    def conv2d_backward(self, dy, ctx, need_dx: bool = True):
+        """Gradients of the convolution from ``dy``: (K, OH, OW, N).
+
+        Returns ``(dx, dw, db)``: dx (C, H, W, N) or None when ``need_dx`` is false
+        (the first layer), dw (K, C, KH, KW), db (K,) or None when there was no bias.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- pooling
+    def maxpool2d_forward(self, x, size: int, stride: int):
+        """Max over ``size x size`` windows; x: (C, H, W, N) -> y: (C, OH, OW, N).
+
+        OH = (H - size) // stride + 1. The backward sends each window's gradient to one
+        position: the first maximum in row-major window order, as PyTorch does (a mask
+        ``x == max`` would send it to every tie, and ReLU makes many ties at 0).
+        """
+        raise NotImplementedError
+
+    def maxpool2d_backward(self, dy, ctx):
+        """dy: (C, OH, OW, N) -> dx: (C, H, W, N); overlapping windows accumulate."""
+        raise NotImplementedError
+
+    def avgpool2d_forward(self, x, size: int, stride: int):
+        """Mean over ``size x size`` windows; x: (C, H, W, N) -> y: (C, OH, OW, N)."""
+        raise NotImplementedError
+
+    def avgpool2d_backward(self, dy, ctx):
+        """dy: (C, OH, OW, N) -> dx: (C, H, W, N); each window gets dy / size**2."""
+        raise NotImplementedError
+
+    # ------------------------------------------------ generic ops (overridable)
+    def relu_maxpool2d_forward(self, x, size: int, stride: int):
+        """``maxpool(relu(x))``, computed as ``relu(maxpool(x))``: the two commute, and
+        pooling first applies the ReLU to a quarter of the values.
+
+        x: (C, H, W, N) -> y: (C, OH, OW, N).
+        """
+        y, pool_ctx = self.maxpool2d_forward(x, size, stride)
+        return self.xp.maximum(y, 0, out=y), (pool_ctx, y)
+
+    def relu_maxpool2d_backward(self, dy, ctx):
+        """dy: (C, OH, OW, N) -> dx: (C, H, W, N); zero where the pooled max was <= 0."""
+        pool_ctx, y = ctx
+        return self.maxpool2d_backward(dy * (y > 0), pool_ctx)
+
+    def linear_forward(self, x, w, b):
+        """y = w @ x + b[:, None]; x: (IN, N), w: (OUT, IN), b: (OUT,) or None -> (OUT, N)."""
+        y = w @ x
+        if b is not None:
+            y += b[:, None]
+        return y, (x, w, b is not None)
+
+    def linear_backward(self, dy, ctx, need_dx: bool = True):
+        """dy: (OUT, N) -> (dx (IN, N) or None, dw = dy @ x.T, db = sum_n dy or None)."""
+        x, w, has_bias = ctx
+        dw = dy @ x.T
+        db = dy.sum(axis=1) if has_bias else None
+        dx = w.T @ dy if need_dx else None
+        return dx, dw, db
+
+    def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+        """Mean softmax cross-entropy over the batch and its gradient.
+
+        logits: (K, N) float; labels: (N,) integer classes in [0, K).
+        With smoothing s the target is q = (1 - s) * onehot + s / K.
+        loss = mean_n [ logsumexp_k(z[:, n]) - sum_k q[k, n] z[k, n] ], computed by
+        subtracting the column max first, so it stays finite for |z| up to 1e4 and more.
+        dlogits = (softmax(z) - q) / N.
+        Returns ``(loss, dlogits)``: loss is a 0-d array on the device (no host sync).
+        """
+        xp = self.xp
+        k, n = logits.shape
+        shifted = logits - logits.max(axis=0, keepdims=True)
+        exp = xp.exp(shifted)
+        sum_exp = exp.sum(axis=0, keepdims=True)
+        log_sum_exp = xp.log(sum_exp)
+        cols = xp.arange(n)
+        # sum_k q_k (z_k - m) - log_sum_exp = -(cross entropy of q against softmax)
+        target_logit = (1.0 - label_smoothing) * shifted[labels, cols]
+        if label_smoothing:
+            target_logit = target_logit + (label_smoothing / k) * shifted.sum(axis=0)
+        loss = (log_sum_exp[0] - target_logit).mean()
+        grad = exp / sum_exp
+        if label_smoothing:
+            grad -= label_smoothing / k
+        grad[labels, cols] -= 1.0 - label_smoothing
+        grad /= n
+        return loss, grad
+
+    def adam_update(self, p, g, m, v, *, lr: float, beta1: float, beta2: float,
+                    eps: float, weight_decay: float, step: int) -> None:
+        """One AdamW step, in place on p, m, v (all the same shape and dtype).
+
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        p -= lr * wd * p                                  (decoupled weight decay)
+        p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+        """
+        xp = self.xp
+        m *= beta1
+        m += (1.0 - beta1) * g
+        v *= beta2
+        v += (1.0 - beta2) * (g * g)
+        if weight_decay:
+            p *= 1.0 - lr * weight_decay
+        bias1 = 1.0 - beta1 ** step
+        bias2 = 1.0 - beta2 ** step
+        denom = xp.sqrt(v / bias2)
+        denom += eps
+        p -= (lr / bias1) * (m / denom)

@@ -1,0 +1,31 @@
+"""User-facing errors.
+
+Every problem a user can cause (bad files, bad options, missing backends, corrupt
+checkpoints, diverging training) is raised as a ``FastLeNetError`` whose message is one
+line naming the problem and the fix. The CLI prints that line and exits non-zero; library
+users can catch the base class.
+"""
+
+
+class FastLeNetError(Exception):
+    """Base class: ``str(err)`` is a complete one-line message for the user."""
+
+
+class DataError(FastLeNetError):
+    """A dataset file is missing, truncated, corrupt or inconsistent."""
+
+
+class BackendUnavailableError(FastLeNetError):
+    """The requested backend is unknown or cannot run here."""
+
+
+class CheckpointError(FastLeNetError):
+    """A checkpoint is missing, corrupt, or belongs to another model."""
+
+
+class ConfigError(FastLeNetError):
+    """An option value is out of range or unknown."""
+
+
+class TrainingDivergedError(FastLeNetError):
+    """The loss became NaN or infinite."""
