@@ -1,0 +1,21 @@
+"""fastlenet: LeNet-5 on MNIST from scratch, with hand-written forward and backward
+passes running on interchangeable backends (NumPy im2col now; Numba and CUDA to follow).
+
+Library use::
+
+    import fastlenet
+    metrics = fastlenet.train(fastlenet.TrainConfig(epochs=2), out="runs/demo")
+    model = fastlenet.build_model("lenet5", backend="numpy", seed=0)
+
+Only NumPy (and tqdm, for the progress bar) is needed; other backends load lazily.
+"""
+
+__version__ = "0.1.0"
+
+from .backends import get_backend  # noqa: E402
+from .errors import FastLeNetError  # noqa: E402
+from .nn import build_model  # noqa: E402
+from .train import TrainConfig, evaluate, train  # noqa: E402
+
+__all__ = ["__version__", "get_backend", "build_model", "train", "TrainConfig", "evaluate",
+           "FastLeNetError"]

@@ -1,0 +1,125 @@
+"""Checkpoints and run files, written atomically and read without pickle.
+
+A checkpoint is an ``.npz`` archive read with ``allow_pickle=False``:
+
+- ``param/<name>``: every parameter and buffer of the model (host numpy arrays),
+- ``optim/<key>``: the optimizer's state (moments, step count),
+- ``meta``: one JSON document as a 0-d unicode array: format version, model name, dtype,
+  the training config, epochs and steps done, RNG states, normalisation constants,
+  class names and the history so far.
+
+Every write goes to a temporary file in the destination folder, is flushed to disk and
+then renamed over the target, so a crash leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+
+FORMAT = "fastlenet-checkpoint"
+FORMAT_VERSION = 1
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb"):
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds, as host objects."""
+
+    params: dict[str, np.ndarray]
+    optim: dict[str, np.ndarray]
+    meta: dict
+
+
+def save_checkpoint(path: str | os.PathLike, params: dict, optim: dict, meta: dict) -> None:
+    arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
+    arrays.update({f"optim/{k}": np.asarray(v) for k, v in optim.items()})
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, **meta}
+    arrays["meta"] = np.array(json.dumps(meta))
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint file, or a run folder (its ``last.npz``).
+
+    Raises CheckpointError with one line for a missing, truncated or foreign file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.npz"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; pass a .npz written by "
+                              "'fastlenet train' or its run folder")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except KeyError:
+        raise CheckpointError(f"{path}: not a fastlenet checkpoint (no 'meta' entry)") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
+                              f"({type(exc).__name__}: {exc}); use another checkpoint, "
+                              "e.g. best.npz or last.npz of the run") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a fastlenet checkpoint")
+    if meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')} "
+                              f"is not supported by this fastlenet (reads {FORMAT_VERSION})")
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+    return Checkpoint(params=params, optim=optim, meta=meta)
+
+
+def load_model(path: str | os.PathLike, backend="auto"):
+    """Rebuild the model stored in a checkpoint on ``backend``; returns ``(model, meta)``.
+
+    ``meta`` carries what inference needs besides the weights: ``mean`` and ``std`` of
+    the normalisation, ``class_names``, ``dataset``.
+    """
+    from .nn import MODELS, build_model
+
+    ckpt = load_checkpoint(path)
+    name = ckpt.meta.get("model")
+    if name not in MODELS:
+        raise CheckpointError(f"{path}: checkpoint holds unknown model '{name}'; "
+                              f"this fastlenet knows: {', '.join(MODELS)}")
+    model = build_model(name, backend, dtype=ckpt.meta.get("dtype", "float32"))
+    try:
+        model.load_state_dict(ckpt.params)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    model.eval()
+    return model, ckpt.meta

@@ -1,0 +1,251 @@
+"""The ``fastlenet`` command: parses options and calls the library.
+
+Every user mistake ends in one line on stderr (``fastlenet: error: ...``) and exit
+status 2; a clean run exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+from importlib import metadata
+
+import numpy as np
+
+from . import __version__
+from . import backends
+from .errors import ConfigError, FastLeNetError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line naming it and pointing at --help."""
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .data import DATASETS
+    from .nn import MODELS
+    from .optim import OPTIMIZERS, SCHEDULES
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    # defaults are None so that --resume can tell which options were given
+    p.add_argument("--backend", choices=backends.names(), help=f"array backend (default: {d.backend})")
+    p.add_argument("--model", choices=list(MODELS), help=f"model (default: {d.model})")
+    p.add_argument("--epochs", type=_positive_int, help=f"epochs to train (default: {d.epochs})")
+    p.add_argument("--batch-size", type=_positive_int, help=f"images per step (default: {d.batch_size})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimizer (default: {d.optimizer})")
+    p.add_argument("--lr", type=_float, help=f"(peak) learning rate (default: {d.lr})")
+    p.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default: {d.schedule})")
+    p.add_argument("--weight-decay", type=_float, help=f"decoupled weight decay (default: {d.weight_decay})")
+    p.add_argument("--label-smoothing", type=_float, help=f"label smoothing (default: {d.label_smoothing})")
+    p.add_argument("--seed", type=_int, help=f"seed for weights, split and shuffling (default: {d.seed})")
+    p.add_argument("--val-size", type=_int, help=f"validation images held out of the training set (default: {d.val_size})")
+    p.add_argument("--dataset", choices=DATASETS, help=f"dataset (default: {d.dataset})")
+    p.add_argument("--data-dir", help="folder of MNIST-format IDX files; alone, it trains on them as dataset "
+                   "'custom' (default: $FASTLENET_DATA_DIR or the dataset's own folder)")
+    p.add_argument("--dtype", choices=("float32", "float64"), help=f"floating-point precision (default: {d.dtype})")
+    p.add_argument("--limit", type=_positive_int, dest="train_limit", help="train on only this many images (quick tries)")
+    p.add_argument("--target-accuracy", type=_float, help="stop once validation accuracy reaches this fraction, e.g. 0.99")
+    p.add_argument("--out", help="run folder (default: runs/<time>-<model>-<backend>)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or from this checkpoint)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the default when not on a terminal)")
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if "data_dir" in given and "dataset" not in given:
+        given["dataset"] = "custom"  # a folder of the user's own files, unless named
+    if args.resume:
+        changed = sorted(set(given) - {"epochs"})
+        if changed:
+            raise ConfigError(f"--resume continues a run with its own settings; drop "
+                              f"{', '.join('--' + c.replace('_', '-') for c in changed)} "
+                              "(only --epochs may change)")
+        config = None
+    else:
+        config = TrainConfig(**given)
+    train(config, out=args.out, resume=args.resume, epochs=given.get("epochs") if args.resume else None,
+          progress=False if args.no_progress else None)
+    return 0
+
+
+def _test_set(meta, dataset_name, data_dir):
+    from .data import load_dataset, preprocess
+
+    if dataset_name is None:  # as in train: a folder alone is the user's own data
+        dataset_name = "custom" if data_dir else meta["dataset"]
+    dataset = load_dataset(dataset_name, data_dir)
+    x = preprocess(dataset.test_images, meta["mean"], meta["std"])
+    return x, dataset.test_labels.astype(np.int64), dataset
+
+
+def cmd_evaluate(args) -> int:
+    from .checkpoint import load_model
+    from .train import evaluate
+
+    model, meta = load_model(args.checkpoint, args.backend)
+    x, y, dataset = _test_set(meta, args.dataset, args.data_dir)
+    loss, accuracy, preds = evaluate(model, x, y, batch_size=args.batch_size)
+    k = model.num_classes
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y, preds), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset.name,
+                          "accuracy": accuracy, "loss": loss, "per_class_accuracy": per_class.tolist(),
+                          "confusion_matrix": confusion.tolist()}, indent=2))
+        return 0
+    names = [str(n) for n in meta.get("class_names") or range(k)]
+    print(f"{meta['model']} on the {dataset.name} test set ({len(y):,} images): "
+          f"accuracy {accuracy:.2%}, loss {loss:.4f}")
+    print("\nper-class accuracy:")
+    width = max(len(n) for n in names)
+    for name, acc, total in zip(names, per_class, confusion.sum(axis=1)):
+        print(f"  {name:<{width}}  {acc:7.2%}  ({total:,} images)")
+    print("\nconfusion matrix (rows: true class, columns: predicted):")
+    cell = max(5, len(str(confusion.max())) + 1)
+    print(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(k)))
+    for i, row in enumerate(confusion):
+        print(f"  {i:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .checkpoint import load_model
+    from .data import preprocess
+    from .imageprep import load_digit
+
+    model, meta = load_model(args.checkpoint, args.backend)
+    names = [str(n) for n in meta.get("class_names") or range(model.num_classes)]
+    failed = 0
+    for path in args.images:
+        try:
+            digit = load_digit(path)
+        except FastLeNetError as exc:
+            print(f"fastlenet: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        proba = model.predict_proba(preprocess(digit[None], meta["mean"], meta["std"]))[0]
+        order = np.argsort(proba)[::-1]
+        runner_up = f"  (next: {names[order[1]]} {proba[order[1]]:.1%})" if len(order) > 1 else ""
+        print(f"{path}: {names[order[0]]}  probability {proba[order[0]]:.1%}{runner_up}")
+    return EXIT_ERROR if failed else 0
+
+
+def cmd_summary(args) -> int:
+    from .nn import build_model
+
+    print(build_model(args.model, "numpy").summary_text())
+    return 0
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_info(args) -> int:
+    print(f"fastlenet {__version__}")
+    print(f"python    {platform.python_version()} ({platform.machine()}, {platform.system()})")
+    for dist in ("numpy", "numba", "cupy-cuda12x", "cupy-cuda13x", "torch", "pillow", "matplotlib"):
+        print(f"{dist:<13} {_version(dist)}")
+    print("\nbackends:")
+    for name, why in backends.status().items():
+        print(f"  {name:<6} {'usable' if why is None else 'not usable: ' + why}")
+    try:
+        print(f"  auto   -> {backends.get_backend('auto').name}")
+    except FastLeNetError as exc:
+        print(f"  auto   -> none ({exc})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastlenet", description="Train, evaluate and use LeNet-5 written "
+                     "from scratch, on NumPy and faster backends.")
+    parser.add_argument("--version", action="version", version=f"fastlenet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model (default: LeNet-5 on MNIST)")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test-set accuracy, per-class accuracy and confusion matrix")
+    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
+    p.add_argument("--backend", choices=backends.names(), default="auto")
+    from .data import DATASETS
+
+    p.add_argument("--dataset", choices=DATASETS, help="evaluate on another dataset than the one trained on")
+    p.add_argument("--data-dir", help="folder of MNIST-format IDX files")
+    p.add_argument("--batch-size", type=_positive_int, default=1000)
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify photos or scans of handwritten digits")
+    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    p.add_argument("--backend", choices=backends.names(), default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    from .nn import MODELS
+
+    p = sub.add_parser("summary", help="layers, output shapes, parameters and connections of a model")
+    p.add_argument("model", choices=list(MODELS), nargs="?", default="lenet5")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("info", help="versions, and which backends run here (and why not)")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return args.func(args)
+    except FastLeNetError as exc:
+        print(f"fastlenet: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("fastlenet: interrupted (a run can be continued with --resume RUN)", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,409 @@
+"""Optimizers (SGD, momentum, Nesterov, Adam) and learning-rate schedules.
+
+An optimizer updates each ``Parameter.data`` in place from its ``Parameter.grad``
+(same shape, set by the model's backward). It is written against ``backend.xp`` only,
+so one code path serves every backend; Adam's update is the backend's ``adam_update``
+(generic in ``backends/base.py``, fused by faster backends).
+
+Weight decay is *decoupled* for both optimizers, as in AdamW (Loshchilov & Hutter,
+"Decoupled Weight Decay Regularization"): each step shrinks the weights,
+``p -= lr * wd * p``, instead of adding ``wd * p`` to the gradient. For plain SGD the two
+are the same update; with momentum or Adam they differ, and ``torch.optim.SGD``'s
+``weight_decay`` is the coupled kind.
+
+The learning rate is the plain attribute ``optimizer.lr``; the trainer sets it before
+each step from a schedule made by :func:`make_schedule`, where ``schedule(k)`` is the
+rate of update ``k`` (counting from 0) and depends on nothing else, so a resumed run
+gets the same rates by passing the restored step count.
+
+Checkpoints: ``state_dict()`` returns host ``numpy`` copies keyed by
+``"<param name>.<slot>"`` (e.g. ``"0.weight.momentum_buffer"``, ``"0.weight.exp_avg"``)
+plus 0-d arrays ``"optimizer"`` (the class), ``"step"`` and the hyper-parameters;
+``load_state_dict`` restores all of it, so the loaded optimizer continues exactly
+(bitwise) as the saved one would have.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+
+from .backends import Backend, get_backend
+from .errors import CheckpointError, ConfigError
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adam")
+SCHEDULES: tuple[str, ...] = ("constant", "step", "cosine", "onecycle")
+
+
+# ------------------------------------------------------------------ validation
+def _is_number(value) -> bool:
+    """A real number (numpy scalars included), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_lr(lr: float) -> float:
+    if not (_is_number(lr) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"learning rate must be a number > 0 (got {lr!r}); "
+                          "pass a positive --lr")
+    return float(lr)
+
+
+def _check_weight_decay(weight_decay: float) -> float:
+    if not (_is_number(weight_decay) and math.isfinite(weight_decay)
+            and weight_decay >= 0):
+        raise ConfigError(f"weight decay must be a number >= 0 (got {weight_decay!r}); "
+                          "pass 0 to disable it")
+    return float(weight_decay)
+
+
+def _check_unit(what: str, value: float) -> float:
+    """A decay rate: a number in [0, 1)."""
+    if not (_is_number(value) and 0 <= value < 1):
+        raise ConfigError(f"{what} must be in [0, 1) (got {value!r})")
+    return float(value)
+
+
+def _scalar(state: Mapping, key: str):
+    """The Python value of the 0-d entry ``key`` of a state dict."""
+    if key not in state:
+        raise CheckpointError(f"optimizer state has no '{key}'; the checkpoint is "
+                              "incomplete or from another optimizer; start the run afresh")
+    value = np.asarray(state[key])
+    if value.shape != ():
+        raise CheckpointError(f"optimizer state '{key}' should be a scalar, has shape "
+                              f"{value.shape}; the checkpoint is corrupt")
+    return value.item()
+
+
+# ------------------------------------------------------------------ optimizers
+class Optimizer:
+    """Base class: the parameters, ``lr``, ``weight_decay``, ``step_count`` and slots.
+
+    ``state[param.name][slot]`` is a device array shaped like ``param.data`` (a momentum
+    buffer, Adam's moments). Subclasses name their slots and hyper-parameters and
+    write :meth:`_update`.
+    """
+
+    kind: str = ""
+    # extra hyper-parameters saved in the state dict: attribute name -> type
+    _hyper: dict[str, type] = {}
+
+    def __init__(self, params: Iterable, backend: str | Backend, lr: float,
+                 weight_decay: float) -> None:
+        self.params = list(params)
+        self.backend = get_backend(backend)
+        self.lr = _check_lr(lr)
+        self.weight_decay = _check_weight_decay(weight_decay)
+        self.step_count = 0
+        self.state = self._zero_slots(self._slot_names(self._hyper_values()))
+
+    def _hyper_values(self) -> dict:
+        return {name: getattr(self, name) for name in ("lr", "weight_decay", *self._hyper)}
+
+    def _slot_names(self, hyper: Mapping) -> tuple[str, ...]:
+        """The per-parameter slots these hyper-parameters need."""
+        raise NotImplementedError
+
+    def _zero_slots(self, slots: tuple[str, ...]) -> dict:
+        xp = self.backend.xp
+        return {p.name: {s: xp.zeros_like(p.data) for s in slots} for p in self.params}
+
+    def _update(self, p, slots: dict) -> None:
+        """Update ``p.data`` (and its slots) in place from ``p.grad``."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """One update of every parameter that has a gradient (``grad`` None: skipped)."""
+        self.step_count += 1
+        for p in self.params:
+            if p.grad is not None:
+                self._update(p, self.state[p.name])
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Host copies of everything :meth:`load_state_dict` needs to continue exactly."""
+        out = {"optimizer": np.array(self.kind),
+               "step": np.array(self.step_count, dtype=np.int64)}
+        for name, value in self._hyper_values().items():
+            out[name] = np.array(value)
+        for pname, slots in self.state.items():
+            for slot, array in slots.items():
+                # np.array copies: the numpy backend's to_numpy returns the live array
+                out[f"{pname}.{slot}"] = np.array(self.backend.to_numpy(array))
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore step count, hyper-parameters and slots saved by :meth:`state_dict`.
+
+        The checkpoint's hyper-parameters win over the ones this optimizer was built
+        with, so resuming continues the saved run. Everything is checked before anything
+        is assigned: on CheckpointError the optimizer is unchanged.
+        """
+        kind = _scalar(state, "optimizer")
+        if kind != self.kind:
+            raise CheckpointError(f"optimizer state is for '{kind}', not '{self.kind}'; "
+                                  f"resume with the optimizer the checkpoint was made with")
+        step = int(_scalar(state, "step"))
+        hyper = {name: convert(_scalar(state, name))
+                 for name, convert in {"lr": float, "weight_decay": float, **self._hyper}.items()}
+        slot_names = self._slot_names(hyper)
+        host = {}
+        for p in self.params:
+            for slot in slot_names:
+                key = f"{p.name}.{slot}"
+                if key not in state:
+                    raise CheckpointError(f"optimizer state has no '{key}'; the checkpoint "
+                                          "belongs to another model or optimizer")
+                array = np.asarray(state[key])
+                if array.shape != p.data.shape or array.dtype.kind != "f":
+                    raise CheckpointError(
+                        f"optimizer state '{key}' is {array.dtype}{list(array.shape)}, the "
+                        f"parameter is {p.data.dtype}{list(p.data.shape)}; the checkpoint belongs "
+                        "to another model")
+                host[key] = array
+        new_state = self._zero_slots(slot_names)
+        for pname, slots in new_state.items():
+            for slot, device in slots.items():
+                # copy into arrays the optimizer owns: asarray may alias the caller's dict
+                device[...] = self.backend.asarray(host[f"{pname}.{slot}"])
+        self.state = new_state
+        self.step_count = step
+        for name, value in hyper.items():
+            setattr(self, name, value)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with (Nesterov) momentum.
+
+    Momentum follows PyTorch (lr multiplies the buffer; no dampening)::
+
+        p   -= lr * wd * p                 decoupled weight decay
+        buf  = mu * buf + g                (buffer starts at 0, so step 1 gives buf = g)
+        d    = g + mu * buf   if nesterov
+               buf            if mu > 0
+               g              otherwise
+        p   -= lr * d
+    """
+
+    kind = "sgd"
+    _hyper = {"momentum": float, "nesterov": bool}
+
+    def __init__(self, params: Iterable, backend: str | Backend, lr: float,
+                 momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0) -> None:
+        self.momentum = _check_unit("momentum", momentum)
+        if nesterov and not self.momentum:
+            raise ConfigError("Nesterov momentum needs momentum > 0; set a momentum "
+                              "such as 0.9 or use plain 'sgd'")
+        self.nesterov = bool(nesterov)
+        super().__init__(params, backend, lr, weight_decay)
+
+    def _slot_names(self, hyper: Mapping) -> tuple[str, ...]:
+        return ("momentum_buffer",) if hyper["momentum"] else ()
+
+    def _update(self, p, slots: dict) -> None:
+        g = p.grad
+        if self.momentum:
+            buf = slots["momentum_buffer"]
+            buf *= self.momentum
+            buf += g
+            g = g + self.momentum * buf if self.nesterov else buf
+        if self.weight_decay:
+            p.data *= 1.0 - self.lr * self.weight_decay
+        p.data -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam with bias correction and decoupled weight decay (AdamW).
+
+    The update is ``backend.adam_update`` (formula in ``backends/base.py``)::
+
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        p -= lr * wd * p
+        p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    ``t`` counts the updates of each parameter (as in PyTorch), so a parameter whose
+    grad was None on some steps still gets correctly bias-corrected moments.
+    """
+
+    kind = "adam"
+    _hyper = {"beta1": float, "beta2": float, "eps": float}
+
+    def __init__(self, params: Iterable, backend: str | Backend, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        self.beta1 = _check_unit("beta1", betas[0])
+        self.beta2 = _check_unit("beta2", betas[1])
+        if not (_is_number(eps) and eps > 0):
+            raise ConfigError(f"Adam's eps must be > 0 (got {eps!r})")
+        self.eps = float(eps)
+        super().__init__(params, backend, lr, weight_decay)
+        self.param_steps = {p.name: 0 for p in self.params}
+
+    def _slot_names(self, hyper: Mapping) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _update(self, p, slots: dict) -> None:
+        self.param_steps[p.name] += 1
+        self.backend.adam_update(p.data, p.grad, slots["exp_avg"], slots["exp_avg_sq"],
+                                 lr=self.lr, beta1=self.beta1, beta2=self.beta2,
+                                 eps=self.eps, weight_decay=self.weight_decay,
+                                 step=self.param_steps[p.name])
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = super().state_dict()
+        for pname, t in self.param_steps.items():
+            out[f"{pname}.step"] = np.array(t, dtype=np.int64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        # read the steps first so that a missing one leaves the optimizer unchanged
+        steps = {p.name: int(_scalar(state, f"{p.name}.step")) for p in self.params}
+        super().load_state_dict(state)
+        self.param_steps = steps
+
+
+# name -> (class, defaults that make the name mean what it says)
+_OPTIMIZER_TABLE: dict[str, tuple[type[Optimizer], dict]] = {
+    "sgd": (SGD, {}),
+    "momentum": (SGD, {"momentum": 0.9}),
+    "nesterov": (SGD, {"momentum": 0.9, "nesterov": True}),
+    "adam": (Adam, {}),
+}
+
+
+def make_optimizer(name: str, params: Iterable, backend: str | Backend, lr: float,
+                   weight_decay: float = 0.0, **kw) -> Optimizer:
+    """The optimizer called ``name`` (one of :data:`OPTIMIZERS`).
+
+    ``kw`` overrides the class's other options: ``momentum``/``nesterov`` for the SGD
+    family (``momentum`` and ``nesterov`` default to momentum 0.9), ``betas``/``eps``
+    for Adam. Bad names or values raise ConfigError.
+    """
+    if name not in _OPTIMIZER_TABLE:
+        raise ConfigError(f"unknown optimizer '{name}'; choose one of: {', '.join(OPTIMIZERS)}")
+    cls, defaults = _OPTIMIZER_TABLE[name]
+    allowed = set(inspect.signature(cls).parameters) - {"params", "backend", "lr",
+                                                        "weight_decay"}
+    unknown = sorted(set(kw) - allowed)
+    if unknown:
+        raise ConfigError(f"optimizer '{name}' has no option '{unknown[0]}'; "
+                          f"its options are: {', '.join(sorted(allowed))}")
+    return cls(params, backend, lr=lr, weight_decay=weight_decay, **{**defaults, **kw})
+
+
+# ------------------------------------------------------------------- schedules
+def _cos_anneal(start: float, end: float, pct: float) -> float:
+    """From ``start`` (pct 0) to ``end`` (pct 1) along half a cosine."""
+    return end + (start - end) * (1.0 + math.cos(math.pi * pct)) / 2.0
+
+
+def _constant(base_lr, total_steps, steps_per_epoch):
+    """lr = base_lr."""
+    return lambda step: base_lr
+
+
+def _step(base_lr, total_steps, steps_per_epoch, step_size: int = 3, gamma: float = 0.5):
+    """lr = base_lr * gamma ** (epoch // step_size), epoch = step // steps_per_epoch.
+
+    The default, halving every 3 epochs, is close to LeCun et al. (1998)'s hand-made
+    LeNet-5 schedule (the rate roughly halved every 2 to 4 passes).
+    """
+    if steps_per_epoch is None or steps_per_epoch < 1:
+        raise ConfigError("the 'step' schedule counts epochs and needs steps_per_epoch >= 1; "
+                          "pass the number of batches per epoch")
+    if not (isinstance(step_size, int) and step_size >= 1):
+        raise ConfigError(f"step_size must be a whole number of epochs >= 1 (got {step_size!r})")
+    if not (_is_number(gamma) and 0 < gamma <= 1):
+        raise ConfigError(f"gamma must be in (0, 1] (got {gamma!r})")
+    period = step_size * steps_per_epoch
+    return lambda step: base_lr * gamma ** (step // period)
+
+
+def _cosine(base_lr, total_steps, steps_per_epoch, warmup_steps: int = 0,
+            min_lr: float = 0.0):
+    """Optional linear warm-up, then cosine annealing (Loshchilov & Hutter, SGDR)::
+
+        step < W:  lr = base_lr * (step + 1) / W
+        else:      lr = min_lr + (base_lr - min_lr) (1 + cos(pi t)) / 2,
+                   t = min(step - W, T - W) / (T - W)
+
+    With W = 0 this is PyTorch's CosineAnnealingLR(T_max=T, eta_min=min_lr); past the
+    end it stays at min_lr instead of rising again.
+    """
+    if not (isinstance(warmup_steps, int) and 0 <= warmup_steps < total_steps):
+        raise ConfigError(f"warmup_steps must be a whole number in [0, {total_steps}) "
+                          f"(got {warmup_steps!r})")
+    if not (_is_number(min_lr) and 0 <= min_lr < base_lr):
+        raise ConfigError(f"min_lr must be in [0, {base_lr}) (got {min_lr!r})")
+    span = total_steps - warmup_steps
+
+    def lr_at(step: int) -> float:
+        if step < warmup_steps:
+            return base_lr * (step + 1) / warmup_steps
+        return _cos_anneal(base_lr, min_lr, min(step - warmup_steps, span) / span)
+    return lr_at
+
+
+def _onecycle(base_lr, total_steps, steps_per_epoch, pct_start: float = 0.3,
+              div_factor: float = 25.0, final_div_factor: float = 1e4):
+    """Smith's one-cycle policy, PyTorch OneCycleLR's shape (two phases, cosine)::
+
+        initial = base_lr / div_factor,  final = initial / final_div_factor
+        A = pct_start * T - 1,  B = T - 1
+        step <= A:  cos-anneal initial -> base_lr,  pct = step / A
+        else:       cos-anneal base_lr -> final,    pct = (step - A) / (B - A)
+
+    Only the rate cycles (not momentum). Past the end it stays at ``final``
+    (PyTorch raises). When A <= 0 (a run of a few steps) there is no warm-up phase.
+    """
+    if not (_is_number(pct_start) and 0 < pct_start < 1):
+        raise ConfigError(f"pct_start must be in (0, 1) (got {pct_start!r})")
+    for what, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+        if not (_is_number(value) and value >= 1):
+            raise ConfigError(f"{what} must be >= 1 (got {value!r})")
+    initial = base_lr / div_factor
+    final = initial / final_div_factor
+    warm_end = float(pct_start * total_steps) - 1
+    last = total_steps - 1
+
+    def lr_at(step: int) -> float:
+        step = min(step, last)
+        if 0 < warm_end and step <= warm_end:
+            return _cos_anneal(initial, base_lr, step / warm_end)
+        return _cos_anneal(base_lr, final, (step - warm_end) / (last - warm_end))
+    return lr_at
+
+
+_SCHEDULE_TABLE = {"constant": _constant, "step": _step, "cosine": _cosine,
+                   "onecycle": _onecycle}
+
+
+def make_schedule(name: str, base_lr: float, total_steps: int,
+                  steps_per_epoch: int | None = None, **kw) -> Callable[[int], float]:
+    """The schedule ``name`` (one of :data:`SCHEDULES`) as ``lr = schedule(step)``.
+
+    ``step`` counts updates from 0; ``total_steps`` is the length of the run;
+    ``steps_per_epoch`` is needed by ``step`` (its ``step_size`` is in epochs). ``kw``
+    are the schedule's options (see ``_step``, ``_cosine``, ``_onecycle``).
+    """
+    if name not in _SCHEDULE_TABLE:
+        raise ConfigError(f"unknown schedule '{name}'; choose one of: {', '.join(SCHEDULES)}")
+    base_lr = _check_lr(base_lr)
+    if not (isinstance(total_steps, int) and total_steps >= 1):
+        raise ConfigError(f"a schedule needs total_steps >= 1 (got {total_steps!r}); "
+                          "train for at least one step")
+    build = _SCHEDULE_TABLE[name]
+    allowed = list(inspect.signature(build).parameters)[3:]
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise ConfigError(f"schedule '{name}' has no option '{unknown[0]}'; "
+                          f"its options are: {', '.join(allowed) or 'none'}")
+    return build(base_lr, total_steps, steps_per_epoch, **kw)
+
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Optimizer", "SGD", "Adam", "make_optimizer",
+           "make_schedule"]

@@ -1,0 +1,165 @@
+"""The ``fastlenet`` command: smoke tests of each subcommand and of every user error."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastlenet.cli import main
+from fastlenet.data import load_dataset
+
+from helpers import write_tiny_mnist
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_mnist(tmp_path_factory.mktemp("cli-mnist"), n_train=700, n_test=200)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli-run") / "run"
+    code = main(["train", "--data-dir", str(tiny_dir), "--epochs", "2", "--val-size", "100",
+                 "--batch-size", "50", "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out
+
+
+def run_cli(*args):
+    """Run the installed command in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "fastlenet", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_and_version():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "evaluate", "predict", "summary", "info"):
+        assert command in result.stdout
+    assert "--target-accuracy" in run_cli("train", "--help").stdout
+    assert run_cli("--version").stdout.startswith("fastlenet ")
+
+
+def test_train_writes_a_run_folder(trained_run, capsys):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["dataset"] == "custom"
+    assert 0.5 < metrics["test_accuracy"] <= 1
+
+
+def test_train_prints_validation_and_test_accuracy_each_epoch(tiny_dir, tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tiny_dir), "--epochs", "1", "--val-size", "100",
+                 "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and "val " in out and "test " in out and "img/s" in out
+
+
+def test_evaluate_prints_accuracy_per_class_and_confusion(trained_run, tiny_dir, capsys):
+    assert main(["evaluate", str(trained_run / "best.npz"), "--data-dir", str(tiny_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "per-class accuracy" in out and "confusion matrix" in out
+    assert main(["evaluate", str(trained_run), "--data-dir", str(tiny_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    confusion = np.array(report["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 200
+    assert report["accuracy"] == pytest.approx(np.trace(confusion) / 200)
+
+
+def test_predict_reads_a_digit_photo(trained_run, tmp_path, capsys):
+    from PIL import Image
+
+    digit = load_dataset("mnist").test_images[0]  # a 7
+    photo = np.full((120, 100), 230, dtype=np.uint8)  # dark ink on light paper
+    photo[20:104, 10:94] = 230 - (np.kron(digit, np.ones((3, 3), dtype=np.uint8)) * 0.8).astype(np.uint8)
+    path = tmp_path / "seven.png"
+    Image.fromarray(photo).save(path)
+    assert main(["predict", str(trained_run / "best.npz"), str(path)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{path}: ") and "probability" in line
+
+
+def test_summary_shows_lenet5_numbers():
+    result = run_cli("summary", "lenet5")
+    assert result.returncode == 0
+    assert "61,706" in result.stdout and "122,304" in result.stdout
+
+
+def test_info_lists_backends():
+    result = run_cli("info")
+    assert result.returncode == 0
+    assert "numpy" in result.stdout and "usable" in result.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--lr", "fast"], "--lr"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--backend", "tpu"], "--backend"),
+    (["train", "--model", "resnet50"], "--model"),
+    (["train", "--optimizer", "lbfgs"], "--optimizer"),
+    (["train", "--target-accuracy", "99"], "fraction"),
+    (["train", "--val-size", "-5"], "--val-size"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--data-dir", "/nonexistent/folder"], "/nonexistent/folder"),
+    (["train", "--dataset", "fashion-mnist", "--data-dir", "/tmp"], "missing"),
+    (["evaluate", "/nonexistent.npz"], "no such checkpoint"),
+    (["bake"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, fragment):
+    assert_one_line_error(run_cli(*args), fragment)
+
+
+def test_corrupt_data_file_is_one_line(tiny_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_dir.iterdir():
+        broken.joinpath(f.name).write_bytes(f.read_bytes())
+    labels = broken / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-10])
+    assert_one_line_error(run_cli("train", "--data-dir", broken, "--epochs", "1"),
+                          "train-labels-idx1-ubyte.gz")
+
+
+def test_corrupt_checkpoint_and_unreadable_image_are_one_line(trained_run, tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes((trained_run / "last.npz").read_bytes()[:3000])
+    assert_one_line_error(run_cli("evaluate", bad), "bad.npz")
+    text = tmp_path / "note.png"
+    text.write_text("not really a picture")
+    assert_one_line_error(run_cli("predict", trained_run / "best.npz", text), "note.png")
+
+
+def test_resume_refuses_changed_settings_and_continues(trained_run, tmp_path):
+    assert_one_line_error(run_cli("train", "--resume", trained_run, "--lr", "0.1"), "--lr")
+    result = run_cli("train", "--resume", trained_run, "--epochs", "3", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout and "epoch 3/3" in result.stdout
+    assert json.loads((trained_run / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_import_needs_only_numpy(tmp_path):
+    """``import fastlenet`` and a forward pass work with every optional package hidden."""
+    script = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'tqdm', 'PIL', 'numba', 'cupy', 'torch', 'matplotlib', 'scipy'}:
+            raise ImportError(f'blocked {name}')
+sys.meta_path.insert(0, Block())
+import numpy as np, fastlenet
+model = fastlenet.build_model('lenet5', 'numpy')
+print(model.predict_proba(np.zeros((2, 1, 32, 32), np.float32)).shape)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(2, 10)"

@@ -1,0 +1,281 @@
+"""Every backend kernel against the naive loops of tests/reference.py, and live against PyTorch.
+
+One test body per kernel; the ``backend`` fixture (conftest.py) runs it on every usable
+backend. Forward and backward are checked in float64 (tight tolerance: only summation
+order differs) and in float32 (float32 tolerance, against the float64 reference of the
+same inputs). Max-pool is also fed deliberate ties: the gradient must go to the first
+maximum in row-major window order, as in PyTorch.
+"""
+
+import numpy as np
+import pytest
+
+import reference as ref
+from fastlenet.backends.base import Backend
+
+DTYPES = [np.float64, np.float32]
+
+
+def _tol(dtype):
+    return dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
+
+
+def _check(backend, actual, expected, dtype):
+    actual = backend.to_numpy(actual)
+    assert actual.dtype == dtype
+    assert actual.shape == np.shape(expected)
+    np.testing.assert_allclose(actual, expected, **_tol(dtype))
+
+
+def _normal(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _ties(rng, shape, dtype):
+    """Small integers: many windows hold several equal maxima, some only negatives or zeros."""
+    return rng.integers(-2, 3, size=shape).astype(dtype)
+
+
+# ----------------------------------------------------------------- convolution
+# (C, H, W, N, K, KH, KW, stride, pad): odd batches, non-square inputs and kernels,
+# strides 1-3, paddings 0-2, kernels 1-5, one LeNet-like layer.
+CONV_CASES = [
+    (1, 7, 7, 1, 2, 1, 1, 1, 0),
+    (3, 8, 6, 3, 4, 3, 3, 1, 1),
+    (2, 9, 7, 7, 3, 3, 3, 2, 1),
+    (2, 9, 10, 3, 2, 5, 5, 3, 2),
+    (3, 6, 8, 1, 5, 5, 3, 2, 2),
+    (2, 8, 7, 7, 3, 3, 5, 2, 0),
+    (4, 5, 5, 3, 2, 3, 3, 3, 1),
+    (1, 12, 12, 3, 6, 5, 5, 1, 0),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_matches_reference(backend, case, dtype):
+    c, h, wd, n, k, kh, kw, stride, pad = case
+    rng = np.random.default_rng(sum(case))
+    x, w, b = _normal(rng, (c, h, wd, n), dtype), _normal(rng, (k, c, kh, kw), dtype), _normal(rng, k, dtype)
+    y, ctx = backend.conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b),
+                                    stride, pad)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    y_ref = ref.conv2d_forward(x64, w64, b64, stride, pad)
+    _check(backend, y, y_ref, dtype)
+
+    dy = _normal(rng, y_ref.shape, dtype)
+    dx, dw, db = backend.conv2d_backward(backend.asarray(dy), ctx)
+    dx_ref, dw_ref, db_ref = ref.conv2d_backward(dy.astype(np.float64), x64, w64, stride, pad)
+    _check(backend, dx, dx_ref, dtype)
+    _check(backend, dw, dw_ref, dtype)
+    _check(backend, db, db_ref, dtype)
+
+
+def test_conv2d_without_bias_and_without_dx(backend):
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 7, 6, 3)), rng.standard_normal((3, 2, 3, 3))
+    y, ctx = backend.conv2d_forward(backend.asarray(x), backend.asarray(w), None, 2, 1)
+    _check(backend, y, ref.conv2d_forward(x, w, None, 2, 1), np.float64)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = backend.conv2d_backward(backend.asarray(dy), ctx, need_dx=False)
+    assert dx is None and db is None
+    _check(backend, dw, ref.conv2d_backward(dy, x, w, 2, 1)[1], np.float64)
+
+
+def test_conv2d_contexts_stay_valid_across_calls(backend):
+    """Two layers of the same shapes, forward both then backward in reverse order (as a
+    model does): each output and each backward must be what it is when run alone."""
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((2, 8, 8, 3)) for _ in range(2)]
+    ws = [rng.standard_normal((2, 2, 3, 3)) for _ in range(2)]
+    bs = [rng.standard_normal(2) for _ in range(2)]
+    dys = [rng.standard_normal((2, 8, 8, 3)) for _ in range(2)]
+    outs = [backend.conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b), 1, 1)
+            for x, w, b in zip(xs, ws, bs)]
+    grads = [backend.conv2d_backward(backend.asarray(dy), ctx) for dy, (_, ctx) in
+             zip(dys[::-1], outs[::-1])][::-1]
+    for x, w, b, dy, (y, _), got in zip(xs, ws, bs, dys, outs, grads):
+        _check(backend, y, ref.conv2d_forward(x, w, b, 1, 1), np.float64)
+        for actual, expected in zip(got, ref.conv2d_backward(dy, x, w, 1, 1)):
+            _check(backend, actual, expected, np.float64)
+
+
+def test_conv2d_rejects_bad_shapes(backend):
+    x = backend.asarray(np.zeros((3, 6, 6, 2)))
+    with pytest.raises(ValueError, match="channels"):
+        backend.conv2d_forward(x, backend.asarray(np.zeros((4, 2, 3, 3))), None, 1, 0)
+    with pytest.raises(ValueError, match="does not fit"):
+        backend.conv2d_forward(x, backend.asarray(np.zeros((4, 3, 9, 9))), None, 1, 1)
+
+
+# --------------------------------------------------------------------- pooling
+# (C, H, W, N, size, stride): non-overlapping, overlapping (3/2, 2/1), leftover rows and
+# columns, a window as large as the input.
+POOL_CASES = [
+    (2, 6, 6, 3, 2, 2),
+    (3, 7, 9, 7, 3, 2),
+    (1, 5, 8, 1, 2, 1),
+    (2, 9, 7, 3, 3, 3),
+    (1, 4, 4, 1, 4, 4),
+    (2, 7, 5, 3, 2, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make", [_normal, _ties], ids=["distinct", "ties"])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_maxpool2d_matches_reference(backend, case, make, dtype):
+    c, h, wd, n, size, stride = case
+    rng = np.random.default_rng(sum(case))
+    x = make(rng, (c, h, wd, n), dtype)
+    y, ctx = backend.maxpool2d_forward(backend.asarray(x), size, stride)
+    y_ref, _ = ref.maxpool2d_forward(x, size, stride)
+    _check(backend, y, y_ref, dtype)
+    dy = _normal(rng, y_ref.shape, dtype)
+    dx = backend.maxpool2d_backward(backend.asarray(dy), ctx)
+    _check(backend, dx, ref.maxpool2d_backward(dy, x, size, stride), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make", [_normal, _ties], ids=["distinct", "ties"])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_relu_maxpool2d_is_relu_then_maxpool(backend, case, make, dtype):
+    c, h, wd, n, size, stride = case
+    rng = np.random.default_rng(sum(case) + 1)
+    x = make(rng, (c, h, wd, n), dtype)
+    y, ctx = backend.relu_maxpool2d_forward(backend.asarray(x), size, stride)
+    _check(backend, y, ref.relu_maxpool2d_forward(x, size, stride), dtype)
+    dy = _normal(rng, y.shape, dtype)
+    dx = backend.relu_maxpool2d_backward(backend.asarray(dy), ctx)
+    _check(backend, dx, ref.relu_maxpool2d_backward(dy, x, size, stride), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_avgpool2d_matches_reference(backend, case, dtype):
+    c, h, wd, n, size, stride = case
+    rng = np.random.default_rng(sum(case) + 2)
+    x = _normal(rng, (c, h, wd, n), dtype)
+    y, ctx = backend.avgpool2d_forward(backend.asarray(x), size, stride)
+    y_ref = ref.avgpool2d_forward(x.astype(np.float64), size, stride)
+    _check(backend, y, y_ref, dtype)
+    dy = _normal(rng, y_ref.shape, dtype)
+    dx = backend.avgpool2d_backward(backend.asarray(dy), ctx)
+    _check(backend, dx, ref.avgpool2d_backward(dy.astype(np.float64), x.shape, size, stride), dtype)
+
+
+@pytest.mark.parametrize("forward", ["maxpool2d_forward", "avgpool2d_forward",
+                                     "relu_maxpool2d_forward"])
+def test_pool_rejects_window_larger_than_input(backend, forward):
+    x = backend.asarray(np.zeros((1, 3, 5, 2)))
+    with pytest.raises(ValueError, match="does not fit"):
+        getattr(backend, forward)(x, 4, 1)
+
+
+# --------------------------------------------------------------- dense and loss
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_matches_reference(backend, with_bias, dtype):
+    rng = np.random.default_rng(3)
+    x, w = _normal(rng, (7, 5), dtype), _normal(rng, (4, 7), dtype)
+    b = _normal(rng, 4, dtype) if with_bias else None
+    y, ctx = backend.linear_forward(backend.asarray(x), backend.asarray(w),
+                                    None if b is None else backend.asarray(b))
+    _check(backend, y, ref.linear_forward(x, w, b), dtype)
+    dy = _normal(rng, (4, 5), dtype)
+    dx, dw, db = backend.linear_backward(backend.asarray(dy), ctx)
+    dx_ref, dw_ref, db_ref = ref.linear_backward(dy, x, w)
+    _check(backend, dx, dx_ref, dtype)
+    _check(backend, dw, dw_ref, dtype)
+    if with_bias:
+        _check(backend, db, db_ref, dtype)
+    else:
+        assert db is None
+    assert backend.linear_backward(backend.asarray(dy), ctx, need_dx=False)[0] is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_softmax_cross_entropy_matches_reference(backend, smoothing, dtype):
+    rng = np.random.default_rng(4)
+    logits = (5 * rng.standard_normal((10, 7))).astype(dtype)
+    labels = rng.integers(0, 10, size=7)
+    loss, grad = backend.softmax_cross_entropy(backend.asarray(logits), backend.asarray(labels),
+                                               smoothing)
+    loss_ref, grad_ref = ref.softmax_cross_entropy(logits, labels, smoothing)
+    np.testing.assert_allclose(float(backend.to_numpy(loss)), loss_ref, **_tol(dtype))
+    _check(backend, grad, grad_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_update_matches_the_generic_definition(backend, weight_decay, dtype):
+    """A backend's own Adam update must compute base.Backend.adam_update's maths."""
+    rng = np.random.default_rng(5)
+    shape = (6, 1, 5, 5)
+    p, m = _normal(rng, shape, dtype), 0.1 * _normal(rng, shape, dtype)
+    v = np.abs(0.01 * _normal(rng, shape, dtype))
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
+    for step in (1, 2, 7):
+        g = _normal(rng, shape, dtype)
+        want = [backend.asarray(a.copy()) for a in (p, m, v)]
+        Backend.adam_update(backend, want[0], backend.asarray(g), want[1], want[2], step=step, **hyper)
+        got = [backend.asarray(a.copy()) for a in (p, m, v)]
+        backend.adam_update(got[0], backend.asarray(g), got[1], got[2], step=step, **hyper)
+        for actual, expected in zip(got, want):
+            np.testing.assert_allclose(backend.to_numpy(actual), backend.to_numpy(expected),
+                                       rtol=1e-6 if dtype == np.float32 else 1e-14, atol=0)
+        p, m, v = (backend.to_numpy(a) for a in got)
+
+
+# ------------------------------------------------------------ live against PyTorch
+def _torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("stride, pad", [(1, 0), (1, 2), (2, 1), (3, 2)])
+def test_conv2d_matches_torch(backend, stride, pad):
+    torch = _torch()
+    rng = np.random.default_rng(stride * 10 + pad)
+    x, w, b = rng.standard_normal((3, 11, 9, 5)), rng.standard_normal((4, 3, 5, 5)), rng.standard_normal(4)
+    xt = torch.tensor(np.moveaxis(x, -1, 0), requires_grad=True)
+    wt, bt = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=pad)
+    dy = rng.standard_normal(yt.shape)  # (N, K, OH, OW)
+    yt.backward(torch.tensor(dy))
+
+    y, ctx = backend.conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b),
+                                    stride, pad)
+    _check(backend, y, np.moveaxis(yt.detach().numpy(), 0, -1), np.float64)
+    dx, dw, db = backend.conv2d_backward(backend.asarray(np.moveaxis(dy, 0, -1)), ctx)
+    _check(backend, dx, np.moveaxis(xt.grad.numpy(), 0, -1), np.float64)
+    _check(backend, dw, wt.grad.numpy(), np.float64)
+    _check(backend, db, bt.grad.numpy(), np.float64)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", ["max", "avg", "relu_max"])
+@pytest.mark.parametrize("size, stride", [(2, 2), (3, 2), (2, 1)])
+def test_pool_matches_torch(backend, kind, size, stride):
+    torch = _torch()
+    rng = np.random.default_rng(size * 10 + stride)
+    # integers give ties (and, after the ReLU, windows of zeros) for the max-pools
+    x = rng.integers(-2, 3, size=(3, 9, 8, 5)).astype(np.float64)
+    xt = torch.tensor(np.moveaxis(x, -1, 0), requires_grad=True)
+    functional = torch.nn.functional
+    if kind == "avg":
+        yt = functional.avg_pool2d(xt, size, stride)
+    elif kind == "max":
+        yt = functional.max_pool2d(xt, size, stride)
+    else:
+        yt = functional.max_pool2d(functional.relu(xt), size, stride)
+    dy = rng.standard_normal(yt.shape)
+    yt.backward(torch.tensor(dy))
+
+    forward = getattr(backend, f"{kind}pool2d_forward")
+    backward = getattr(backend, f"{kind}pool2d_backward")
+    y, ctx = forward(backend.asarray(x), size, stride)
+    _check(backend, y, np.moveaxis(yt.detach().numpy(), 0, -1), np.float64)
+    dx = backward(backend.asarray(np.moveaxis(dy, 0, -1)), ctx)
+    _check(backend, dx, np.moveaxis(xt.grad.numpy(), 0, -1), np.float64)

@@ -1,0 +1,404 @@
+"""Layer backward passes against central finite differences (float64), layer semantics,
+the fused ReLU+MaxPool step and the loss.
+
+Gradient checks follow Chainer's ``check_backward``: for a random output weighting dy and
+a random direction v over the input and every parameter, the directional derivative
+d/dt <dy, f(x + t v_x; theta + t v_theta)> by central differences must equal
+<backward(dy), v_x> + sum <grad theta, v_theta>; a few single coordinates are checked
+the same way. Max-pool inputs are tie-free and ReLU inputs stay away from 0, so no
+finite-difference step crosses a kink.
+"""
+
+import numpy as np
+import pytest
+
+from fastlenet.errors import ConfigError
+from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
+                          ReLU, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh)
+from fastlenet.nn.init import glorot_uniform, he_normal, lecun_normal
+
+
+def bind(layer, backend, seed=0):
+    return layer.bind(backend, "float64", np.random.default_rng(seed), backend.default_rng(seed))
+
+
+def tie_free(rng, shape, offset=0.0):
+    """Distinct values at least 0.01 apart (a shuffled grid), centred on ``offset``."""
+    n = int(np.prod(shape))
+    return (rng.permutation(n) - n / 2).reshape(shape) * 0.01 + offset
+
+
+def away_from_zero(rng, shape, margin=0.1):
+    return rng.choice([-1.0, 1.0], size=shape) * (margin + rng.random(shape))
+
+
+def check_backward(backend, layer, x, *, h=1e-6, rtol=1e-6, atol=1e-9, before_forward=None,
+                   coordinates=3):
+    """Directional and coordinate-wise FD check of ``layer``'s dx and parameter grads.
+
+    ``before_forward`` runs before every forward (Dropout: reset its generator).
+    """
+    rng = np.random.default_rng(12345)
+    prepare = before_forward or (lambda: None)
+    params = layer.named_parameters()
+    theta0 = {k: backend.to_numpy(p.data).copy() for k, p in params.items()}
+
+    prepare()
+    y = backend.to_numpy(layer.forward(backend.asarray(x)))
+    dy = rng.standard_normal(y.shape)
+    dx = backend.to_numpy(layer.backward(backend.asarray(dy)))
+    grads = {k: backend.to_numpy(p.grad) for k, p in params.items()}
+    assert dx.shape == x.shape
+    for k, g in grads.items():
+        assert g.shape == theta0[k].shape, k
+
+    def objective(t, vx, vtheta):
+        for k, p in params.items():
+            p.data[...] = backend.asarray(theta0[k] + t * vtheta[k])
+        prepare()
+        out = layer.forward(backend.asarray(x + t * vx))
+        return float(np.sum(dy * backend.to_numpy(out)))
+
+    def fd(vx, vtheta):
+        return (objective(h, vx, vtheta) - objective(-h, vx, vtheta)) / (2 * h)
+
+    zero_theta = {k: np.zeros_like(v) for k, v in theta0.items()}
+    vx = rng.standard_normal(x.shape)
+    vtheta = {k: rng.standard_normal(v.shape) for k, v in theta0.items()}
+    analytic = np.sum(dx * vx) + sum(np.sum(grads[k] * vtheta[k]) for k in params)
+    np.testing.assert_allclose(fd(vx, vtheta), analytic, rtol=rtol, atol=atol)
+
+    for _ in range(coordinates):
+        e = np.zeros(x.shape)
+        i = tuple(rng.integers(0, s) for s in x.shape)
+        e[i] = 1.0
+        np.testing.assert_allclose(fd(e, zero_theta), dx[i], rtol=rtol, atol=atol)
+        for k, v in theta0.items():
+            e = np.zeros(v.shape)
+            j = tuple(rng.integers(0, s) for s in v.shape)
+            e[j] = 1.0
+            np.testing.assert_allclose(fd(np.zeros(x.shape), {**zero_theta, k: e}),
+                                       grads[k][j], rtol=rtol, atol=atol, err_msg=k)
+    for k, p in params.items():
+        p.data[...] = backend.asarray(theta0[k])
+
+
+# ------------------------------------------------------------------- conv, linear
+@pytest.mark.parametrize("stride,padding,bias", [(1, 0, True), (2, 1, True), (1, 2, False),
+                                                 (3, 1, True)])
+def test_conv2d_gradients(backend, stride, padding, bias):
+    layer = bind(Conv2d(3, 4, 3, stride=stride, padding=padding, bias=bias), backend)
+    if bias:  # a nonzero bias, so a wrong bias gradient cannot hide
+        layer.bias.data[...] = backend.asarray(np.linspace(-0.5, 0.5, 4))
+    x = np.random.default_rng(0).standard_normal((3, 8, 7, 2))
+    check_backward(backend, layer, x)
+
+
+def test_conv2d_output_shape_and_summary_counts():
+    c1 = Conv2d(1, 6, 5)
+    assert c1.output_shape((1, 32, 32)) == (6, 28, 28)
+    assert c1.describe((1, 32, 32)) == ("Conv2d(1, 6, 5)", 156, 122_304)
+    strided = Conv2d(3, 4, 3, stride=2, padding=1, bias=False)
+    assert strided.output_shape((3, 8, 7)) == (4, 4, 4)
+    assert strided.describe((3, 8, 7))[1:] == (108, 4 * 4 * 4 * 27)
+
+
+def test_conv2d_without_input_gradient_gives_the_same_weight_gradients(backend):
+    rng = np.random.default_rng(1)
+    x = backend.asarray(rng.standard_normal((2, 6, 6, 3)))
+    dy = backend.asarray(rng.standard_normal((3, 4, 4, 3)))
+    full, first = bind(Conv2d(2, 3, 3), backend), bind(Conv2d(2, 3, 3), backend)
+    first.need_dx = False
+    full.forward(x)
+    first.forward(x)
+    assert full.backward(dy) is not None
+    assert first.backward(dy) is None
+    np.testing.assert_allclose(backend.to_numpy(first.weight.grad),
+                               backend.to_numpy(full.weight.grad), rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(first.bias.grad),
+                               backend.to_numpy(full.bias.grad), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gradients(backend, bias):
+    layer = bind(Linear(7, 5, bias=bias), backend)
+    if bias:
+        layer.bias.data[...] = backend.asarray(np.linspace(-1, 1, 5))
+    check_backward(backend, layer, np.random.default_rng(2).standard_normal((7, 4)))
+
+
+def test_linear_rejects_wrong_input_width():
+    with pytest.raises(ConfigError, match="expects 400 input features"):
+        Linear(400, 120).output_shape((401,))
+
+
+# -------------------------------------------------------------------- pooling
+@pytest.mark.parametrize("size,stride", [(2, None), (3, 2), (2, 1)])
+def test_maxpool2d_gradients(backend, size, stride):
+    layer = bind(MaxPool2d(size, stride), backend)
+    x = tie_free(np.random.default_rng(3), (2, 7, 6, 3))
+    check_backward(backend, layer, x)
+
+
+@pytest.mark.parametrize("size,stride", [(2, None), (3, 2)])
+def test_avgpool2d_gradients(backend, size, stride):
+    layer = bind(AvgPool2d(size, stride), backend)
+    check_backward(backend, layer, np.random.default_rng(4).standard_normal((2, 7, 6, 3)))
+
+
+def test_pooling_shapes_and_summary_counts():
+    assert MaxPool2d(2).output_shape((6, 28, 28)) == (6, 14, 14)
+    assert MaxPool2d(3, 2).output_shape((2, 7, 6)) == (2, 3, 2)
+    assert AvgPool2d(2).describe((6, 28, 28)) == ("AvgPool2d(2)", 0, 14 * 14 * 6 * 4)
+    with pytest.raises(ConfigError, match="does not fit"):
+        MaxPool2d(5).output_shape((1, 4, 4))
+
+
+# ---------------------------------------------------------------- activations
+@pytest.mark.parametrize("make", [ReLU, Tanh, Sigmoid])
+def test_activation_gradients(backend, make):
+    x = away_from_zero(np.random.default_rng(5), (3, 4, 5, 2))
+    check_backward(backend, bind(make(), backend), x)
+
+
+def test_activation_values(backend):
+    x = np.array([[-2.0, 0.0, 3.0]])
+    assert np.array_equal(backend.to_numpy(bind(ReLU(), backend).forward(backend.asarray(x))),
+                          [[0.0, 0.0, 3.0]])
+    np.testing.assert_allclose(
+        backend.to_numpy(bind(Sigmoid(), backend).forward(backend.asarray(x))),
+        1.0 / (1.0 + np.exp(-x)), rtol=1e-14)
+    np.testing.assert_allclose(
+        backend.to_numpy(bind(Tanh(), backend).forward(backend.asarray(x))), np.tanh(x))
+
+
+def test_sigmoid_saturates_without_overflow(backend):
+    layer = bind(Sigmoid(), backend)
+    y = backend.to_numpy(layer.forward(backend.asarray(np.array([[-1e4, 1e4]]))))
+    assert np.array_equal(y, [[0.0, 1.0]])
+    assert np.all(np.isfinite(backend.to_numpy(layer.backward(backend.asarray(np.ones((1, 2)))))))
+
+
+def test_relu_gradient_is_zero_at_zero(backend):
+    layer = bind(ReLU(), backend)
+    layer.forward(backend.asarray(np.array([[0.0, 1.0]])))
+    assert np.array_equal(backend.to_numpy(layer.backward(backend.asarray(np.ones((1, 2))))),
+                          [[0.0, 1.0]])
+
+
+# ------------------------------------------------------------------- flatten
+def test_flatten_matches_pytorch_feature_order(backend):
+    x_nchw = np.random.default_rng(6).standard_normal((3, 2, 4, 5))
+    layer = bind(Flatten(), backend)
+    x = backend.to_batch_last(backend.asarray(x_nchw))
+    y = backend.to_numpy(layer.forward(x))
+    assert np.array_equal(y, x_nchw.reshape(3, -1).T)  # torch.flatten(x, 1), transposed
+    assert layer.output_shape((2, 4, 5)) == (40,)
+    dx = layer.backward(backend.asarray(y))
+    assert np.array_equal(backend.to_numpy(dx), backend.to_numpy(x))
+
+
+# ---------------------------------------------------------------- batch norm
+@pytest.mark.parametrize("shape", [(3, 4, 5, 2), (6, 5)])
+def test_batchnorm_train_gradients(backend, shape):
+    layer = bind(BatchNorm(shape[0]), backend)
+    rng = np.random.default_rng(7)
+    layer.weight.data[...] = backend.asarray(rng.uniform(0.5, 1.5, shape[0]))
+    layer.bias.data[...] = backend.asarray(rng.standard_normal(shape[0]))
+    x = rng.standard_normal(shape) * 2.0 + 1.0
+    check_backward(backend, layer, x, h=1e-5)
+
+
+def test_batchnorm_normalises_and_tracks_running_stats(backend):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 4, 5, 6)) * np.array([1.0, 2.0, 3.0])[:, None, None, None] + 5.0
+    layer = bind(BatchNorm(3, momentum=0.2), backend)
+    y = backend.to_numpy(layer.forward(backend.asarray(x)))
+    np.testing.assert_allclose(y.mean(axis=(1, 2, 3)), 0.0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=(1, 2, 3)), 1.0, rtol=1e-4)  # eps shrinks it a hair
+    flat = x.reshape(3, -1)
+    np.testing.assert_allclose(backend.to_numpy(layer.running_mean), 0.2 * flat.mean(axis=1))
+    np.testing.assert_allclose(backend.to_numpy(layer.running_var),
+                               0.8 + 0.2 * flat.var(axis=1, ddof=1))
+
+
+def test_batchnorm_eval_uses_running_stats(backend):
+    rng = np.random.default_rng(9)
+    layer = bind(BatchNorm(4), backend)
+    mean, var = rng.standard_normal(4), rng.uniform(0.5, 2.0, 4)
+    gamma, beta = rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
+    layer.running_mean[...] = backend.asarray(mean)
+    layer.running_var[...] = backend.asarray(var)
+    layer.weight.data[...] = backend.asarray(gamma)
+    layer.bias.data[...] = backend.asarray(beta)
+    layer.eval()
+    x = rng.standard_normal((4, 3))
+    y = backend.to_numpy(layer.forward(backend.asarray(x)))
+    expected = gamma[:, None] * (x - mean[:, None]) / np.sqrt(var[:, None] + 1e-5) + beta[:, None]
+    np.testing.assert_allclose(y, expected, rtol=1e-12)
+    np.testing.assert_array_equal(backend.to_numpy(layer.running_mean), mean)  # not updated
+    check_backward(backend, layer, x)
+
+
+def test_batchnorm_needs_two_values_per_channel_in_training(backend):
+    layer = bind(BatchNorm(3), backend)
+    with pytest.raises(ConfigError, match="batch size of at least 2"):
+        layer.forward(backend.asarray(np.ones((3, 1))))
+
+
+# ------------------------------------------------------------------- dropout
+def test_dropout_train_mask_and_gradients(backend):
+    rng = backend.default_rng(10)
+    layer = Dropout(0.3).bind(backend, "float64", np.random.default_rng(0), rng)
+    x = np.random.default_rng(11).standard_normal((5, 6, 7, 8))
+    state = backend.rng_state(rng)
+    y = backend.to_numpy(layer.forward(backend.asarray(x)))
+
+    twin = backend.default_rng(0)
+    backend.set_rng_state(twin, state)
+    keep = backend.to_numpy(twin.random(x.shape, dtype=np.float64)) >= 0.3
+    np.testing.assert_allclose(y, np.where(keep, x / 0.7, 0.0), rtol=1e-15)
+    assert 0.6 < keep.mean() < 0.8
+
+    check_backward(backend, layer, x, before_forward=lambda: backend.set_rng_state(rng, state))
+
+
+def test_dropout_is_identity_in_eval(backend):
+    layer = bind(Dropout(0.5), backend).eval()
+    x = backend.asarray(np.random.default_rng(12).standard_normal((4, 3)))
+    assert np.array_equal(backend.to_numpy(layer.forward(x)), backend.to_numpy(x))
+    dy = backend.asarray(np.ones((4, 3)))
+    assert np.array_equal(backend.to_numpy(layer.backward(dy)), np.ones((4, 3)))
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, "0.5"])
+def test_dropout_rejects_bad_probability(p):
+    with pytest.raises(ConfigError, match="Dropout: p must be"):
+        Dropout(p)
+
+
+# ---------------------------------------------------------------- fused step
+def test_fused_relu_maxpool_matches_unfused_with_ties(backend, monkeypatch):
+    rng = np.random.default_rng(13)
+    # small integers: many ties, exact zeros and all-negative windows
+    x = rng.integers(-2, 3, size=(3, 6, 6, 4)).astype(np.float64)
+    dy = rng.standard_normal((3, 3, 3, 4))
+
+    calls = []
+    fused_forward = backend.relu_maxpool2d_forward
+    monkeypatch.setattr(backend, "relu_maxpool2d_forward",
+                        lambda *args: calls.append(1) or fused_forward(*args))
+    fused = bind(Sequential(ReLU(), MaxPool2d(2)), backend)
+    y_fused = backend.to_numpy(fused.forward(backend.asarray(x)))
+    dx_fused = backend.to_numpy(fused.backward(backend.asarray(dy)))
+    assert calls, "Sequential did not fuse ReLU + MaxPool2d"
+
+    relu, pool = bind(ReLU(), backend), bind(MaxPool2d(2), backend)
+    y = backend.to_numpy(pool.forward(relu.forward(backend.asarray(x))))
+    dx = backend.to_numpy(relu.backward(pool.backward(backend.asarray(dy))))
+    np.testing.assert_array_equal(y_fused, y)
+    np.testing.assert_array_equal(dx_fused, dx)
+
+
+def test_fused_relu_maxpool_gradients(backend):
+    x = tie_free(np.random.default_rng(14), (2, 6, 4, 3), offset=0.005)  # none is 0
+    check_backward(backend, bind(Sequential(ReLU(), MaxPool2d(2)), backend), x)
+
+
+def test_sequential_stops_backward_at_first_parameterised_layer(backend):
+    seq = bind(Sequential(Dropout(0.2), Linear(4, 3), ReLU(), Linear(3, 2)), backend)
+    seq.need_dx = False
+    assert not seq[1].need_dx and seq[3].need_dx
+    seq.forward(backend.asarray(away_from_zero(np.random.default_rng(15), (4, 5))))
+    assert seq.backward(backend.asarray(np.ones((2, 5)))) is None
+    assert all(p.grad is not None for p in seq.parameters())
+    assert list(seq.named_parameters()) == ["1.weight", "1.bias", "3.weight", "3.bias"]
+
+
+def test_sequential_names_the_layer_whose_input_does_not_fit():
+    seq = Sequential(Conv2d(1, 6, 5), Flatten(), Linear(100, 10))
+    with pytest.raises(ConfigError, match=r"layer 2: Linear\(100, 10\) expects 100"):
+        seq.output_shape((1, 32, 32))
+
+
+# ---------------------------------------------------------------------- loss
+def naive_cross_entropy(z, labels, s):
+    k, n = z.shape
+    q = np.full((k, n), s / k)
+    q[labels, np.arange(n)] += 1.0 - s
+    m = z.max(axis=0)
+    log_softmax = z - m - np.log(np.exp(z - m).sum(axis=0))
+    return -(q * log_softmax).sum(axis=0).mean()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_loss_value_and_gradient(backend, smoothing):
+    rng = np.random.default_rng(16)
+    z = rng.standard_normal((10, 6)) * 3.0
+    labels = rng.integers(0, 10, 6)
+    loss_fn = SoftmaxCrossEntropy(smoothing, backend=backend)
+    lab = backend.asarray(labels)
+    loss = loss_fn.forward(backend.asarray(z), lab)
+    assert backend.to_numpy(loss).shape == ()
+    np.testing.assert_allclose(float(backend.to_numpy(loss)),
+                               naive_cross_entropy(z, labels, smoothing), rtol=1e-12)
+    grad = backend.to_numpy(loss_fn.backward())
+
+    def f(t, v):
+        return float(backend.to_numpy(loss_fn.forward(backend.asarray(z + t * v), lab)))
+
+    v = rng.standard_normal(z.shape)
+    h = 1e-6
+    np.testing.assert_allclose((f(h, v) - f(-h, v)) / (2 * h), np.sum(grad * v), rtol=1e-6)
+    np.testing.assert_allclose(grad.sum(axis=0), 0.0, atol=1e-15)
+
+
+def test_loss_is_finite_for_huge_logits(backend):
+    z = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [0.0, 0.0, -1e4]])
+    labels = np.array([0, 0, 2])
+    loss_fn = SoftmaxCrossEntropy(0.1, backend=backend)
+    loss = float(backend.to_numpy(loss_fn.forward(backend.asarray(z), backend.asarray(labels))))
+    grad = backend.to_numpy(loss_fn.backward())
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    np.testing.assert_allclose(loss, naive_cross_entropy(z, labels, 0.1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.5, "0.1"])
+def test_loss_rejects_bad_smoothing(smoothing):
+    with pytest.raises(ConfigError, match="label smoothing"):
+        SoftmaxCrossEntropy(smoothing)
+
+
+# ---------------------------------------------------------------------- init
+def test_initialisers_follow_their_formulas():
+    rng = np.random.default_rng(17)
+    shape, fan_in, fan_out = (200, 50, 5, 5), 1250, 5000
+    he = he_normal(shape, fan_in, fan_out, rng)
+    assert he.dtype == np.float64 and he.shape == shape
+    np.testing.assert_allclose(he.std(), np.sqrt(2 / fan_in), rtol=0.01)
+    lecun = lecun_normal(shape, fan_in, fan_out, rng)
+    np.testing.assert_allclose(lecun.std(), 1 / np.sqrt(fan_in), rtol=0.01)
+    glorot = glorot_uniform(shape, fan_in, fan_out, rng)
+    limit = np.sqrt(6 / (fan_in + fan_out))
+    assert np.abs(glorot).max() <= limit and np.abs(glorot).max() > 0.99 * limit
+    np.testing.assert_allclose(glorot.std(), limit / np.sqrt(3), rtol=0.01)
+
+
+def test_layers_reject_bad_hyper_parameters():
+    with pytest.raises(ConfigError, match="unknown initialiser 'xavier'.*he, glorot, lecun"):
+        Conv2d(1, 6, 5, init="xavier")
+    with pytest.raises(ConfigError, match="kernel_size must be an integer >= 1"):
+        Conv2d(1, 6, 0)
+    with pytest.raises(ConfigError, match="padding must be an integer >= 0"):
+        Conv2d(1, 6, 3, padding=-1)
+    with pytest.raises(ConfigError, match="expects 3 input channels"):
+        Conv2d(3, 6, 3).output_shape((1, 32, 32))
+    with pytest.raises(ConfigError, match="not a Layer"):
+        Sequential(Conv2d(1, 6, 5), "relu")
+
+
+def test_parameters_are_created_on_the_device_in_the_dtype(backend):
+    layer = Linear(3, 2).bind(backend, "float32", np.random.default_rng(0), None)
+    assert layer.weight.data.dtype == np.float32 and layer.weight.shape == (2, 3)
+    assert isinstance(layer.weight.data, backend.xp.ndarray)
+    np.testing.assert_array_equal(backend.to_numpy(layer.bias.data), 0.0)

@@ -1,0 +1,141 @@
+"""The training loop end to end on a tiny MNIST cut: learning, run files, resume, stops."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastlenet.checkpoint import load_checkpoint, load_model, save_checkpoint
+from fastlenet.errors import CheckpointError, ConfigError, TrainingDivergedError
+from fastlenet.nn import build_model
+from fastlenet.train import TrainConfig, evaluate, train
+
+from helpers import write_tiny_mnist
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_mnist(tmp_path_factory.mktemp("tiny-mnist"))
+
+
+def tiny_config(tiny_dir, **kw):
+    base = dict(dataset="custom", data_dir=str(tiny_dir), epochs=3, batch_size=64, val_size=200,
+                seed=3, log_every=5)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_fixed_seed_run_learns_and_writes_its_run_folder(tiny_dir, tmp_path, backend):
+    out = tmp_path / "run"
+    metrics = train(tiny_config(tiny_dir, backend=backend.name), out=out, log=None)
+
+    losses = [s["loss"] for s in json.loads((out / "history.json").read_text())["steps"]]
+    assert len(losses) == 3 * 16  # 1000 training images in batches of 64
+    assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8])
+    assert metrics["test_accuracy"] > 0.7  # chance is 0.1
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "best_val_accuracy", "train_seconds", "epochs", "backend",
+                "model", "parameters"):
+        assert key in saved
+    assert saved["parameters"] == 61706 and saved["epochs"] == 3 and saved["model"] == "lenet5"
+    assert 0 <= saved["best_val_accuracy"] <= 1 and saved["backend"] == backend.name
+    assert {p.name for p in out.iterdir()} == {"config.json", "history.json", "metrics.json",
+                                               "last.npz", "best.npz"}
+
+
+def test_same_seed_gives_the_same_run(tiny_dir, tmp_path):
+    a = train(tiny_config(tiny_dir, epochs=1), out=tmp_path / "a", log=None)
+    b = train(tiny_config(tiny_dir, epochs=1), out=tmp_path / "b", log=None)
+    assert a["test_accuracy"] == b["test_accuracy"]
+    ha = json.loads((tmp_path / "a" / "history.json").read_text())["steps"]
+    hb = json.loads((tmp_path / "b" / "history.json").read_text())["steps"]
+    assert ha == hb
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path):
+    config = tiny_config(tiny_dir, epochs=3, schedule="cosine")
+    train(config, out=tmp_path / "straight", log=None)
+    train(config, out=tmp_path / "interrupted", log=None, on_epoch_end=lambda record: record["epoch"] == 1)
+    assert load_checkpoint(tmp_path / "interrupted").meta["epoch"] == 1
+    train(resume=tmp_path / "interrupted", log=None)
+
+    straight = load_checkpoint(tmp_path / "straight" / "last.npz")
+    resumed = load_checkpoint(tmp_path / "interrupted" / "last.npz")
+    assert straight.params.keys() == resumed.params.keys()
+    for key in straight.params:
+        np.testing.assert_array_equal(straight.params[key], resumed.params[key], err_msg=key)
+    for key in straight.optim:
+        np.testing.assert_array_equal(straight.optim[key], resumed.optim[key], err_msg=key)
+    drop_times = lambda h: [{k: v for k, v in r.items() if "second" not in k} for r in h["epochs"]]
+    assert drop_times(straight.meta["history"]) == drop_times(resumed.meta["history"])
+    assert straight.meta["history"]["steps"] == resumed.meta["history"]["steps"]
+
+
+def test_target_accuracy_stops_early(tiny_dir, tmp_path):
+    metrics = train(tiny_config(tiny_dir, epochs=5, target_accuracy=0.5), out=tmp_path / "r", log=None)
+    assert metrics["epochs"] < 5
+    assert "reached the target" in metrics["stop_reason"]
+
+
+def test_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path):
+    out = tmp_path / "r"
+    train(tiny_config(tiny_dir, epochs=1), out=out, log=None)
+    good = load_checkpoint(out / "last.npz")
+    config = tiny_config(tiny_dir, epochs=2, optimizer="sgd", lr=1e9)
+    with pytest.raises(TrainingDivergedError, match=r"at epoch 1, step \d+.*try a smaller --lr"):
+        train(config, out=out, log=None)
+    after = load_checkpoint(out / "last.npz")  # the diverged run wrote no checkpoint over it
+    for key in good.params:
+        np.testing.assert_array_equal(good.params[key], after.params[key])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "--epochs"), ("lr", -1.0, "--lr"), ("model", "resnet", "unknown model"),
+    ("target_accuracy", 99.0, "fraction"), ("val_size", -1, "--val-size"),
+    ("optimizer", "lbfgs", "unknown optimizer"), ("schedule", "warm", "unknown schedule"),
+])
+def test_bad_config_values_are_named(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_evaluate_matches_a_direct_count(tiny_dir):
+    from fastlenet.data import load_dataset, prepare
+
+    data = prepare(load_dataset(None, tiny_dir), val_size=0)
+    model = build_model("lenet5", "numpy", seed=0)
+    loss, accuracy, preds = evaluate(model, data.x_test, data.y_test, batch_size=128)
+    proba = model.predict_proba(data.x_test)
+    np.testing.assert_array_equal(preds, proba.argmax(axis=1))
+    assert accuracy == pytest.approx((proba.argmax(axis=1) == data.y_test).mean())
+    expected = -np.log(proba[np.arange(len(proba)), data.y_test]).mean()
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_checkpoint_writes_are_atomic_and_corruption_is_reported(tmp_path):
+    model = build_model("lenet5", "numpy", seed=0)
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, model.state_dict(), {}, {"model": "lenet5", "dtype": "float32"})
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temporary left behind
+    loaded, meta = load_model(path, "numpy")
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value)
+
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[:5000])
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a checkpoint at all")
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, a=np.zeros(3))
+    for bad, message in ((truncated, "corrupt or truncated"), (garbage, "corrupt or truncated"),
+                         (plain, "not a fastlenet checkpoint"), (tmp_path / "missing.npz", "no such")):
+        with pytest.raises(CheckpointError, match=message) as info:
+            load_checkpoint(bad)
+        assert "\n" not in str(info.value)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    compact = build_model("compact", "numpy", seed=0)
+    path = tmp_path / "mislabelled.npz"
+    save_checkpoint(path, compact.state_dict(), {}, {"model": "lenet5", "dtype": "float32"})
+    with pytest.raises(CheckpointError, match="another model|shape|unexpected|missing"):
+        load_model(path, "numpy")
