@@ -27,7 +27,7 @@ from . import __version__
 from .backends import get_backend
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .data import DATASETS, load_dataset, prepare
-from .errors import ConfigError, TrainingDivergedError
+from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .nn import MODELS, SoftmaxCrossEntropy, build_model
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 
@@ -125,186 +125,245 @@ def _progress_bar(total: int, desc: str, enabled: bool):
                 dynamic_ncols=True, file=sys.stderr)
 
 
+class Trainer:
+    """One training run: set up from a config (or a checkpoint to resume), then :meth:`run`.
+
+    Split into the steps of a run so each reads on its own: ``_restore`` (resume),
+    ``_train_epoch`` (the hot loop), ``_end_epoch`` (evaluate, record, checkpoint), and
+    ``_metrics`` (the summary written to metrics.json).
+    """
+
+    def __init__(self, config: TrainConfig | None = None, out: str | Path | None = None,
+                 resume: str | Path | None = None, epochs: int | None = None,
+                 progress: bool | None = None, log: Callable[[str], None] | None = print,
+                 on_epoch_end: Callable[[dict], bool | None] | None = None):
+        checkpoint = None
+        if resume is not None:
+            checkpoint = load_checkpoint(resume)
+            config = _config_from(checkpoint.meta, resume)
+            if out is None:
+                out = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        self.config = config = dataclasses.replace(config or TrainConfig())
+        if epochs is not None:
+            config.epochs = epochs
+        config.validate()
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.log = log or (lambda _msg: None)
+        self.on_epoch_end = on_epoch_end
+
+        self.backend = backend = get_backend(config.backend)
+        self.data = prepare(load_dataset(config.dataset, config.data_dir), val_size=config.val_size,
+                            seed=config.seed, train_limit=config.train_limit)
+        self.model = build_model(config.model, backend, dtype=config.dtype, seed=config.seed)
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), backend,
+                                        lr=config.lr, weight_decay=config.weight_decay)
+        self.n_train = len(self.data.x_train)
+        self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
+        self.schedule = make_schedule(config.schedule, config.lr,
+                                      total_steps=config.epochs * self.steps_per_epoch,
+                                      steps_per_epoch=self.steps_per_epoch)
+        self.loss_fn = SoftmaxCrossEntropy(label_smoothing=config.label_smoothing, backend=backend)
+        self.shuffle_rng = np.random.default_rng(config.seed)
+
+        # what a checkpoint carries besides weights and optimizer state
+        self.epoch, self.step, self.train_seconds = 0, 0, 0.0
+        self.best_val, self.best_epoch = -1.0, None
+        self.history = {"steps": [], "epochs": []}
+        if checkpoint is not None:
+            self._restore(checkpoint, resume)
+        self.out = Path(out) if out is not None else default_run_dir(config, backend.name)
+
+        # the whole training set lives on the device, one row per image, for row gathers
+        self.x_dev = backend.asarray(self.data.x_train.reshape(self.n_train, -1), dtype=self.model.dtype)
+        self.y_dev = backend.asarray(self.data.y_train.astype(np.int64))
+
+    def _restore(self, checkpoint, path) -> None:
+        meta = checkpoint.meta
+        try:
+            self.model.load_state_dict(checkpoint.params)
+            self.optimizer.load_state_dict(checkpoint.optim)
+            self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
+            self.backend.set_rng_state(self.model.rng, meta["model_rng"])
+            self.history = meta["history"]
+            self.epoch, self.step, self.train_seconds = meta["epoch"], meta["step"], meta["train_seconds"]
+            self.best_epoch = meta["best_epoch"]
+        except KeyError as exc:
+            raise CheckpointError(f"{path}: checkpoint holds no training state ({exc.args[0]} is "
+                                  "missing); resume from a run's last.npz") from None
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        if self.best_epoch is not None:
+            self.best_val = meta["best_val_accuracy"]
+
+    def run(self) -> dict:
+        """Train until ``config.epochs``, the target accuracy or ``on_epoch_end`` says stop."""
+        config, model = self.config, self.model
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "config.json", {**dataclasses.asdict(config),
+                                              "backend_used": self.backend.name, "fastlenet": __version__})
+        if self.epoch == 0:
+            self.log(f"fastlenet {__version__}: {config.model} ({model.num_parameters():,} parameters) "
+                     f"on {config.dataset} with the {self.backend.name} backend; {self.n_train:,} "
+                     f"training, {len(self.data.x_val):,} validation, {len(self.data.x_test):,} "
+                     f"test images; run folder {self.out}")
+        else:
+            self.log(f"resuming {self.out} after epoch {self.epoch} (step {self.step})")
+        stop_reason = None
+        # Overflow on the way to a NaN loss is reported once, with the step it happened
+        # at (see _check_losses); NumPy's own floating-point warnings would only add noise.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while self.epoch < config.epochs and stop_reason is None:
+                self.epoch += 1
+                stop_reason = self._end_epoch(*self._train_epoch())
+        if stop_reason:
+            self.log(stop_reason)
+        metrics = self._metrics(stop_reason)
+        write_json(self.out / "metrics.json", metrics)
+        self.log(f"test accuracy {metrics['test_accuracy']:.2%} after {metrics['epochs']} epochs, "
+                 f"{self.train_seconds:.1f} s of training; results in {self.out}")
+        return {**metrics, "run_dir": str(self.out)}
+
+    def _train_epoch(self) -> tuple[float, float, float]:
+        """One pass over the shuffled training set; returns (mean loss, accuracy, seconds)."""
+        backend, model, config = self.backend, self.model, self.config
+        xp = backend.xp
+        image_shape = self.data.x_train.shape[1:]
+        model.train()
+        perm = backend.asarray(self.shuffle_rng.permutation(self.n_train))
+        pending = []  # device losses the host has not read yet
+        loss_sum, correct, seen = 0.0, xp.zeros((), dtype=np.int64), 0
+        bar = _progress_bar(self.steps_per_epoch, f"epoch {self.epoch}/{config.epochs}", self.progress)
+        tick = time.perf_counter()
+        try:
+            for start in range(0, self.n_train, config.batch_size):
+                idx = perm[start:start + config.batch_size]
+                xb = backend.to_batch_last(self.x_dev[idx]).reshape(*image_shape, len(idx))
+                yb = self.y_dev[idx]
+                logits = model.forward(xb)
+                pending.append(self.loss_fn.forward(logits, yb))
+                correct += (logits.argmax(axis=0) == yb).sum()
+                model.backward(self.loss_fn.backward())
+                self.optimizer.lr = self.schedule(self.step)
+                self.optimizer.step()
+                self.step += 1
+                seen += len(idx)
+                if len(pending) == config.log_every or start + config.batch_size >= self.n_train:
+                    losses = self._check_losses(pending)
+                    loss_sum += float(losses.sum())
+                    bar.update(len(pending))
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}",
+                                    acc=f"{float(backend.to_numpy(correct)) / seen:.2%}",
+                                    img_s=f"{seen / max(time.perf_counter() - tick, 1e-9):,.0f}")
+                    pending = []
+            backend.synchronize()
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - tick
+        self.train_seconds += seconds
+        return loss_sum / self.steps_per_epoch, float(backend.to_numpy(correct)) / self.n_train, seconds
+
+    def _check_losses(self, pending: list) -> np.ndarray:
+        """Read the last steps' losses to the host, record them, stop on a NaN or inf."""
+        losses = self.backend.to_numpy(self.backend.xp.stack(pending)).astype(np.float64)
+        first = self.step - len(losses)  # steps are counted from 0 here, from 1 in messages
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            kept = (f"the last good checkpoint is {self.out / 'last.npz'}" if self.epoch > 1
+                    else "no checkpoint was written (it diverged in the first epoch)")
+            raise TrainingDivergedError(
+                f"loss became {losses[bad[0]]} at epoch {self.epoch}, step {first + bad[0] + 1}; "
+                f"training stopped, {kept}; try a smaller --lr")
+        self.history["steps"].extend(
+            {"step": first + i + 1, "epoch": self.epoch, "loss": float(v), "lr": float(self.schedule(first + i))}
+            for i, v in enumerate(losses))
+        return losses
+
+    def _end_epoch(self, train_loss: float, train_accuracy: float, seconds: float) -> str | None:
+        """Evaluate, record, checkpoint and report the epoch; return why to stop, if so."""
+        config, data = self.config, self.data
+        has_val = len(data.x_val) > 0
+        val_loss, val_acc, _ = evaluate(self.model, data.x_val, data.y_val)
+        test_loss, test_acc, _ = evaluate(self.model, data.x_test, data.y_test)
+        record = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+                  "train_accuracy": train_accuracy,
+                  "val_loss": val_loss if has_val else None, "val_accuracy": val_acc if has_val else None,
+                  "test_loss": test_loss, "test_accuracy": test_acc, "lr": self.optimizer.lr,
+                  "epoch_seconds": seconds, "train_seconds": self.train_seconds,
+                  "images_per_second": self.n_train / seconds}
+        self.history["epochs"].append(record)
+        improved = has_val and val_acc > self.best_val
+        if improved:
+            self.best_val, self.best_epoch = val_acc, self.epoch
+        params, optim_state, meta = self.model.state_dict(), self.optimizer.state_dict(), self._meta()
+        save_checkpoint(self.out / "last.npz", params, optim_state, meta)
+        if improved:
+            save_checkpoint(self.out / "best.npz", params, optim_state, meta)
+        write_json(self.out / "history.json", self.history)
+        width = len(str(config.epochs))
+        self.log(f"epoch {self.epoch:>{width}}/{config.epochs}  loss {train_loss:.4f}  "
+                 f"train {train_accuracy:.2%}  {f'val {val_acc:.2%}  ' if has_val else ''}"
+                 f"test {test_acc:.2%}  {seconds:.1f} s  {record['images_per_second']:,.0f} img/s")
+        if config.target_accuracy is not None and val_acc >= config.target_accuracy:
+            return f"validation accuracy {val_acc:.2%} reached the target {config.target_accuracy:.2%}"
+        if self.on_epoch_end is not None and self.on_epoch_end(record):
+            return "stopped by on_epoch_end"
+        return None
+
+    def _meta(self) -> dict:
+        """Everything besides the arrays that inference and resuming need."""
+        config, data = self.config, self.data
+        return {"model": config.model, "dtype": config.dtype, "config": dataclasses.asdict(config),
+                "epoch": self.epoch, "step": self.step, "train_seconds": self.train_seconds,
+                "shuffle_rng": self.shuffle_rng.bit_generator.state,
+                "model_rng": self.backend.rng_state(self.model.rng),
+                "best_val_accuracy": None if self.best_epoch is None else self.best_val,
+                "best_epoch": self.best_epoch, "mean": data.mean, "std": data.std,
+                "dataset": config.dataset, "class_names": list(data.class_names),
+                "backend": self.backend.name, "history": self.history, "fastlenet": __version__}
+
+    def _metrics(self, stop_reason: str | None) -> dict:
+        last = self.history["epochs"][-1] if self.history["epochs"] else {}
+        return {
+            "test_accuracy": last.get("test_accuracy"),
+            "test_loss": last.get("test_loss"),
+            "best_val_accuracy": None if self.best_epoch is None else self.best_val,
+            "best_epoch": self.best_epoch,
+            "final_val_accuracy": last.get("val_accuracy"),
+            "train_seconds": self.train_seconds,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "backend": self.backend.name,
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "parameters": self.model.num_parameters(),
+            "batch_size": self.config.batch_size,
+            "seed": self.config.seed,
+            "stop_reason": stop_reason or "completed",
+            "fastlenet": __version__,
+        }
+
+
+def _config_from(meta: dict, path) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = meta.get("config")
+    if not isinstance(saved, dict) or not set(saved) <= known:
+        raise CheckpointError(f"{path}: checkpoint's training config is missing or from another "
+                              "fastlenet version; it cannot be resumed")
+    return TrainConfig(**saved)
+
+
 def train(config: TrainConfig | None = None, out: str | Path | None = None,
           resume: str | Path | None = None, epochs: int | None = None,
           progress: bool | None = None, log: Callable[[str], None] | None = print,
           on_epoch_end: Callable[[dict], bool | None] | None = None) -> dict:
     """Train a model and return its metrics (also written to ``<out>/metrics.json``).
 
+    ``out``: the run folder (default ``runs/<time>-<model>-<backend>``).
     ``resume``: a run folder or checkpoint to continue; its config is used, except
     ``epochs`` when given (a longer cosine/one-cycle schedule then changes shape).
     ``progress``: show a progress bar (default: when stderr is a terminal).
+    ``log``: where the one-line-per-epoch report goes (None: nowhere).
     ``on_epoch_end(record)``: called after each epoch's checkpoint; a true value stops.
     """
-    log = log or (lambda _msg: None)
-    state = None
-    if resume is not None:
-        state = load_checkpoint(resume)
-        config = TrainConfig(**state.meta["config"])
-        if out is None:
-            resume_path = Path(resume)
-            out = resume_path if resume_path.is_dir() else resume_path.parent
-    config = dataclasses.replace(config or TrainConfig())
-    if epochs is not None:
-        config.epochs = epochs
-    config.validate()
-    if progress is None:
-        progress = sys.stderr.isatty()
-
-    backend = get_backend(config.backend)
-    xp = backend.xp
-    data = prepare(load_dataset(config.dataset, config.data_dir), val_size=config.val_size,
-                   seed=config.seed, train_limit=config.train_limit)
-    model = build_model(config.model, backend, dtype=config.dtype, seed=config.seed)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), backend, lr=config.lr,
-                               weight_decay=config.weight_decay)
-    n_train = len(data.x_train)
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    schedule = make_schedule(config.schedule, config.lr, total_steps=config.epochs * steps_per_epoch,
-                             steps_per_epoch=steps_per_epoch)
-    loss_fn = SoftmaxCrossEntropy(label_smoothing=config.label_smoothing, backend=backend)
-    shuffle_rng = np.random.default_rng(config.seed)
-
-    history = {"steps": [], "epochs": []}
-    start_epoch, step, train_seconds = 0, 0, 0.0
-    best_val, best_epoch = -1.0, None
-    if state is not None:
-        model.load_state_dict(state.params)
-        optimizer.load_state_dict(state.optim)
-        meta = state.meta
-        shuffle_rng.bit_generator.state = meta["shuffle_rng"]
-        backend.set_rng_state(model.rng, meta["model_rng"])
-        history = meta["history"]
-        start_epoch, step, train_seconds = meta["epoch"], meta["step"], meta["train_seconds"]
-        best_val = meta["best_val_accuracy"] if meta["best_val_accuracy"] is not None else -1.0
-        best_epoch = meta["best_epoch"]
-
-    out = Path(out) if out is not None else default_run_dir(config, backend.name)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {**dataclasses.asdict(config), "backend_used": backend.name,
-                                     "fastlenet": __version__})
-    if state is None:
-        log(f"fastlenet {__version__}: {config.model} ({model.num_parameters():,} parameters) "
-            f"on {config.dataset} with the {backend.name} backend; {n_train:,} training, "
-            f"{len(data.x_val):,} validation, {len(data.x_test):,} test images; run folder {out}")
-    else:
-        log(f"resuming {out} after epoch {start_epoch} (step {step})")
-
-    # the whole training set lives on the device, one row per image, for row gathers
-    x_dev = backend.asarray(data.x_train.reshape(n_train, -1), dtype=model.dtype)
-    y_dev = backend.asarray(data.y_train.astype(np.int64))
-    image_shape = data.x_train.shape[1:]
-
-    def checkpoint_meta(epoch: int) -> dict:
-        return {"model": config.model, "dtype": config.dtype, "config": dataclasses.asdict(config),
-                "epoch": epoch, "step": step, "train_seconds": train_seconds,
-                "shuffle_rng": shuffle_rng.bit_generator.state,
-                "model_rng": backend.rng_state(model.rng),
-                "best_val_accuracy": None if best_epoch is None else best_val,
-                "best_epoch": best_epoch, "mean": data.mean, "std": data.std,
-                "dataset": config.dataset, "class_names": list(data.class_names),
-                "backend": backend.name, "history": history, "fastlenet": __version__}
-
-    stop_reason = None
-    epoch = start_epoch
-    # Overflow on the way to a NaN loss is reported once, below, with the step it
-    # happened at; NumPy's own floating-point warnings would only add noise.
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            model.train()
-            perm = backend.asarray(shuffle_rng.permutation(n_train))
-            pending, window_start = [], step  # device losses not yet read by the host
-            loss_sum, correct = 0.0, xp.zeros((), dtype=np.int64)
-            bar = _progress_bar(steps_per_epoch, f"epoch {epoch}/{config.epochs}", progress)
-            tick = time.perf_counter()
-            seen = 0
-            for start in range(0, n_train, config.batch_size):
-                idx = perm[start:start + config.batch_size]
-                xb = backend.to_batch_last(x_dev[idx]).reshape(*image_shape, len(idx))
-                yb = y_dev[idx]
-                logits = model.forward(xb)
-                pending.append(loss_fn.forward(logits, yb))
-                correct += (logits.argmax(axis=0) == yb).sum()
-                model.backward(loss_fn.backward())
-                optimizer.lr = schedule(step)
-                optimizer.step()
-                step += 1
-                seen += len(idx)
-                if len(pending) == config.log_every or start + config.batch_size >= n_train:
-                    losses = backend.to_numpy(xp.stack(pending)).astype(np.float64)
-                    bad = np.flatnonzero(~np.isfinite(losses))
-                    if bad.size:
-                        bar.close()
-                        raise TrainingDivergedError(
-                            f"loss became {losses[bad[0]]} at epoch {epoch}, step {window_start + bad[0] + 1}; "
-                            f"training stopped, the last good checkpoint is {out / 'last.npz'}"
-                            f"{'' if epoch > 1 else ' (none yet: it diverged in the first epoch)'}; "
-                            "try a smaller --lr")
-                    history["steps"].extend(
-                        {"step": window_start + i + 1, "epoch": epoch, "loss": float(v),
-                         "lr": float(schedule(window_start + i))} for i, v in enumerate(losses))
-                    loss_sum += float(losses.sum())
-                    elapsed = time.perf_counter() - tick
-                    bar.update(len(pending))
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", acc=f"{float(backend.to_numpy(correct)) / seen:.2%}",
-                                    img_s=f"{seen / max(elapsed, 1e-9):,.0f}")
-                    pending, window_start = [], step
-            backend.synchronize()
-            epoch_seconds = time.perf_counter() - tick
-            bar.close()
-            train_seconds += epoch_seconds
-
-            val_loss, val_acc, _ = evaluate(model, data.x_val, data.y_val)
-            test_loss, test_acc, _ = evaluate(model, data.x_test, data.y_test)
-            record = {"epoch": epoch, "step": step, "train_loss": loss_sum / steps_per_epoch,
-                      "train_accuracy": float(backend.to_numpy(correct)) / n_train,
-                      "val_loss": val_loss if len(data.x_val) else None,
-                      "val_accuracy": val_acc if len(data.x_val) else None,
-                      "test_loss": test_loss, "test_accuracy": test_acc, "lr": optimizer.lr,
-                      "epoch_seconds": epoch_seconds, "train_seconds": train_seconds,
-                      "images_per_second": n_train / epoch_seconds}
-            history["epochs"].append(record)
-            improved = len(data.x_val) > 0 and val_acc > best_val
-            if improved:
-                best_val, best_epoch = val_acc, epoch
-            meta = checkpoint_meta(epoch)
-            params, optim_state = model.state_dict(), optimizer.state_dict()
-            save_checkpoint(out / "last.npz", params, optim_state, meta)
-            if improved:
-                save_checkpoint(out / "best.npz", params, optim_state, meta)
-            write_json(out / "history.json", history)
-            val_text = f"val {val_acc:.2%}  " if len(data.x_val) else ""
-            log(f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  loss {record['train_loss']:.4f}  "
-                f"train {record['train_accuracy']:.2%}  {val_text}test {test_acc:.2%}  "
-                f"{epoch_seconds:.1f} s  {record['images_per_second']:,.0f} img/s")
-            if config.target_accuracy is not None and val_acc >= config.target_accuracy:
-                stop_reason = f"validation accuracy {val_acc:.2%} reached the target {config.target_accuracy:.2%}"
-            elif on_epoch_end is not None and on_epoch_end(record):
-                stop_reason = "stopped by on_epoch_end"
-            if stop_reason:
-                log(stop_reason)
-                break
-
-    last = history["epochs"][-1] if history["epochs"] else {}
-    metrics = {
-        "test_accuracy": last.get("test_accuracy"),
-        "test_loss": last.get("test_loss"),
-        "best_val_accuracy": None if best_epoch is None else best_val,
-        "best_epoch": best_epoch,
-        "final_val_accuracy": last.get("val_accuracy"),
-        "train_seconds": train_seconds,
-        "epochs": epoch if history["epochs"] else 0,
-        "steps": step,
-        "backend": backend.name,
-        "model": config.model,
-        "dataset": config.dataset,
-        "parameters": model.num_parameters(),
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "stop_reason": stop_reason or "completed",
-        "fastlenet": __version__,
-    }
-    write_json(out / "metrics.json", metrics)
-    log(f"test accuracy {metrics['test_accuracy']:.2%} after {metrics['epochs']} epochs, "
-        f"{train_seconds:.1f} s of training; results in {out}")
-    return {**metrics, "run_dir": str(out)}
+    return Trainer(config, out=out, resume=resume, epochs=epochs, progress=progress, log=log,
+                   on_epoch_end=on_epoch_end).run()

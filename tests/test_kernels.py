@@ -36,6 +36,16 @@ def _ties(rng, shape, dtype):
     return rng.integers(-2, 3, size=shape).astype(dtype)
 
 
+# ---------------------------------------------------------------------- layout
+@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (13, 2, 3, 5), (8, 7), (130, 3)])
+def test_batch_last_round_trip(backend, shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    xb = backend.to_batch_last(backend.asarray(x))
+    _check(backend, xb, np.moveaxis(x, 0, -1), np.float32)
+    assert backend.to_numpy(xb).flags.c_contiguous
+    _check(backend, backend.from_batch_last(xb), x, np.float32)
+
+
 # ----------------------------------------------------------------- convolution
 # (C, H, W, N, K, KH, KW, stride, pad): odd batches, non-square inputs and kernels,
 # strides 1-3, paddings 0-2, kernels 1-5, one LeNet-like layer.
