@@ -162,8 +162,45 @@ class Layer(ABC):
         return repr(self), self.num_parameters(), math.prod(self.output_shape(in_shape))
 
 
+# ------------------------------------------------- layers with a weight and a bias
+class _Affine(Layer):
+    """Shared parts of Conv2d and Linear: a ``weight`` Parameter, an optional ``bias``,
+    and a forward/backward that hand both to a backend kernel pair."""
+
+    def __init__(self, bias: bool, init: str):
+        super().__init__()
+        self.has_bias = bool(bias)
+        self.init = init
+        self._initializer = get_initializer(init)
+        self.weight: Parameter | None = None
+        self.bias: Parameter | None = None
+        self._ctx = None
+
+    def _repr_options(self, **options) -> dict:
+        """Options that differ from their defaults, for ``__repr__``."""
+        defaults = {"stride": 1, "padding": 0, "bias": True, "init": "he"}
+        options.update(bias=self.has_bias, init=self.init)
+        return {k: v for k, v in options.items() if v != defaults[k]}
+
+    def _create_parameters(self, shape, fan_in: int, fan_out: int, init_rng) -> None:
+        self.weight = Parameter(self._device(self._initializer(shape, fan_in, fan_out, init_rng)))
+        self.bias = Parameter(self._device(np.zeros(shape[0]))) if self.has_bias else None
+
+    def named_parameters(self) -> dict[str, Parameter]:
+        return {k: p for k, p in (("weight", self.weight), ("bias", self.bias))
+                if p is not None}
+
+    def _bias_data(self):
+        return self.bias.data if self.bias is not None else None
+
+    def _store_grads(self, dw, db) -> None:
+        self.weight.grad = dw
+        if self.bias is not None:
+            self.bias.grad = db
+
+
 # ------------------------------------------------------------------ convolution
-class Conv2d(Layer):
+class Conv2d(_Affine):
     """2-D convolution, a cross-correlation as in PyTorch's ``Conv2d``.
 
     x: (C, H, W, N) -> y: (K, OH, OW, N) with OH = (H + 2*padding - kernel) // stride + 1.
@@ -173,35 +210,20 @@ class Conv2d(Layer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, padding: int = 0, bias: bool = True, init: str = "he"):
-        super().__init__()
+        super().__init__(bias, init)
         self.in_channels = _check_int("Conv2d", "in_channels", in_channels, 1)
         self.out_channels = _check_int("Conv2d", "out_channels", out_channels, 1)
         self.kernel_size = _check_int("Conv2d", "kernel_size", kernel_size, 1)
         self.stride = _check_int("Conv2d", "stride", stride, 1)
         self.padding = _check_int("Conv2d", "padding", padding, 0)
-        self.has_bias = bool(bias)
-        self.init = init
-        self._initializer = get_initializer(init)
-        self.weight: Parameter | None = None
-        self.bias: Parameter | None = None
-        self._ctx = None
 
     def __repr__(self) -> str:
-        options = {"stride": self.stride, "padding": self.padding, "bias": self.has_bias,
-                   "init": self.init}
-        defaults = {"stride": 1, "padding": 0, "bias": True, "init": "he"}
         return _signature("Conv2d", (self.in_channels, self.out_channels, self.kernel_size),
-                          {k: v for k, v in options.items() if v != defaults[k]})
+                          self._repr_options(stride=self.stride, padding=self.padding))
 
     def _create(self, init_rng, rng) -> None:
         k, c, s = self.out_channels, self.in_channels, self.kernel_size
-        w = self._initializer((k, c, s, s), c * s * s, k * s * s, init_rng)
-        self.weight = Parameter(self._device(w))
-        self.bias = Parameter(self._device(np.zeros(k))) if self.has_bias else None
-
-    def named_parameters(self) -> dict[str, Parameter]:
-        return {k: p for k, p in (("weight", self.weight), ("bias", self.bias))
-                if p is not None}
+        self._create_parameters((k, c, s, s), c * s * s, k * s * s, init_rng)
 
     def num_parameters(self) -> int:
         return self.out_channels * (self.in_channels * self.kernel_size ** 2 + self.has_bias)
@@ -221,16 +243,13 @@ class Conv2d(Layer):
         return repr(self), self.num_parameters(), oh * ow * self.out_channels * fan_in
 
     def forward(self, x):
-        bias = self.bias.data if self.bias is not None else None
-        y, self._ctx = self.backend.conv2d_forward(x, self.weight.data, bias,
+        y, self._ctx = self.backend.conv2d_forward(x, self.weight.data, self._bias_data(),
                                                    self.stride, self.padding)
         return y
 
     def backward(self, dy):
         dx, dw, db = self.backend.conv2d_backward(dy, self._ctx, need_dx=self.need_dx)
-        self.weight.grad = dw
-        if self.bias is not None:
-            self.bias.grad = db
+        self._store_grads(dw, db)
         return dx
 
 
@@ -287,7 +306,7 @@ class AvgPool2d(_Pool2d):
 
 
 # ---------------------------------------------------------------- fully connected
-class Linear(Layer):
+class Linear(_Affine):
     """Fully connected layer: y = W x + b; x: (IN, N) -> y: (OUT, N).
 
     Parameters: weight (OUT, IN), bias (OUT,) unless ``bias=False``.
@@ -295,30 +314,16 @@ class Linear(Layer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  init: str = "he"):
-        super().__init__()
+        super().__init__(bias, init)
         self.in_features = _check_int("Linear", "in_features", in_features, 1)
         self.out_features = _check_int("Linear", "out_features", out_features, 1)
-        self.has_bias = bool(bias)
-        self.init = init
-        self._initializer = get_initializer(init)
-        self.weight: Parameter | None = None
-        self.bias: Parameter | None = None
-        self._ctx = None
 
     def __repr__(self) -> str:
-        options = {"bias": self.has_bias, "init": self.init}
-        defaults = {"bias": True, "init": "he"}
-        return _signature("Linear", (self.in_features, self.out_features),
-                          {k: v for k, v in options.items() if v != defaults[k]})
+        return _signature("Linear", (self.in_features, self.out_features), self._repr_options())
 
     def _create(self, init_rng, rng) -> None:
         out, inp = self.out_features, self.in_features
-        self.weight = Parameter(self._device(self._initializer((out, inp), inp, out, init_rng)))
-        self.bias = Parameter(self._device(np.zeros(out))) if self.has_bias else None
-
-    def named_parameters(self) -> dict[str, Parameter]:
-        return {k: p for k, p in (("weight", self.weight), ("bias", self.bias))
-                if p is not None}
+        self._create_parameters((out, inp), inp, out, init_rng)
 
     def num_parameters(self) -> int:
         return self.out_features * (self.in_features + self.has_bias)
@@ -335,15 +340,12 @@ class Linear(Layer):
         return repr(self), self.num_parameters(), self.num_parameters()
 
     def forward(self, x):
-        bias = self.bias.data if self.bias is not None else None
-        y, self._ctx = self.backend.linear_forward(x, self.weight.data, bias)
+        y, self._ctx = self.backend.linear_forward(x, self.weight.data, self._bias_data())
         return y
 
     def backward(self, dy):
         dx, dw, db = self.backend.linear_backward(dy, self._ctx, need_dx=self.need_dx)
-        self.weight.grad = dw
-        if self.bias is not None:
-            self.bias.grad = db
+        self._store_grads(dw, db)
         return dx
 
 
