@@ -21,6 +21,7 @@ import functools
 import os
 import platform
 import statistics
+import sys
 import time
 from collections import defaultdict
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from fastlenet.backends import get_backend
 from fastlenet.data import load_dataset, prepare
+from fastlenet.errors import FastLeNetError
 from fastlenet.nn import SoftmaxCrossEntropy, build_model
 from fastlenet.optim import Adam
 
@@ -38,17 +40,28 @@ KERNELS = ("conv2d_forward", "conv2d_backward", "relu_maxpool2d_forward",
            "to_batch_last")
 
 
+def import_torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise FastLeNetError(f"PyTorch is needed for the comparison but does not import "
+                             f"({exc}); install torch, or run with --profile alone") from exc
+    return torch
+
+
 def machine() -> str:
     """CPU model, cores and library versions, for the report's first lines."""
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in f
+                       if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import torch
+    torch = import_torch()
     lines = [f"cpu: {cpu}, {os.cpu_count()} cores",
-             f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)"]
+             f"numpy {np.__version__}, torch {torch.__version__} "
+             f"({torch.get_num_threads()} threads)"]
     try:
         from threadpoolctl import threadpool_info
         lines += [f"blas: {info['internal_api']} {info.get('version')} "
@@ -104,8 +117,8 @@ class TorchRun:
     """The same model, loss and optimizer in PyTorch (CPU, 2 threads, float32)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch: int, threads: int):
-        import torch
-        from torch import nn
+        torch = import_torch()
+        nn = torch.nn
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         self.torch = torch
@@ -141,6 +154,7 @@ def timed(fn) -> tuple[float, float]:
 def compare(args, x, y) -> None:
     ours = FastLeNetRun(args.backend, x, y, args.batch_size)
     theirs = TorchRun(x, y, args.batch_size, args.threads)
+    print(machine())
     for run in (ours, theirs):  # warm-up: first-touch allocations, caches, JIT
         run.epoch(steps=20)
     times = {"fastlenet": [], "torch": []}
@@ -148,13 +162,15 @@ def compare(args, x, y) -> None:
         for name, run in (("fastlenet", ours), ("torch", theirs)):
             seconds, loss = timed(run.epoch)
             times[name].append(seconds)
-            print(f"repeat {r + 1}: {name:9s} {seconds:7.3f} s  (mean loss {loss:.4f})", flush=True)
+            print(f"repeat {r + 1}: {name:9s} {seconds:7.3f} s  (mean loss {loss:.4f})",
+                  flush=True)
     med = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n{len(y)} images, batch {args.batch_size}, {args.repeats} interleaved repeats")
     print(f"median s/epoch: fastlenet-{args.backend} {med['fastlenet']:.3f}, "
           f"torch {med['torch']:.3f}")
-    print(f"ratio fastlenet/torch: {med['fastlenet'] / med['torch']:.3f} "
-          f"(per repeat: {', '.join(f'{a / b:.3f}' for a, b in zip(times['fastlenet'], times['torch']))})")
+    per_repeat = ", ".join(f"{a / b:.3f}" for a, b in zip(times["fastlenet"], times["torch"]))
+    ratio = med["fastlenet"] / med["torch"]
+    print(f"ratio fastlenet/torch: {ratio:.3f} (per repeat: {per_repeat})")
 
 
 # -------------------------------------------------------------------------- profile
@@ -224,13 +240,14 @@ def main() -> None:
                         help="print fastlenet's per-kernel times instead of comparing")
     parser.add_argument("--profile-steps", type=int, default=100)
     args = parser.parse_args()
-
-    x, y = load_images(args.images, args.synthetic)
-    if args.profile:
-        profile(args, x, y)
-        return
-    print(machine())
-    compare(args, x, y)
+    try:
+        x, y = load_images(args.images, args.synthetic)
+        if args.profile:
+            profile(args, x, y)
+        else:
+            compare(args, x, y)
+    except FastLeNetError as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

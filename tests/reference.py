@@ -21,7 +21,7 @@ def _out(size, window, stride, pad=0):
 
 # ----------------------------------------------------------------- convolution
 def conv2d_forward(x, w, b, stride, pad):
-    """y[k, i, j, n] = b[k] + sum_{c,p,q} w[k, c, p, q] * xpad[c, i*stride + p, j*stride + q, n]."""
+    """y[k, i, j, n] = b[k] + sum_{c,p,q} w[k, c, p, q] xpad[c, i*stride + p, j*stride + q, n]."""
     c_in, h, wd, n = x.shape
     k_out, _, kh, kw = w.shape
     oh, ow = _out(h, kh, stride, pad), _out(wd, kw, stride, pad)
@@ -145,7 +145,8 @@ def linear_forward(x, w, b):
 
 
 def linear_backward(dy, x, w):
-    """dx[i, n] = sum_o w[o, i] dy[o, n]; dw[o, i] = sum_n dy[o, n] x[i, n]; db[o] = sum_n dy[o, n]."""
+    """dx[i, n] = sum_o w[o, i] dy[o, n]; dw[o, i] = sum_n dy[o, n] x[i, n];
+    db[o] = sum_n dy[o, n]."""
     out_f, in_f = w.shape
     dx = np.zeros_like(x)
     dw = np.zeros_like(w)

@@ -66,7 +66,8 @@ CONV_CASES = [
 def test_conv2d_matches_reference(backend, case, dtype):
     c, h, wd, n, k, kh, kw, stride, pad = case
     rng = np.random.default_rng(sum(case))
-    x, w, b = _normal(rng, (c, h, wd, n), dtype), _normal(rng, (k, c, kh, kw), dtype), _normal(rng, k, dtype)
+    x = _normal(rng, (c, h, wd, n), dtype)
+    w, b = _normal(rng, (k, c, kh, kw), dtype), _normal(rng, k, dtype)
     y, ctx = backend.conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b),
                                     stride, pad)
     x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
@@ -100,7 +101,7 @@ def test_conv2d_contexts_stay_valid_across_calls(backend):
     ws = [rng.standard_normal((2, 2, 3, 3)) for _ in range(2)]
     bs = [rng.standard_normal(2) for _ in range(2)]
     dys = [rng.standard_normal((2, 8, 8, 3)) for _ in range(2)]
-    outs = [backend.conv2d_forward(backend.asarray(x), backend.asarray(w), backend.asarray(b), 1, 1)
+    outs = [backend.conv2d_forward(*(backend.asarray(a) for a in (x, w, b)), 1, 1)
             for x, w, b in zip(xs, ws, bs)]
     grads = [backend.conv2d_backward(backend.asarray(dy), ctx) for dy, (_, ctx) in
              zip(dys[::-1], outs[::-1])][::-1]
@@ -119,15 +120,17 @@ def test_conv2d_rejects_bad_shapes(backend):
 
 
 # --------------------------------------------------------------------- pooling
-# (C, H, W, N, size, stride): non-overlapping, overlapping (3/2, 2/1), leftover rows and
-# columns, a window as large as the input.
+# (C, H, W, N, size, stride): non-overlapping, overlapping (3/2, 2/1), gaps between
+# windows (2/3), leftover rows and columns, a window as large as the input, 1x1 windows.
 POOL_CASES = [
     (2, 6, 6, 3, 2, 2),
     (3, 7, 9, 7, 3, 2),
     (1, 5, 8, 1, 2, 1),
     (2, 9, 7, 3, 3, 3),
+    (1, 8, 7, 3, 2, 3),
     (1, 4, 4, 1, 4, 4),
     (2, 7, 5, 3, 2, 2),
+    (2, 3, 4, 3, 1, 1),
 ]
 
 
@@ -171,7 +174,8 @@ def test_avgpool2d_matches_reference(backend, case, dtype):
     _check(backend, y, y_ref, dtype)
     dy = _normal(rng, y_ref.shape, dtype)
     dx = backend.avgpool2d_backward(backend.asarray(dy), ctx)
-    _check(backend, dx, ref.avgpool2d_backward(dy.astype(np.float64), x.shape, size, stride), dtype)
+    dx_ref = ref.avgpool2d_backward(dy.astype(np.float64), x.shape, size, stride)
+    _check(backend, dx, dx_ref, dtype)
 
 
 @pytest.mark.parametrize("forward", ["maxpool2d_forward", "avgpool2d_forward",
@@ -229,7 +233,8 @@ def test_adam_update_matches_the_generic_definition(backend, weight_decay, dtype
     for step in (1, 2, 7):
         g = _normal(rng, shape, dtype)
         want = [backend.asarray(a.copy()) for a in (p, m, v)]
-        Backend.adam_update(backend, want[0], backend.asarray(g), want[1], want[2], step=step, **hyper)
+        Backend.adam_update(backend, want[0], backend.asarray(g), want[1], want[2], step=step,
+                            **hyper)
         got = [backend.asarray(a.copy()) for a in (p, m, v)]
         backend.adam_update(got[0], backend.asarray(g), got[1], got[2], step=step, **hyper)
         for actual, expected in zip(got, want):
@@ -248,7 +253,8 @@ def _torch():
 def test_conv2d_matches_torch(backend, stride, pad):
     torch = _torch()
     rng = np.random.default_rng(stride * 10 + pad)
-    x, w, b = rng.standard_normal((3, 11, 9, 5)), rng.standard_normal((4, 3, 5, 5)), rng.standard_normal(4)
+    x, w = rng.standard_normal((3, 11, 9, 5)), rng.standard_normal((4, 3, 5, 5))
+    b = rng.standard_normal(4)
     xt = torch.tensor(np.moveaxis(x, -1, 0), requires_grad=True)
     wt, bt = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
     yt = torch.nn.functional.conv2d(xt, wt, bt, stride=stride, padding=pad)
@@ -266,7 +272,7 @@ def test_conv2d_matches_torch(backend, stride, pad):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("kind", ["max", "avg", "relu_max"])
-@pytest.mark.parametrize("size, stride", [(2, 2), (3, 2), (2, 1)])
+@pytest.mark.parametrize("size, stride", [(2, 2), (3, 2), (2, 1), (2, 3)])
 def test_pool_matches_torch(backend, kind, size, stride):
     torch = _torch()
     rng = np.random.default_rng(size * 10 + stride)
