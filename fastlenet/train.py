@@ -43,8 +43,8 @@ class TrainConfig:
     epochs: int = 12
     batch_size: int = 128
     optimizer: str = "adam"
-    lr: float = 2e-3
-    schedule: str = "cosine"
+    lr: float = 3e-3
+    schedule: str = "onecycle"
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
     seed: int = 0
