@@ -41,10 +41,17 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -83,6 +90,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass a .npz written by "
                               "'fastlenet train' or its run folder")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a checkpoint (a fastlenet checkpoint is a .npz "
+                              "archive); it may be truncated, or another kind of file")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -112,7 +122,11 @@ def load_model(path: str | os.PathLike, backend="auto"):
     from .nn import MODELS, build_model
 
     ckpt = load_checkpoint(path)
-    name = ckpt.meta.get("model")
+    missing = [key for key in ("model", "mean", "std") if key not in ckpt.meta]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; it was not "
+                              "written by 'fastlenet train'")
+    name = ckpt.meta["model"]
     if name not in MODELS:
         raise CheckpointError(f"{path}: checkpoint holds unknown model '{name}'; "
                               f"this fastlenet knows: {', '.join(MODELS)}")

@@ -57,6 +57,7 @@ def _float(text: str) -> float:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     from .data import DATASETS
     from .nn import MODELS
+    from .nn.models import DTYPES
     from .optim import OPTIMIZERS, SCHEDULES
     from .train import TrainConfig
 
@@ -76,7 +77,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASETS, help=f"dataset (default: {d.dataset})")
     p.add_argument("--data-dir", help="folder of MNIST-format IDX files; alone, it trains on them as dataset "
                    "'custom' (default: $FASTLENET_DATA_DIR or the dataset's own folder)")
-    p.add_argument("--dtype", choices=("float32", "float64"), help=f"floating-point precision (default: {d.dtype})")
+    p.add_argument("--dtype", choices=DTYPES, help=f"floating-point precision (default: {d.dtype})")
     p.add_argument("--limit", type=_positive_int, dest="train_limit", help="train on only this many images (quick tries)")
     p.add_argument("--target-accuracy", type=_float, help="stop once validation accuracy reaches this fraction, e.g. 0.99")
     p.add_argument("--out", help="run folder (default: runs/<time>-<model>-<backend>)")
@@ -89,8 +90,6 @@ def cmd_train(args) -> int:
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    if "data_dir" in given and "dataset" not in given:
-        given["dataset"] = "custom"  # a folder of the user's own files, unless named
     if args.resume:
         changed = sorted(set(given) - {"epochs"})
         if changed:
@@ -99,6 +98,8 @@ def cmd_train(args) -> int:
                               "(only --epochs may change)")
         config = None
     else:
+        if "data_dir" in given and "dataset" not in given:
+            given["dataset"] = "custom"  # a folder of the user's own files, unless named
         config = TrainConfig(**given)
     train(config, out=args.out, resume=args.resume, epochs=given.get("epochs") if args.resume else None,
           progress=False if args.no_progress else None)
@@ -108,8 +109,11 @@ def cmd_train(args) -> int:
 def _test_set(meta, dataset_name, data_dir):
     from .data import load_dataset, preprocess
 
-    if dataset_name is None:  # as in train: a folder alone is the user's own data
-        dataset_name = "custom" if data_dir else meta["dataset"]
+    if data_dir is None:  # the files the model was trained with, where they were
+        data_dir = meta.get("config", {}).get("data_dir")
+    elif dataset_name is None:  # as in train: a folder alone is the user's own data
+        dataset_name = "custom"
+    dataset_name = dataset_name or meta["dataset"]
     dataset = load_dataset(dataset_name, data_dir)
     x = preprocess(dataset.test_images, meta["mean"], meta["std"])
     return x, dataset.test_labels.astype(np.int64), dataset
@@ -185,8 +189,8 @@ def _version(dist: str) -> str:
 def cmd_info(args) -> int:
     print(f"fastlenet {__version__}")
     print(f"python    {platform.python_version()} ({platform.machine()}, {platform.system()})")
-    for dist in ("numpy", "numba", "cupy-cuda12x", "cupy-cuda13x", "torch", "pillow", "matplotlib"):
-        print(f"{dist:<13} {_version(dist)}")
+    for dist in ("numpy", "tqdm", "pillow", "torch"):
+        print(f"{dist:<9} {_version(dist)}")
     print("\nbackends:")
     for name, why in backends.status().items():
         print(f"  {name:<6} {'usable' if why is None else 'not usable: ' + why}")

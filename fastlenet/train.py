@@ -26,9 +26,10 @@ import numpy as np
 from . import __version__
 from .backends import get_backend
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
-from .data import DATASETS, load_dataset, prepare
-from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .data import DATASETS, MNIST_PAD, load_dataset, prepare
+from .errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from .nn import MODELS, SoftmaxCrossEntropy, build_model
+from .nn.models import DTYPES
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 
 
@@ -56,6 +57,13 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError for the first out-of-range value; return self."""
+        numbers = {"epochs": int, "batch_size": int, "seed": int, "val_size": int, "lr": float,
+                   "weight_decay": float, "label_smoothing": float, "log_every": int}
+        for name, kind in numbers.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+                raise ConfigError(f"{name} must be {'a number' if kind is float else 'an integer'}, "
+                                  f"got {value!r}")
         checks = [
             (self.model in MODELS, f"unknown model '{self.model}'; choose one of: {', '.join(MODELS)}"),
             (self.dataset in DATASETS, f"unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS)}"),
@@ -67,11 +75,12 @@ class TrainConfig:
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.val_size >= 0, f"--val-size must be >= 0, got {self.val_size}"),
+            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (self.target_accuracy is None or 0 < self.target_accuracy <= 1,
              f"--target-accuracy is a fraction in (0, 1], e.g. 0.99; got {self.target_accuracy}"),
             (self.target_accuracy is None or self.val_size > 0,
              "--target-accuracy needs a validation split; set --val-size above 0"),
-            (self.dtype in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype}"),
+            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype}"),
             (self.log_every >= 1, f"log_every must be at least 1, got {self.log_every}"),
         ]
         for ok, message in checks:
@@ -118,11 +127,25 @@ def default_run_dir(config: TrainConfig, backend_name: str) -> Path:
     return path
 
 
-def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm  # a dependency, imported only when training
+class _NoBar:
+    """Stands in for tqdm when there is no terminal to draw on, or no tqdm."""
 
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not enabled,
-                dynamic_ncols=True, file=sys.stderr)
+    def update(self, n): pass
+
+    def set_postfix(self, **kw): pass
+
+    def close(self): pass
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # a declared dependency, but the numpy path runs without it
+            return _NoBar()
+        return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                    file=sys.stderr)
+    return _NoBar()
 
 
 class Trainer:
@@ -151,10 +174,19 @@ class Trainer:
         self.log = log or (lambda _msg: None)
         self.on_epoch_end = on_epoch_end
 
+        if config.data_dir is not None:  # so a resume from elsewhere finds the same files
+            config.data_dir = str(Path(config.data_dir).expanduser().resolve())
         self.backend = backend = get_backend(config.backend)
+        config.backend = backend.name  # "auto" resolved: a resume runs where the run ran
+        self.out = Path(out) if out is not None else default_run_dir(config, backend.name)
+        _make_run_dir(self.out, resuming=checkpoint is not None)
         self.data = prepare(load_dataset(config.dataset, config.data_dir), val_size=config.val_size,
                             seed=config.seed, train_limit=config.train_limit)
         self.model = build_model(config.model, backend, dtype=config.dtype, seed=config.seed)
+        if self.data.x_train.shape[1:] != self.model.input_shape:
+            raise DataError(f"{config.dataset} images are {self.data.x_train.shape[2] - 2 * MNIST_PAD}x"
+                            f"{self.data.x_train.shape[3] - 2 * MNIST_PAD}; the models take 28x28 "
+                            f"images (padded to {self.model.input_shape[1]}x{self.model.input_shape[2]})")
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), backend,
                                         lr=config.lr, weight_decay=config.weight_decay)
         self.n_train = len(self.data.x_train)
@@ -171,7 +203,6 @@ class Trainer:
         self.history = {"steps": [], "epochs": []}
         if checkpoint is not None:
             self._restore(checkpoint, resume)
-        self.out = Path(out) if out is not None else default_run_dir(config, backend.name)
 
         # the whole training set lives on the device, one row per image, for row gathers
         self.x_dev = backend.asarray(self.data.x_train.reshape(self.n_train, -1), dtype=self.model.dtype)
@@ -187,18 +218,20 @@ class Trainer:
             self.history = meta["history"]
             self.epoch, self.step, self.train_seconds = meta["epoch"], meta["step"], meta["train_seconds"]
             self.best_epoch = meta["best_epoch"]
+            if self.best_epoch is not None:
+                self.best_val = meta["best_val_accuracy"]
         except KeyError as exc:
             raise CheckpointError(f"{path}: checkpoint holds no training state ({exc.args[0]} is "
                                   "missing); resume from a run's last.npz") from None
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: checkpoint's training state is damaged ({exc}); "
+                                  "resume from another checkpoint") from None
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-        if self.best_epoch is not None:
-            self.best_val = meta["best_val_accuracy"]
 
     def run(self) -> dict:
         """Train until ``config.epochs``, the target accuracy or ``on_epoch_end`` says stop."""
         config, model = self.config, self.model
-        self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", {**dataclasses.asdict(config),
                                               "backend_used": self.backend.name, "fastlenet": __version__})
         if self.epoch == 0:
@@ -268,15 +301,18 @@ class Trainer:
         first = self.step - len(losses)  # steps are counted from 0 here, from 1 in messages
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
-            kept = (f"the last good checkpoint is {self.out / 'last.npz'}" if self.epoch > 1
-                    else "no checkpoint was written (it diverged in the first epoch)")
             raise TrainingDivergedError(
                 f"loss became {losses[bad[0]]} at epoch {self.epoch}, step {first + bad[0] + 1}; "
-                f"training stopped, {kept}; try a smaller --lr")
+                f"training stopped, {self._last_good()}; try a smaller --lr")
         self.history["steps"].extend(
             {"step": first + i + 1, "epoch": self.epoch, "loss": float(v), "lr": float(self.schedule(first + i))}
             for i, v in enumerate(losses))
         return losses
+
+    def _last_good(self) -> str:
+        if self.epoch > 1:
+            return f"the last good checkpoint is {self.out / 'last.npz'}"
+        return "no checkpoint was written (it diverged in the first epoch)"
 
     def _end_epoch(self, train_loss: float, train_accuracy: float, seconds: float) -> str | None:
         """Evaluate, record, checkpoint and report the epoch; return why to stop, if so."""
@@ -284,6 +320,10 @@ class Trainer:
         has_val = len(data.x_val) > 0
         val_loss, val_acc, _ = evaluate(self.model, data.x_val, data.y_val)
         test_loss, test_acc, _ = evaluate(self.model, data.x_test, data.y_test)
+        if not np.isfinite(test_loss):  # the epoch's last updates broke the weights
+            raise TrainingDivergedError(
+                f"the weights became non-finite at the end of epoch {self.epoch} (test loss "
+                f"{test_loss}); training stopped, {self._last_good()}; try a smaller --lr")
         record = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
                   "train_accuracy": train_accuracy,
                   "val_loss": val_loss if has_val else None, "val_accuracy": val_acc if has_val else None,
@@ -296,7 +336,7 @@ class Trainer:
             self.best_val, self.best_epoch = val_acc, self.epoch
         params, optim_state, meta = self.model.state_dict(), self.optimizer.state_dict(), self._meta()
         save_checkpoint(self.out / "last.npz", params, optim_state, meta)
-        if improved:
+        if improved or not has_val:  # without a validation split, best is the latest
             save_checkpoint(self.out / "best.npz", params, optim_state, meta)
         write_json(self.out / "history.json", self.history)
         width = len(str(config.epochs))
@@ -341,6 +381,18 @@ class Trainer:
             "stop_reason": stop_reason or "completed",
             "fastlenet": __version__,
         }
+
+
+def _make_run_dir(out: Path, resuming: bool) -> None:
+    """Create the run folder, refusing to overwrite another run's checkpoints."""
+    if not resuming and (out / "last.npz").exists():
+        raise ConfigError(f"{out} already holds a run; continue it with --resume {out}, "
+                          "or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run folder {out}: {exc.strerror}; "
+                          "choose another --out") from None
 
 
 def _config_from(meta: dict, path) -> TrainConfig:

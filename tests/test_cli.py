@@ -68,7 +68,7 @@ def test_evaluate_prints_accuracy_per_class_and_confusion(trained_run, tiny_dir,
     assert main(["evaluate", str(trained_run / "best.npz"), "--data-dir", str(tiny_dir)]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "per-class accuracy" in out and "confusion matrix" in out
-    assert main(["evaluate", str(trained_run), "--data-dir", str(tiny_dir), "--json"]) == 0
+    assert main(["evaluate", str(trained_run), "--json"]) == 0  # finds the run's own data
     report = json.loads(capsys.readouterr().out)
     confusion = np.array(report["confusion_matrix"])
     assert confusion.shape == (10, 10) and confusion.sum() == 200
@@ -110,6 +110,8 @@ def test_info_lists_backends():
     (["train", "--target-accuracy", "99"], "fraction"),
     (["train", "--val-size", "-5"], "--val-size"),
     (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--seed", "-1"], "--seed"),
+    (["train", "--out", "/proc/no-such-place/run"], "cannot create the run folder"),
     (["train", "--data-dir", "/nonexistent/folder"], "/nonexistent/folder"),
     (["train", "--dataset", "fashion-mnist", "--data-dir", "/tmp"], "missing"),
     (["evaluate", "/nonexistent.npz"], "no such checkpoint"),
@@ -137,6 +139,21 @@ def test_corrupt_checkpoint_and_unreadable_image_are_one_line(trained_run, tmp_p
     text = tmp_path / "note.png"
     text.write_text("not really a picture")
     assert_one_line_error(run_cli("predict", trained_run / "best.npz", text), "note.png")
+
+
+def test_diverging_training_is_one_line(tiny_dir, tmp_path):
+    result = run_cli("train", "--data-dir", tiny_dir, "--optimizer", "sgd", "--lr", "1e9",
+                     "--epochs", "1", "--val-size", "100", "--out", tmp_path / "r")
+    assert_one_line_error(result, "at epoch 1, step", "--lr")
+
+
+def test_checkpoint_of_another_model_is_one_line(trained_run, tmp_path):
+    from fastlenet.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(trained_run / "last.npz")
+    wrong = tmp_path / "wrong.npz"
+    save_checkpoint(wrong, ckpt.params, ckpt.optim, {**ckpt.meta, "model": "compact"})
+    assert_one_line_error(run_cli("evaluate", wrong), "wrong.npz", "another model")
 
 
 def test_resume_refuses_changed_settings_and_continues(trained_run, tmp_path):

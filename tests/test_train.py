@@ -1,6 +1,7 @@
 """The training loop end to end on a tiny MNIST cut: learning, run files, resume, stops."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from fastlenet.checkpoint import load_checkpoint, load_model, save_checkpoint
 from fastlenet.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fastlenet.nn import build_model
-from fastlenet.train import TrainConfig, evaluate, train
+from fastlenet.train import TrainConfig, Trainer, evaluate, train
 
 from helpers import write_tiny_mnist
 
@@ -51,8 +52,9 @@ def test_same_seed_gives_the_same_run(tiny_dir, tmp_path):
     assert ha == hb
 
 
-def test_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path):
-    config = tiny_config(tiny_dir, epochs=3, schedule="cosine")
+@pytest.mark.parametrize("model", ["lenet5", "compact"])  # compact: dropout RNG, BatchNorm stats
+def test_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path, model):
+    config = tiny_config(tiny_dir, epochs=3, schedule="cosine", model=model)
     train(config, out=tmp_path / "straight", log=None)
     train(config, out=tmp_path / "interrupted", log=None, on_epoch_end=lambda record: record["epoch"] == 1)
     assert load_checkpoint(tmp_path / "interrupted").meta["epoch"] == 1
@@ -78,20 +80,30 @@ def test_target_accuracy_stops_early(tiny_dir, tmp_path):
 
 def test_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path):
     out = tmp_path / "r"
-    train(tiny_config(tiny_dir, epochs=1), out=out, log=None)
+
+    def blow_up(record):  # after a good first epoch, weights no step can come back from
+        for p in trainer.model.parameters():
+            p.data *= 1e30
+
+    trainer = Trainer(tiny_config(tiny_dir, epochs=3), out=out, log=None, on_epoch_end=blow_up)
+    with pytest.raises(TrainingDivergedError, match=r"at epoch 2, step 17; .*last good checkpoint"):
+        trainer.run()
     good = load_checkpoint(out / "last.npz")
-    config = tiny_config(tiny_dir, epochs=2, optimizer="sgd", lr=1e9)
-    with pytest.raises(TrainingDivergedError, match=r"at epoch 1, step \d+.*try a smaller --lr"):
-        train(config, out=out, log=None)
-    after = load_checkpoint(out / "last.npz")  # the diverged run wrote no checkpoint over it
-    for key in good.params:
-        np.testing.assert_array_equal(good.params[key], after.params[key])
+    assert good.meta["epoch"] == 1
+    assert all(np.isfinite(v).all() for v in good.params.values())
+
+
+def test_a_new_run_does_not_overwrite_another(tiny_dir, tmp_path):
+    train(tiny_config(tiny_dir, epochs=1), out=tmp_path / "r", log=None)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_config(tiny_dir, epochs=1), out=tmp_path / "r", log=None)
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, "--epochs"), ("lr", -1.0, "--lr"), ("model", "resnet", "unknown model"),
     ("target_accuracy", 99.0, "fraction"), ("val_size", -1, "--val-size"),
     ("optimizer", "lbfgs", "unknown optimizer"), ("schedule", "warm", "unknown schedule"),
+    ("seed", -1, "--seed"), ("epochs", "3", "integer"), ("dtype", "float16", "--dtype"),
 ])
 def test_bad_config_values_are_named(field, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -114,8 +126,12 @@ def test_evaluate_matches_a_direct_count(tiny_dir):
 def test_checkpoint_writes_are_atomic_and_corruption_is_reported(tmp_path):
     model = build_model("lenet5", "numpy", seed=0)
     path = tmp_path / "c.npz"
-    save_checkpoint(path, model.state_dict(), {}, {"model": "lenet5", "dtype": "float32"})
+    save_checkpoint(path, model.state_dict(), {}, {"model": "lenet5", "dtype": "float32",
+                                                   "mean": 0.13, "std": 0.31})
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     loaded, meta = load_model(path, "numpy")
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[key], value)
@@ -126,7 +142,7 @@ def test_checkpoint_writes_are_atomic_and_corruption_is_reported(tmp_path):
     garbage.write_bytes(b"not a checkpoint at all")
     plain = tmp_path / "plain.npz"
     np.savez(plain, a=np.zeros(3))
-    for bad, message in ((truncated, "corrupt or truncated"), (garbage, "corrupt or truncated"),
+    for bad, message in ((truncated, "not a checkpoint"), (garbage, "not a checkpoint"),
                          (plain, "not a fastlenet checkpoint"), (tmp_path / "missing.npz", "no such")):
         with pytest.raises(CheckpointError, match=message) as info:
             load_checkpoint(bad)
@@ -136,6 +152,7 @@ def test_checkpoint_writes_are_atomic_and_corruption_is_reported(tmp_path):
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     compact = build_model("compact", "numpy", seed=0)
     path = tmp_path / "mislabelled.npz"
-    save_checkpoint(path, compact.state_dict(), {}, {"model": "lenet5", "dtype": "float32"})
+    save_checkpoint(path, compact.state_dict(), {}, {"model": "lenet5", "dtype": "float32",
+                                                     "mean": 0.13, "std": 0.31})
     with pytest.raises(CheckpointError, match="another model|shape|unexpected|missing"):
         load_model(path, "numpy")

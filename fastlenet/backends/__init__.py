@@ -13,11 +13,10 @@ import importlib
 from ..errors import BackendUnavailableError
 from .base import Backend
 
-# name -> (module, class); ``auto`` tries them in AUTO_ORDER.
+# name -> (module, class), fastest first: ``auto`` takes the first one usable here.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "numpy": ("fastlenet.backends.numpy_backend", "NumpyBackend"),
 }
-AUTO_ORDER: tuple[str, ...] = ("cupy", "numba", "numpy")
 
 _instances: dict[str, Backend] = {}
 _failures: dict[str, str] = {}
@@ -69,13 +68,13 @@ def get_backend(name: str | Backend = "auto") -> Backend:
     if isinstance(name, Backend):
         return name
     if name == "auto":
-        for candidate in AUTO_ORDER:
-            if candidate in _REGISTRY:
-                try:
-                    return _load(candidate)
-                except BackendUnavailableError:
-                    continue
-        raise BackendUnavailableError("no backend is usable here; install numpy")
+        for candidate in _REGISTRY:
+            try:
+                return _load(candidate)
+            except BackendUnavailableError:
+                continue
+        raise BackendUnavailableError("no backend is usable here: " + "; ".join(
+            why for why in status().values() if why))
     if name not in _REGISTRY:
         raise BackendUnavailableError(
             f"unknown backend '{name}'; choose one of: {', '.join(names())}")
@@ -86,4 +85,4 @@ def get_backend(name: str | Backend = "auto") -> Backend:
             f"{exc}; usable backends: {', '.join(usable()) or 'none'}") from exc.__cause__
 
 
-__all__ = ["Backend", "AUTO_ORDER", "get_backend", "names", "status", "usable"]
+__all__ = ["Backend", "get_backend", "names", "status", "usable"]

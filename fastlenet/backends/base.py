@@ -6,11 +6,13 @@ Activations keep the batch innermost. A feature map is ``(C, H, W, N)`` and a fe
 vector batch is ``(F, N)``, C-contiguous. With the batch innermost every slice an
 im2col copies is a long contiguous run, a convolution is one GEMM whose output is
 already in the next layer's layout, flattening before the fully connected layers is a
-free reshape, and CPU loops vectorize over images (see shared PERF_NOTES, lever 2).
+free reshape, and CPU loops vectorize over images (measured on the 2-core development
+machine: the single largest layout effect for both NumPy and Numba kernels).
 Weights keep the conventional PyTorch shapes: conv ``(K, C, KH, KW)``, linear
 ``(OUT, IN)``. ``to_batch_last`` / ``from_batch_last`` convert NCHW arrays at the edges.
 
-A backend subclasses :class:`Backend`, implements the abstract kernels, and may
+A backend subclasses :class:`Backend`, implements the abstract methods (a subclass
+missing one cannot be instantiated, so the registry reports it as unusable), and may
 override the generic ones (fused ops, the Adam update) with faster versions; the maths
 of the generic versions is the definition the overrides are tested against.
 
@@ -20,13 +22,14 @@ that backend's backward needs and are passed back unchanged.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from types import ModuleType
 from typing import Any
 
 Array = Any  # numpy.ndarray or cupy.ndarray, as the backend's ``xp`` makes them
 
 
-class Backend:
+class Backend(ABC):
     """Base class of the backends; one instance per backend, from the registry."""
 
     name: str = ""
@@ -37,6 +40,7 @@ class Backend:
         """Copy or view ``a`` (any array-like) as an array on this backend's device."""
         return self.xp.asarray(a, dtype=dtype)
 
+    @abstractmethod
     def to_numpy(self, a):
         """Return ``a`` as a ``numpy.ndarray`` on the host."""
         raise NotImplementedError
@@ -44,6 +48,7 @@ class Backend:
     def synchronize(self) -> None:
         """Block until queued device work is done (a no-op on CPU backends)."""
 
+    @abstractmethod
     def default_rng(self, seed: int):
         """A random generator living where this backend's arrays live.
 
@@ -52,10 +57,12 @@ class Backend:
         """
         raise NotImplementedError
 
+    @abstractmethod
     def rng_state(self, rng) -> dict:
         """The generator's state as a JSON-serialisable dict."""
         raise NotImplementedError
 
+    @abstractmethod
     def set_rng_state(self, rng, state: dict) -> None:
         raise NotImplementedError
 
@@ -70,6 +77,7 @@ class Backend:
         return xp.ascontiguousarray(xp.moveaxis(x, -1, 0))
 
     # --------------------------------------------------------------- convolution
+    @abstractmethod
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
         """Cross-correlation, as in PyTorch's Conv2d.
 
@@ -80,6 +88,7 @@ class Backend:
         """
         raise NotImplementedError
 
+    @abstractmethod
     def conv2d_backward(self, dy, ctx, need_dx: bool = True):
         """Gradients of the convolution from ``dy``: (K, OH, OW, N).
 
@@ -89,6 +98,7 @@ class Backend:
         raise NotImplementedError
 
     # ------------------------------------------------------------------- pooling
+    @abstractmethod
     def maxpool2d_forward(self, x, size: int, stride: int):
         """Max over ``size x size`` windows; x: (C, H, W, N) -> y: (C, OH, OW, N).
 
@@ -98,14 +108,17 @@ class Backend:
         """
         raise NotImplementedError
 
+    @abstractmethod
     def maxpool2d_backward(self, dy, ctx):
         """dy: (C, OH, OW, N) -> dx: (C, H, W, N); overlapping windows accumulate."""
         raise NotImplementedError
 
+    @abstractmethod
     def avgpool2d_forward(self, x, size: int, stride: int):
         """Mean over ``size x size`` windows; x: (C, H, W, N) -> y: (C, OH, OW, N)."""
         raise NotImplementedError
 
+    @abstractmethod
     def avgpool2d_backward(self, dy, ctx):
         """dy: (C, OH, OW, N) -> dx: (C, H, W, N); each window gets dy / size**2."""
         raise NotImplementedError

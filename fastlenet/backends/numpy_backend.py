@@ -80,7 +80,8 @@ class NumpyBackend(Backend):
         n = x.shape[0]
         flat = x.reshape(n, -1)
         out = np.empty((flat.shape[1], n), dtype=x.dtype)
-        # A transposing copy reads one side with a large stride; NumPy's plain one ran
+        # The one loop over samples in this backend, in blocks of 8: a transposing copy
+        # reads one side with a large stride, and NumPy's plain one ran
         # 4x slower than this copy of 8 samples at a time (measured, batch 128 of 32x32).
         for start in range(0, n, 8):
             out[:, start:start + 8] = flat[start:start + 8].T
