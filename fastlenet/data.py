@@ -307,14 +307,15 @@ def prepare(dataset: Dataset, val_size: int = 5000, seed: int = 0,
     """
     n = len(dataset.train_labels)
     if not 0 <= val_size < n:
-        raise ConfigError(f"val_size must be between 0 and {n - 1} (the training set has "
-                          f"{n} images), got {val_size}")
+        raise ConfigError(f"the validation size (--val-size) must be between 0 and {n - 1} "
+                          f"(the training set has {n} images), got {val_size}")
     order = np.random.default_rng(seed).permutation(n)
     val_idx, train_idx = order[:val_size], order[val_size:]
     if train_limit is not None:
         if not 1 <= train_limit <= len(train_idx):
-            raise ConfigError(f"train_limit must be between 1 and {len(train_idx)} (training "
-                              f"images left after validation), got {train_limit}")
+            raise ConfigError(f"the training limit (--limit) must be between 1 and "
+                              f"{len(train_idx)} (training images left after validation), "
+                              f"got {train_limit}")
         train_idx = train_idx[:train_limit]
     train_images = dataset.train_images[train_idx]
     mean, std = _pixel_stats(train_images)

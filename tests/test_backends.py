@@ -59,3 +59,17 @@ def test_auto_skips_unusable_backends(registry):
     registry["broken"] = ("fastlenet_no_such_module", "X")
     registry["numpy"] = ("fastlenet.backends.numpy_backend", "NumpyBackend")
     assert backends.get_backend("auto").name == "numpy"
+
+
+def test_softmax_is_stable_and_matches_the_loss_gradient(backend):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((10, 7)) * 1e4  # exp of these overflows without the shift
+    labels = rng.integers(0, 10, 7)
+    p = backend.to_numpy(backend.softmax(backend.asarray(z)))
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(axis=0), 1.0)
+    _, grad = backend.softmax_cross_entropy(backend.asarray(z), backend.asarray(labels))
+    onehot = np.eye(10)[:, labels]
+    np.testing.assert_allclose(backend.to_numpy(grad), (p - onehot) / 7, atol=1e-12)

@@ -306,13 +306,13 @@ def test_train_limit_takes_the_first_shuffled_images(tmp_path):
 
 
 @pytest.mark.parametrize("val_size, train_limit, needle", [
-    (-1, None, "val_size"), (40, None, "val_size"),
-    (10, 0, "train_limit"), (10, 31, "train_limit")])
+    (-1, None, "--val-size"), (40, None, "--val-size"),
+    (10, 0, "--limit"), (10, 31, "--limit")])
 def test_prepare_rejects_out_of_range_sizes(tmp_path, val_size, train_limit, needle):
     make_dataset(tmp_path)  # 40 training images
     with pytest.raises(ConfigError) as err:
         prepare(load_dataset(None, data_dir=tmp_path), val_size=val_size, train_limit=train_limit)
-    one_line_error(err, needle, f"got {val_size if needle == 'val_size' else train_limit}")
+    one_line_error(err, needle, f"got {val_size if needle == '--val-size' else train_limit}")
 
 
 def test_prepare_rejects_blank_images(tmp_path):

@@ -153,6 +153,17 @@ class Backend(ABC):
         dx = w.T @ dy if need_dx else None
         return dx, dw, db
 
+    def softmax(self, logits):
+        """Class probabilities, column by column; logits (K, N) -> (K, N).
+
+        softmax_k(z) = exp(z_k - max z) / sum_j exp(z_j - max z): the shift keeps exp
+        finite and cancels in the ratio.
+        """
+        xp = self.xp
+        e = xp.exp(logits - logits.max(axis=0, keepdims=True))
+        e /= e.sum(axis=0, keepdims=True)
+        return e
+
     def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
         """Mean softmax cross-entropy over the batch and its gradient.
 

@@ -95,7 +95,7 @@ class Model(Sequential):
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
                 or batch_size < 1:
             raise ConfigError(f"batch size must be an integer >= 1 (got {batch_size!r})")
-        backend, xp = self.backend, self.backend.xp
+        backend = self.backend
         out = np.empty((len(x), self.num_classes), dtype=self.dtype)
         was_training = self.training
         self.eval()
@@ -103,11 +103,7 @@ class Model(Sequential):
             for start in range(0, len(x), batch_size):
                 batch = backend.asarray(x[start:start + batch_size], dtype=self.dtype)
                 logits = self.forward(backend.to_batch_last(batch))
-                # softmax_k(z) = exp(z_k - max z) / sum_j exp(z_j - max z): the shift keeps
-                # exp finite and cancels in the ratio
-                e = xp.exp(logits - logits.max(axis=0, keepdims=True))
-                e /= e.sum(axis=0, keepdims=True)
-                out[start:start + batch_size] = backend.to_numpy(e).T
+                out[start:start + batch_size] = backend.to_numpy(backend.softmax(logits)).T
         finally:
             self.train(was_training)
         return out
