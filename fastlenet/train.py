@@ -73,7 +73,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.label_smoothing <= 1, f"--label-smoothing must be in [0, 1], got {self.label_smoothing}"),
             (self.val_size >= 0, f"--val-size must be >= 0, got {self.val_size}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
             (self.target_accuracy is None or 0 < self.target_accuracy <= 1,
