@@ -15,9 +15,15 @@ from importlib import metadata
 
 import numpy as np
 
-from . import __version__
-from . import backends
+from . import __version__, backends
+from .checkpoint import load_model
+from .data import DATASETS, load_dataset, preprocess
 from .errors import ConfigError, FastLeNetError
+from .imageprep import load_digit
+from .nn import MODELS, build_model
+from .nn.models import DTYPES
+from .optim import OPTIMIZERS, SCHEDULES
+from .train import TrainConfig, evaluate, train
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -55,12 +61,6 @@ def _float(text: str) -> float:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
-    from .nn import MODELS
-    from .nn.models import DTYPES
-    from .optim import OPTIMIZERS, SCHEDULES
-    from .train import TrainConfig
-
     d = TrainConfig()
     # defaults are None so that --resume can tell which options were given
     p.add_argument("--backend", choices=backends.names(), help=f"array backend (default: {d.backend})")
@@ -86,8 +86,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, train
-
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if args.resume:
@@ -98,8 +96,6 @@ def cmd_train(args) -> int:
                               "(only --epochs may change)")
         config = None
     else:
-        if "data_dir" in given and "dataset" not in given:
-            given["dataset"] = "custom"  # a folder of the user's own files, unless named
         config = TrainConfig(**given)
     train(config, out=args.out, resume=args.resume, epochs=given.get("epochs") if args.resume else None,
           progress=False if args.no_progress else None)
@@ -107,22 +103,15 @@ def cmd_train(args) -> int:
 
 
 def _test_set(meta, dataset_name, data_dir):
-    from .data import load_dataset, preprocess
-
-    if data_dir is None:  # the files the model was trained with, where they were
-        data_dir = meta.get("config", {}).get("data_dir")
-    elif dataset_name is None:  # as in train: a folder alone is the user's own data
-        dataset_name = "custom"
-    dataset_name = dataset_name or meta["dataset"]
-    dataset = load_dataset(dataset_name, data_dir)
+    """The test set to evaluate on: by default the data the checkpoint was trained on."""
+    if dataset_name is None and data_dir is None:
+        dataset_name, data_dir = meta["dataset"], meta.get("config", {}).get("data_dir")
+    dataset = load_dataset(dataset_name, data_dir)  # a folder alone: the user's own data
     x = preprocess(dataset.test_images, meta["mean"], meta["std"])
     return x, dataset.test_labels.astype(np.int64), dataset
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import load_model
-    from .train import evaluate
-
     model, meta = load_model(args.checkpoint, args.backend)
     x, y, dataset = _test_set(meta, args.dataset, args.data_dir)
     loss, accuracy, preds = evaluate(model, x, y, batch_size=args.batch_size)
@@ -151,10 +140,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .checkpoint import load_model
-    from .data import preprocess
-    from .imageprep import load_digit
-
     model, meta = load_model(args.checkpoint, args.backend)
     names = [str(n) for n in meta.get("class_names") or range(model.num_classes)]
     failed = 0
@@ -173,8 +158,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from .nn import build_model
-
     print(build_model(args.model, "numpy").summary_text())
     return 0
 
@@ -214,7 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test-set accuracy, per-class accuracy and confusion matrix")
     p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
     p.add_argument("--backend", choices=backends.names(), default="auto")
-    from .data import DATASETS
 
     p.add_argument("--dataset", choices=DATASETS, help="evaluate on another dataset than the one trained on")
     p.add_argument("--data-dir", help="folder of MNIST-format IDX files")
@@ -228,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=backends.names(), default="auto")
     p.set_defaults(func=cmd_predict)
 
-    from .nn import MODELS
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and connections of a model")
     p.add_argument("model", choices=list(MODELS), nargs="?", default="lenet5")

@@ -182,7 +182,7 @@ class Dataset:
     source: Path
 
 
-def load_dataset(name: str | None = "mnist", data_dir: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(name: str | None = None, data_dir: str | os.PathLike | None = None) -> Dataset:
     """Load and validate a dataset's four IDX files (with or without .gz).
 
     The folder is ``data_dir`` if given, else ``$FASTLENET_DATA_DIR`` if set, else the
@@ -190,9 +190,12 @@ def load_dataset(name: str | None = "mnist", data_dir: str | os.PathLike | None 
     /usr/share/datasets/fashion-mnist from Debian's ``dataset-fashion-mnist``). A folder
     with a subfolder named like the dataset (``DIR/fashion-mnist/``) is looked into.
     Files of a named dataset must match its published sha256s wherever they come from;
-    ``name="custom"`` (or None) loads other MNIST-format data from ``data_dir`` (or the
-    environment variable), checked structurally only.
+    ``name="custom"`` loads other MNIST-format data from ``data_dir`` (or the environment
+    variable), checked structurally only. ``name=None`` means "custom" when a folder is
+    given (either way) and "mnist" otherwise: a folder alone is the user's own data.
     """
+    if name is None:
+        name = "custom" if data_dir is not None or os.environ.get(ENV_DATA_DIR) else "mnist"
     if name == "custom":
         name = None
     if name is not None and name not in _SPECS:

@@ -35,8 +35,6 @@ import numpy as np
 from .backends import Backend, get_backend
 from .errors import CheckpointError, ConfigError
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "nesterov", "adam")
-SCHEDULES: tuple[str, ...] = ("constant", "step", "cosine", "onecycle")
 
 
 # ------------------------------------------------------------------ validation
@@ -275,6 +273,9 @@ _OPTIMIZER_TABLE: dict[str, tuple[type[Optimizer], dict]] = {
 }
 
 
+OPTIMIZERS: tuple[str, ...] = tuple(_OPTIMIZER_TABLE)
+
+
 def make_optimizer(name: str, params: Iterable, backend: str | Backend, lr: float,
                    weight_decay: float = 0.0, **kw) -> Optimizer:
     """The optimizer called ``name`` (one of :data:`OPTIMIZERS`).
@@ -380,6 +381,7 @@ def _onecycle(base_lr, total_steps, steps_per_epoch, pct_start: float = 0.3,
 
 _SCHEDULE_TABLE = {"constant": _constant, "step": _step, "cosine": _cosine,
                    "onecycle": _onecycle}
+SCHEDULES: tuple[str, ...] = tuple(_SCHEDULE_TABLE)
 
 
 def make_schedule(name: str, base_lr: float, total_steps: int,

@@ -26,8 +26,8 @@ import numpy as np
 from . import __version__
 from .backends import get_backend
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
-from .data import DATASETS, MNIST_PAD, load_dataset, prepare
-from .errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
+from .data import DATASETS, load_dataset, prepare
+from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .nn import MODELS, SoftmaxCrossEntropy, build_model
 from .nn.models import DTYPES
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
@@ -39,7 +39,7 @@ class TrainConfig:
 
     model: str = "lenet5"
     backend: str = "auto"
-    dataset: str = "mnist"
+    dataset: str | None = None  # None: "custom" when a data folder is given, else "mnist"
     data_dir: str | None = None
     epochs: int = 12
     batch_size: int = 128
@@ -66,7 +66,7 @@ class TrainConfig:
                                   f"got {value!r}")
         checks = [
             (self.model in MODELS, f"unknown model '{self.model}'; choose one of: {', '.join(MODELS)}"),
-            (self.dataset in DATASETS, f"unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS)}"),
+            (self.dataset is None or self.dataset in DATASETS, f"unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS)}"),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer '{self.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
@@ -93,26 +93,20 @@ def evaluate(model, x, y, batch_size: int = 1000):
     """Loss, accuracy and predictions of ``model`` (eval mode) on a host set.
 
     x: (N, 1, 32, 32) float host array; y: (N,) int labels.
-    Returns ``(mean_loss, accuracy, predictions (N,) int64 host array)``.
+    Returns ``(mean_loss, accuracy, predictions (N,) int64 host array)``; an empty set
+    gives NaN loss and accuracy.
     """
     backend = model.backend
-    xp = backend.xp
-    was_training = model.training
-    model.eval()
-    loss_fn = SoftmaxCrossEntropy(backend=backend)
-    total_loss = xp.zeros((), dtype=np.float64)
-    preds = []
-    for start in range(0, len(x), batch_size):
-        xb = backend.to_batch_last(backend.asarray(x[start:start + batch_size], dtype=model.dtype))
-        yb = backend.asarray(y[start:start + batch_size])
-        logits = model.forward(xb)
-        total_loss += loss_fn.forward(logits, yb) * len(yb)
-        preds.append(logits.argmax(axis=0))
-    if was_training:
-        model.train()
-    if not preds:
+    if len(x) == 0:
         return float("nan"), float("nan"), np.zeros(0, dtype=np.int64)
-    predictions = backend.to_numpy(xp.concatenate(preds)).astype(np.int64)
+    loss_fn = SoftmaxCrossEntropy(backend=backend)
+    total_loss = backend.xp.zeros((), dtype=np.float64)
+    preds = []
+    for start, logits in model.batched_logits(x, batch_size):
+        yb = backend.asarray(y[start:start + logits.shape[1]])
+        total_loss += loss_fn.forward(logits, yb) * logits.shape[1]
+        preds.append(logits.argmax(axis=0))
+    predictions = backend.to_numpy(backend.xp.concatenate(preds)).astype(np.int64)
     loss = float(backend.to_numpy(total_loss)) / len(x)
     return loss, float((predictions == np.asarray(y)).mean()), predictions
 
@@ -179,14 +173,15 @@ class Trainer:
         self.backend = backend = get_backend(config.backend)
         config.backend = backend.name  # "auto" resolved: a resume runs where the run ran
         self.out = Path(out) if out is not None else default_run_dir(config, backend.name)
-        _make_run_dir(self.out, resuming=checkpoint is not None)
-        self.data = prepare(load_dataset(config.dataset, config.data_dir), val_size=config.val_size,
-                            seed=config.seed, train_limit=config.train_limit)
+        if checkpoint is None and (self.out / "last.npz").exists():
+            raise ConfigError(f"{self.out} already holds a run; continue it with --resume "
+                              f"{self.out}, or choose another --out")
+        dataset = load_dataset(config.dataset, config.data_dir)
+        config.dataset = dataset.name  # None resolved, as "auto" is below
+        self.data = prepare(dataset, val_size=config.val_size, seed=config.seed,
+                            train_limit=config.train_limit)
         self.model = build_model(config.model, backend, dtype=config.dtype, seed=config.seed)
-        if self.data.x_train.shape[1:] != self.model.input_shape:
-            raise DataError(f"{config.dataset} images are {self.data.x_train.shape[2] - 2 * MNIST_PAD}x"
-                            f"{self.data.x_train.shape[3] - 2 * MNIST_PAD}; the models take 28x28 "
-                            f"images (padded to {self.model.input_shape[1]}x{self.model.input_shape[2]})")
+        self.model.check_images(self.data.x_train)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), backend,
                                         lr=config.lr, weight_decay=config.weight_decay)
         self.n_train = len(self.data.x_train)
@@ -204,9 +199,14 @@ class Trainer:
         if checkpoint is not None:
             self._restore(checkpoint, resume)
 
-        # the whole training set lives on the device, one row per image, for row gathers
-        self.x_dev = backend.asarray(self.data.x_train.reshape(self.n_train, -1), dtype=self.model.dtype)
-        self.y_dev = backend.asarray(self.data.y_train.astype(np.int64))
+        # the whole training set lives on the device; batches are gathered there
+        self.x_dev = backend.asarray(self.data.x_train, dtype=self.model.dtype)
+        self.y_dev = backend.asarray(self.data.y_train)
+        try:  # only now that everything above succeeded, so a failed start leaves nothing
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run folder {self.out}: {exc.strerror}; "
+                              "choose another --out") from None
 
     def _restore(self, checkpoint, path) -> None:
         meta = checkpoint.meta
@@ -232,8 +232,7 @@ class Trainer:
     def run(self) -> dict:
         """Train until ``config.epochs``, the target accuracy or ``on_epoch_end`` says stop."""
         config, model = self.config, self.model
-        write_json(self.out / "config.json", {**dataclasses.asdict(config),
-                                              "backend_used": self.backend.name, "fastlenet": __version__})
+        write_json(self.out / "config.json", {**dataclasses.asdict(config), "fastlenet": __version__})
         if self.epoch == 0:
             self.log(f"fastlenet {__version__}: {config.model} ({model.num_parameters():,} parameters) "
                      f"on {config.dataset} with the {self.backend.name} backend; {self.n_train:,} "
@@ -260,7 +259,6 @@ class Trainer:
         """One pass over the shuffled training set; returns (mean loss, accuracy, seconds)."""
         backend, model, config = self.backend, self.model, self.config
         xp = backend.xp
-        image_shape = self.data.x_train.shape[1:]
         model.train()
         perm = backend.asarray(self.shuffle_rng.permutation(self.n_train))
         pending = []  # device losses the host has not read yet
@@ -270,7 +268,7 @@ class Trainer:
         try:
             for start in range(0, self.n_train, config.batch_size):
                 idx = perm[start:start + config.batch_size]
-                xb = backend.to_batch_last(self.x_dev[idx]).reshape(*image_shape, len(idx))
+                xb = backend.to_batch_last(self.x_dev[idx])
                 yb = self.y_dev[idx]
                 logits = model.forward(xb)
                 pending.append(self.loss_fn.forward(logits, yb))
@@ -381,18 +379,6 @@ class Trainer:
             "stop_reason": stop_reason or "completed",
             "fastlenet": __version__,
         }
-
-
-def _make_run_dir(out: Path, resuming: bool) -> None:
-    """Create the run folder, refusing to overwrite another run's checkpoints."""
-    if not resuming and (out / "last.npz").exists():
-        raise ConfigError(f"{out} already holds a run; continue it with --resume {out}, "
-                          "or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the run folder {out}: {exc.strerror}; "
-                          "choose another --out") from None
 
 
 def _config_from(meta: dict, path) -> TrainConfig:

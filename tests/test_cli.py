@@ -1,6 +1,7 @@
 """The ``fastlenet`` command: smoke tests of each subcommand and of every user error."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -119,6 +120,35 @@ def test_info_lists_backends():
 ])
 def test_bad_input_is_one_line_and_exit_2(args, fragment):
     assert_one_line_error(run_cli(*args), fragment)
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path):
+    out = tmp_path / "never"
+    assert_one_line_error(run_cli("train", "--val-size", "70000", "--out", out), "--val-size")
+    assert not out.exists()
+
+
+def test_data_folder_from_the_environment_is_the_users_own_data(tiny_dir, tmp_path):
+    out = tmp_path / "r"
+    env = {**os.environ, "FASTLENET_DATA_DIR": str(tiny_dir)}
+    result = subprocess.run([sys.executable, "-m", "fastlenet", "train", "--epochs", "1",
+                             "--val-size", "100", "--out", str(out), "--no-progress"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "metrics.json").read_text())["dataset"] == "custom"
+
+
+def test_images_of_another_size_are_one_line(trained_run, tmp_path):
+    from fastlenet.data import FILES, write_idx
+
+    rng = np.random.default_rng(0)
+    for stem, array in zip(FILES, (rng.integers(0, 256, (50, 30, 30)), rng.integers(0, 10, 50),
+                                   rng.integers(0, 256, (20, 30, 30)), rng.integers(0, 10, 20))):
+        write_idx(tmp_path / stem, array.astype(np.uint8))
+    assert_one_line_error(run_cli("evaluate", trained_run / "last.npz", "--data-dir", tmp_path),
+                          "28x28")
+    assert_one_line_error(run_cli("train", "--data-dir", tmp_path, "--val-size", "10",
+                                  "--out", tmp_path / "r"), "28x28")
 
 
 def test_corrupt_data_file_is_one_line(tiny_dir, tmp_path):

@@ -165,8 +165,15 @@ def test_custom_data_dir_is_validated_structurally(tmp_path, monkeypatch):
     ds = load_dataset(None, data_dir=tmp_path)
     assert ds.name == "custom" and ds.source == tmp_path
     assert np.array_equal(ds.train_images, train_x) and np.array_equal(ds.test_labels, test_y)
-    with pytest.raises(ConfigError):
-        load_dataset(None)  # no folder at all
+    with pytest.raises(ConfigError, match="needs a folder"):
+        load_dataset("custom")  # no folder at all
+    assert load_dataset(None).name == "mnist"  # no folder: the bundled MNIST
+
+
+def test_env_var_alone_means_the_users_own_data(tmp_path, monkeypatch):
+    make_dataset(tmp_path)
+    monkeypatch.setenv(data.ENV_DATA_DIR, str(tmp_path))
+    assert load_dataset().name == "custom"
 
 
 def test_env_var_names_the_folder_and_data_dir_wins(tmp_path, monkeypatch):

@@ -159,10 +159,15 @@ class Backend(ABC):
         softmax_k(z) = exp(z_k - max z) / sum_j exp(z_j - max z): the shift keeps exp
         finite and cancels in the ratio.
         """
-        xp = self.xp
-        e = xp.exp(logits - logits.max(axis=0, keepdims=True))
-        e /= e.sum(axis=0, keepdims=True)
-        return e
+        _, exp, sum_exp = self._shifted_exp(logits)
+        exp /= sum_exp
+        return exp
+
+    def _shifted_exp(self, logits):
+        """(z - max z, exp(z - max z), its column sums (1, N)) for logits z (K, N)."""
+        shifted = logits - logits.max(axis=0, keepdims=True)
+        exp = self.xp.exp(shifted)
+        return shifted, exp, exp.sum(axis=0, keepdims=True)
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
         """Mean softmax cross-entropy over the batch and its gradient.
@@ -176,9 +181,7 @@ class Backend(ABC):
         """
         xp = self.xp
         k, n = logits.shape
-        shifted = logits - logits.max(axis=0, keepdims=True)
-        exp = xp.exp(shifted)
-        sum_exp = exp.sum(axis=0, keepdims=True)
+        shifted, exp, sum_exp = self._shifted_exp(logits)
         log_sum_exp = xp.log(sum_exp)
         cols = xp.arange(n)
         # sum_k q_k (z_k - m) - log_sum_exp = -(cross entropy of q against softmax)
@@ -186,7 +189,8 @@ class Backend(ABC):
         if label_smoothing:
             target_logit = target_logit + (label_smoothing / k) * shifted.sum(axis=0)
         loss = (log_sum_exp[0] - target_logit).mean()
-        grad = exp / sum_exp
+        grad = exp
+        grad /= sum_exp  # softmax(z), in place
         if label_smoothing:
             grad -= label_smoothing / k
         grad[labels, cols] -= 1.0 - label_smoothing

@@ -718,10 +718,10 @@ class SoftmaxCrossEntropy:
     With label smoothing s the target is q = (1 - s) * onehot + s / K;
     loss = mean_n [logsumexp(z[:, n]) - sum_k q[k, n] z[k, n]], dlogits = (softmax - q) / N,
     computed by ``backend.softmax_cross_entropy`` (stable for logits of any size).
-    ``backend`` must be the model's (``SoftmaxCrossEntropy(s, backend=model.backend)``).
+    ``backend`` is the model's (``SoftmaxCrossEntropy(s, backend=model.backend)``).
     """
 
-    def __init__(self, label_smoothing: float = 0.0, backend: str | Backend = "numpy"):
+    def __init__(self, label_smoothing: float = 0.0, *, backend: str | Backend):
         if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)
                 or not 0.0 <= label_smoothing <= 1.0):
             raise ConfigError(f"label smoothing must be a number in [0, 1] "
@@ -732,10 +732,6 @@ class SoftmaxCrossEntropy:
 
     def forward(self, logits: Array, labels: Array) -> Array:
         """Loss as a 0-d device array (no host synchronisation); caches dlogits."""
-        if not isinstance(logits, self.backend.xp.ndarray):
-            raise ConfigError(f"the loss was made for the {self.backend.name} backend but "
-                              f"got a {type(logits).__module__}.{type(logits).__name__}; "
-                              "pass backend=model.backend to SoftmaxCrossEntropy")
         loss, self._dlogits = self.backend.softmax_cross_entropy(
             logits, labels, self.label_smoothing)
         return loss

@@ -81,31 +81,42 @@ class Model(Sequential):
         super().backward(dlogits)
 
     # ------------------------------------------------------------- inference
+    def check_images(self, x_nchw) -> None:
+        """Raise DataError unless ``x_nchw`` is a float batch (N, *input_shape)."""
+        shape = tuple(x_nchw.shape)
+        if len(shape) != len(self.input_shape) + 1 or shape[1:] != self.input_shape:
+            raise DataError(f"model '{self.name}' takes images of shape {('N', *self.input_shape)} "
+                            f"(MNIST's 28x28 padded by 2), got {shape}; the data must be 28x28 "
+                            "images like MNIST's")
+        if np.dtype(x_nchw.dtype).kind != "f":
+            raise DataError(f"images must be floats preprocessed like the training data, "
+                            f"got {x_nchw.dtype}; normalise them first (fastlenet.data.preprocess)")
+
+    def batched_logits(self, x_nchw, batch_size: int = 1000):
+        """Yield ``(start, logits (K, n))`` for host images (N, C, H, W) preprocessed like
+        the training data, ``batch_size`` at a time, in eval mode (restored afterwards)."""
+        self.check_images(x_nchw)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
+                or batch_size < 1:
+            raise ConfigError(f"batch size must be an integer >= 1 (got {batch_size!r})")
+        backend = self.backend
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, len(x_nchw), batch_size):
+                batch = backend.asarray(x_nchw[start:start + batch_size], dtype=self.dtype)
+                yield start, self.forward(backend.to_batch_last(batch))
+        finally:
+            self.train(was_training)
+
     def predict_proba(self, x_nchw: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Class probabilities (N, K) on the host for host images (N, C, H, W), float,
         preprocessed like the training data; runs in eval mode, ``batch_size`` at a time.
         """
         x = np.asarray(x_nchw)
-        if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape:
-            raise DataError(f"model '{self.name}' takes images of shape "
-                            f"{('N', *self.input_shape)}, got {x.shape}")
-        if x.dtype.kind != "f":
-            raise DataError(f"images must be floats preprocessed like the training data, "
-                            f"got {x.dtype}; normalise them first")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
-                or batch_size < 1:
-            raise ConfigError(f"batch size must be an integer >= 1 (got {batch_size!r})")
-        backend = self.backend
         out = np.empty((len(x), self.num_classes), dtype=self.dtype)
-        was_training = self.training
-        self.eval()
-        try:
-            for start in range(0, len(x), batch_size):
-                batch = backend.asarray(x[start:start + batch_size], dtype=self.dtype)
-                logits = self.forward(backend.to_batch_last(batch))
-                out[start:start + batch_size] = backend.to_numpy(backend.softmax(logits)).T
-        finally:
-            self.train(was_training)
+        for start, logits in self.batched_logits(x, batch_size):
+            out[start:start + logits.shape[1]] = self.backend.to_numpy(self.backend.softmax(logits)).T
         return out
 
     # ------------------------------------------------------------- state
