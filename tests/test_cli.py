@@ -11,12 +11,6 @@ import pytest
 from fastlenet.cli import main
 from fastlenet.data import load_dataset
 
-from helpers import write_tiny_mnist
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_mnist(tmp_path_factory.mktemp("cli-mnist"), n_train=700, n_test=200)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +66,8 @@ def test_evaluate_prints_accuracy_per_class_and_confusion(trained_run, tiny_dir,
     assert main(["evaluate", str(trained_run), "--json"]) == 0  # finds the run's own data
     report = json.loads(capsys.readouterr().out)
     confusion = np.array(report["confusion_matrix"])
-    assert confusion.shape == (10, 10) and confusion.sum() == 200
-    assert report["accuracy"] == pytest.approx(np.trace(confusion) / 200)
+    assert confusion.shape == (10, 10) and confusion.sum() == 300
+    assert report["accuracy"] == pytest.approx(np.trace(confusion) / 300)
 
 
 def test_predict_reads_a_digit_photo(trained_run, tmp_path, capsys):

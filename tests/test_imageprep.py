@@ -7,7 +7,6 @@ Reading one back must give the original digit again, up to the +-1 px that MNIST
 rounded centring allows.
 """
 
-import gzip
 import subprocess
 import sys
 from pathlib import Path
@@ -16,30 +15,22 @@ import numpy as np
 import pytest
 
 import fastlenet.imageprep as imageprep
+from fastlenet.data import load_dataset
 from fastlenet.errors import FastLeNetError
 from fastlenet.imageprep import digit_from_array, load_digit
 
 Image = pytest.importorskip("PIL.Image")
 ImageFilter = pytest.importorskip("PIL.ImageFilter")
 
-MNIST = Path(imageprep.__file__).parent / "datasets" / "mnist"
-
-
-def read_idx(name: str, count: int) -> np.ndarray:
-    """The first ``count`` items of a gzipped IDX file (big-endian header, then uint8)."""
-    with gzip.open(MNIST / name) as f:
-        magic = int.from_bytes(f.read(4), "big")
-        ndim = magic & 0xFF
-        dims = [int.from_bytes(f.read(4), "big") for _ in range(ndim)]
-        item = int(np.prod(dims[1:]))
-        return np.frombuffer(f.read(count * item), np.uint8).reshape(count, *dims[1:])
+@pytest.fixture(scope="module")
+def mnist_test():
+    return load_dataset("mnist")
 
 
 @pytest.fixture(scope="module")
-def digits() -> np.ndarray:
+def digits(mnist_test) -> np.ndarray:
     """(10, 28, 28) uint8: the first test digit of each class 0-9, white on black."""
-    images = read_idx("t10k-images-idx3-ubyte.gz", 200)
-    labels = read_idx("t10k-labels-idx1-ubyte.gz", 200)
+    images, labels = mnist_test.test_images, mnist_test.test_labels
     return np.stack([images[np.flatnonzero(labels == k)[0]] for k in range(10)])
 
 
@@ -132,9 +123,8 @@ def test_exif_orientation_is_applied(tmp_path, digits):
     assert_like(load_digit(tmp_path / "phone.jpg"), seven, 0.85)
 
 
-def test_mnist_input_round_trips(digits):
-    mnist = read_idx("t10k-images-idx3-ubyte.gz", 100)
-    for digit in mnist:
+def test_mnist_input_round_trips(mnist_test):
+    for digit in mnist_test.test_images[:100]:
         assert similarity(digit_from_array(digit), digit) > 0.98
 
 

@@ -11,12 +11,6 @@ from fastlenet.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fastlenet.nn import build_model
 from fastlenet.train import TrainConfig, Trainer, evaluate, train
 
-from helpers import write_tiny_mnist
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_mnist(tmp_path_factory.mktemp("tiny-mnist"))
 
 
 def tiny_config(tiny_dir, **kw):
