@@ -27,32 +27,26 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
 from .backends import Backend, get_backend
+from .checks import is_real
 from .errors import CheckpointError, ConfigError
 
 
 
 # ------------------------------------------------------------------ validation
-def _is_number(value) -> bool:
-    """A real number (numpy scalars included), not a bool or a string."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _check_lr(lr: float) -> float:
-    if not (_is_number(lr) and math.isfinite(lr) and lr > 0):
+    if not (is_real(lr) and lr > 0):
         raise ConfigError(f"learning rate must be a number > 0 (got {lr!r}); "
                           "pass a positive --lr")
     return float(lr)
 
 
 def _check_weight_decay(weight_decay: float) -> float:
-    if not (_is_number(weight_decay) and math.isfinite(weight_decay)
-            and weight_decay >= 0):
+    if not (is_real(weight_decay) and weight_decay >= 0):
         raise ConfigError(f"weight decay must be a number >= 0 (got {weight_decay!r}); "
                           "pass 0 to disable it")
     return float(weight_decay)
@@ -60,7 +54,7 @@ def _check_weight_decay(weight_decay: float) -> float:
 
 def _check_unit(what: str, value: float) -> float:
     """A decay rate: a number in [0, 1)."""
-    if not (_is_number(value) and 0 <= value < 1):
+    if not (is_real(value) and 0 <= value < 1):
         raise ConfigError(f"{what} must be in [0, 1) (got {value!r})")
     return float(value)
 
@@ -235,7 +229,7 @@ class Adam(Optimizer):
                  weight_decay: float = 0.0) -> None:
         self.beta1 = _check_unit("beta1", betas[0])
         self.beta2 = _check_unit("beta2", betas[1])
-        if not (_is_number(eps) and eps > 0):
+        if not (is_real(eps) and eps > 0):
             raise ConfigError(f"Adam's eps must be > 0 (got {eps!r})")
         self.eps = float(eps)
         super().__init__(params, backend, lr, weight_decay)
@@ -318,7 +312,7 @@ def _step(base_lr, total_steps, steps_per_epoch, step_size: int = 3, gamma: floa
                           "pass the number of batches per epoch")
     if not (isinstance(step_size, int) and step_size >= 1):
         raise ConfigError(f"step_size must be a whole number of epochs >= 1 (got {step_size!r})")
-    if not (_is_number(gamma) and 0 < gamma <= 1):
+    if not (is_real(gamma) and 0 < gamma <= 1):
         raise ConfigError(f"gamma must be in (0, 1] (got {gamma!r})")
     period = step_size * steps_per_epoch
     return lambda step: base_lr * gamma ** (step // period)
@@ -338,7 +332,7 @@ def _cosine(base_lr, total_steps, steps_per_epoch, warmup_steps: int = 0,
     if not (isinstance(warmup_steps, int) and 0 <= warmup_steps < total_steps):
         raise ConfigError(f"warmup_steps must be a whole number in [0, {total_steps}) "
                           f"(got {warmup_steps!r})")
-    if not (_is_number(min_lr) and 0 <= min_lr < base_lr):
+    if not (is_real(min_lr) and 0 <= min_lr < base_lr):
         raise ConfigError(f"min_lr must be in [0, {base_lr}) (got {min_lr!r})")
     span = total_steps - warmup_steps
 
@@ -361,10 +355,10 @@ def _onecycle(base_lr, total_steps, steps_per_epoch, pct_start: float = 0.3,
     Only the rate cycles (not momentum). Past the end it stays at ``final``
     (PyTorch raises). When A <= 0 (a run of a few steps) there is no warm-up phase.
     """
-    if not (_is_number(pct_start) and 0 < pct_start < 1):
+    if not (is_real(pct_start) and 0 < pct_start < 1):
         raise ConfigError(f"pct_start must be in (0, 1) (got {pct_start!r})")
     for what, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
-        if not (_is_number(value) and value >= 1):
+        if not (is_real(value) and value >= 1):
             raise ConfigError(f"{what} must be >= 1 (got {value!r})")
     initial = base_lr / div_factor
     final = initial / final_div_factor

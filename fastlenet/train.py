@@ -27,6 +27,7 @@ from . import __version__
 from .backends import get_backend
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .data import DATASETS, load_dataset, prepare
+from .checks import is_integer, is_real
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .nn import MODELS, SoftmaxCrossEntropy, build_model
 from .nn.models import DTYPES
@@ -57,13 +58,16 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError for the first out-of-range value; return self."""
-        numbers = {"epochs": int, "batch_size": int, "seed": int, "val_size": int, "lr": float,
-                   "weight_decay": float, "label_smoothing": float, "log_every": int}
-        for name, kind in numbers.items():
+        integers = ("epochs", "batch_size", "seed", "val_size", "log_every")
+        reals = ("lr", "weight_decay", "label_smoothing")
+        for name in integers + ("train_limit",):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-                raise ConfigError(f"{name} must be {'a number' if kind is float else 'an integer'}, "
-                                  f"got {value!r}")
+            if not (is_integer(value) or (name == "train_limit" and value is None)):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        for name in reals + ("target_accuracy",):
+            value = getattr(self, name)
+            if not (is_real(value) or (name == "target_accuracy" and value is None)):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
         checks = [
             (self.model in MODELS, f"unknown model '{self.model}'; choose one of: {', '.join(MODELS)}"),
             (self.dataset is None or self.dataset in DATASETS, f"unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS)}"),
@@ -71,7 +75,7 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, got {self.lr}"),
+            (self.lr > 0, f"--lr must be a positive number, got {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.label_smoothing <= 1, f"--label-smoothing must be in [0, 1], got {self.label_smoothing}"),
             (self.val_size >= 0, f"--val-size must be >= 0, got {self.val_size}"),

@@ -98,10 +98,16 @@ def test_a_new_run_does_not_overwrite_another(tiny_dir, tmp_path):
     ("target_accuracy", 99.0, "fraction"), ("val_size", -1, "--val-size"),
     ("optimizer", "lbfgs", "unknown optimizer"), ("schedule", "warm", "unknown schedule"),
     ("seed", -1, "--seed"), ("epochs", "3", "integer"), ("dtype", "float16", "--dtype"),
+    ("weight_decay", float("inf"), "finite"), ("target_accuracy", "0.9", "finite"),
+    ("train_limit", 2.5, "integer"), ("epochs", True, "integer"),
 ])
 def test_bad_config_values_are_named(field, value, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**{field: value}).validate()
+
+
+def test_numpy_scalars_are_valid_option_values():
+    TrainConfig(epochs=np.int64(3), lr=np.float32(1e-3), seed=np.int32(1)).validate()
 
 
 def test_evaluate_matches_a_direct_count(tiny_dir):

@@ -22,13 +22,13 @@ Host numpy is used here only for initialisation and dtypes, never for device arr
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 
 import numpy as np
 
 from ..backends import Backend, get_backend
 from ..backends.base import Array
+from ..checks import is_integer, is_real
 from ..errors import ConfigError
 from .init import get_initializer
 
@@ -58,7 +58,7 @@ class Parameter:
 
 # ------------------------------------------------------------------- validation
 def _check_int(owner: str, what: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ConfigError(f"{owner}: {what} must be an integer >= {minimum} (got {value!r})")
     return int(value)
 
@@ -447,7 +447,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+        if not is_real(p) or not 0.0 <= p < 1.0:
             raise ConfigError(f"Dropout: p must be a number in [0, 1) (got {p!r})")
         self.p = float(p)
         self.rng = None
@@ -489,9 +489,9 @@ class BatchNorm(Layer):
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
         self.num_features = _check_int("BatchNorm", "num_features", num_features, 1)
-        if not (isinstance(momentum, numbers.Real) and 0.0 <= momentum <= 1.0):
+        if not (is_real(momentum) and 0.0 <= momentum <= 1.0):
             raise ConfigError(f"BatchNorm: momentum must be in [0, 1] (got {momentum!r})")
-        if not (isinstance(eps, numbers.Real) and eps > 0):
+        if not (is_real(eps) and eps > 0):
             raise ConfigError(f"BatchNorm: eps must be > 0 (got {eps!r})")
         self.momentum = float(momentum)
         self.eps = float(eps)
@@ -722,8 +722,7 @@ class SoftmaxCrossEntropy:
     """
 
     def __init__(self, label_smoothing: float = 0.0, *, backend: str | Backend):
-        if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)
-                or not 0.0 <= label_smoothing <= 1.0):
+        if not is_real(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
             raise ConfigError(f"label smoothing must be a number in [0, 1] "
                               f"(got {label_smoothing!r}); 0 disables it")
         self.label_smoothing = float(label_smoothing)

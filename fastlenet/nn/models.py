@@ -13,13 +13,13 @@ in the backend layout (1, 32, 32, N) and returns logits (10, N).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from ..backends import Backend, get_backend
 from ..backends.base import Array
+from ..checks import is_integer
 from ..errors import CheckpointError, ConfigError, DataError
 from .layers import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear,
                      MaxPool2d, ReLU, Sequential, Tanh)
@@ -51,7 +51,7 @@ class Model(Sequential):
                               f"layer gives {out_shape}; end it with Flatten and Linear")
         self.num_classes = out_shape[0]
         dtype = _check_dtype(dtype)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        if not is_integer(seed) or seed < 0:
             raise ConfigError(f"seed must be an integer >= 0 (got {seed!r})")
         backend = get_backend(backend)
         init_seq, dropout_seq = np.random.SeedSequence(int(seed)).spawn(2)
@@ -96,8 +96,7 @@ class Model(Sequential):
         """Yield ``(start, logits (K, n))`` for host images (N, C, H, W) preprocessed like
         the training data, ``batch_size`` at a time, in eval mode (restored afterwards)."""
         self.check_images(x_nchw)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
-                or batch_size < 1:
+        if not is_integer(batch_size) or batch_size < 1:
             raise ConfigError(f"batch size must be an integer >= 1 (got {batch_size!r})")
         backend = self.backend
         was_training = self.training
