@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError
+from .nn import MODELS, build_model
 
 FORMAT = "fastlenet-checkpoint"
 FORMAT_VERSION = 1
@@ -119,8 +120,6 @@ def load_model(path: str | os.PathLike, backend="auto"):
     ``meta`` carries what inference needs besides the weights: ``mean`` and ``std`` of
     the normalisation, ``class_names``, ``dataset``.
     """
-    from .nn import MODELS, build_model
-
     ckpt = load_checkpoint(path)
     missing = [key for key in ("model", "mean", "std") if key not in ckpt.meta]
     if missing:

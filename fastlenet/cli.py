@@ -20,8 +20,7 @@ from .checkpoint import load_model
 from .data import DATASETS, load_dataset, preprocess
 from .errors import ConfigError, FastLeNetError
 from .imageprep import load_digit
-from .nn import MODELS, build_model
-from .nn.models import DTYPES
+from .nn import DTYPES, MODELS, build_model
 from .optim import OPTIMIZERS, SCHEDULES
 from .train import TrainConfig, evaluate, train
 
@@ -36,13 +35,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
+# Option values are only parsed here; their ranges are checked once, by TrainConfig and
+# the library calls, whose messages name the option.
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -55,8 +49,6 @@ def _float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
     return value
 
 
@@ -65,8 +57,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     # defaults are None so that --resume can tell which options were given
     p.add_argument("--backend", choices=backends.names(), help=f"array backend (default: {d.backend})")
     p.add_argument("--model", choices=list(MODELS), help=f"model (default: {d.model})")
-    p.add_argument("--epochs", type=_positive_int, help=f"epochs to train (default: {d.epochs})")
-    p.add_argument("--batch-size", type=_positive_int, help=f"images per step (default: {d.batch_size})")
+    p.add_argument("--epochs", type=_int, help=f"epochs to train (default: {d.epochs})")
+    p.add_argument("--batch-size", type=_int, help=f"images per step (default: {d.batch_size})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimizer (default: {d.optimizer})")
     p.add_argument("--lr", type=_float, help=f"(peak) learning rate (default: {d.lr})")
     p.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default: {d.schedule})")
@@ -78,7 +70,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder of MNIST-format IDX files; alone, it trains on them as dataset "
                    "'custom' (default: $FASTLENET_DATA_DIR or the dataset's own folder)")
     p.add_argument("--dtype", choices=DTYPES, help=f"floating-point precision (default: {d.dtype})")
-    p.add_argument("--limit", type=_positive_int, dest="train_limit", help="train on only this many images (quick tries)")
+    p.add_argument("--limit", type=_int, dest="train_limit", help="train on only this many images (quick tries)")
     p.add_argument("--target-accuracy", type=_float, help="stop once validation accuracy reaches this fraction, e.g. 0.99")
     p.add_argument("--out", help="run folder (default: runs/<time>-<model>-<backend>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or from this checkpoint)")
@@ -197,10 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test-set accuracy, per-class accuracy and confusion matrix")
     p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
     p.add_argument("--backend", choices=backends.names(), default="auto")
-
     p.add_argument("--dataset", choices=DATASETS, help="evaluate on another dataset than the one trained on")
     p.add_argument("--data-dir", help="folder of MNIST-format IDX files")
-    p.add_argument("--batch-size", type=_positive_int, default=1000)
+    p.add_argument("--batch-size", type=_int, default=1000)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_evaluate)
 
@@ -209,7 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     p.add_argument("--backend", choices=backends.names(), default="auto")
     p.set_defaults(func=cmd_predict)
-
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and connections of a model")
     p.add_argument("model", choices=list(MODELS), nargs="?", default="lenet5")

@@ -29,8 +29,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .data import DATASETS, load_dataset, prepare
 from .checks import is_integer, is_real
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
-from .nn import MODELS, SoftmaxCrossEntropy, build_model
-from .nn.models import DTYPES
+from .nn import DTYPES, MODELS, SoftmaxCrossEntropy, build_model
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 
 
@@ -63,11 +62,11 @@ class TrainConfig:
         for name in integers + ("train_limit",):
             value = getattr(self, name)
             if not (is_integer(value) or (name == "train_limit" and value is None)):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
+                raise ConfigError(f"{_option(name)} must be an integer, got {value!r}")
         for name in reals + ("target_accuracy",):
             value = getattr(self, name)
             if not (is_real(value) or (name == "target_accuracy" and value is None)):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+                raise ConfigError(f"{_option(name)} must be a finite number, got {value!r}")
         checks = [
             (self.model in MODELS, f"unknown model '{self.model}'; choose one of: {', '.join(MODELS)}"),
             (self.dataset is None or self.dataset in DATASETS, f"unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS)}"),
@@ -91,6 +90,11 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+def _option(field: str) -> str:
+    """The command-line option of a TrainConfig field, for messages."""
+    return "--limit" if field == "train_limit" else "--" + field.replace("_", "-")
 
 
 def evaluate(model, x, y, batch_size: int = 1000):
@@ -361,7 +365,7 @@ class Trainer:
                 "best_val_accuracy": None if self.best_epoch is None else self.best_val,
                 "best_epoch": self.best_epoch, "mean": data.mean, "std": data.std,
                 "dataset": config.dataset, "class_names": list(data.class_names),
-                "backend": self.backend.name, "history": self.history, "fastlenet": __version__}
+                "history": self.history, "fastlenet": __version__}
 
     def _metrics(self, stop_reason: str | None) -> dict:
         last = self.history["epochs"][-1] if self.history["epochs"] else {}

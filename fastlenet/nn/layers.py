@@ -111,6 +111,10 @@ class Layer(ABC):
         self._create(init_rng, rng)
         return self
 
+    def __repr__(self) -> str:
+        """``Name()``; layers with hyper-parameters list them."""
+        return f"{type(self).__name__}()"
+
     def _create(self, init_rng: np.random.Generator, rng) -> None:
         """Make parameters and buffers on the device; stateless layers have none."""
 
@@ -357,9 +361,6 @@ class ReLU(Layer):
         super().__init__()
         self._mask = None
 
-    def __repr__(self) -> str:
-        return "ReLU()"
-
     def forward(self, x):
         self._mask = x > 0
         return self.backend.xp.maximum(x, 0)
@@ -374,9 +375,6 @@ class Tanh(Layer):
     def __init__(self):
         super().__init__()
         self._y = None
-
-    def __repr__(self) -> str:
-        return "Tanh()"
 
     def forward(self, x):
         self._y = self.backend.xp.tanh(x)
@@ -395,9 +393,6 @@ class Sigmoid(Layer):
     def __init__(self):
         super().__init__()
         self._y = None
-
-    def __repr__(self) -> str:
-        return "Sigmoid()"
 
     def forward(self, x):
         y = self.backend.xp.tanh(x * 0.5)
@@ -421,9 +416,6 @@ class Flatten(Layer):
     def __init__(self):
         super().__init__()
         self._shape = None
-
-    def __repr__(self) -> str:
-        return "Flatten()"
 
     def output_shape(self, in_shape):
         return (math.prod(in_shape),)

@@ -122,19 +122,18 @@ class Model(Sequential):
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host copies of every parameter and buffer, keyed like ``"0.weight"`` and
         ``"1.running_mean"``."""
-        state = {}
-        for i, layer in enumerate(self.layers):
-            items = [(k, p.data) for k, p in layer.named_parameters().items()]
-            for key, array in items + list(layer.buffers().items()):
-                state[f"{i}.{key}"] = np.array(self.backend.to_numpy(array), copy=True)
-        return state
+        return {key: np.array(self.backend.to_numpy(array), copy=True)
+                for key, array in self._state_arrays().items()}
+
+    def _state_arrays(self) -> dict[str, Array]:
+        """The device arrays a state dict holds: every parameter, then every buffer."""
+        return {**{k: p.data for k, p in self.named_parameters().items()}, **self.buffers()}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Copy ``state`` into the parameters and buffers, in place (optimizers keep their
         references). Strict: every key present, none extra, shapes equal; otherwise
         CheckpointError naming the key, and nothing is changed."""
-        targets: dict[str, Array] = {k: p.data for k, p in self.named_parameters().items()}
-        targets.update(self.buffers())
+        targets = self._state_arrays()
         problem = "checkpoint is for another model"
         missing = [k for k in targets if k not in state]
         if missing:
