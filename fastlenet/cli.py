@@ -75,6 +75,28 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default: runs/<time>-<model>-<backend>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or from this checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the default when not on a terminal)")
+    _add_augment_options(p)
+
+
+_AUGMENT_HELP = {  # TrainConfig field -> (metavar, help)
+    "augment_shift": ("PX", "random shift up to this many pixels in x and y"),
+    "augment_rotate": ("DEG", "random rotation up to this many degrees either way"),
+    "augment_scale": ("S", "random size factor in [1 - S, 1 + S]"),
+    "augment_shear": ("K", "random horizontal shear factor in [-K, K]"),
+    "augment_elastic": ("ALPHA", "elastic distortion strength in pixels (Simard et al. 2003, sigma 4)"),
+    "augment_noise": ("STD", "Gaussian noise, in pixel intensity (black to white is 1)"),
+}
+
+
+def _add_augment_options(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    g = p.add_argument_group("augmentation", "random transforms of each training batch; "
+                             "0 turns one off")
+    g.add_argument("--augment", action="store_true", default=None,
+                   help="augment the training images (off by default)")
+    for field, (metavar, text) in _AUGMENT_HELP.items():
+        g.add_argument("--" + field.replace("_", "-"), type=_float, metavar=metavar,
+                       help=f"{text} (default: {getattr(d, field)})")
 
 
 def cmd_train(args) -> int:
@@ -88,6 +110,10 @@ def cmd_train(args) -> int:
                               "(only --epochs may change)")
         config = None
     else:
+        tuned = [f for f in _AUGMENT_HELP if f in given]
+        if tuned and not given.get("augment"):
+            raise ConfigError(f"--{tuned[0].replace('_', '-')} sets up augmentation, which is "
+                              "off; add --augment")
         config = TrainConfig(**given)
     train(config, out=args.out, resume=args.resume, epochs=given.get("epochs") if args.resume else None,
           progress=False if args.no_progress else None)

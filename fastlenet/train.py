@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
+from .augment import AugmentSettings, Augmenter
 from .backends import get_backend
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .data import DATASETS, load_dataset, prepare
@@ -54,6 +55,14 @@ class TrainConfig:
     dtype: str = "float32"
     train_limit: int | None = None  # use only this many training images (quick runs)
     log_every: int = 20  # host reads the loss every this many steps
+    # random transforms of every training batch (fastlenet.augment); 0 turns one off
+    augment: bool = False
+    augment_shift: float = AugmentSettings.shift
+    augment_rotate: float = AugmentSettings.rotate
+    augment_scale: float = AugmentSettings.scale
+    augment_shear: float = AugmentSettings.shear
+    augment_elastic: float = AugmentSettings.elastic
+    augment_noise: float = AugmentSettings.noise
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError for the first out-of-range value; return self."""
@@ -89,11 +98,21 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if not isinstance(self.augment, bool):
+            raise ConfigError(f"augment must be True or False, got {self.augment!r}")
+        self.augment_settings().check(option=_option)
         return self
+
+    def augment_settings(self) -> AugmentSettings:
+        """The ``augment_*`` fields as the augmenter's settings."""
+        return AugmentSettings(**{f.name: getattr(self, f"augment_{f.name}")
+                                  for f in dataclasses.fields(AugmentSettings)})
 
 
 def _option(field: str) -> str:
-    """The command-line option of a TrainConfig field, for messages."""
+    """The command-line option of a TrainConfig field (or augment setting), for messages."""
+    if field in {f.name for f in dataclasses.fields(AugmentSettings)}:
+        field = "augment_" + field
     return "--limit" if field == "train_limit" else "--" + field.replace("_", "-")
 
 
@@ -202,6 +221,8 @@ class Trainer:
                                       steps_per_epoch=self.steps_per_epoch)
         self.loss_fn = SoftmaxCrossEntropy(label_smoothing=config.label_smoothing, backend=backend)
         self.shuffle_rng = np.random.default_rng(config.seed)
+        self.augmenter = (Augmenter(backend, config.augment_settings(), self.data.mean,
+                                    self.data.std, seed=config.seed) if config.augment else None)
 
         # what a checkpoint carries besides weights and optimizer state
         self.epoch, self.step, self.train_seconds = 0, 0, 0.0
@@ -226,6 +247,8 @@ class Trainer:
             self.optimizer.load_state_dict(checkpoint.optim)
             self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
             self.backend.set_rng_state(self.model.rng, meta["model_rng"])
+            if self.augmenter is not None:
+                self.backend.set_rng_state(self.augmenter.rng, meta["augment_rng"])
             self.history = meta["history"]
             self.epoch, self.step, self.train_seconds = meta["epoch"], meta["step"], meta["train_seconds"]
             self.best_epoch = meta["best_epoch"]
@@ -280,6 +303,8 @@ class Trainer:
             for start in range(0, self.n_train, config.batch_size):
                 idx = perm[start:start + config.batch_size]
                 xb = backend.to_batch_last(self.x_dev[idx])
+                if self.augmenter is not None:
+                    xb = self.augmenter(xb)
                 yb = self.y_dev[idx]
                 logits = model.forward(xb)
                 pending.append(self.loss_fn.forward(logits, yb))
@@ -365,6 +390,8 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "train_seconds": self.train_seconds,
                 "shuffle_rng": self.shuffle_rng.bit_generator.state,
                 "model_rng": self.backend.rng_state(self.model.rng),
+                "augment_rng": (None if self.augmenter is None
+                                else self.backend.rng_state(self.augmenter.rng)),
                 "best_val_accuracy": None if self.best_epoch is None else self.best_val,
                 "best_epoch": self.best_epoch, "mean": data.mean, "std": data.std,
                 "dataset": config.dataset, "class_names": list(data.class_names),
