@@ -50,7 +50,7 @@ class AugmentSettings:
     rotate: float = 10.0
     scale: float = 0.1
     shear: float = 0.2
-    elastic: float = 34.0
+    elastic: float = 16.0
     noise: float = 0.02
 
     def check(self, option=lambda name: name) -> None:

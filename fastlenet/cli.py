@@ -22,6 +22,7 @@ from .errors import ConfigError, FastLeNetError
 from .imageprep import load_digit
 from .nn import DTYPES, MODELS, build_model
 from .optim import OPTIMIZERS, SCHEDULES
+from .sweep import run_sweep
 from .train import TrainConfig, evaluate, train
 
 EXIT_ERROR = 2
@@ -88,6 +89,14 @@ _AUGMENT_HELP = {  # TrainConfig field -> (metavar, help)
 }
 
 
+def _check_augment_options(given: dict) -> None:
+    """An --augment-* option without --augment would be silently ignored: refuse it."""
+    tuned = [f for f in _AUGMENT_HELP if f in given]
+    if tuned and not given.get("augment"):
+        raise ConfigError(f"--{tuned[0].replace('_', '-')} sets up augmentation, which is "
+                          "off; add --augment")
+
+
 def _add_augment_options(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = p.add_argument_group("augmentation", "random transforms of each training batch; "
@@ -110,14 +119,78 @@ def cmd_train(args) -> int:
                               "(only --epochs may change)")
         config = None
     else:
-        tuned = [f for f in _AUGMENT_HELP if f in given]
-        if tuned and not given.get("augment"):
-            raise ConfigError(f"--{tuned[0].replace('_', '-')} sets up augmentation, which is "
-                              "off; add --augment")
+        _check_augment_options(given)
         config = TrainConfig(**given)
     train(config, out=args.out, resume=args.resume, epochs=given.get("epochs") if args.resume else None,
           progress=False if args.no_progress else None)
     return 0
+
+
+_NOT_SWEPT = {"out", "resume", "no_progress", "help"}  # train options a sweep sets itself
+_FLAG_VALUES = {"on": True, "off": False, "yes": True, "no": False, "true": True, "false": False}
+
+
+def _train_actions() -> list[argparse.Action]:
+    """The train command's options that a sweep can vary."""
+    template = argparse.ArgumentParser(add_help=False)
+    _add_train_options(template)
+    return [a for a in template._actions if a.dest not in _NOT_SWEPT]
+
+
+def _add_sweep_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("grid", "any train option, with a comma-separated list of "
+                             "values to try (one value: the same for every setting)")
+    for action in _train_actions():
+        if action.nargs == 0:  # a flag, e.g. --augment: on for all, or 'off,on' to compare
+            g.add_argument(*action.option_strings, dest=action.dest, nargs="?", const="on",
+                           metavar="off,on", help=action.help)
+        else:
+            g.add_argument(*action.option_strings, dest=action.dest, metavar="V[,V...]",
+                           help=action.help)
+    p.add_argument("--jobs", type=_int, default=1, help="settings to train at once, each on "
+                   "one thread (default: 1, one after another with the usual threads)")
+    p.add_argument("--out", help="sweep folder (default: sweeps/<time>)")
+
+
+def _sweep_values(action: argparse.Action, text: str) -> list:
+    """Parse 'v1,v2,...' for one train option, as the train command would parse each."""
+    option = action.option_strings[0]
+    values = []
+    for piece in text.split(","):
+        piece = piece.strip()
+        if action.nargs == 0:
+            if piece.lower() not in _FLAG_VALUES:
+                raise ConfigError(f"{option} takes on or off in a sweep, got {piece!r}")
+            values.append(_FLAG_VALUES[piece.lower()])
+            continue
+        try:
+            value = action.type(piece) if action.type else piece
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"{option}: {exc}") from None
+        if action.choices is not None and value not in action.choices:
+            raise ConfigError(f"{option}: invalid choice {piece!r} (choose from "
+                              f"{', '.join(map(str, action.choices))})")
+        values.append(value)
+    return values
+
+
+def cmd_sweep(args) -> int:
+    grid, fixed = {}, {}
+    for action in _train_actions():
+        text = getattr(args, action.dest)
+        if text is None:
+            continue
+        values = _sweep_values(action, text)
+        if len(values) == 1:
+            fixed[action.dest] = values[0]
+        else:
+            grid[action.dest] = values
+    _check_augment_options({**fixed, **{k: any(v) if k == "augment" else v for k, v in grid.items()}})
+    if not grid:
+        raise ConfigError("a sweep needs at least one option with several values, "
+                          "e.g. --lr 1e-3,3e-3")
+    rows = run_sweep(grid, fixed, out=args.out, jobs=args.jobs)
+    return EXIT_ERROR if all(row["status"].startswith("failed") for row in rows) else 0
 
 
 def _test_set(meta, dataset_name, data_dir):
@@ -211,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (default: LeNet-5 on MNIST)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="train a grid of settings and tabulate accuracy and time",
+                       description="Train every combination of the given values, e.g. "
+                       "'fastlenet sweep --lr 1e-3,3e-3 --batch-size 64,128'; writes "
+                       "sweep.md, sweep.csv and sweep.png in the sweep folder.")
+    _add_sweep_options(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="test-set accuracy, per-class accuracy and confusion matrix")
     p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
