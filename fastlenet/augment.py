@@ -43,7 +43,8 @@ class AugmentSettings:
     shear factor in [-shear, shear]; elastic: displacement scale alpha in pixels (fields
     smoothed with sigma = ELASTIC_SIGMA); noise: std of additive Gaussian noise in pixel
     intensity (the range black to white is 1). The defaults suit handwritten digits:
-    no flips (a mirrored 2 is not a 2), small rotations (a 6 turned far is a 9).
+    no flips (a mirrored 2 is not a 2), small rotations (a 6 turned far is a 9), and an
+    elastic alpha milder than Simard's 34, as it comes on top of the affine maps.
     """
 
     shift: float = 2.0
@@ -82,7 +83,9 @@ class Augmenter:
 
     ``mean`` and ``std`` are the normalisation of the data (x = (pixel - mean) / std), so
     that the background and the noise level are known in normalised units. ``seed`` seeds
-    the augmenter's own generator (``self.rng``; save it with ``backend.rng_state``).
+    the augmenter's own generator (``self.rng``, from ``backend.default_rng``; save it with
+    ``backend.rng_state``). It draws with ``random`` and ``standard_normal``, which NumPy's
+    and CuPy's generators both offer.
     """
 
     def __init__(self, backend: Backend, settings: AugmentSettings, mean: float, std: float,

@@ -40,9 +40,10 @@ def assert_one_line_error(result, *fragments):
 def test_help_and_version():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("train", "evaluate", "predict", "summary", "info"):
+    for command in ("train", "sweep", "evaluate", "predict", "summary", "info"):
         assert command in result.stdout
     assert "--target-accuracy" in run_cli("train", "--help").stdout
+    assert "--augment-elastic" in run_cli("train", "--help").stdout
     assert run_cli("--version").stdout.startswith("fastlenet ")
 
 
@@ -106,6 +107,8 @@ def test_info_lists_backends():
     (["train", "--val-size", "-5"], "--val-size"),
     (["train", "--batch-size", "0"], "--batch-size"),
     (["train", "--seed", "-1"], "--seed"),
+    (["train", "--augment-rotate", "15"], "--augment-rotate sets up augmentation, which is off; add --augment"),
+    (["train", "--augment", "--augment-scale", "2"], "--augment-scale must be in [0, 0.9]"),
     (["train", "--out", "/proc/no-such-place/run"], "cannot create the run folder"),
     (["train", "--data-dir", "/nonexistent/folder"], "/nonexistent/folder"),
     (["train", "--dataset", "fashion-mnist", "--data-dir", "/tmp"], "missing"),

@@ -46,9 +46,12 @@ def test_same_seed_gives_the_same_run(tiny_dir, tmp_path):
     assert ha == hb
 
 
-@pytest.mark.parametrize("model", ["lenet5", "compact"])  # compact: dropout RNG, BatchNorm stats
-def test_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path, model):
-    config = tiny_config(tiny_dir, epochs=3, schedule="cosine", model=model)
+@pytest.mark.parametrize("model, augment", [
+    ("lenet5", False), ("compact", False),  # compact: dropout RNG, BatchNorm stats
+    ("lenet5", True),  # the augmenter's RNG
+])
+def test_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path, model, augment):
+    config = tiny_config(tiny_dir, epochs=3, schedule="cosine", model=model, augment=augment)
     train(config, out=tmp_path / "straight", log=None)
     train(config, out=tmp_path / "interrupted", log=None, on_epoch_end=lambda record: record["epoch"] == 1)
     assert load_checkpoint(tmp_path / "interrupted").meta["epoch"] == 1
@@ -100,6 +103,8 @@ def test_a_new_run_does_not_overwrite_another(tiny_dir, tmp_path):
     ("seed", -1, "--seed"), ("epochs", "3", "integer"), ("dtype", "float16", "--dtype"),
     ("weight_decay", float("inf"), "finite"), ("target_accuracy", "0.9", "finite"),
     ("train_limit", 2.5, "integer"), ("epochs", True, "integer"),
+    ("augment", "yes", "augment must be True or False"),
+    ("augment_rotate", -5.0, "--augment-rotate must be in"),
 ])
 def test_bad_config_values_are_named(field, value, message):
     with pytest.raises(ConfigError, match=message):
