@@ -101,7 +101,7 @@ class Augmenter:
 
     def __call__(self, x: Array) -> Array:
         """A randomly transformed copy of ``x`` (C, H, W, N), same shape and dtype."""
-        xp, s = self.backend.xp, self.settings
+        s = self.settings
         c, h, w, n = x.shape
         dtype = x.dtype
         src_x, src_y = self._affine_grid(h, w, n, dtype)
@@ -177,8 +177,8 @@ class Augmenter:
         padded = xp.full((c, h + 2, w + 2, n), background, dtype=x.dtype)
         padded[:, 1:-1, 1:-1] = x
         padded = padded.reshape(c, -1)
-        # Padded coordinates: the image spans [1, w], the border 0 and w + 1. In place,
-        # as these are the largest temporaries of a batch (fresh memory costs page faults).
+        # Padded coordinates: the image spans [1, w], the border 0 and w + 1. Computed in
+        # place, as these (H, W, N) arrays are the largest temporaries of a batch.
         fx, fy = src_x, src_y
         fx += 1
         fy += 1
