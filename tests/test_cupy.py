@@ -111,6 +111,15 @@ def test_every_kernel_file_is_used_by_the_backend():
     assert sorted(cupy_backend.KERNELS) == [path.stem for path in KERNEL_FILES]
 
 
+@pytest.mark.parametrize("stem, define", [("conv2d", "WEIGHT_THREADS"), ("dense", "ROW_THREADS")])
+def test_reduction_blocks_fit_their_shared_arrays(stem, define):
+    """The launcher's block size must be the power of two the shared arrays are sized for."""
+    cupy_backend = _cupy_module()
+    text = (ROOT / "kernels" / f"{stem}.cu").read_text(encoding="utf-8")
+    size = int(re.search(rf"#define {define} (\d+)", text).group(1))
+    assert cupy_backend.REDUCE_THREADS == size and size & (size - 1) == 0
+
+
 # ---------------------------------------------------------- fallback and registry
 def _cupy_status():
     return backends.status()["cupy"]
@@ -202,13 +211,29 @@ def test_trainer_keeps_nothing_that_the_next_captured_step_overwrites(tiny_dir, 
     assert steps("replayed") == steps("plain")
 
 
-# ------------------------------------------------------------------ on the GPU
+# ------------------------------------------------ kernels, on the CPU and on the GPU
 @pytest.fixture
 def cupy_backend():
+    """The real backend on a CUDA device, or a skip giving the reason."""
     why = _cupy_status()
     if why is not None:
         pytest.skip(why)
     return backends.get_backend("cupy")
+
+
+@pytest.fixture(scope="module", params=["host", pytest.param("device", marks=pytest.mark.gpu)])
+def cuda_backend(request):
+    """The cupy backend with its kernels run on the CPU (tests/host_cuda.py), and on the GPU."""
+    if request.param == "device":
+        why = _cupy_status()
+        if why is not None:
+            pytest.skip(why)
+        return backends.get_backend("cupy")
+    if shutil.which("g++") is None:
+        pytest.skip("no host C++ compiler (g++) to run the CUDA kernels on the CPU")
+    import host_cuda
+
+    return host_cuda.load_backend()
 
 
 @pytest.fixture
@@ -236,10 +261,9 @@ def _random_conv_case(rng):
     return int(c), h, w, n, int(k), int(kh), int(kw), stride, pad
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("seed", range(12))
-def test_conv2d_on_random_shapes_matches_numpy(cupy_backend, numpy_backend, seed, dtype):
+def test_conv2d_on_random_shapes_matches_numpy(cuda_backend, numpy_backend, seed, dtype):
     rng = np.random.default_rng(seed)
     c, h, w, n, k, kh, kw, stride, pad = _random_conv_case(rng)
     x = rng.standard_normal((c, h, w, n)).astype(dtype)
@@ -247,7 +271,7 @@ def test_conv2d_on_random_shapes_matches_numpy(cupy_backend, numpy_backend, seed
     bias = rng.standard_normal(k).astype(dtype) if seed % 3 else None
     need_dx = seed % 4 != 1
     outs = {}
-    for b in (cupy_backend, numpy_backend):
+    for b in (cuda_backend, numpy_backend):
         y, ctx = b.conv2d_forward(b.asarray(x), b.asarray(weight),
                                   None if bias is None else b.asarray(bias), stride, pad)
         dy = np.random.default_rng(seed + 100).standard_normal(y.shape).astype(dtype)
@@ -256,14 +280,13 @@ def test_conv2d_on_random_shapes_matches_numpy(cupy_backend, numpy_backend, seed
         if want is None:
             assert got is None
         else:
-            _same(cupy_backend, got, want, dtype)
+            _same(cuda_backend, got, want, dtype)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", ["max", "relu_max", "avg"])
 @pytest.mark.parametrize("seed", range(10))
-def test_pooling_on_random_shapes_matches_numpy(cupy_backend, numpy_backend, seed, kind, dtype):
+def test_pooling_on_random_shapes_matches_numpy(cuda_backend, numpy_backend, seed, kind, dtype):
     rng = np.random.default_rng(seed)
     size, stride = int(rng.integers(1, 4)), int(rng.integers(1, 4))
     c, n = int(rng.integers(1, 5)), int(rng.choice([1, 3, 7, 33, 130]))
@@ -272,94 +295,91 @@ def test_pooling_on_random_shapes_matches_numpy(cupy_backend, numpy_backend, see
     x = rng.integers(-2, 3, size=(c, h, w, n)).astype(dtype)
     dy = None
     outs = {}
-    for b in (cupy_backend, numpy_backend):
+    for b in (cuda_backend, numpy_backend):
         y, ctx = getattr(b, f"{kind}pool2d_forward")(b.asarray(x), size, stride)
         if dy is None:
             dy = rng.standard_normal(y.shape).astype(dtype)
         outs[b.name] = (y, getattr(b, f"{kind}pool2d_backward")(b.asarray(dy), ctx))
     for got, want in zip(outs["cupy"], outs["numpy"]):
-        _same(cupy_backend, got, want, dtype)
+        _same(cuda_backend, got, want, dtype)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(400, 130, 120), (7, 1, 3), (84, 33, 10), (5, 2, 1)])
-def test_linear_matches_numpy(cupy_backend, numpy_backend, shape, dtype):
+def test_linear_matches_numpy(cuda_backend, numpy_backend, shape, dtype):
     n_in, n, n_out = shape
     rng = np.random.default_rng(n_in)
     x = rng.standard_normal((n_in, n)).astype(dtype)
     w, bias = rng.standard_normal((n_out, n_in)).astype(dtype), rng.standard_normal(n_out).astype(dtype)
     dy = rng.standard_normal((n_out, n)).astype(dtype)
     outs = {}
-    for b in (cupy_backend, numpy_backend):
+    for b in (cuda_backend, numpy_backend):
         y, ctx = b.linear_forward(b.asarray(x), b.asarray(w), b.asarray(bias))
         outs[b.name] = (y, *b.linear_backward(b.asarray(dy), ctx))
     for got, want in zip(outs["cupy"], outs["numpy"]):
-        _same(cupy_backend, got, want, dtype)
+        _same(cuda_backend, got, want, dtype)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
 @pytest.mark.parametrize("n", [1, 7, 130])
-def test_softmax_cross_entropy_matches_numpy(cupy_backend, numpy_backend, n, smoothing, dtype):
+def test_softmax_cross_entropy_matches_numpy(cuda_backend, numpy_backend, n, smoothing, dtype):
     rng = np.random.default_rng(n)
     logits = (20 * rng.standard_normal((10, n))).astype(dtype)
     labels = rng.integers(0, 10, size=n)
     outs = {b.name: b.softmax_cross_entropy(b.asarray(logits), b.asarray(labels), smoothing)
-            for b in (cupy_backend, numpy_backend)}
+            for b in (cuda_backend, numpy_backend)}
     loss, grad = outs["cupy"]
-    np.testing.assert_allclose(float(cupy_backend.to_numpy(loss)), float(outs["numpy"][0]),
+    np.testing.assert_allclose(float(cuda_backend.to_numpy(loss)), float(outs["numpy"][0]),
                                **_tol(dtype))
-    _same(cupy_backend, grad, outs["numpy"][1], dtype)
+    _same(cuda_backend, grad, outs["numpy"][1], dtype)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_update_matches_numpy(cupy_backend, numpy_backend, dtype):
+def test_adam_update_matches_numpy(cuda_backend, numpy_backend, dtype):
     rng = np.random.default_rng(9)
     shape = (16, 6, 5, 5)
     start = (rng.standard_normal(shape).astype(dtype), np.zeros(shape, dtype), np.zeros(shape, dtype))
-    state = {b.name: [b.asarray(a.copy()) for a in start] for b in (cupy_backend, numpy_backend)}
+    state = {b.name: [b.asarray(a.copy()) for a in start] for b in (cuda_backend, numpy_backend)}
     for step in range(1, 6):
         g = rng.standard_normal(shape).astype(dtype)
-        for b in (cupy_backend, numpy_backend):
+        for b in (cuda_backend, numpy_backend):
             p, m, v = state[b.name]
             b.adam_update(p, b.asarray(g), m, v, lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-8,
                           weight_decay=0.01, step=step)
     for got, want in zip(state["cupy"], state["numpy"]):
-        np.testing.assert_allclose(cupy_backend.to_numpy(got), want,
+        np.testing.assert_allclose(cuda_backend.to_numpy(got), want,
                                    rtol=1e-6 if dtype == np.float32 else 1e-14, atol=0)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_generator_is_uniform_and_its_state_restores(cupy_backend, dtype):
-    rng = cupy_backend.default_rng(7)
-    u = cupy_backend.to_numpy(rng.random((1000, 1001), dtype=dtype))
+def test_generator_is_uniform_and_its_state_restores(cuda_backend, dtype):
+    rng = cuda_backend.default_rng(7)
+    u = cuda_backend.to_numpy(rng.random((1000, 1001), dtype=dtype))
     assert u.dtype == dtype and u.min() >= 0 and u.max() < 1
     assert abs(u.mean() - 0.5) < 2e-3 and abs(u.var() - 1 / 12) < 2e-3
     assert abs(np.corrcoef(u.ravel()[:-1], u.ravel()[1:])[0, 1]) < 5e-3
-    state = cupy_backend.rng_state(rng)
+    state = cuda_backend.rng_state(rng)
     json.dumps(state)  # goes into checkpoint metadata
-    first = cupy_backend.to_numpy(rng.random(257, dtype=dtype))
-    again = cupy_backend.default_rng(0)
-    cupy_backend.set_rng_state(again, state)
-    np.testing.assert_array_equal(cupy_backend.to_numpy(again.random(257, dtype=dtype)), first)
-    assert not np.array_equal(cupy_backend.to_numpy(rng.random(257, dtype=dtype)), first)
+    first = cuda_backend.to_numpy(rng.random(257, dtype=dtype))
+    again = cuda_backend.default_rng(0)
+    cuda_backend.set_rng_state(again, state)
+    np.testing.assert_array_equal(cuda_backend.to_numpy(again.random(257, dtype=dtype)), first)
+    assert not np.array_equal(cuda_backend.to_numpy(rng.random(257, dtype=dtype)), first)
 
 
 def _history(out):
     return json.loads((Path(out) / "history.json").read_text())
 
 
-@pytest.mark.gpu
-def test_training_losses_match_numpy(cupy_backend, tiny_dir, tmp_path):
-    for name in ("numpy", "cupy"):
-        train(tiny_config(tiny_dir, epochs=2, backend=name), out=tmp_path / name, log=None)
+def test_training_losses_match_numpy(cuda_backend, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(backends._instances, "cupy", cuda_backend)
+    for name in ("numpy", "cupy"):  # 10 steps: the CPU runs the kernels slowly
+        train(tiny_config(tiny_dir, epochs=2, train_limit=320, backend=name), out=tmp_path / name,
+              log=None)
     want = [s["loss"] for s in _history(tmp_path / "numpy")["steps"]]
     got = [s["loss"] for s in _history(tmp_path / "cupy")["steps"]]
-    assert len(got) == len(want) == 2 * 16
+    assert len(got) == len(want) == 2 * 5
     np.testing.assert_allclose(got, want, rtol=1e-3)
 
 

@@ -187,7 +187,7 @@ class CupyBackend(Backend):
 
     def rng_state(self, rng) -> dict:
         return {"bit_generator": "Philox4x32-10", "key": rng.key,
-                "counter": int(rng.counter.get()[0])}
+                "counter": int(cupy.asnumpy(rng.counter)[0])}
 
     def set_rng_state(self, rng, state: dict) -> None:
         if state.get("bit_generator") != "Philox4x32-10":
