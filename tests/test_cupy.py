@@ -10,6 +10,7 @@ fixture); the ``gpu`` tests here add random shapes, the generator, and whole tra
 runs, captured and not.
 """
 
+import importlib.util
 import json
 import re
 import shutil
@@ -231,6 +232,9 @@ def cuda_backend(request):
         return backends.get_backend("cupy")
     if shutil.which("g++") is None:
         pytest.skip("no host C++ compiler (g++) to run the CUDA kernels on the CPU")
+    if importlib.util.find_spec("fastlenet.kernels") is None:
+        pytest.skip("fastlenet.kernels is not importable (see "
+                    "test_every_kernel_source_ships_in_the_package)")
     import host_cuda
 
     return host_cuda.load_backend()
