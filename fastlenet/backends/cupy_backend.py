@@ -190,6 +190,8 @@ class CupyBackend(Backend):
                 "counter": int(cupy.asnumpy(rng.counter)[0])}
 
     def set_rng_state(self, rng, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"a generator state is a dict, not {type(state).__name__}")
         if state.get("bit_generator") != "Philox4x32-10":
             raise ValueError(f"a {state.get('bit_generator')!r} generator state does not fit "
                              "the cupy backend's Philox4x32-10 generator")
@@ -205,6 +207,8 @@ class CupyBackend(Backend):
         k, wc, kh, kw = w.shape
         if wc != c:
             raise ValueError(f"conv2d: input has {c} channels, weights expect {wc}")
+        if b is not None and b.shape != (k,):  # the kernel would read past b
+            raise ValueError(f"conv2d: bias has shape {b.shape}, expected ({k},)")
         oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
         x, w, *bias = self._operands(x, w, *(() if b is None else (b,)))
         y = cupy.empty((k, oh, ow, n), dtype=x.dtype)
@@ -276,7 +280,11 @@ class CupyBackend(Backend):
 
     # ---------------------------------------------------------- dense and loss
     def linear_forward(self, x, w, b):
-        (n_in, n), (n_out, _) = x.shape, w.shape
+        (n_in, n), (n_out, w_in) = x.shape, w.shape
+        if w_in != n_in:  # the kernel would read past x
+            raise ValueError(f"linear: input has {n_in} features, weights expect {w_in}")
+        if b is not None and b.shape != (n_out,):
+            raise ValueError(f"linear: bias has shape {b.shape}, expected ({n_out},)")
         x, w, *bias = self._operands(x, w, *(() if b is None else (b,)))
         y = self._gemm(w, x, bias[0] if bias else None, n_out, n, n_in,
                        trans_a=False, trans_b=False)
@@ -295,6 +303,9 @@ class CupyBackend(Backend):
     def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
         (logits,) = self._operands(logits)
         k, n = logits.shape
+        if labels.shape != (n,):  # the kernel would read past labels
+            raise ValueError(f"softmax_cross_entropy: {n} columns of logits, labels have "
+                             f"shape {labels.shape}")
         labels = cupy.ascontiguousarray(labels, dtype=np.int64)
         per_sample = cupy.empty(n, dtype=logits.dtype)
         grad = cupy.empty_like(logits)
