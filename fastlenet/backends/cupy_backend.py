@@ -31,6 +31,8 @@ which the layers never change before the backward.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 try:
@@ -120,11 +122,22 @@ class CupyBackend(Backend):
             raise RuntimeError("CuPy finds no CUDA device")
         code = sources()
         self._modules = {}
+        tick = time.perf_counter()
         for stem in KERNELS:
             module = cupy.RawModule(code=code[stem], options=OPTIONS.get(stem, ()))
             module.compile()  # now, so a broken NVRTC makes the backend unusable
             self._modules[stem] = module
+        self._compile_seconds = time.perf_counter() - tick
         self._functions = {}
+
+    def prepare(self, dtype) -> str | None:
+        """The kernels were compiled (or loaded from CuPy's disk cache) by the constructor;
+        say so once if that took long enough to notice."""
+        seconds, self._compile_seconds = self._compile_seconds, 0.0
+        if seconds < 1.0:
+            return None
+        return (f"cupy: compiled the CUDA kernels with NVRTC in {seconds:.1f} s "
+                "(later runs load them from CuPy's disk cache)")
 
     # ------------------------------------------------------------ kernel launch
     def _function(self, stem: str, name: str):
