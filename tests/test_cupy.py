@@ -148,7 +148,7 @@ def test_cli_without_cupy_device_names_the_cause(tmp_path):
         pytest.skip("cupy is usable here")
     result = run_cli("train", "--backend", "cupy", "--epochs", "1", "--out", tmp_path / "run")
     assert_one_line_error(result, "fastlenet: error: backend 'cupy' is not usable here (",
-                          "usable backends: numpy")
+                          f"usable backends: {', '.join(backends.usable())}")
     assert not (tmp_path / "run").exists()
 
 
@@ -157,10 +157,10 @@ def test_no_cuda_device_makes_the_backend_unusable(monkeypatch):
     monkeypatch.setattr(backends, "_instances", {})
     monkeypatch.setattr(backends, "_failures", {})
     monkeypatch.setattr(cupy_backend.cupy.cuda.runtime, "getDeviceCount", lambda: 0)
-    with pytest.raises(BackendUnavailableError,
-                       match=r"backend 'cupy' is not usable here \(RuntimeError: CuPy finds no "
-                             r"CUDA device\); usable backends: numpy"):
+    with pytest.raises(BackendUnavailableError) as info:
         backends.get_backend("cupy")
+    assert str(info.value) == ("backend 'cupy' is not usable here (RuntimeError: CuPy finds no "
+                               f"CUDA device); usable backends: {', '.join(backends.usable())}")
 
 
 def test_auto_picks_cupy_first_when_it_is_usable(monkeypatch):
