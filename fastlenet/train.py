@@ -4,7 +4,7 @@ It knows nothing of any particular backend: data is uploaded to the backend's de
 once, each epoch's shuffled order is uploaded as one index array, batches are gathered on
 the device, and the host reads losses back only every ``log_every`` steps. The gather,
 forward, loss and backward of a step form one function that the backend may record and
-replay (``Backend.capture_step``: a CUDA graph on the cupy backend); the optimizer update
+replay (``Backend.capture_step``: a CUDA graph on a GPU backend); the optimizer update
 runs after it.
 
 A run folder holds ``config.json``, ``history.json`` (per step and per epoch),

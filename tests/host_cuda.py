@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -129,12 +130,14 @@ def _build(code: str):
     _BUILD_DIR.mkdir(exist_ok=True)
     lib = _BUILD_DIR / f"k{digest}.so"
     if not lib.exists():
-        src = _BUILD_DIR / f"k{digest}.cpp"
+        # per-process names, then an atomic rename: test runs may build side by side
+        src = _BUILD_DIR / f"k{digest}-{os.getpid()}.cpp"
         src.write_text(text)
-        tmp = lib.with_suffix(".tmp.so")
+        tmp = _BUILD_DIR / f"k{digest}-{os.getpid()}.tmp.so"
         subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
                         "-o", str(tmp), str(src)], check=True, capture_output=True, text=True)
         tmp.replace(lib)
+        src.unlink()
     return ctypes.CDLL(str(lib)), names
 
 
