@@ -1,13 +1,15 @@
-"""The cupy backend: its CUDA sources, how it fails without a GPU, and (marker ``gpu``)
-its kernels and training runs against the NumPy backend.
+"""The cupy backend: its CUDA sources, how it fails without a GPU, its kernels against
+the NumPy backend (on the CPU, and with marker ``gpu`` on a CUDA device), and training.
 
-Without a GPU the tests here still check that every kernels/*.cu file ships in the
-package and compiles to PTX with NVRTC (CuPy's bindings to the library of the
-``nvidia-cuda-nvrtc-cu12`` wheel need no driver), that asking for the backend gives one
-line with the cause, and that ``auto`` takes it first when it is usable. The kernel
-tests of test_kernels.py also run on cupy wherever it is usable (the ``backend``
-fixture); the ``gpu`` tests here add random shapes, the generator, and whole training
-runs, captured and not.
+Without a GPU the tests here check that every kernels/*.cu file ships in the package and
+compiles to PTX with NVRTC (CuPy's bindings to the library of the
+``nvidia-cuda-nvrtc-cu12`` wheel need no driver; skipped without CuPy), that asking for
+the backend gives one line with the cause, that ``auto`` takes it first when it is
+usable, and that the trainer keeps nothing a replayed step overwrites. The kernel tests
+run the real backend twice: with its CUDA kernels compiled for and run on the CPU
+(tests/host_cuda.py, needs g++), and on a CUDA device (``gpu``). The kernel tests of
+test_kernels.py also run on cupy wherever it is usable (the ``backend`` fixture). The
+``gpu`` tests alone cover CUDA graph capture, resume, and full-MNIST accuracy.
 """
 
 import importlib.util
