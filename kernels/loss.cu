@@ -10,7 +10,8 @@
 //   m = max_k z[k]; e_k = exp(z_k - m); S = sum_k e_k
 //   loss[n] = log S - keep * (z[label] - m) - spread * sum_k (z_k - m)
 //   grad[k, n] = (e_k / S - spread - keep * [k == label]) / N
-// Subtracting m keeps exp finite for logits of any size.
+// Subtracting m keeps exp finite for logits of any size. Compiled with --fmad=false, so
+// the products round as the NumPy backend's do.
 //
 // Thread-to-element map: one thread per sample n (column of z); it loops over the K
 // classes three times (max, sums, gradient). K is the number of classes (10 for MNIST),
