@@ -2,10 +2,10 @@
 
 It knows nothing of any particular backend: data is uploaded to the backend's device
 once, each epoch's shuffled order is uploaded as one index array, batches are gathered on
-the device, and the host reads losses back only every ``log_every`` steps. The gather,
-forward, loss and backward of a step form one function that the backend may record and
-replay (``Backend.capture_step``: a CUDA graph on a GPU backend); the optimizer update
-runs after it.
+the device, and the host reads losses back only every ``log_every`` steps. The forward,
+loss and backward of a step form one function that the backend may record and replay
+(``Backend.capture_step``: a CUDA graph on a GPU backend); the batch gather before it and
+the optimizer update after it run as plain calls.
 
 A run folder holds ``config.json``, ``history.json`` (per step and per epoch),
 ``metrics.json``, and the checkpoints ``last.npz`` (every epoch) and ``best.npz`` (best
@@ -284,7 +284,8 @@ class Trainer:
         try:
             for start in range(0, self.n_train, config.batch_size):
                 idx = perm[start:start + config.batch_size]
-                loss, batch_correct, *grads = self._forward_backward(idx)
+                xb = backend.to_batch_last(self.x_dev[idx])
+                loss, batch_correct, *grads = self._forward_backward(xb, self.y_dev[idx])
                 for param, grad in zip(self._params, grads):
                     param.grad = grad
                 pending.append(loss.copy())  # the next call may overwrite loss
@@ -308,15 +309,13 @@ class Trainer:
         self.train_seconds += seconds
         return loss_sum / self.steps_per_epoch, float(backend.to_numpy(correct)) / self.n_train, seconds
 
-    def _forward_backward_step(self, idx):
-        """Gather the batch ``idx`` (B,) on the device, run forward, loss and backward.
+    def _forward_backward_step(self, xb, yb):
+        """Forward, loss and backward of a batch xb (C, H, W, B) with labels yb (B,).
 
         Returns ``(loss, number correct, *gradients in parameter order)``, all device
         arrays. The backend may capture this and replay it (``Backend.capture_step``),
         so it reads nothing back to the host and returns every value used afterwards.
         """
-        xb = self.backend.to_batch_last(self.x_dev[idx])
-        yb = self.y_dev[idx]
         logits = self.model.forward(xb)
         loss = self.loss_fn.forward(logits, yb)
         correct = (logits.argmax(axis=0) == yb).sum()

@@ -1,5 +1,6 @@
-// Uniform random numbers in [0, 1) from a counter-based generator, Philox4x32-10
-// (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011).
+// Uniform random numbers in [0, 1), and standard normal ones, from a counter-based
+// generator, Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
+// SC 2011).
 //
 // The generator's whole state is a 64-bit key (from the seed) and a 64-bit counter that
 // lives in device memory, so a draw needs no host round trip, a captured CUDA graph
@@ -12,6 +13,10 @@
 // Thread-to-element map:
 //   uniform_{f32,f64}  one thread per element of out; float takes the top 24 bits of the
 //                      first Philox word, double 53 bits from the first two words.
+//   normal_{f32,f64}   one thread per element of out: Box-Muller on two uniforms of the
+//                      element's Philox block, u1 in (0, 1] (so log(u1) is finite) and u2
+//                      in [0, 1): z = sqrt(-2 log u1) cos(2 pi u2). float uses words 0 and 1,
+//                      double words 0-1 and 2-3.
 //   advance_counter    a single thread: counter += count.
 // Every thread checks its index is in range.
 
@@ -61,6 +66,30 @@ extern "C" __global__ void uniform_f64(double* out, long long count, unsigned lo
     draw(key, counter[0] + (unsigned long long)idx, words);
     unsigned long long bits = ((unsigned long long)(words[0] >> 5) << 26) | (words[1] >> 6);
     out[idx] = (double)bits * (1.0 / 9007199254740992.0);  // 53 bits / 2^53
+}
+
+extern "C" __global__ void normal_f32(float* out, long long count, unsigned long long key,
+                                      const unsigned long long* counter) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= count) return;
+    unsigned int words[4];
+    draw(key, counter[0] + (unsigned long long)idx, words);
+    float u1 = (float)((words[0] >> 8) + 1u) * (1.0f / 16777216.0f);  // (0, 1]
+    float u2 = (float)(words[1] >> 8) * (1.0f / 16777216.0f);         // [0, 1)
+    out[idx] = sqrt(-2.0f * log(u1)) * cos(6.2831853071795865f * u2);
+}
+
+extern "C" __global__ void normal_f64(double* out, long long count, unsigned long long key,
+                                      const unsigned long long* counter) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= count) return;
+    unsigned int words[4];
+    draw(key, counter[0] + (unsigned long long)idx, words);
+    unsigned long long bits1 = ((unsigned long long)(words[0] >> 5) << 26) | (words[1] >> 6);
+    unsigned long long bits2 = ((unsigned long long)(words[2] >> 5) << 26) | (words[3] >> 6);
+    double u1 = (double)(bits1 + 1ull) * (1.0 / 9007199254740992.0);  // (0, 1]
+    double u2 = (double)bits2 * (1.0 / 9007199254740992.0);          // [0, 1)
+    out[idx] = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
 extern "C" __global__ void advance_counter(unsigned long long* counter, long long count) {

@@ -52,7 +52,7 @@ dim3 blockDim, gridDim;
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
-using std::exp; using std::log; using std::max; using std::min; using std::sqrt;
+using std::cos; using std::exp; using std::log; using std::max; using std::min; using std::sqrt;
 inline unsigned __umulhi(unsigned a, unsigned b) {
     return (unsigned)(((unsigned long long)a * b) >> 32);
 }

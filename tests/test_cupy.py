@@ -374,6 +374,17 @@ def test_generator_is_uniform_and_its_state_restores(cuda_backend, dtype):
     assert not np.array_equal(cuda_backend.to_numpy(rng.random(257, dtype=dtype)), first)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_generator_draws_standard_normals(cuda_backend, dtype):
+    rng = cuda_backend.default_rng(8)
+    drawn = cuda_backend.to_numpy(rng.standard_normal((1000, 1001), dtype=dtype))
+    assert drawn.dtype == dtype and np.isfinite(drawn).all()
+    z = drawn.astype(np.float64)
+    assert abs(z.mean()) < 5e-3 and abs(z.var() - 1) < 5e-3
+    assert abs((np.abs(z) > 1.96).mean() - 0.05) < 2e-3  # the tails of a normal
+    assert abs(np.corrcoef(z.ravel()[:-1], z.ravel()[1:])[0, 1]) < 5e-3
+
+
 def _history(out):
     return json.loads((Path(out) / "history.json").read_text())
 

@@ -62,8 +62,9 @@ class Backend(ABC):
     def default_rng(self, seed: int):
         """A random generator living where this backend's arrays live.
 
-        It must offer ``random(shape, dtype=...)`` with values in [0, 1) and expose
-        its state through :meth:`rng_state` / :meth:`set_rng_state`.
+        It must offer ``random(shape, dtype=...)`` with values in [0, 1) and
+        ``standard_normal(shape, dtype=...)``, as ``numpy.random.Generator`` does, and
+        expose its state through :meth:`rng_state` / :meth:`set_rng_state`.
         """
         raise NotImplementedError
 

@@ -9,7 +9,7 @@ through ``cupy.RawModule`` (CuPy also caches the binaries on disk):
     dense.cu   GEMM for the linear layers, row sums for the bias gradients
     loss.cu    softmax cross-entropy with label smoothing, loss and gradient
     adam.cu    the fused AdamW update
-    random.cu  Philox4x32-10 uniform numbers for dropout, state on the device
+    random.cu  Philox4x32-10 uniform and normal numbers, state on the device
 
 Each file's header gives its layouts (batch innermost, as every backend) and its
 thread-to-element map. The linear layers use dense.cu's GEMM, not cuBLAS, so that
@@ -63,7 +63,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "dense": ("gemm", "row_sum"),
     "loss": ("softmax_cross_entropy",),
     "adam": ("adam_update",),
-    "random": ("uniform",),
+    "random": ("uniform", "normal"),
 }
 UNTYPED_KERNELS: dict[str, tuple[str, ...]] = {"random": ("advance_counter",)}
 
@@ -99,10 +99,17 @@ class PhiloxGenerator:
 
     def random(self, shape, dtype=np.float64):
         """Uniform numbers in [0, 1), a new device array of ``shape`` and ``dtype``."""
+        return self._draw("uniform", shape, dtype)
+
+    def standard_normal(self, shape, dtype=np.float64):
+        """Standard normal numbers, a new device array of ``shape`` and ``dtype``."""
+        return self._draw("normal", shape, dtype)
+
+    def _draw(self, kernel: str, shape, dtype):
         out = cupy.empty(shape, dtype=dtype)
         count = out.size
         if count:
-            self._backend._launch("random", "uniform", out.dtype, count,
+            self._backend._launch("random", kernel, out.dtype, count,
                                   (out, np.int64(count), np.uint64(self.key), self.counter))
             self._backend._function("random", "advance_counter")(
                 (1,), (1,), (self.counter, np.int64(count)))
