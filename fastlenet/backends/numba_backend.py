@@ -293,24 +293,41 @@ def _maxpool2d_forward(x, size, stride, relu, y, arg):
 def _maxpool2d_backward(dy, arg, size, stride, dx):
     """dx[c, i*s + p, j*s + q, n] += dy[c, i, j, n] where arg[c, i, j, n] == p*size + q.
 
-    One task per channel, so overlapping windows (stride < size) accumulate race-free.
+    When the windows tile dx exactly (stride == size, no leftover rows or columns, as
+    in LeNet-5) every position of dx belongs to one window: it is written once, one
+    task per output row (c, i). Otherwise one task per channel zeroes its plane and
+    adds, so overlapping windows (stride < size) accumulate race-free.
     """
     C, OH, OW, N = dy.shape
     H, W = dx.shape[1], dx.shape[2]
-    for c in prange(C):
-        plane = dx[c].reshape(H * W * N)
-        for m in range(H * W * N):
-            plane[m] = 0
-        for i in range(OH):
+    if stride == size and H == OH * size and W == OW * size:
+        for task in prange(C * OH):
+            c = task // OH
+            i = task % OH
             for j in range(OW):
                 drow = dy[c, i, j]
                 arow = arg[c, i, j]
                 for p in range(size):
                     for q in range(size):
                         t = p * size + q
-                        xrow = dx[c, i * stride + p, j * stride + q]
+                        xrow = dx[c, i * size + p, j * size + q]
                         for n in range(N):
-                            xrow[n] += drow[n] if arow[n] == t else 0
+                            xrow[n] = drow[n] if arow[n] == t else 0
+    else:
+        for c in prange(C):
+            plane = dx[c].reshape(H * W * N)
+            for m in range(H * W * N):
+                plane[m] = 0
+            for i in range(OH):
+                for j in range(OW):
+                    drow = dy[c, i, j]
+                    arow = arg[c, i, j]
+                    for p in range(size):
+                        for q in range(size):
+                            t = p * size + q
+                            xrow = dx[c, i * stride + p, j * stride + q]
+                            for n in range(N):
+                                xrow[n] += drow[n] if arow[n] == t else 0
 
 
 def _avgpool2d_forward(x, size, stride, y):
@@ -350,6 +367,20 @@ def _avgpool2d_backward(dy, size, stride, dx):
                         xrow = dx[c, i * stride + p, j * stride + q]
                         for n in range(N):
                             xrow[n] += scale * drow[n]
+
+
+# ----------------------------------------------------------------------- layout
+def _batch_last(x, out):
+    """out[f, n] = x[n, f] for x (N, F): a transposing copy in blocks of 16 features, so
+    each image's read is one contiguous run and each feature row is written in order."""
+    N, F = x.shape
+    for block in prange((F + 15) // 16):
+        start = block * 16
+        stop = min(start + 16, F)
+        for n in range(N):
+            xrow = x[n, start:stop]
+            for f in range(stop - start):
+                out[start + f, n] = xrow[f]
 
 
 # ------------------------------------------------------------ loss and optimizer
@@ -403,6 +434,7 @@ _KERNELS = {
     "conv2d_backward_weights": _jit(_conv2d_backward_weights),
     "conv2d_backward_input": _jit(_conv2d_backward_input),
     "conv2d_backward_weights_strided": _jit(_conv2d_backward_weights_strided),
+    "batch_last": _jit(_batch_last),
     "maxpool2d_forward": _jit(_maxpool2d_forward),
     "maxpool2d_backward": _jit(_maxpool2d_backward),
     "avgpool2d_forward": _jit(_avgpool2d_forward),
@@ -444,6 +476,7 @@ class NumbaBackend(NumpyBackend):
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, 6, 6, 3)).astype(dtype)
         w = rng.standard_normal((2, 2, 3, 3)).astype(dtype)
+        self.to_batch_last(x)
         y, ctx = self.conv2d_forward(x, w, w[0, 0, 0], 1, 1)
         self.conv2d_backward(y, ctx)
         for fwd, bwd in ((self.relu_maxpool2d_forward, self.relu_maxpool2d_backward),
@@ -456,6 +489,13 @@ class NumbaBackend(NumpyBackend):
         p = rng.standard_normal(5).astype(dtype)
         self.adam_update(p, p.copy(), np.zeros_like(p), np.zeros_like(p), lr=1e-3, beta1=0.9,
                          beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+
+    def to_batch_last(self, x_nchw):
+        x = np.ascontiguousarray(x_nchw)
+        n = x.shape[0]
+        out = np.empty((x.size // max(n, 1), n), dtype=x.dtype)
+        _KERNELS["batch_last"](x.reshape(n, -1), out)
+        return out.reshape(*x.shape[1:], n)
 
     # --------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
