@@ -173,10 +173,10 @@ def _version(dist: str) -> str:
 
 
 def cmd_info(args) -> int:
-    print(f"fastlenet {__version__}")
-    print(f"python    {platform.python_version()} ({platform.machine()}, {platform.system()})")
-    for dist in ("numpy", "tqdm", "pillow", "torch"):
-        print(f"{dist:<9} {_version(dist)}")
+    print(f"fastlenet  {__version__}")
+    print(f"python     {platform.python_version()} ({platform.machine()}, {platform.system()})")
+    for dist in ("numpy", "tqdm", "pillow", "matplotlib", "torch"):
+        print(f"{dist:<10} {_version(dist)}")
     print("\nbackends:")
     for name, why in backends.status().items():
         print(f"  {name:<6} {'usable' if why is None else 'not usable: ' + why}")

@@ -580,7 +580,7 @@ def _summary_rows(run: Run, model, dataset, accuracy: float, mistakes: int, n_te
                      else f"{reached[0]:.1f} s of training (epoch {reached[1]})"))
     shown = {"model", "backend", "dataset", "epochs", "optimizer", "lr", "schedule",
              "batch_size", "weight_decay", "seed", "val_size", "train_limit", "dtype"}
-    others = [f"{k.replace('_', ' ')} {v}" for k, v in sorted(config.items())
+    others = [f"{k.replace('_', ' ')} {_setting(v)}" for k, v in sorted(config.items())
               if k not in shown | _NOT_SETTINGS and v is not None]
     if others:
         rows.append(("other settings", ", ".join(others)))
@@ -689,8 +689,12 @@ def _differences(runs: list[Run]) -> list[str]:
     """For each run, the settings in which the runs differ, e.g. "lr 0.001, batch size 64"."""
     keys = sorted({k for run in runs for k in run.config} - _NOT_SETTINGS)
     varying = [k for k in keys if len({json.dumps(run.config.get(k)) for run in runs}) > 1]
-    return [", ".join(f"{k.replace('_', ' ')} {run.config.get(k)}" for k in varying)
+    return [", ".join(f"{k.replace('_', ' ')} {_setting(run.config.get(k))}" for k in varying)
             for run in runs]
+
+
+def _setting(value) -> str:
+    return "none" if value is None else str(value)
 
 
 def _compare_row(run: Run, name: str) -> dict:
@@ -739,7 +743,8 @@ def _csv(rows: list[dict]) -> str:
 def plot_comparison(runs: list[Run], labels: list[str]):
     """Training loss and validation accuracy against epochs, and test accuracy against
     training time, one colour per run, one legend below."""
-    fig = _figure((16, 5.4 + 0.28 * math.ceil(len(runs) / 2)))
+    columns = 1 if len(runs) <= 3 else 2  # of the legend
+    fig = _figure((16, 5.2 + 0.3 * math.ceil(len(runs) / columns)))
     ax_loss, ax_val, ax_time = fig.subplots(1, 3)
     for n, (run, label) in enumerate(zip(runs, labels)):
         color = f"C{n % 10}"
@@ -768,14 +773,14 @@ def plot_comparison(runs: list[Run], labels: list[str]):
     for target in TARGETS:
         if target <= best + 0.005:  # a line far above every curve would squash them
             ax_time.axhline(100 * target, color="gray", lw=0.8, ls=":")
-            ax_time.annotate(f"{target:.0%}", (1, 100 * target), xycoords=("axes fraction", "data"),
-                             ha="right", va="bottom", fontsize=8, color="gray")
+            ax_time.annotate(f"{target:.0%}", (0.01, 100 * target), xycoords=("axes fraction", "data"),
+                             ha="left", va="bottom", fontsize=8, color="gray")
     ax_val.xaxis.set_major_locator(require_matplotlib().ticker.MaxNLocator(integer=True))
     for ax in (ax_val, ax_time):
         _percent_axis(ax)
     for ax in (ax_loss, ax_val, ax_time):
         ax.grid(alpha=0.3)
     fig.legend(*ax_time.get_legend_handles_labels(), loc="outside lower center",
-               ncols=min(len(runs), 2), fontsize=10)
+               ncols=columns, fontsize=10)
     fig.suptitle(f"Comparison of {len(runs)} runs", fontsize=13)
     return fig
