@@ -87,14 +87,14 @@ class Run:
     """A run folder as read from disk.
 
     ``config``: config.json; ``history``: history.json (``steps``: one record per step,
-    ``epochs``: one per epoch, at least one); ``metrics``: metrics.json, None for a run
-    that has not finished (reports work from the history, so they do not need it).
+    ``epochs``: one per epoch, at least one). Everything reported comes from these two and
+    best.npz, which training rewrites every epoch, so a run still in progress or stopped
+    early can be reported too.
     """
 
     path: Path
     config: dict
     history: dict
-    metrics: dict | None
 
     @property
     def name(self) -> str:
@@ -133,7 +133,7 @@ _EPOCH_KEYS = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "te
 
 def load_run(path: str | Path) -> Run:
     """Read a run folder written by ``fastlenet train``; RunFolderError (one line) when it
-    is missing, incomplete or damaged."""
+    is missing, incomplete or damaged. An unfinished run (no metrics.json yet) reads too."""
     path = Path(path)
     if not path.is_dir():
         raise RunFolderError(f"{path}: no such run folder; pass a folder written by "
@@ -141,8 +141,6 @@ def load_run(path: str | Path) -> Run:
     config = _read_json(path / "config.json", "not a run folder written by 'fastlenet train'")
     history = _read_json(path / "history.json", "the run has not finished its first epoch, "
                          "or this is not a run folder written by 'fastlenet train'")
-    metrics_file = path / "metrics.json"
-    metrics = _read_json(metrics_file, "") if metrics_file.exists() else None
     damaged = f"{path / 'history.json'}: not a fastlenet training history"
     if not isinstance(config, dict):
         raise RunFolderError(f"{path / 'config.json'}: not a fastlenet run config (a JSON "
@@ -162,7 +160,7 @@ def load_run(path: str | Path) -> Run:
                for s in history["steps"]):
         raise RunFolderError(f"{damaged}: a step record lacks a valid step or loss; the file "
                              "is damaged or from another fastlenet version")
-    return Run(path, config, history, metrics)
+    return Run(path, config, history)
 
 
 def _read_json(file: Path, why_missing: str):
@@ -186,7 +184,9 @@ def require_matplotlib():
     """The matplotlib module; a one-line FastLeNetError naming the extra when it is absent."""
     try:
         import matplotlib
-        import matplotlib.figure  # noqa: F401  (the object API the figures use)
+        import matplotlib.colors  # noqa: F401  (the submodules the figures use)
+        import matplotlib.figure  # noqa: F401
+        import matplotlib.ticker  # noqa: F401
     except ImportError as exc:
         raise FastLeNetError(f"reports need matplotlib, which is not installed ({exc}); "
                              f"install it with: {PLOTS_HINT}") from None
@@ -204,8 +204,9 @@ def _png_bytes(fig) -> bytes:
 
 
 def _write(path: Path, data: bytes | str) -> Path:
-    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
+    """Write bytes, or text as UTF-8, atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
     return path
 
 
@@ -334,9 +335,11 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, proba: np.ndarray
     axes = fig.subplots(rows, cols)
     for ax in axes.flat:
         ax.set_axis_off()
+    # names like Fashion-MNIST's "Ankle boot" need a line of their own to fit a tile
+    sep = "\n" if max(len(n) for n in class_names) > 3 else " "
     for ax, i in zip(axes.flat, shown):
         ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(f"#{i}  true {class_names[labels[i]]}\npred {class_names[preds[i]]} "
+        ax.set_title(f"#{i}  true {class_names[labels[i]]}\npred {class_names[preds[i]]}{sep}"
                      f"({_probability(proba[i, preds[i]])})", fontsize=9, color="#b71c1c")
     n = len(labels)
     if wrong.size:
