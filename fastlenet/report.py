@@ -494,8 +494,7 @@ class Report:
 
 
 def make_report(run: str | Path, out: str | Path | None = None, *, backend: str = "auto",
-                seed: int = 0, batch_size: int = 1000,
-                log: Callable[[str], None] | None = print) -> Report:
+                seed: int = 0, log: Callable[[str], None] | None = print) -> Report:
     """Evaluate ``run``'s best.npz on its test set and write the figures and report.html.
 
     ``out``: the folder to write (default ``RUN/report``); ``backend``: where best.npz is
@@ -513,7 +512,7 @@ def make_report(run: str | Path, out: str | Path | None = None, *, backend: str 
                              "this is not a run folder written by 'fastlenet train'")
     model, meta = load_model(checkpoint, backend)
     x, y, dataset = load_test_set(meta)
-    proba = model.predict_proba(x, batch_size)
+    proba = model.predict_proba(x)
     preds = proba.argmax(axis=1)
     accuracy = float((preds == y).mean())
     names = [str(n) for n in meta.get("class_names") or range(model.num_classes)]
@@ -544,8 +543,8 @@ def make_report(run: str | Path, out: str | Path | None = None, *, backend: str 
         "feature_maps": lambda: plot_feature_maps(x[i], caption, feature_maps(model, x[i])),
     }
     images, figures = {}, {}
-    for stem, make in makers.items():
-        images[stem] = _png_bytes(make())
+    for stem in FIGURES:
+        images[stem] = _png_bytes(makers[stem]())
         figures[stem] = _write(folder / f"{stem}.png", images[stem])
     page = _html_page(run, summary, images, dataset.name, model.backend.name)
     html_path = _write(folder / "report.html", page)

@@ -159,6 +159,14 @@ def test_compare_writes_markdown_csv_and_figure(tiny_runs, tmp_path):
     assert_not_blank(result.figure_path)
 
 
+def test_compare_names_runs_by_path_when_folder_names_clash(tiny_runs, tmp_path, monkeypatch):
+    monkeypatch.setattr("fastlenet.report._png_bytes", lambda fig: b"png")  # not drawn here
+    twin = tmp_path / "elsewhere" / "quick"
+    shutil.copytree(tiny_runs[0], twin)
+    result = compare_runs([tiny_runs[0], twin, tiny_runs[1]], tmp_path / "cmp")
+    assert [row["run"] for row in result.rows] == [str(tiny_runs[0]), str(twin), "careful"]
+
+
 def test_cli_compare_prints_the_table(tiny_runs, tmp_path, capsys):
     assert main(["compare", *map(str, tiny_runs), "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
