@@ -59,7 +59,8 @@ FIGURES = {
                "Training loss at every step (and its running mean), and train, validation and "
                "test loss and accuracy after every epoch; the bottom axis counts steps, the top "
                "one epochs. Train accuracy is the running accuracy during the epoch, while the "
-               "weights still change; validation and test are measured after it."),
+               "weights still change; validation and test are measured after it. When the first "
+               "epochs stretch the accuracy axis, an inset zooms on the later ones."),
     "confusion": ("Confusion matrix",
                   "Test images by true class (rows) and predicted class (columns), counted; "
                   "the right axis gives each class's accuracy (recall). Colours are on a log "
@@ -279,6 +280,7 @@ def plot_curves(run: Run, title: str):
                     mec="black", ls="none",
                     label=f"best validation {best['val_accuracy']:.2%} (epoch {best['epoch']}): best.npz")
     _percent_axis(ax_acc)
+    _zoom_late_epochs(ax_acc, epochs, series)
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_title(f"Accuracy (last epoch: test {epochs[-1]['test_accuracy']:.2%})")
     ax_acc.legend(loc="lower right", fontsize=9)
@@ -292,6 +294,30 @@ def plot_curves(run: Run, title: str):
         top.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=13)
     return fig
+
+
+def _zoom_late_epochs(ax, epochs: list[dict], series) -> None:
+    """An inset with validation and test accuracy over the second half of the epochs, when
+    the first epochs stretch the axis so far that their last percent cannot be read."""
+    late = epochs[len(epochs) // 2:]
+    values = [100 * r[f"{key}_accuracy"] for r in late for _, key, _, _ in series
+              if r[f"{key}_accuracy"] is not None]
+    low, high = ax.get_ylim()
+    if len(epochs) < 4 or not values or (max(values) - min(values)) * 6 > high - low:
+        return
+    inset = ax.inset_axes((0.4, 0.38, 0.56, 0.3))
+    for _, key, color, marker in series:
+        if all(r[f"{key}_accuracy"] is not None for r in late):
+            inset.plot([r["epoch"] for r in late], [100 * r[f"{key}_accuracy"] for r in late],
+                       marker=marker, ms=4, color=color)
+    inset.xaxis.set_major_locator(require_matplotlib().ticker.MaxNLocator(integer=True))
+    margin = 0.15 * (max(values) - min(values)) + 0.02
+    inset.set_ylim(min(values) - margin, max(values) + margin)
+    _percent_axis(inset)
+    inset.tick_params(labelsize=8)
+    inset.grid(alpha=0.3)
+    inset.set_title("validation and test, late epochs (zoomed)", fontsize=8)
+    inset.set_xlabel("epoch", fontsize=8, labelpad=1)
 
 
 def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str):

@@ -139,6 +139,26 @@ def test_make_report_returns_what_it_wrote(tiny_runs, report, tmp_path, monkeypa
     assert f"{result.test_accuracy:.2%}" in (report / "report.html").read_text()
 
 
+def test_curves_zoom_on_late_epochs_only_when_early_ones_stretch_the_axis(tmp_path):
+    from fastlenet.report import Run, plot_curves
+
+    def run_with(accuracies):
+        epochs = [{"epoch": e, "step": 10 * e, "train_loss": 0.1, "train_accuracy": a,
+                   "val_loss": 0.1, "val_accuracy": a, "test_loss": 0.1, "test_accuracy": a,
+                   "train_seconds": float(e)} for e, a in enumerate(accuracies, 1)]
+        steps = [{"step": s, "loss": 1 / s} for s in range(1, 10 * len(accuracies) + 1)]
+        return Run(tmp_path, {}, {"steps": steps, "epochs": epochs})
+
+    def insets(run):
+        from matplotlib.axes import Axes  # an inset is one; the top epoch axis is not
+
+        return sum(isinstance(child, Axes) for child in plot_curves(run, "t").axes[1].child_axes)
+
+    assert insets(run_with([0.80, 0.97, 0.985, 0.988, 0.989, 0.99])) == 1
+    assert insets(run_with([0.95, 0.96, 0.97, 0.98, 0.985, 0.99])) == 0  # readable as it is
+    assert insets(run_with([0.80, 0.99])) == 0  # too few epochs to zoom on
+
+
 def test_compare_writes_markdown_csv_and_figure(tiny_runs, tmp_path):
     result = compare_runs(tiny_runs, tmp_path / "cmp")
     assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"compare.md", "compare.csv", "compare.png"}
