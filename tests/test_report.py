@@ -159,6 +159,17 @@ def test_curves_zoom_on_late_epochs_only_when_early_ones_stretch_the_axis(tmp_pa
     assert insets(run_with([0.80, 0.99])) == 0  # too few epochs to zoom on
 
 
+def test_misclassified_says_so_when_there_are_no_mistakes():
+    from fastlenet.report import plot_misclassified
+
+    labels = np.arange(10)
+    images = np.zeros((10, 28, 28), dtype=np.uint8)
+    fig = plot_misclassified(images, labels, np.eye(10), [str(d) for d in range(10)])
+    assert fig.get_suptitle() == "Misclassified test images: none of 10"
+    assert "every test image is classified correctly" in [t.get_text() for t in fig.texts]
+    assert not any(ax.images for ax in fig.axes)
+
+
 def test_compare_writes_markdown_csv_and_figure(tiny_runs, tmp_path):
     result = compare_runs(tiny_runs, tmp_path / "cmp")
     assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"compare.md", "compare.csv", "compare.png"}
