@@ -404,7 +404,7 @@ def plot_filters(weight: np.ndarray, layer: str):
     cols = min(len(tiles), 8)
     rows = math.ceil(len(tiles) / cols)
     fig = _figure((cols * 1.7 + 1.4, rows * 1.8 + 0.9))
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
     limit = float(np.abs(weight).max()) or 1.0
     for t, ax in enumerate(axes):
         ax.set_xticks([])
@@ -449,36 +449,35 @@ def plot_feature_maps(image: np.ndarray, caption: str, maps: list[tuple[str, np.
     One band per layer, MAPS_PER_ROW maps a row; maps of 1x1 (a convolution to single
     values, like LeNet-5's C5) are drawn as one strip of values.
     """
-    bands = [("input: " + caption, image[:1], 2, False)]  # (label, maps, rows, as strip)
+    # bands of (kind, label, maps, rows of map tiles); the input is drawn twice as large
+    bands = [("input", "input: " + caption, image[:1], 2)]
     for label, m in maps:
         c, h, w = m.shape
         if h * w == 1:
-            bands.append((f"{label}: {c} maps of 1x1, as one strip", m.reshape(1, c), 1, True))
+            bands.append(("strip", f"{label}: {c} maps of 1x1, as one strip", m.reshape(1, c), 1))
         else:
-            bands.append((f"{label}: {c} maps of {h}x{w}", m, math.ceil(c / MAPS_PER_ROW), False))
+            bands.append(("maps", f"{label}: {c} maps of {h}x{w}", m, math.ceil(c / MAPS_PER_ROW)))
     tile, title = 0.88, 0.42  # inches per row of maps, per band title
-    heights = [rows * tile + title for _, _, rows, _ in bands]
+    heights = [rows * tile + title for *_, rows in bands]
     fig = _figure((MAPS_PER_ROW * tile + 0.3, sum(heights) + 0.5))
-    for subfig, (label, stack, rows, strip) in zip(fig.subfigures(len(bands), 1, height_ratios=heights),
-                                                   bands):
+    for subfig, (kind, label, stack, rows) in zip(
+            fig.subfigures(len(bands), 1, height_ratios=heights), bands):
         subfig.suptitle(label, x=0.005, ha="left", fontsize=10)
-        if strip:
+        if kind == "strip":
             ax = subfig.subplots()
             ax.imshow(stack, cmap="viridis", aspect="auto")
             ax.set_yticks([])
             ax.set_xlabel("map", fontsize=8)
             continue
-        is_input = label.startswith("input")  # drawn at twice the size of a map
-        cmap = "gray_r" if is_input else "viridis"
-        shape = (1, MAPS_PER_ROW // 2) if is_input else (rows, MAPS_PER_ROW)
+        shape = (1, MAPS_PER_ROW // 2) if kind == "input" else (rows, MAPS_PER_ROW)
         for j, ax in enumerate(subfig.subplots(*shape, squeeze=False).ravel()):
-            if is_input and j == 0:  # framed, so the padding shows
+            if kind == "input" and j == 0:  # framed, so the padding shows
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
                 ax.set_axis_off()
             if j < len(stack):
-                ax.imshow(stack[j], cmap=cmap)
+                ax.imshow(stack[j], cmap="gray_r" if kind == "input" else "viridis")
                 if len(stack) > 1:
                     ax.text(0.02, 0.98, str(j), transform=ax.transAxes, ha="left", va="top",
                             fontsize=7, color="white")
