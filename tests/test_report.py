@@ -36,7 +36,7 @@ def trained(tiny_dir, tmp_path_factory):
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             assert main(["train", "--data-dir", str(tiny_dir), "--epochs", "2", "--batch-size",
-                         "50", "--val-size", "200", "--lr", lr, "--seed", "1", "--no-progress",
+                         "50", "--val-size", "200", "--lr", lr, "--seed", "1", "--no-progress", "--backend", "numpy",
                          "--out", str(base / name), *extra]) == 0
         runs[name] = base / name, printed.getvalue()
     return runs
