@@ -22,7 +22,9 @@ the two pools fighting cost 7x (PERF_NOTES.md lever 1). This backend's only BLAS
 the linear layers' GEMMs, run with BLAS limited to one thread (threadpoolctl).
 
 Memory ownership is as in the NumPy backend: every array a kernel returns or keeps in a
-ctx is freshly allocated, so a ctx stays valid until its backward.
+ctx is freshly allocated, so a ctx stays valid until its backward. The one reused
+buffer, the zero-margined copy of dy the input gradient reads (one per shape seen),
+never leaves the call that fills it.
 """
 
 from __future__ import annotations
@@ -46,53 +48,91 @@ def _jit(func):
 
 
 # ----------------------------------------------------------------- convolution
+def _row_multiply_add(out, src, base, N, wrow):
+    """out[m] += sum_q wrow[q] * src[base + q*N + m] for every m < len(out).
+
+    The stride-1 convolution's inner step: for one input row and one kernel row, the
+    output row's (j, n) values and the inputs they need are contiguous runs, so the
+    row is updated by whole-run multiply-adds, five kernel columns q at a time: the five
+    weights sit in registers and each pass reads ``out`` once for five products. (A
+    window sum per output value with the window unrolled ran 1.6-2.8x slower: its
+    weights were reloaded for every vector of images.) Slices rather than offset
+    arithmetic inside the loop let Numba see the indices are in range, so it vectorizes.
+    """
+    run = out.shape[0]
+    KW = wrow.shape[0]
+    q = 0
+    while q + 5 <= KW:
+        w0, w1, w2, w3, w4 = wrow[q], wrow[q + 1], wrow[q + 2], wrow[q + 3], wrow[q + 4]
+        x0 = src[base + q * N:base + q * N + run]
+        x1 = src[base + (q + 1) * N:base + (q + 1) * N + run]
+        x2 = src[base + (q + 2) * N:base + (q + 2) * N + run]
+        x3 = src[base + (q + 3) * N:base + (q + 3) * N + run]
+        x4 = src[base + (q + 4) * N:base + (q + 4) * N + run]
+        for m in range(run):
+            out[m] += w0 * x0[m] + w1 * x1[m] + w2 * x2[m] + w3 * x3[m] + w4 * x4[m]
+        q += 5
+    while q < KW:
+        w0 = wrow[q]
+        x0 = src[base + q * N:base + q * N + run]
+        for m in range(run):
+            out[m] += w0 * x0[m]
+        q += 1
+
+
+_row_multiply_add = numba.njit(cache=True, fastmath=_FASTMATH)(_row_multiply_add)
+
+
 def _conv2d_forward(xpad, w, b, y):
     """Stride 1: y[k, i, j, n] = b[k] + sum_{c,p,q} w[k, c, p, q] * xpad[c, i + p, j + q, n].
 
     xpad (C, HP, WP, N) already padded; w (K, C, KH, KW); b (K,); y (K, OH, OW, N).
     One task per output row (k, i), taken i-major so consecutive tasks read the same
-    input rows while they are in cache. For fixed (c, p, q) the row's (j, n) values and
-    the inputs they need are both one contiguous run of OW*N values, so the row is
-    updated by whole-run multiply-adds, five columns q at a time: the five weights sit
-    in registers and each pass reads y once for five products. (A window sum per output
-    value with the window unrolled ran 1.6-2.8x slower: its weights were reloaded for
-    every vector of images.)
+    input rows while they are in cache.
     """
     K, OH, OW, N = y.shape
     C, HP, WP = xpad.shape[0], xpad.shape[1], xpad.shape[2]
-    KH, KW = w.shape[2], w.shape[3]
+    KH = w.shape[2]
     run = OW * N
     xf = xpad.reshape(C * HP * WP * N)
     yf = y.reshape(K * OH * run)
     for task in prange(OH * K):
         i = task // K
         k = task % K
-        # slices, not offset arithmetic, inside the loops: Numba can then see that the
-        # indices are in range and non-negative, and the loops vectorize
         yrow = yf[(k * OH + i) * run:(k * OH + i + 1) * run]
         for m in range(run):
             yrow[m] = b[k]
         for c in range(C):
             for p in range(KH):
-                base = (c * HP + i + p) * WP * N
-                q = 0
-                while q + 5 <= KW:
-                    w0, w1, w2, w3, w4 = (w[k, c, p, q], w[k, c, p, q + 1], w[k, c, p, q + 2],
-                                          w[k, c, p, q + 3], w[k, c, p, q + 4])
-                    x0 = xf[base + q * N:base + q * N + run]
-                    x1 = xf[base + (q + 1) * N:base + (q + 1) * N + run]
-                    x2 = xf[base + (q + 2) * N:base + (q + 2) * N + run]
-                    x3 = xf[base + (q + 3) * N:base + (q + 3) * N + run]
-                    x4 = xf[base + (q + 4) * N:base + (q + 4) * N + run]
-                    for m in range(run):
-                        yrow[m] += w0 * x0[m] + w1 * x1[m] + w2 * x2[m] + w3 * x3[m] + w4 * x4[m]
-                    q += 5
-                while q < KW:
-                    w0 = w[k, c, p, q]
-                    x0 = xf[base + q * N:base + q * N + run]
-                    for m in range(run):
-                        yrow[m] += w0 * x0[m]
-                    q += 1
+                _row_multiply_add(yrow, xf, (c * HP + i + p) * WP * N, N, w[k, c, p])
+
+
+def _conv2d_backward_input(dy_wide, w_flipped, dxpad):
+    """Stride 1: dxpad[c, h, x, n] = sum_{k,p,q} w[k, c, p, q] * dy[k, h - p, x - q, n].
+
+    dy_wide (K, OH, OW + 2*(KW-1), N) is dy with KW-1 columns of zeros each side and
+    w_flipped (K, C, KH, KW) the weights with q reversed, so with q' = KW-1-q the sum
+    over q is dxpad[c, h, x] += sum_q' w_flipped[k, c, p, q'] dy_wide[k, h - p, x + q']:
+    the forward kernel's row step. One task per input row (c, h), which sums only the
+    kernel rows p whose output row h - p exists (no work on padding rows).
+    """
+    K, OH, WW, N = dy_wide.shape
+    C, HP, WP = dxpad.shape[0], dxpad.shape[1], dxpad.shape[2]
+    KH = w_flipped.shape[2]
+    run = WP * N
+    dyf = dy_wide.reshape(K * OH * WW * N)
+    dxf = dxpad.reshape(C * HP * run)
+    for task in prange(C * HP):
+        c = task // HP
+        h = task % HP
+        dxrow = dxf[(c * HP + h) * run:(c * HP + h + 1) * run]
+        for m in range(run):
+            dxrow[m] = 0
+        for p in range(KH):
+            i = h - p
+            if 0 <= i < OH:
+                for k in range(K):
+                    _row_multiply_add(dxrow, dyf, (k * OH + i) * WW * N, N, w_flipped[k, c, p])
 
 
 def _conv2d_forward_strided(xpad, w, b, stride, y):
@@ -255,24 +295,41 @@ def _maxpool2d_forward(x, size, stride, relu, y, arg):
 def _maxpool2d_backward(dy, arg, size, stride, dx):
     """dx[c, i*s + p, j*s + q, n] += dy[c, i, j, n] where arg[c, i, j, n] == p*size + q.
 
-    One task per channel, so overlapping windows (stride < size) accumulate race-free.
+    When the windows tile dx exactly (stride == size, no leftover rows or columns, as
+    in LeNet-5) every position of dx belongs to one window: it is written once, one
+    task per output row (c, i). Otherwise one task per channel zeroes its plane and
+    adds, so overlapping windows (stride < size) accumulate race-free.
     """
     C, OH, OW, N = dy.shape
     H, W = dx.shape[1], dx.shape[2]
-    for c in prange(C):
-        plane = dx[c].reshape(H * W * N)
-        for m in range(H * W * N):
-            plane[m] = 0
-        for i in range(OH):
+    if stride == size and H == OH * size and W == OW * size:
+        for task in prange(C * OH):
+            c = task // OH
+            i = task % OH
             for j in range(OW):
                 drow = dy[c, i, j]
                 arow = arg[c, i, j]
                 for p in range(size):
                     for q in range(size):
                         t = p * size + q
-                        xrow = dx[c, i * stride + p, j * stride + q]
+                        xrow = dx[c, i * size + p, j * size + q]
                         for n in range(N):
-                            xrow[n] += drow[n] if arow[n] == t else 0
+                            xrow[n] = drow[n] if arow[n] == t else 0
+    else:
+        for c in prange(C):
+            plane = dx[c].reshape(H * W * N)
+            for m in range(H * W * N):
+                plane[m] = 0
+            for i in range(OH):
+                for j in range(OW):
+                    drow = dy[c, i, j]
+                    arow = arg[c, i, j]
+                    for p in range(size):
+                        for q in range(size):
+                            t = p * size + q
+                            xrow = dx[c, i * stride + p, j * stride + q]
+                            for n in range(N):
+                                xrow[n] += drow[n] if arow[n] == t else 0
 
 
 def _avgpool2d_forward(x, size, stride, y):
@@ -312,6 +369,20 @@ def _avgpool2d_backward(dy, size, stride, dx):
                         xrow = dx[c, i * stride + p, j * stride + q]
                         for n in range(N):
                             xrow[n] += scale * drow[n]
+
+
+# ----------------------------------------------------------------------- layout
+def _batch_last(x, out):
+    """out[f, n] = x[n, f] for x (N, F): a transposing copy in blocks of 16 features, so
+    each image's read is one contiguous run and each feature row is written in order."""
+    N, F = x.shape
+    for block in prange((F + 15) // 16):
+        start = block * 16
+        stop = min(start + 16, F)
+        for n in range(N):
+            xrow = x[n, start:stop]
+            for f in range(stop - start):
+                out[start + f, n] = xrow[f]
 
 
 # ------------------------------------------------------------ loss and optimizer
@@ -363,7 +434,9 @@ _KERNELS = {
     "conv2d_forward": _jit(_conv2d_forward),
     "conv2d_forward_strided": _jit(_conv2d_forward_strided),
     "conv2d_backward_weights": _jit(_conv2d_backward_weights),
+    "conv2d_backward_input": _jit(_conv2d_backward_input),
     "conv2d_backward_weights_strided": _jit(_conv2d_backward_weights_strided),
+    "batch_last": _jit(_batch_last),
     "maxpool2d_forward": _jit(_maxpool2d_forward),
     "maxpool2d_backward": _jit(_maxpool2d_backward),
     "avgpool2d_forward": _jit(_avgpool2d_forward),
@@ -381,6 +454,20 @@ class NumbaBackend(NumpyBackend):
     def __init__(self):
         self._blas = ThreadpoolController()
         self._prepared: set[str] = set()
+        self._buffers: dict[tuple, np.ndarray] = {}
+
+    def _widened(self, dy, margin: int):
+        """dy (K, OH, OW, N) with ``margin`` columns of zeros each side, in a buffer kept
+        per shape: its margins are zeroed once, and only the middle is rewritten each call.
+        The buffer never leaves the call that fills it (it is not kept in any ctx)."""
+        k, oh, ow, n = dy.shape
+        shape = (k, oh, ow + 2 * margin, n)
+        key = (shape, dy.dtype.str)
+        if key not in self._buffers:
+            self._buffers[key] = np.zeros(shape, dtype=dy.dtype)
+        wide = self._buffers[key]
+        wide[:, :, margin:margin + ow] = dy
+        return wide
 
     def _one_blas_thread(self):
         return self._blas.limit(limits=1, user_api="blas")
@@ -405,6 +492,7 @@ class NumbaBackend(NumpyBackend):
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, 6, 6, 3)).astype(dtype)
         w = rng.standard_normal((2, 2, 3, 3)).astype(dtype)
+        self.to_batch_last(x)
         y, ctx = self.conv2d_forward(x, w, w[0, 0, 0], 1, 1)
         self.conv2d_backward(y, ctx)
         for fwd, bwd in ((self.relu_maxpool2d_forward, self.relu_maxpool2d_backward),
@@ -417,6 +505,13 @@ class NumbaBackend(NumpyBackend):
         p = rng.standard_normal(5).astype(dtype)
         self.adam_update(p, p.copy(), np.zeros_like(p), np.zeros_like(p), lr=1e-3, beta1=0.9,
                          beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+
+    def to_batch_last(self, x_nchw):
+        x = np.ascontiguousarray(x_nchw)
+        n = x.shape[0]
+        out = np.empty((x.size // max(n, 1), n), dtype=x.dtype)
+        _KERNELS["batch_last"](x.reshape(n, -1), out)
+        return out.reshape(*x.shape[1:], n)
 
     # --------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
@@ -448,27 +543,25 @@ class NumbaBackend(NumpyBackend):
         db = db if has_bias else None
         if not need_dx:
             return None, dw, db
-        # The input gradient is a stride-1 convolution of dy (spread out by the stride,
-        # padded by the window less one) with the weights flipped and C and K swapped:
-        #   dxpad[c, h, x] = sum_{k,p,q} w[k, c, p, q] dy_spread[k, h - p, x - q]
-        # so the forward kernel computes it. It covers the rows and columns some window
-        # touched; the rest of dxpad (and the padding) gets no gradient.
         _, oh, ow, n = dy.shape
         if stride > 1:
+            # the gradient of a strided convolution is that of a stride-1 one whose dy
+            # is spread out with zeros between the outputs
             spread = np.zeros((k, (oh - 1) * stride + 1, (ow - 1) * stride + 1, n), dtype=dy.dtype)
             spread[:, ::stride, ::stride] = dy
-        else:
-            spread = dy
-        dypad = _padded(spread, kh - 1, kh - 1, kw - 1, kw - 1)
-        w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        covered = np.empty((c, dypad.shape[1] - kh + 1, dypad.shape[2] - kw + 1, n), dtype=dy.dtype)
-        _KERNELS["conv2d_forward"](dypad, w_flip, np.zeros(c, dtype=dy.dtype), covered)
+            dy = spread
+        dy_wide = self._widened(dy, kw - 1)
+        w_flipped = np.ascontiguousarray(w[:, :, :, ::-1])
         _, h, wd, _ = x_shape
-        hc, wc = min(covered.shape[1] - pad, h), min(covered.shape[2] - pad, wd)
+        # rows and columns no window reached (stride > 1 leftovers) get no gradient
+        covered = (c, dy.shape[1] + kh - 1, dy.shape[2] + kw - 1, n)
+        dxpad = np.empty(covered, dtype=dy.dtype)
+        _KERNELS["conv2d_backward_input"](dy_wide, w_flipped, dxpad)
+        hc, wc = min(covered[1] - pad, h), min(covered[2] - pad, wd)
         if hc == h and wc == wd:
-            return np.ascontiguousarray(covered[:, pad:pad + h, pad:pad + wd]), dw, db
+            return np.ascontiguousarray(dxpad[:, pad:pad + h, pad:pad + wd]), dw, db
         dx = np.zeros(x_shape, dtype=dy.dtype)
-        dx[:, :hc, :wc] = covered[:, pad:pad + hc, pad:pad + wc]
+        dx[:, :hc, :wc] = dxpad[:, pad:pad + hc, pad:pad + wc]
         return dx, dw, db
 
     # ------------------------------------------------------------------- pooling
@@ -477,7 +570,9 @@ class NumbaBackend(NumpyBackend):
         c, h, wd, n = x.shape
         oh, ow = _out_size(h, size, stride), _out_size(wd, size, stride)
         y = np.empty((c, oh, ow, n), dtype=x.dtype)
-        arg = np.empty((c, oh, ow, n), dtype=np.uint8 if size * size < 255 else np.int32)
+        # int32 offsets, as wide as the float32 values they are selected with: with uint8
+        # the selects did not vectorize and the kernel ran 7x slower (measured)
+        arg = np.empty((c, oh, ow, n), dtype=np.int32)
         _KERNELS["maxpool2d_forward"](x, size, stride, relu, y, arg)
         return y, (arg, x.shape, size, stride)
 
