@@ -3,8 +3,8 @@
 Every benchmark with a ``contender`` argument runs once per contender: each fastlenet
 backend usable here (``fastlenet.backends.usable()``, so a new backend joins by its
 registry entry) and ``torch`` (PyTorch CPU) when it is installed. ``batch`` runs over
-``--batch-sizes``. Benchmarks marked ``long`` (the full epoch and the time-to-accuracy
-runs) are deselected with ``-m "not long"``.
+``--batch-sizes``. Benchmarks marked ``long`` (full epochs, training to 99%, the
+memory and startup processes) are deselected with ``-m "not long"``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def pytest_configure(config):
     config.stash[_LOAD_AT_START] = machine.load_average()
     lenet.torch_threads = config.getoption("--torch-threads")
     config.addinivalue_line("markers", "long: a benchmark of a minute or more (full epochs, "
-                                       "training to 99%); deselect with -m 'not long'")
+                                       "training to 99%, memory and startup processes); "
+                                       "deselect with -m 'not long'")
     if importlib.util.find_spec("pytest_benchmark") is None:
         raise pytest.UsageError("the benchmarks need pytest-benchmark; install it with "
                                 "python -m pip install -e '.[bench]'")

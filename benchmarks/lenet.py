@@ -75,7 +75,10 @@ def load_training_set(images: int | None = None) -> tuple[np.ndarray, np.ndarray
     """The first ``images`` of MNIST's 60,000 training images, preprocessed as in training:
     (n, 1, 32, 32) float32 and (n,) int64 labels."""
     data = prepare(load_dataset("mnist"), val_size=0)
-    return data.x_train[:images], data.y_train[:images]
+    if images is None or images >= len(data.y_train):
+        return data.x_train, data.y_train
+    # copies, so that the rest of the set is freed
+    return data.x_train[:images].copy(), data.y_train[:images].copy()
 
 
 class TrainingRun:
