@@ -1,0 +1,512 @@
+"""The Numba backend: direct convolution and pooling as JIT-compiled CPU loops.
+
+Arrays are NumPy arrays in the batch-innermost layout of ``base.py`` ((C, H, W, N)
+feature maps), so every innermost loop below runs over images, contiguous in memory,
+and LLVM turns it into SIMD code over the batch. Outer loops are ``prange`` over
+disjoint outputs (output rows, channels or channel pairs): no two threads ever write the
+same element, so there are no races and no atomics; weight gradients are per-(k, c)
+reductions each owned by one thread.
+
+Every kernel is first a plain Python function (``_conv2d_forward`` ...) and then
+wrapped with ``njit``: with ``NUMBA_DISABLE_JIT=1`` the same names are the plain
+functions, and ``prange`` is ``range``, so the kernels can be stepped through in a
+debugger. ``cache=True`` keeps the machine code on disk, so only the first run pays
+the compile (reported once, by :meth:`NumbaBackend.prepare`).
+
+``fastmath`` is limited to ``contract`` (fused multiply-add) and ``reassoc`` (lets the
+sums vectorize): neither lets a NaN or an infinity vanish, so a diverging run is still
+caught by the trainer's loss check.
+
+Threads: Numba's workers and OpenBLAS's both spin while idle, and on a 2-core machine
+the two pools fighting cost 7x (PERF_NOTES.md lever 1). This backend's only BLAS calls,
+the linear layers' GEMMs, run with BLAS limited to one thread (threadpoolctl).
+
+Memory ownership is as in the NumPy backend: every array a kernel returns or keeps in a
+ctx is freshly allocated, so a ctx stays valid until its backward.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+from numba import prange
+from threadpoolctl import ThreadpoolController
+
+from .base import Backend
+from .numpy_backend import NumpyBackend, _out_size
+
+# FMA contraction and reassociated (vectorized) sums only: no nnan/ninf, see above.
+_FASTMATH = {"contract", "reassoc"}
+
+
+def _jit(func):
+    return numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)(func)
+
+
+# ----------------------------------------------------------------- convolution
+def _make_conv2d_forward(KH, KW):
+    """The forward convolution for KH x KW windows, a compile-time constant.
+
+    With the window size constant LLVM unrolls the window sum, so the accumulator stays
+    in a register while the loop over images vectorizes: measured 9x faster than the same
+    loops with a runtime window size (PERF_NOTES lever 3). One jitted copy per window
+    size; LeNet-5 needs one.
+    """
+
+    def conv2d_forward(xpad, w, b, stride, y):
+        """y[k, i, j, n] = b[k] + sum_{c,p,q} w[k, c, p, q] * xpad[c, i*s + p, j*s + q, n].
+
+        xpad (C, HP, WP, N) already padded; w (K, C, KH, KW); b (K,); y (K, OH, OW, N).
+        One task per output row (k, i).
+        """
+        K, OH, OW, N = y.shape
+        C = w.shape[1]
+        for task in prange(K * OH):
+            k = task // OH
+            i = task % OH
+            for j in range(OW):
+                yrow = y[k, i, j]
+                for n in range(N):
+                    yrow[n] = b[k]
+            for c in range(C):
+                for j in range(OW):
+                    yrow = y[k, i, j]
+                    for n in range(N):
+                        acc = yrow[n]
+                        for p in range(KH):
+                            for q in range(KW):
+                                acc += w[k, c, p, q] * xpad[c, i * stride + p, j * stride + q, n]
+                        yrow[n] = acc
+
+    return conv2d_forward
+
+
+def _conv2d_backward_weights(xpad, dy, dw, db):
+    """Stride 1: dw[k, c, p, q] = sum_{i,j,n} dy[k, i, j, n] * xpad[c, i + p, j + q, n];
+    db[k] = sum dy[k] (db has length 0 when the layer has no bias).
+
+    One task per (k, c): each owns its KH x KW block of dw, so the sum over the batch
+    needs neither partial buffers nor atomics. With stride 1, for fixed (i, p, q) the
+    (j, n) pairs of dy and of x are both one contiguous run of OW*N values, so each
+    term is a dot product of two runs; five q at a time share every load of dy (measured
+    2-3x faster than one q at a time). Columns past KW re-read a valid run and are
+    dropped.
+    """
+    K, OH, OW, N = dy.shape
+    C, HP, WP = xpad.shape[0], xpad.shape[1], xpad.shape[2]
+    KH, KW = dw.shape[2], dw.shape[3]
+    run = OW * N
+    xf = xpad.reshape(C * HP * WP * N)
+    dyf = dy.reshape(K * OH * run)
+    zero = dw.dtype.type(0)
+    for task in prange(K * C):
+        k = task // C
+        c = task % C
+        for p in range(KH):
+            for q0 in range(0, KW, 5):
+                a0 = a1 = a2 = a3 = a4 = zero
+                for i in range(OH):
+                    drow = dyf[(k * OH + i) * run:(k * OH + i + 1) * run]
+                    base = (c * HP + i + p) * WP * N
+                    # slices, not offset arithmetic, inside the loop: Numba can then
+                    # prove the indices non-negative and the loop vectorizes
+                    x0 = xf[base + q0 * N:base + q0 * N + run]
+                    x1 = xf[base + min(q0 + 1, KW - 1) * N:base + min(q0 + 1, KW - 1) * N + run]
+                    x2 = xf[base + min(q0 + 2, KW - 1) * N:base + min(q0 + 2, KW - 1) * N + run]
+                    x3 = xf[base + min(q0 + 3, KW - 1) * N:base + min(q0 + 3, KW - 1) * N + run]
+                    x4 = xf[base + min(q0 + 4, KW - 1) * N:base + min(q0 + 4, KW - 1) * N + run]
+                    for m in range(run):
+                        d = drow[m]
+                        a0 += d * x0[m]
+                        a1 += d * x1[m]
+                        a2 += d * x2[m]
+                        a3 += d * x3[m]
+                        a4 += d * x4[m]
+                dw[k, c, p, q0] = a0
+                for q, acc in ((q0 + 1, a1), (q0 + 2, a2), (q0 + 3, a3), (q0 + 4, a4)):
+                    if q < KW:
+                        dw[k, c, p, q] = acc
+        if c == 0 and db.shape[0] > 0:
+            acc = zero
+            flat = dyf[k * OH * run:(k + 1) * OH * run]
+            for m in range(OH * run):
+                acc += flat[m]
+            db[k] = acc
+
+
+def _conv2d_backward_weights_strided(xpad, dy, stride, dw, db):
+    """The same sums for any stride, one image run (N values) at a time: the general
+    path (no model in the zoo uses a strided convolution)."""
+    K, OH, OW, N = dy.shape
+    C, KH, KW = dw.shape[1], dw.shape[2], dw.shape[3]
+    zero = dw.dtype.type(0)
+    for task in prange(K * C):
+        k = task // C
+        c = task % C
+        for p in range(KH):
+            for q in range(KW):
+                acc = zero
+                for i in range(OH):
+                    for j in range(OW):
+                        drow = dy[k, i, j]
+                        xrow = xpad[c, i * stride + p, j * stride + q]
+                        for n in range(N):
+                            acc += drow[n] * xrow[n]
+                dw[k, c, p, q] = acc
+        if c == 0 and db.shape[0] > 0:
+            acc = zero
+            for i in range(OH):
+                for j in range(OW):
+                    drow = dy[k, i, j]
+                    for n in range(N):
+                        acc += drow[n]
+            db[k] = acc
+
+
+# ---------------------------------------------------------------------- pooling
+# Inner loops run over the images of one (c, row, column) position through row views
+# (``x[c, r, col]``, N contiguous values), which Numba vectorizes.
+
+def _maxpool2d_forward(x, size, stride, relu, y, arg):
+    """y[c, i, j, n] = max of the window at (i*s, j*s); arg = offset p*size + q of its
+    first maximum in row-major order (a strict '>' keeps the earlier one on ties; a NaN
+    wins and stays, so it reaches the loss). With ``relu`` the output is max(y, 0) and
+    windows whose max is <= 0 get the offset size*size, which the backward routes nowhere.
+
+    One task per output row (c, i).
+    """
+    C, OH, OW, N = y.shape
+    dead = size * size
+    for task in prange(C * OH):
+        c = task // OH
+        i = task % OH
+        for j in range(OW):
+            yrow = y[c, i, j]
+            arow = arg[c, i, j]
+            first = x[c, i * stride, j * stride]
+            for n in range(N):
+                yrow[n] = first[n]
+                arow[n] = 0
+            for p in range(size):
+                for q in range(size):
+                    if p == 0 and q == 0:
+                        continue
+                    t = p * size + q
+                    xrow = x[c, i * stride + p, j * stride + q]
+                    for n in range(N):
+                        v = xrow[n]
+                        best = yrow[n]
+                        if v > best or (v != v and best == best):
+                            yrow[n] = v
+                            arow[n] = t
+            if relu:
+                for n in range(N):
+                    if yrow[n] <= 0:
+                        yrow[n] = 0
+                        arow[n] = dead
+
+
+def _maxpool2d_backward(dy, arg, size, stride, dx):
+    """dx[c, i*s + p, j*s + q, n] += dy[c, i, j, n] where arg[c, i, j, n] == p*size + q.
+
+    One task per channel, so overlapping windows (stride < size) accumulate race-free.
+    """
+    C, OH, OW, N = dy.shape
+    H, W = dx.shape[1], dx.shape[2]
+    for c in prange(C):
+        plane = dx[c].reshape(H * W * N)
+        for m in range(H * W * N):
+            plane[m] = 0
+        for i in range(OH):
+            for j in range(OW):
+                drow = dy[c, i, j]
+                arow = arg[c, i, j]
+                for p in range(size):
+                    for q in range(size):
+                        t = p * size + q
+                        xrow = dx[c, i * stride + p, j * stride + q]
+                        for n in range(N):
+                            if arow[n] == t:
+                                xrow[n] += drow[n]
+
+
+def _avgpool2d_forward(x, size, stride, y):
+    """y[c, i, j, n] = mean of the size x size window at (i*s, j*s); a task per row (c, i)."""
+    C, OH, OW, N = y.shape
+    scale = y.dtype.type(1.0 / (size * size))
+    for task in prange(C * OH):
+        c = task // OH
+        i = task % OH
+        for j in range(OW):
+            yrow = y[c, i, j]
+            for n in range(N):
+                yrow[n] = 0
+            for p in range(size):
+                for q in range(size):
+                    xrow = x[c, i * stride + p, j * stride + q]
+                    for n in range(N):
+                        yrow[n] += xrow[n]
+            for n in range(N):
+                yrow[n] *= scale
+
+
+def _avgpool2d_backward(dy, size, stride, dx):
+    """dx[c, i*s + p, j*s + q, n] += dy[c, i, j, n] / size**2, one task per channel."""
+    C, OH, OW, N = dy.shape
+    H, W = dx.shape[1], dx.shape[2]
+    scale = dy.dtype.type(1.0 / (size * size))
+    for c in prange(C):
+        plane = dx[c].reshape(H * W * N)
+        for m in range(H * W * N):
+            plane[m] = 0
+        for i in range(OH):
+            for j in range(OW):
+                drow = dy[c, i, j]
+                for p in range(size):
+                    for q in range(size):
+                        xrow = dx[c, i * stride + p, j * stride + q]
+                        for n in range(N):
+                            xrow[n] += scale * drow[n]
+
+
+# ------------------------------------------------------------ loss and optimizer
+def _softmax_cross_entropy(logits, labels, smoothing, losses, grad):
+    """Per column n of logits (K, N): losses[n] = logsumexp(z) - sum_k q_k z_k and
+    grad[:, n] = (softmax(z) - q) / N, with q = (1 - s) onehot(label) + s / K.
+
+    Both from one pass over the shifted logits z - max z, so exp never overflows.
+    """
+    K, N = logits.shape
+    off = smoothing / K
+    for n in range(N):
+        top = logits[0, n]
+        for k in range(1, K):
+            top = max(top, logits[k, n])
+        total = 0.0
+        mean_shift = 0.0
+        for k in range(K):
+            e = np.exp(logits[k, n] - top)
+            grad[k, n] = e
+            total += e
+            mean_shift += logits[k, n] - top
+        label = labels[n]
+        losses[n] = (np.log(total) - (1.0 - smoothing) * (logits[label, n] - top)
+                     - off * mean_shift)
+        for k in range(K):
+            grad[k, n] = (grad[k, n] / total - off) / N
+        grad[label, n] -= (1.0 - smoothing) / N
+
+
+def _adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias1, bias2):
+    """AdamW on flat arrays, in place, in one pass (formula in base.Backend.adam_update)."""
+    step_size = lr / bias1
+    shrink = 1.0 - lr * weight_decay
+    inv_bias2 = 1.0 / bias2
+    for t in range(p.shape[0]):
+        gt = g[t]
+        mt = beta1 * m[t] + (1.0 - beta1) * gt
+        vt = beta2 * v[t] + (1.0 - beta2) * (gt * gt)
+        m[t] = mt
+        v[t] = vt
+        p[t] = p[t] * shrink - step_size * mt / (np.sqrt(vt * inv_bias2) + eps)
+
+
+# Serial kernels: the loss and one Adam update are microseconds of work, less than
+# waking the thread pool costs.
+_serial = numba.njit(cache=True, fastmath=_FASTMATH)
+
+_KERNELS = {
+    "conv2d_backward_weights": _jit(_conv2d_backward_weights),
+    "conv2d_backward_weights_strided": _jit(_conv2d_backward_weights_strided),
+    "maxpool2d_forward": _jit(_maxpool2d_forward),
+    "maxpool2d_backward": _jit(_maxpool2d_backward),
+    "avgpool2d_forward": _jit(_avgpool2d_forward),
+    "avgpool2d_backward": _jit(_avgpool2d_backward),
+    "softmax_cross_entropy": _serial(_softmax_cross_entropy),
+    "adam_update": _serial(_adam_update),
+}
+_CONV_FORWARD: dict[tuple[int, int], object] = {}  # (KH, KW) -> jitted kernel
+
+
+def _conv_forward_kernel(kh: int, kw: int):
+    if (kh, kw) not in _CONV_FORWARD:
+        _CONV_FORWARD[kh, kw] = _jit(_make_conv2d_forward(kh, kw))
+    return _CONV_FORWARD[kh, kw]
+
+
+class NumbaBackend(NumpyBackend):
+    """NumPy arrays, Numba kernels; what it does not override is the NumPy backend's."""
+
+    name = "numba"
+
+    def __init__(self):
+        self._blas = ThreadpoolController()
+        self._prepared: set[str] = set()
+
+    def _one_blas_thread(self):
+        return self._blas.limit(limits=1, user_api="blas")
+
+    def prepare(self, dtype) -> str | None:
+        """Compile (or load from Numba's disk cache) every kernel for ``dtype`` by running
+        each once on a tiny input; the first call per dtype says so when it compiled."""
+        dtype = np.dtype(dtype)
+        if dtype.name in self._prepared:
+            return None
+        tick = time.perf_counter()
+        misses_before = _cache_misses()
+        self._exercise(dtype)
+        self._prepared.add(dtype.name)
+        if _cache_misses() == misses_before:
+            return None
+        return (f"numba: compiled the {dtype.name} kernels in {time.perf_counter() - tick:.1f} s "
+                "(first run only; later runs load them from Numba's cache)")
+
+    def _exercise(self, dtype) -> None:
+        """One call of every kernel, with argument types the real calls use."""
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 6, 6, 3)).astype(dtype)
+        w = rng.standard_normal((2, 2, 3, 3)).astype(dtype)
+        y, ctx = self.conv2d_forward(x, w, w[0, 0, 0], 1, 1)
+        self.conv2d_backward(y, ctx)
+        for fwd, bwd in ((self.relu_maxpool2d_forward, self.relu_maxpool2d_backward),
+                         (self.maxpool2d_forward, self.maxpool2d_backward),
+                         (self.avgpool2d_forward, self.avgpool2d_backward)):
+            pooled, ctx = fwd(x, 2, 2)
+            bwd(pooled, ctx)
+        logits = rng.standard_normal((3, 4)).astype(dtype)
+        self.softmax_cross_entropy(logits, np.arange(4) % 3, 0.1)
+        p = rng.standard_normal(5).astype(dtype)
+        self.adam_update(p, p.copy(), np.zeros_like(p), np.zeros_like(p), lr=1e-3, beta1=0.9,
+                         beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+
+    # --------------------------------------------------------------- convolution
+    def conv2d_forward(self, x, w, b, stride: int, pad: int):
+        c, h, wd, n = x.shape
+        k, wc, kh, kw = w.shape
+        if wc != c:
+            raise ValueError(f"conv2d: input has {c} channels, weights expect {wc}")
+        oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
+        xpad = _padded(x, pad, pad, pad, pad)
+        w = np.ascontiguousarray(w)
+        bias = np.ascontiguousarray(b) if b is not None else np.zeros(k, dtype=x.dtype)
+        y = np.empty((k, oh, ow, n), dtype=x.dtype)
+        _conv_forward_kernel(kh, kw)(xpad, w, bias, stride, y)
+        return y, (xpad, w, x.shape, stride, pad, b is not None)
+
+    def conv2d_backward(self, dy, ctx, need_dx: bool = True):
+        xpad, w, x_shape, stride, pad, has_bias = ctx
+        dy = np.ascontiguousarray(dy)
+        k, c, kh, kw = w.shape
+        dw = np.empty_like(w)
+        db = np.empty(k if has_bias else 0, dtype=dy.dtype)
+        if stride == 1:
+            _KERNELS["conv2d_backward_weights"](xpad, dy, dw, db)
+        else:
+            _KERNELS["conv2d_backward_weights_strided"](xpad, dy, stride, dw, db)
+        db = db if has_bias else None
+        if not need_dx:
+            return None, dw, db
+        # The input gradient is a stride-1 convolution of dy (spread out by the stride,
+        # padded by the window less one) with the weights flipped and C and K swapped:
+        #   dxpad[c, h, x] = sum_{k,p,q} w[k, c, p, q] dy_spread[k, h - p, x - q]
+        # so the forward kernel computes it. It covers the rows and columns some window
+        # touched; the rest of dxpad (and the padding) gets no gradient.
+        _, oh, ow, n = dy.shape
+        if stride > 1:
+            spread = np.zeros((k, (oh - 1) * stride + 1, (ow - 1) * stride + 1, n), dtype=dy.dtype)
+            spread[:, ::stride, ::stride] = dy
+        else:
+            spread = dy
+        dypad = _padded(spread, kh - 1, kh - 1, kw - 1, kw - 1)
+        w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        covered = np.empty((c, dypad.shape[1] - kh + 1, dypad.shape[2] - kw + 1, n), dtype=dy.dtype)
+        _conv_forward_kernel(kh, kw)(dypad, w_flip, np.zeros(c, dtype=dy.dtype), 1, covered)
+        _, h, wd, _ = x_shape
+        hc, wc = min(covered.shape[1] - pad, h), min(covered.shape[2] - pad, wd)
+        if hc == h and wc == wd:
+            return np.ascontiguousarray(covered[:, pad:pad + h, pad:pad + wd]), dw, db
+        dx = np.zeros(x_shape, dtype=dy.dtype)
+        dx[:, :hc, :wc] = covered[:, pad:pad + hc, pad:pad + wc]
+        return dx, dw, db
+
+    # ------------------------------------------------------------------- pooling
+    def _maxpool(self, x, size: int, stride: int, relu: bool):
+        x = np.ascontiguousarray(x)
+        c, h, wd, n = x.shape
+        oh, ow = _out_size(h, size, stride), _out_size(wd, size, stride)
+        y = np.empty((c, oh, ow, n), dtype=x.dtype)
+        arg = np.empty((c, oh, ow, n), dtype=np.uint8 if size * size < 255 else np.int32)
+        _KERNELS["maxpool2d_forward"](x, size, stride, relu, y, arg)
+        return y, (arg, x.shape, size, stride)
+
+    def maxpool2d_forward(self, x, size: int, stride: int):
+        return self._maxpool(x, size, stride, relu=False)
+
+    def relu_maxpool2d_forward(self, x, size: int, stride: int):
+        return self._maxpool(x, size, stride, relu=True)
+
+    def maxpool2d_backward(self, dy, ctx):
+        arg, x_shape, size, stride = ctx
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        _KERNELS["maxpool2d_backward"](np.ascontiguousarray(dy), arg, size, stride, dx)
+        return dx
+
+    def relu_maxpool2d_backward(self, dy, ctx):
+        return self.maxpool2d_backward(dy, ctx)
+
+    def avgpool2d_forward(self, x, size: int, stride: int):
+        x = np.ascontiguousarray(x)
+        c, h, wd, n = x.shape
+        y = np.empty((c, _out_size(h, size, stride), _out_size(wd, size, stride), n), dtype=x.dtype)
+        _KERNELS["avgpool2d_forward"](x, size, stride, y)
+        return y, (x.shape, size, stride)
+
+    def avgpool2d_backward(self, dy, ctx):
+        x_shape, size, stride = ctx
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        _KERNELS["avgpool2d_backward"](np.ascontiguousarray(dy), size, stride, dx)
+        return dx
+
+    # ------------------------------------------------------- linear, loss, Adam
+    def linear_forward(self, x, w, b):
+        with self._one_blas_thread():
+            return super().linear_forward(x, w, b)
+
+    def linear_backward(self, dy, ctx, need_dx: bool = True):
+        with self._one_blas_thread():
+            return super().linear_backward(dy, ctx, need_dx)
+
+    def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+        logits = np.ascontiguousarray(logits)
+        k, n = logits.shape
+        losses = np.empty(n, dtype=np.float64)
+        grad = np.empty_like(logits)
+        _KERNELS["softmax_cross_entropy"](logits, np.ascontiguousarray(labels, dtype=np.int64),
+                                          float(label_smoothing), losses, grad)
+        return np.asarray(losses.mean(), dtype=logits.dtype), grad
+
+    def adam_update(self, p, g, m, v, *, lr: float, beta1: float, beta2: float,
+                    eps: float, weight_decay: float, step: int) -> None:
+        _KERNELS["adam_update"](p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
+                                m.reshape(-1), v.reshape(-1), float(lr), float(beta1),
+                                float(beta2), float(eps), float(weight_decay),
+                                1.0 - beta1 ** step, 1.0 - beta2 ** step)
+
+
+def _padded(x, top: int, bottom: int, left: int, right: int):
+    """x (C, H, W, N) as a contiguous array with rows of zeros above and below and
+    columns of zeros left and right."""
+    if not (top or bottom or left or right):
+        return np.ascontiguousarray(x)
+    c, h, wd, n = x.shape
+    out = np.zeros((c, h + top + bottom, wd + left + right, n), dtype=x.dtype)
+    out[:, top:top + h, left:left + wd] = x
+    return out
+
+
+def _cache_misses() -> int:
+    """Signatures compiled so far (not loaded from the disk cache), over all kernels."""
+    kernels = [*_KERNELS.values(), *_CONV_FORWARD.values()]
+    return sum(sum(kernel.stats.cache_misses.values()) for kernel in kernels)
