@@ -68,10 +68,10 @@ def compile_cache(contender, _cold_starts, tmp_path_factory, pytestconfig):
 @pytest.mark.long
 def test_startup(benchmark, contender, compile_cache, pytestconfig):
     folder, cold = compile_cache
+    benchmark.group = "startup"
     warm = benchmark.pedantic(footprint, args=(contender, folder, 128, STARTUP_STEPS,
                                                pytestconfig.getoption("--epoch-images"),
                                                pytestconfig.getoption("--torch-threads")), rounds=1)
-    benchmark.group = "startup"
     benchmark.extra_info.update(cold=cold, warm=warm)
 
 
@@ -79,9 +79,9 @@ def test_startup(benchmark, contender, compile_cache, pytestconfig):
 @pytest.mark.parametrize("memory_batch", MEMORY_BATCH_SIZES)
 def test_peak_memory(benchmark, contender, memory_batch, compile_cache, pytestconfig):
     folder, _ = compile_cache
+    benchmark.group = "peak memory"
     report = benchmark.pedantic(footprint, args=(contender, folder, memory_batch, MEMORY_STEPS,
                                                  pytestconfig.getoption("--epoch-images"),
                                                  pytestconfig.getoption("--torch-threads")),
                                 rounds=1)
-    benchmark.group = "peak memory"
     benchmark.extra_info.update(report)
