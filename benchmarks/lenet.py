@@ -228,7 +228,7 @@ def torch_recipe(seed: int, stop_at: float = max(ACCURACY_TARGETS)) -> list[dict
         raise ValueError("the PyTorch twin follows a LeNet-5 / Adam recipe without weight decay "
                          "or label smoothing; TrainConfig's defaults changed, update torch_recipe")
     data = prepare(load_dataset(config.dataset, config.data_dir), val_size=config.val_size,
-                   seed=config.seed)
+                   seed=config.seed, train_limit=config.train_limit)
     model = torch_model(config.seed, config.dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     n, batch = len(data.y_train), config.batch_size

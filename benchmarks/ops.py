@@ -35,6 +35,7 @@ from fastlenet.nn.layers import Parameter
 from fastlenet.optim import Adam
 
 TORCH = "torch"
+REFERENCE = "numpy"  # the backend every contender's results are checked against
 
 # name -> (C, H, W, K, kernel, need_dx): the model's two convolutions
 CONVS = {"conv1": (1, 32, 32, 6, 5, False), "conv2": (6, 14, 14, 16, 5, True)}

@@ -115,9 +115,10 @@ def _ratio(ours: float | None, theirs: float | None) -> str:
     return f"{ours / theirs:.2f}x"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
+    """A Markdown table: the first ``text_columns`` left-aligned, the figures right."""
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i < 1 else "---:" for i in range(len(header))) + "|"]
+             "|" + "|".join("---" if i < text_columns else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -131,7 +132,8 @@ def machine_section(results: Results) -> str:
     m, c = results.machine, results.conditions
     versions = m.get("versions", {})
     libs = ", ".join(f"{k} {v}" for k, v in versions.items())
-    blas = "; ".join(f"{b.get('name')} {b.get('version')} ({b.get('num_threads')} threads)"
+    blas = "; ".join(f"{b.get('name')} {b.get('version')} ({b.get('num_threads')} "
+                     f"thread{'' if b.get('num_threads') == 1 else 's'})"
                      for b in m.get("blas", [])) or "unknown"
     lines = [f"Machine: {m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores; BLAS: {blas}.",
              f"Software: {libs or 'unknown'}."]
@@ -289,11 +291,12 @@ def ops_section(results: Results) -> str | None:
     first = ("### First call of each op\n\nThe first call in the process, untimed by the "
              "benchmark: JIT compilation or its load from the disk cache (compiled backends), "
              "allocator and cache warm-up (all).\n\n"
-             + _table(["contender", "slowest first call", "op", "sum over all op cases"], first_calls))
+             + _table(["contender", "slowest first call", "op", "sum over all op cases"],
+                      first_calls))
     title = ("### Kernels\n\nMedian time of one call at LeNet-5's shapes (conv1: 1->6 channels "
              "on 32x32; conv2: 6->16 on 14x14; pool1/pool2 after them; fc1-fc3: 400-120-84-10), "
              "each checked against the NumPy backend first.\n\n")
-    return title + _table(header, rows) + "\n\n" + first
+    return title + _table(header, rows, text_columns=2) + "\n\n" + first
 
 
 def markdown(results: Results) -> str:

@@ -15,10 +15,9 @@ import time
 
 import pytest
 
-from .ops import (CONVS, LINEARS, POOLS, adam_inputs, assert_close, cases, conv_inputs,
-                  linear_inputs, loss_inputs, pool_inputs)
+from .ops import (CONVS, LINEARS, POOLS, REFERENCE, adam_inputs, assert_close, cases,
+                  conv_inputs, linear_inputs, loss_inputs, pool_inputs)
 
-REFERENCE = "numpy"  # the backend every other is checked against
 WARMUP_CALLS = 3
 
 

@@ -16,6 +16,7 @@ test accuracy, per contender (LeNet-5, batch 128, Adam, float32).
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 
@@ -24,8 +25,7 @@ import pytest
 
 from .lenet import (ACCURACY_TARGETS, BATCH, COURSEWORK_TARGET_S, fastlenet_recipe, make_run,
                     time_to_accuracy, torch_recipe)
-from .ops import TORCH, assert_close
-from .test_ops import REFERENCE
+from .ops import REFERENCE, TORCH, assert_close
 
 WARMUP_STEPS = 20
 
@@ -45,10 +45,10 @@ def test_training_step(benchmark, contender, training_set, pytestconfig):
     assert_close([grads[k] for k in want_grads], list(want_grads.values()), f"{contender} step")
 
     device_order = run.index(order)
-    batches = iter(range(BATCH, 10**9, BATCH))  # every round a new batch, as in training
+    rounds = itertools.count(1)
 
-    def step():
-        start = next(batches) % (len(y) - BATCH + 1)
+    def step():  # every round a new batch, as in training
+        start = (next(rounds) * BATCH) % (len(y) - BATCH + 1)
         loss = run.step(device_order[start:start + BATCH])
         run.synchronize()
         return loss

@@ -5,6 +5,7 @@ Fast by construction: the op benchmarks run once each (``--benchmark-disable``) 
 NumPy backend at batch 8; the render reads a small synthetic results file.
 """
 
+import functools
 import json
 import subprocess
 import sys
@@ -94,6 +95,27 @@ def test_time_to_accuracy_reads_the_first_epoch_at_the_target():
     assert time_to_accuracy(epochs, 0.97) == {"epoch": 2, "seconds": 14.5, "test_accuracy": 0.981}
     assert time_to_accuracy(epochs, 0.99)["epoch"] == 4  # exactly at the target counts
     assert time_to_accuracy(epochs, 0.995) is None
+
+
+@pytest.mark.slow  # two trainings and PyTorch's import: about 10-20 s
+@pytest.mark.torch
+def test_torch_recipe_follows_the_fastlenet_recipe(tmp_path, monkeypatch):
+    """Same split, initial weights, order and learning rates: the same test accuracy
+    after a short run (the recipe shortened: 512 images, 2 epochs, 500 held out)."""
+    pytest.importorskip("torch")
+    from fastlenet.train import TrainConfig
+
+    from benchmarks import lenet
+
+    monkeypatch.setattr(lenet, "TrainConfig",
+                        functools.partial(TrainConfig, train_limit=512, epochs=2, val_size=500))
+    monkeypatch.setattr(lenet, "torch_threads", 1)
+    ours = lenet.fastlenet_recipe("numpy", 0, tmp_path / "run")
+    theirs = lenet.torch_recipe(0)
+    assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == [1, 2]
+    for a, b in zip(ours, theirs):
+        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.003)
+        assert b["train_seconds"] >= b["epoch_seconds"] > 0
 
 
 def test_footprint_reports_a_fresh_process():
