@@ -189,6 +189,9 @@ class Trainer:
         self.data = prepare(dataset, val_size=config.val_size, seed=config.seed,
                             train_limit=config.train_limit)
         self.model = build_model(config.model, backend, dtype=config.dtype, seed=config.seed)
+        note = backend.prepare(self.model.dtype)
+        if note:
+            self.log(note)
         self.model.check_images(self.data.x_train)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), backend,
                                         lr=config.lr, weight_decay=config.weight_decay)

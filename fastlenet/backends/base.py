@@ -48,6 +48,15 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Block until queued device work is done (a no-op on CPU backends)."""
 
+    def prepare(self, dtype) -> str | None:
+        """Get every kernel ready to run on ``dtype`` arrays before a run starts.
+
+        A compiling backend compiles (or loads its compiled kernels) here rather than in
+        the first training step. Returns a line worth showing the user (for instance how
+        long a first compile took), or None.
+        """
+        return None
+
     @abstractmethod
     def default_rng(self, seed: int):
         """A random generator living where this backend's arrays live.

@@ -1,0 +1,201 @@
+"""The Numba backend against the NumPy backend (its oracle), and its own promises:
+float32 agreement on random shapes, a 50-step training run that follows NumPy's losses,
+the compile notice, the debuggable pure-Python copy, and BLAS threads left as found.
+
+(Every kernel test of test_kernels.py also runs on numba through the backend fixture.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from fastlenet import backends
+from fastlenet.nn import SoftmaxCrossEntropy, build_model
+from fastlenet.optim import Adam
+
+pytestmark = pytest.mark.skipif("numba" not in backends.usable(),
+                                reason=f"numba backend unusable: {backends.status()['numba']}")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def numba_be():
+    return backends.get_backend("numba")
+
+
+@pytest.fixture(scope="module")
+def numpy_be():
+    return backends.get_backend("numpy")
+
+
+def _close(actual, expected):
+    """float32 agreement, scaled to the array's size (sums of up to ~1e3 products)."""
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    np.testing.assert_allclose(actual, expected, rtol=2e-4, atol=2e-5 * scale)
+
+
+def _random_conv_case(rng):
+    c, k = rng.integers(1, 5, size=2)
+    kh, kw = rng.integers(1, 7, size=2)
+    stride, pad = int(rng.integers(1, 4)), int(rng.integers(0, 3))
+    h = int(rng.integers(max(kh - 2 * pad, 1), 14))
+    w = int(rng.integers(max(kw - 2 * pad, 1), 14))
+    n = int(rng.choice([1, 3, 7, 13, 130]))
+    return (int(c), h, w, n), (int(k), int(c), int(kh), int(kw)), stride, pad
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_conv2d_matches_numpy_in_float32(numba_be, numpy_be, seed):
+    rng = np.random.default_rng(seed)
+    x_shape, w_shape, stride, pad = _random_conv_case(rng)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32) if seed % 3 else None
+    got_y, got_ctx = numba_be.conv2d_forward(x, w, b, stride, pad)
+    want_y, want_ctx = numpy_be.conv2d_forward(x, w, b, stride, pad)
+    _close(got_y, want_y)
+    dy = rng.standard_normal(want_y.shape).astype(np.float32)
+    got = numba_be.conv2d_backward(dy, got_ctx, need_dx=bool(seed % 4))
+    want = numpy_be.conv2d_backward(dy, want_ctx, need_dx=bool(seed % 4))
+    for g, e in zip(got, want):
+        assert (g is None) == (e is None)
+        if e is not None:
+            assert g.dtype == np.float32 and g.shape == e.shape
+            _close(g, e)
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("op", ["max", "relu_max", "avg"])
+def test_pooling_matches_numpy_in_float32(numba_be, numpy_be, op, seed):
+    rng = np.random.default_rng(100 + seed)
+    size = int(rng.integers(1, 4))
+    stride = int(rng.integers(1, 4))
+    c, n = int(rng.integers(1, 5)), int(rng.choice([1, 3, 7, 130]))
+    h, w = (int(v) for v in rng.integers(size, 12, size=2))
+    # small integers: ties everywhere, and windows of zeros and negatives for the ReLU
+    x = rng.integers(-2, 3, size=(c, h, w, n)).astype(np.float32)
+    name = {"max": "maxpool2d", "relu_max": "relu_maxpool2d", "avg": "avgpool2d"}[op]
+    got_y, got_ctx = getattr(numba_be, f"{name}_forward")(x, size, stride)
+    want_y, want_ctx = getattr(numpy_be, f"{name}_forward")(x, size, stride)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-6)
+    dy = rng.standard_normal(want_y.shape).astype(np.float32)
+    _close(getattr(numba_be, f"{name}_backward")(dy, got_ctx),
+           getattr(numpy_be, f"{name}_backward")(dy, want_ctx))
+
+
+def test_maxpool_keeps_a_nan(numba_be):
+    """A NaN must reach the loss (where training stops) rather than lose to a number."""
+    x = np.zeros((1, 2, 2, 3), dtype=np.float32)
+    x[0, 1, 1, 0] = np.nan  # last in its window
+    x[0, 0, 0, 1] = np.nan  # first in its window
+    y, _ = numba_be.maxpool2d_forward(x, 2, 2)
+    assert np.isnan(y[0, 0, 0, :2]).all() and y[0, 0, 0, 2] == 0
+
+
+def test_loss_and_adam_match_numpy(numba_be, numpy_be):
+    rng = np.random.default_rng(7)
+    logits = (4 * rng.standard_normal((10, 37))).astype(np.float32)
+    labels = rng.integers(0, 10, 37)
+    for smoothing in (0.0, 0.1):
+        got = numba_be.softmax_cross_entropy(logits, labels, smoothing)
+        want = numpy_be.softmax_cross_entropy(logits, labels, smoothing)
+        assert got[0].shape == () and got[0].dtype == np.float32
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        _close(got[1], want[1])
+
+
+def _losses(backend_name: str, steps: int = 50) -> list[float]:
+    """Losses of a fixed-seed LeNet-5 run on MNIST batches: same data, same init."""
+    from fastlenet.data import load_dataset, prepare
+
+    backend = backends.get_backend(backend_name)
+    data = prepare(load_dataset("mnist"), val_size=0, seed=0, train_limit=steps * 64)
+    model = build_model("lenet5", backend, seed=0)
+    loss_fn = SoftmaxCrossEntropy(backend=backend)
+    optimizer = Adam(model.parameters(), backend, lr=2e-3)
+    losses = []
+    for step in range(steps):
+        xb = backend.to_batch_last(backend.asarray(data.x_train[step * 64:(step + 1) * 64]))
+        logits = model.forward(xb)
+        losses.append(float(loss_fn.forward(logits, backend.asarray(data.y_train[step * 64:(step + 1) * 64]))))
+        model.backward(loss_fn.backward())
+        optimizer.step()
+    return losses
+
+
+def test_fifty_training_steps_follow_numpy(numba_be):
+    got, want = np.array(_losses("numba")), np.array(_losses("numpy"))
+    assert want[-10:].mean() < 0.5 * want[:10].mean()  # it learned
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_blas_threads_are_left_as_found(numba_be):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+    x = np.ones((400, 64), np.float32)
+    y, ctx = numba_be.linear_forward(x, np.ones((120, 400), np.float32), np.ones(120, np.float32))
+    numba_be.linear_backward(y, ctx)
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before
+
+
+def test_auto_picks_numba_when_no_gpu_backend_is_usable():
+    ahead = list(backends._REGISTRY)[:list(backends._REGISTRY).index("numba")]
+    if any(name in backends.usable() for name in ahead):
+        pytest.skip(f"a faster backend is usable here: {ahead}")
+    assert backends.get_backend("auto").name == "numba"
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+
+
+def test_first_run_reports_its_compile_and_a_cached_run_does_not(tmp_path):
+    code = """
+        import json, time
+        import numpy as np
+        from fastlenet.backends import get_backend
+        tick = time.perf_counter()
+        note = get_backend("numba").prepare(np.float32)
+        print(json.dumps([note, time.perf_counter() - tick]))
+    """
+    first = _python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    second = _python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    (note, _), (again, cached_seconds) = (json.loads(r.stdout.splitlines()[-1])
+                                          for r in (first, second))
+    assert note.startswith("numba: compiled the float32 kernels in ") and "cache" in note
+    assert again is None and cached_seconds < 10
+
+
+def test_pure_python_copy_gives_the_same_results(tmp_path):
+    """NUMBA_DISABLE_JIT=1 turns every kernel into its plain Python function (the
+    debuggable copy); it must compute what the compiled kernels compute."""
+    code = """
+        import numpy as np
+        from fastlenet.backends.numba_backend import NumbaBackend
+        be = NumbaBackend()
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
+        w = rng.standard_normal((3, 2, 5, 3)).astype(np.float32)
+        y, ctx = be.conv2d_forward(x, w, w[0, 0, 0], 1, 1)
+        dx, dw, db = be.conv2d_backward(y, ctx)
+        p, pctx = be.relu_maxpool2d_forward(y, 2, 2)
+        out = [y, dx, dw, db, p, be.relu_maxpool2d_backward(p, pctx)]
+        np.savez(OUT, *out)
+    """
+    results = []
+    for disable in ("1", "0"):
+        out = str(tmp_path / f"jit-disabled-{disable}.npz")
+        run = _python(code.replace("OUT", repr(out)), NUMBA_DISABLE_JIT=disable)
+        assert run.returncode == 0, run.stderr
+        with np.load(out) as saved:
+            results.append([saved[key] for key in sorted(saved.files)])
+    for plain, compiled in zip(*results):
+        _close(plain, compiled)
