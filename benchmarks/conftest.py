@@ -43,6 +43,12 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.stash[_LOAD_AT_START] = machine.load_average()
+    minimum = {"--epoch-images": lenet.BATCH, "--epoch-rounds": 1, "--step-rounds": 1,
+               "--torch-threads": 1, "--accuracy-seed": 0}
+    for option, least in minimum.items():
+        value = config.getoption(option)
+        if value is not None and value < least:
+            raise pytest.UsageError(f"{option} must be at least {least}, got {value}")
     lenet.torch_threads = config.getoption("--torch-threads")
     config.addinivalue_line("markers", "long: a benchmark of a minute or more (full epochs, "
                                        "training to 99%, memory and startup processes); "
