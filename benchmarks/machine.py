@@ -84,9 +84,17 @@ def load_average() -> list[float] | None:
 
 
 def conditions(load_at_start: list[float] | None) -> dict:
-    """What changes from run to run: the date, the load before and after, torch's threads."""
+    """What changes from run to run: the date, the load before and after, and the threads
+    of the libraries this run imported (PyTorch's, Numba's and its threading layer)."""
     info = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "load_average_at_start": load_at_start, "load_average_at_end": load_average()}
     if "torch" in sys.modules:
         info["torch_threads"] = sys.modules["torch"].get_num_threads()
+    if "numba" in sys.modules:
+        numba = sys.modules["numba"]
+        info["numba_threads"] = numba.get_num_threads()
+        try:
+            info["numba_threading_layer"] = numba.threading_layer()
+        except ValueError:  # no parallel region has run
+            pass
     return info

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,9 @@ def machine_section(results: Results) -> str:
     load = c.get("load_average_at_start")
     extra = f"; load average {load[0]} at the start, {c['load_average_at_end'][0]} at the end" if load else ""
     threads = f"; PyTorch threads: {c['torch_threads']}" if "torch_threads" in c else ""
+    if "numba_threads" in c:
+        layer = c.get("numba_threading_layer")
+        threads += f"; Numba threads: {c['numba_threads']}" + (f" ({layer} layer)" if layer else "")
     lines.append(f"Run: {when}{threads}{extra}.")
     return "\n".join(lines)
 
@@ -194,8 +198,10 @@ def accuracy_section(results: Results) -> str | None:
                         f"{reached['seconds'] / COURSEWORK_TARGET_S:.1%}"]
             else:
                 row += ["not reached", "–", "–"]
-        last = (e.extra.get("epochs") or [{}])[-1]
-        row.append(f"{last['test_accuracy']:.2%}" if "test_accuracy" in last else "–")
+        epochs = e.extra.get("epochs") or []
+        row.append(_seconds(statistics.median(r["epoch_seconds"] for r in epochs))
+                   if epochs and all("epoch_seconds" in r for r in epochs) else "–")
+        row.append(f"{epochs[-1]['test_accuracy']:.2%}" if epochs else "–")
         rows.append(row)
     seed = next(iter(entries.values())).extra.get("seed")
     title = ("### Time to test accuracy\n\n"
