@@ -1,8 +1,9 @@
 """Keep the benchmark suite (benchmarks/) honest: it runs, its checks catch a wrong kernel,
 its measurements parse, and the render script turns a results file into the right tables.
 
-Fast by construction: the op benchmarks run once each (``--benchmark-disable``) on the
-NumPy backend at batch 8; the render reads a small synthetic results file.
+Fast by construction: the op, step and epoch benchmarks run once each
+(``--benchmark-disable``) on the NumPy backend at batch 8 and on 256 images; the
+footprint child trains two steps; the render reads a small synthetic results file.
 """
 
 import functools
@@ -30,14 +31,15 @@ def run(*command, timeout=300):
                           timeout=timeout)
 
 
-def test_op_and_step_benchmarks_run_once_on_numpy():
+def test_op_step_and_epoch_benchmarks_run_once_on_numpy():
     pytest.importorskip("pytest_benchmark")
-    done = run("-m", "pytest", "benchmarks", "-m", "not long", "--benchmark-disable",
-               "--contenders", "numpy", "--batch-sizes", "8", "--epoch-images", "256",
-               "--step-rounds", "2", "-q", "-p", "no:cacheprovider")
+    done = run("-m", "pytest", "benchmarks", "-k", "not time_to_accuracy and not startup and "
+               "not peak_memory", "--benchmark-disable", "--contenders", "numpy",
+               "--batch-sizes", "8", "--epoch-images", "256", "--step-rounds", "2",
+               "-q", "-p", "no:cacheprovider")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # the op cases (2 convs x 2, 2 pools x 4, 3 linears x 2, loss, Adam: 20) and the step
-    assert "21 passed" in done.stdout
+    # the op cases (2 convs x 2, 2 pools x 4, 3 linears x 2, loss, Adam: 20), step, epoch
+    assert "22 passed" in done.stdout
 
 
 def test_unknown_contender_is_one_clear_line():
