@@ -22,7 +22,9 @@ the two pools fighting cost 7x (PERF_NOTES.md lever 1). This backend's only BLAS
 the linear layers' GEMMs, run with BLAS limited to one thread (threadpoolctl).
 
 Memory ownership is as in the NumPy backend: every array a kernel returns or keeps in a
-ctx is freshly allocated, so a ctx stays valid until its backward.
+ctx is freshly allocated, so a ctx stays valid until its backward. The one reused
+buffer, the zero-margined copy of dy the input gradient reads (one per shape seen),
+never leaves the call that fills it.
 """
 
 from __future__ import annotations
@@ -452,6 +454,20 @@ class NumbaBackend(NumpyBackend):
     def __init__(self):
         self._blas = ThreadpoolController()
         self._prepared: set[str] = set()
+        self._buffers: dict[tuple, np.ndarray] = {}
+
+    def _widened(self, dy, margin: int):
+        """dy (K, OH, OW, N) with ``margin`` columns of zeros each side, in a buffer kept
+        per shape: its margins are zeroed once, and only the middle is rewritten each call.
+        The buffer never leaves the call that fills it (it is not kept in any ctx)."""
+        k, oh, ow, n = dy.shape
+        shape = (k, oh, ow + 2 * margin, n)
+        key = (shape, dy.dtype.str)
+        if key not in self._buffers:
+            self._buffers[key] = np.zeros(shape, dtype=dy.dtype)
+        wide = self._buffers[key]
+        wide[:, :, margin:margin + ow] = dy
+        return wide
 
     def _one_blas_thread(self):
         return self._blas.limit(limits=1, user_api="blas")
@@ -534,7 +550,7 @@ class NumbaBackend(NumpyBackend):
             spread = np.zeros((k, (oh - 1) * stride + 1, (ow - 1) * stride + 1, n), dtype=dy.dtype)
             spread[:, ::stride, ::stride] = dy
             dy = spread
-        dy_wide = _padded(dy, 0, 0, kw - 1, kw - 1)
+        dy_wide = self._widened(dy, kw - 1)
         w_flipped = np.ascontiguousarray(w[:, :, :, ::-1])
         _, h, wd, _ = x_shape
         # rows and columns no window reached (stride > 1 leftovers) get no gradient
