@@ -10,14 +10,15 @@ import argparse
 import dataclasses
 import json
 import platform
+import shlex
 import sys
 from importlib import metadata
 
 import numpy as np
 
-from . import __version__, backends
-from .checkpoint import load_model
-from .data import DATASETS, load_dataset, preprocess
+from . import __version__, backends, report
+from .checkpoint import load_model, load_test_set
+from .data import DATASETS, preprocess
 from .errors import ConfigError, FastLeNetError
 from .imageprep import load_digit
 from .nn import DTYPES, MODELS, build_model
@@ -89,23 +90,21 @@ def cmd_train(args) -> int:
         config = None
     else:
         config = TrainConfig(**given)
-    train(config, out=args.out, resume=args.resume, epochs=given.get("epochs") if args.resume else None,
-          progress=False if args.no_progress else None)
+    if args.report:  # before training, so a missing matplotlib does not cost a run
+        report.require_matplotlib()
+    metrics = train(config, out=args.out, resume=args.resume,
+                    epochs=given.get("epochs") if args.resume else None,
+                    progress=False if args.no_progress else None)
+    if args.report:
+        report.make_report(metrics["run_dir"])
+    else:
+        print(f"figures and an HTML report: fastlenet report {shlex.quote(metrics['run_dir'])}")
     return 0
-
-
-def _test_set(meta, dataset_name, data_dir):
-    """The test set to evaluate on: by default the data the checkpoint was trained on."""
-    if dataset_name is None and data_dir is None:
-        dataset_name, data_dir = meta["dataset"], meta.get("config", {}).get("data_dir")
-    dataset = load_dataset(dataset_name, data_dir)  # a folder alone: the user's own data
-    x = preprocess(dataset.test_images, meta["mean"], meta["std"])
-    return x, dataset.test_labels.astype(np.int64), dataset
 
 
 def cmd_evaluate(args) -> int:
     model, meta = load_model(args.checkpoint, args.backend)
-    x, y, dataset = _test_set(meta, args.dataset, args.data_dir)
+    x, y, dataset = load_test_set(meta, args.dataset, args.data_dir)
     loss, accuracy, preds = evaluate(model, x, y, batch_size=args.batch_size)
     k = model.num_classes
     confusion = np.zeros((k, k), dtype=np.int64)
@@ -149,6 +148,18 @@ def cmd_predict(args) -> int:
     return EXIT_ERROR if failed else 0
 
 
+def cmd_report(args) -> int:
+    report.make_report(args.run, args.out, backend=args.backend, seed=args.seed)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    result = report.compare_runs(args.runs, args.out)
+    print(result.markdown)
+    print(f"\nwritten: {result.markdown_path}, {result.csv_path}, {result.figure_path}")
+    return 0
+
+
 def cmd_summary(args) -> int:
     print(build_model(args.model, "numpy").summary_text())
     return 0
@@ -162,10 +173,10 @@ def _version(dist: str) -> str:
 
 
 def cmd_info(args) -> int:
-    print(f"fastlenet {__version__}")
-    print(f"python    {platform.python_version()} ({platform.machine()}, {platform.system()})")
-    for dist in ("numpy", "tqdm", "pillow", "torch"):
-        print(f"{dist:<9} {_version(dist)}")
+    print(f"fastlenet  {__version__}")
+    print(f"python     {platform.python_version()} ({platform.machine()}, {platform.system()})")
+    for dist in ("numpy", "tqdm", "pillow", "matplotlib", "torch"):
+        print(f"{dist:<10} {_version(dist)}")
     print("\nbackends:")
     for name, why in backends.status().items():
         print(f"  {name:<6} {'usable' if why is None else 'not usable: ' + why}")
@@ -184,7 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (default: LeNet-5 on MNIST)")
     _add_train_options(p)
+    p.add_argument("--report", action="store_true",
+                   help="make the run's figures and HTML report when training ends (needs matplotlib)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="figures and an HTML page of a run: curves, confusion matrix, "
+                       "mistakes, filters, feature maps")
+    p.add_argument("run", metavar="RUN", help="a run folder written by 'fastlenet train'")
+    p.add_argument("--out", help="folder for the figures and report.html (default: RUN/report)")
+    p.add_argument("--backend", choices=backends.names(), default="auto",
+                   help="backend that evaluates best.npz (default: auto)")
+    p.add_argument("--seed", type=_int, default=0, help="seed choosing the sample test images (default: 0)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="overlay the curves of several runs and tabulate them")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by 'fastlenet train'")
+    p.add_argument("--out", default="comparison",
+                   help="folder for compare.md, compare.csv and compare.png (default: comparison)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evaluate", help="test-set accuracy, per-class accuracy and confusion matrix")
     p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")

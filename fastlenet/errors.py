@@ -29,3 +29,7 @@ class ConfigError(FastLeNetError):
 
 class TrainingDivergedError(FastLeNetError):
     """The loss became NaN or infinite."""
+
+
+class RunFolderError(FastLeNetError):
+    """A run folder is missing, incomplete, or holds damaged files."""

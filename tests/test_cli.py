@@ -40,7 +40,7 @@ def assert_one_line_error(result, *fragments):
 def test_help_and_version():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("train", "evaluate", "predict", "summary", "info"):
+    for command in ("train", "report", "compare", "evaluate", "predict", "summary", "info"):
         assert command in result.stdout
     assert "--target-accuracy" in run_cli("train", "--help").stdout
     assert run_cli("--version").stdout.startswith("fastlenet ")
