@@ -315,17 +315,15 @@ def markdown(results: Results) -> str:
 def chart(results: Results, path: Path) -> None:
     """Left: seconds per epoch (or per training step) by contender; right: each op's time
     relative to PyTorch at batch 128 (or absolute times when PyTorch is absent)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # the object API: no window, and pyplot's global state is left alone
+        from matplotlib.figure import Figure
     except ImportError:
         raise RenderError("the chart needs matplotlib (python -m pip install -e '.[bench]'); "
                           "or pass --no-chart") from None
     from fastlenet.checkpoint import atomic_open
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=(1, 3))
+    fig = Figure(figsize=(13, 4.8))
+    left, right = fig.subplots(1, 2, width_ratios=(1, 3))
     whole = "epoch" if results.group("epoch") else "training step"
     bars = [(c, results.find(whole, c)) for c in results.contenders]
     bars = [(c, e) for c, e in bars if e is not None and e.median is not None]
@@ -369,7 +367,6 @@ def chart(results: Results, path: Path) -> None:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
     with atomic_open(path, "wb") as f:
         f.write(buffer.getvalue())
 
