@@ -2,7 +2,8 @@
 
 Every benchmark with a ``contender`` argument runs once per contender: each fastlenet
 backend usable here (``fastlenet.backends.usable()``, so a new backend joins by its
-registry entry) and ``torch`` (PyTorch CPU) when it is installed. ``batch`` runs over
+registry entry) and ``torch`` (PyTorch CPU; its cases skip, saying so, when it is not
+installed). ``batch`` runs over
 ``--batch-sizes``. Benchmarks marked ``long`` (full epochs, training to 99%, the
 memory and startup processes) are deselected with ``-m "not long"``.
 """
@@ -26,7 +27,7 @@ def pytest_addoption(parser):
     group = parser.getgroup("fastlenet benchmarks")
     group.addoption("--contenders", default=None, metavar="NAMES",
                     help="comma-separated fastlenet backends and/or 'torch' to benchmark "
-                         "(default: every usable backend, and torch when it is installed)")
+                         "(default: every usable backend, and torch)")
     group.addoption("--batch-sizes", default=BATCH_SIZES, metavar="SIZES",
                     help=f"comma-separated batch sizes of the per-op benchmarks (default {BATCH_SIZES})")
     group.addoption("--epoch-images", type=int, default=60000, metavar="N",
@@ -58,16 +59,19 @@ def pytest_configure(config):
                                 "python -m pip install -e '.[bench]'")
 
 
+def torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
 def _contenders(config) -> list[str]:
     requested = config.getoption("--contenders")
-    torch_here = importlib.util.find_spec("torch") is not None
     if requested is None:
-        return backends.usable() + ([TORCH] if torch_here else [])
+        return backends.usable() + [TORCH]
     names = [name.strip() for name in requested.split(",") if name.strip()]
     status = backends.status()
     for name in names:
         if name == TORCH:
-            if not torch_here:
+            if not torch_installed():
                 raise pytest.UsageError("--contenders: torch is not installed; install it "
                                         "(pip install torch) or leave it out")
         elif name not in status:
@@ -97,11 +101,23 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("batch", _batch_sizes(metafunc.config))
 
 
+@pytest.fixture(autouse=True)
+def _skip_torch_when_absent(request):
+    callspec = getattr(request.node, "callspec", None)
+    if callspec and callspec.params.get("contender") == TORCH and not torch_installed():
+        pytest.skip("PyTorch is not installed, so there is no reference figure; "
+                    "python -m pip install torch==2.13.0")
+
+
 @pytest.fixture(scope="session")
 def contenders(pytestconfig) -> list[str]:
-    """Every contender of this session (a benchmark pairs its rounds with torch's when
-    torch is among them)."""
-    return _contenders(pytestconfig)
+    """Every contender of this session that can run (a benchmark pairs its rounds with
+    PyTorch's when PyTorch is among them)."""
+    return _runnable(pytestconfig)
+
+
+def _runnable(config) -> list[str]:
+    return [c for c in _contenders(config) if c != TORCH or torch_installed()]
 
 
 @pytest.fixture(scope="session")
@@ -116,4 +132,4 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["conditions"] = {**machine.conditions(config.stash[_LOAD_AT_START]),
-                                 "contenders": _contenders(config)}
+                                 "contenders": _runnable(config)}
