@@ -2,7 +2,10 @@
 
 It knows nothing of any particular backend: data is uploaded to the backend's device
 once, each epoch's shuffled order is uploaded as one index array, batches are gathered on
-the device, and the host reads losses back only every ``log_every`` steps.
+the device, and the host reads losses back only every ``log_every`` steps. The forward,
+loss and backward of a step form one function that the backend may record and replay
+(``Backend.capture_step``: a CUDA graph on a GPU backend); the batch gather before it and
+the optimizer update after it run as plain calls.
 
 A run folder holds ``config.json``, ``history.json`` (per step and per epoch),
 ``metrics.json``, and the checkpoints ``last.npz`` (every epoch) and ``best.npz`` (best
@@ -213,6 +216,8 @@ class Trainer:
         # the whole training set lives on the device; batches are gathered there
         self.x_dev = backend.asarray(self.data.x_train, dtype=self.model.dtype)
         self.y_dev = backend.asarray(self.data.y_train)
+        self._params = self.model.parameters()
+        self._forward_backward = backend.capture_step(self._forward_backward_step)
         try:  # only now that everything above succeeded, so a failed start leaves nothing
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -280,11 +285,11 @@ class Trainer:
             for start in range(0, self.n_train, config.batch_size):
                 idx = perm[start:start + config.batch_size]
                 xb = backend.to_batch_last(self.x_dev[idx])
-                yb = self.y_dev[idx]
-                logits = model.forward(xb)
-                pending.append(self.loss_fn.forward(logits, yb))
-                correct += (logits.argmax(axis=0) == yb).sum()
-                model.backward(self.loss_fn.backward())
+                loss, batch_correct, *grads = self._forward_backward(xb, self.y_dev[idx])
+                for param, grad in zip(self._params, grads):
+                    param.grad = grad
+                pending.append(loss.copy())  # the next call may overwrite loss
+                correct += batch_correct
                 self.optimizer.lr = self.schedule(self.step)
                 self.optimizer.step()
                 self.step += 1
@@ -303,6 +308,19 @@ class Trainer:
         seconds = time.perf_counter() - tick
         self.train_seconds += seconds
         return loss_sum / self.steps_per_epoch, float(backend.to_numpy(correct)) / self.n_train, seconds
+
+    def _forward_backward_step(self, xb, yb):
+        """Forward, loss and backward of a batch xb (C, H, W, B) with labels yb (B,).
+
+        Returns ``(loss, number correct, *gradients in parameter order)``, all device
+        arrays. The backend may capture this and replay it (``Backend.capture_step``),
+        so it reads nothing back to the host and returns every value used afterwards.
+        """
+        logits = self.model.forward(xb)
+        loss = self.loss_fn.forward(logits, yb)
+        correct = (logits.argmax(axis=0) == yb).sum()
+        self.model.backward(self.loss_fn.backward())
+        return (loss, correct, *(p.grad for p in self._params))
 
     def _check_losses(self, pending: list) -> np.ndarray:
         """Read the last steps' losses to the host, record them, stop on a NaN or inf."""

@@ -15,6 +15,7 @@ from .base import Backend
 
 # name -> (module, class), fastest first: ``auto`` takes the first one usable here.
 _REGISTRY: dict[str, tuple[str, str]] = {
+    "cupy": ("fastlenet.backends.cupy_backend", "CupyBackend"),
     "numba": ("fastlenet.backends.numba_backend", "NumbaBackend"),
     "numpy": ("fastlenet.backends.numpy_backend", "NumpyBackend"),
 }

@@ -23,6 +23,7 @@ that backend's backward needs and are passed back unchanged.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -61,8 +62,9 @@ class Backend(ABC):
     def default_rng(self, seed: int):
         """A random generator living where this backend's arrays live.
 
-        It must offer ``random(shape, dtype=...)`` with values in [0, 1) and expose
-        its state through :meth:`rng_state` / :meth:`set_rng_state`.
+        It must offer ``random(shape, dtype=...)`` with values in [0, 1) and
+        ``standard_normal(shape, dtype=...)``, as ``numpy.random.Generator`` does, and
+        expose its state through :meth:`rng_state` / :meth:`set_rng_state`.
         """
         raise NotImplementedError
 
@@ -74,6 +76,19 @@ class Backend(ABC):
     @abstractmethod
     def set_rng_state(self, rng, state: dict) -> None:
         raise NotImplementedError
+
+    def capture_step(self, step: Callable[..., tuple]) -> Callable[..., tuple]:
+        """A callable equivalent to ``step`` for repeated calls; by default ``step`` itself.
+
+        ``step(*inputs)`` takes device arrays and returns a tuple of device arrays (or
+        None entries). A GPU backend may record it once and replay the recording
+        (a CUDA graph) on later calls with inputs of the same shapes and dtypes, so
+        ``step`` must read every per-call value from its inputs or from device arrays
+        it updates in place (weights, running statistics, the generator's state), never
+        read device values on the host, and return everything the caller uses
+        afterwards. Outputs may be overwritten by the next call: copy what is kept.
+        """
+        return step
 
     def to_batch_last(self, x_nchw: Array) -> Array:
         """``(N, C, H, W)`` -> contiguous ``(C, H, W, N)``; ``(N, F)`` -> ``(F, N)``."""

@@ -1,0 +1,149 @@
+// Convolution (PyTorch's Conv2d cross-correlation), forward and backward.
+//
+// Layouts (C-contiguous, batch innermost, as every fastlenet backend):
+//   x  (C, H, W, N)     input feature maps
+//   w  (K, C, KH, KW)   weights (PyTorch's shape)
+//   b  (K)              bias, or a null pointer
+//   y  (K, OH, OW, N)   output; OH = (H + 2*pad - KH) / stride + 1, OW likewise
+//   dy like y, dx like x, dw like w.
+// Padding is implicit: a tap that falls outside the input reads zero and is skipped.
+//
+// Kernels and their thread-to-element maps (one thread per output element; n is the
+// fastest index, so neighbouring threads of a warp touch neighbouring addresses of x,
+// y and dy, and all read the same weight):
+//   conv2d_forward_{f32,f64}          thread (k, i, j, n) of y:
+//       y[k,i,j,n] = b[k] + sum_{c,p,q} w[k,c,p,q] * x[c, i*stride-pad+p, j*stride-pad+q, n]
+//   conv2d_backward_input_{f32,f64}   thread (c, h, w, n) of dx, a gather (no atomics,
+//       so the result is deterministic): it sums over the (k, p, q) whose tap lands on
+//       (h, w): h = i*stride - pad + p for an output row i in [0, OH), likewise w.
+//       dx[c,h,w,n] = sum_{k,p,q} w[k,c,p,q] * dy[k, i, j, n]
+//   conv2d_backward_weight_{f32,f64}  BLOCK (k, c, p, q) of dw: a dw element sums
+//       OH*OW*N products, too many for one thread, so a block of WEIGHT_THREADS threads
+//       strides over (i, j, n) (n fastest, coalesced) and reduces its partial sums in
+//       shared memory in a fixed order (deterministic).
+//       dw[k,c,p,q] = sum_{i,j,n} dy[k,i,j,n] * x[c, i*stride-pad+p, j*stride-pad+q, n]
+// The bias gradient db[k] = sum_{i,j,n} dy[k,i,j,n] is row_sum in dense.cu.
+// Every flat index is computed in long long; every thread checks it is in range.
+
+#define WEIGHT_THREADS 256
+
+template <typename T>
+__device__ void conv2d_forward(const T* x, const T* w, const T* b, T* y,
+                               int C, int H, int W, int N, int K, int KH, int KW,
+                               int OH, int OW, int stride, int pad) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long total = (long long)K * OH * OW * N;
+    if (idx >= total) return;
+    int n = (int)(idx % N);
+    int j = (int)((idx / N) % OW);
+    int i = (int)((idx / ((long long)N * OW)) % OH);
+    int k = (int)(idx / ((long long)N * OW * OH));
+    T acc = b != nullptr ? b[k] : T(0);
+    for (int c = 0; c < C; ++c) {
+        for (int p = 0; p < KH; ++p) {
+            int ih = i * stride - pad + p;
+            if (ih < 0 || ih >= H) continue;
+            for (int q = 0; q < KW; ++q) {
+                int iw = j * stride - pad + q;
+                if (iw < 0 || iw >= W) continue;
+                acc += w[(((long long)k * C + c) * KH + p) * KW + q]
+                     * x[(((long long)c * H + ih) * W + iw) * N + n];
+            }
+        }
+    }
+    y[idx] = acc;
+}
+
+template <typename T>
+__device__ void conv2d_backward_input(const T* dy, const T* w, T* dx,
+                                      int C, int H, int W, int N, int K, int KH, int KW,
+                                      int OH, int OW, int stride, int pad) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long total = (long long)C * H * W * N;
+    if (idx >= total) return;
+    int n = (int)(idx % N);
+    int wx = (int)((idx / N) % W);
+    int h = (int)((idx / ((long long)N * W)) % H);
+    int c = (int)(idx / ((long long)N * W * H));
+    T acc = T(0);
+    for (int p = 0; p < KH; ++p) {
+        int ti = h + pad - p;  // = i * stride for the output row i whose tap p hits h
+        if (ti < 0 || ti % stride != 0) continue;
+        int i = ti / stride;
+        if (i >= OH) continue;
+        for (int q = 0; q < KW; ++q) {
+            int tj = wx + pad - q;
+            if (tj < 0 || tj % stride != 0) continue;
+            int j = tj / stride;
+            if (j >= OW) continue;
+            for (int k = 0; k < K; ++k) {
+                acc += w[(((long long)k * C + c) * KH + p) * KW + q]
+                     * dy[(((long long)k * OH + i) * OW + j) * N + n];
+            }
+        }
+    }
+    dx[idx] = acc;
+}
+
+template <typename T>
+__device__ void conv2d_backward_weight(const T* dy, const T* x, T* dw,
+                                       int C, int H, int W, int N, int K, int KH, int KW,
+                                       int OH, int OW, int stride, int pad) {
+    __shared__ T partial[WEIGHT_THREADS];
+    long long widx = blockIdx.x;  // one block per dw element
+    long long wtotal = (long long)K * C * KH * KW;
+    if (widx >= wtotal) return;   // uniform across the block: no __syncthreads skipped by some
+    int q = (int)(widx % KW);
+    int p = (int)((widx / KW) % KH);
+    int c = (int)((widx / ((long long)KW * KH)) % C);
+    int k = (int)(widx / ((long long)KW * KH * C));
+    long long terms = (long long)OH * OW * N;
+    T acc = T(0);
+    for (long long e = threadIdx.x; e < terms; e += blockDim.x) {
+        int n = (int)(e % N);
+        int j = (int)((e / N) % OW);
+        int i = (int)(e / ((long long)N * OW));
+        int ih = i * stride - pad + p;
+        int iw = j * stride - pad + q;
+        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+        acc += dy[(((long long)k * OH + i) * OW + j) * N + n]
+             * x[(((long long)c * H + ih) * W + iw) * N + n];
+    }
+    partial[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) dw[widx] = partial[0];
+}
+
+#define CONV_DIMS int C, int H, int W, int N, int K, int KH, int KW, int OH, int OW, \
+                  int stride, int pad
+#define CONV_ARGS C, H, W, N, K, KH, KW, OH, OW, stride, pad
+
+extern "C" __global__ void conv2d_forward_f32(const float* x, const float* w, const float* b,
+                                              float* y, CONV_DIMS) {
+    conv2d_forward<float>(x, w, b, y, CONV_ARGS);
+}
+extern "C" __global__ void conv2d_forward_f64(const double* x, const double* w, const double* b,
+                                              double* y, CONV_DIMS) {
+    conv2d_forward<double>(x, w, b, y, CONV_ARGS);
+}
+extern "C" __global__ void conv2d_backward_input_f32(const float* dy, const float* w, float* dx,
+                                                     CONV_DIMS) {
+    conv2d_backward_input<float>(dy, w, dx, CONV_ARGS);
+}
+extern "C" __global__ void conv2d_backward_input_f64(const double* dy, const double* w, double* dx,
+                                                     CONV_DIMS) {
+    conv2d_backward_input<double>(dy, w, dx, CONV_ARGS);
+}
+// Launch with blockDim.x == WEIGHT_THREADS (a power of two) and one block per dw element.
+extern "C" __global__ void conv2d_backward_weight_f32(const float* dy, const float* x, float* dw,
+                                                      CONV_DIMS) {
+    conv2d_backward_weight<float>(dy, x, dw, CONV_ARGS);
+}
+extern "C" __global__ void conv2d_backward_weight_f64(const double* dy, const double* x, double* dw,
+                                                      CONV_DIMS) {
+    conv2d_backward_weight<double>(dy, x, dw, CONV_ARGS);
+}

@@ -1,0 +1,62 @@
+// Softmax cross-entropy with label smoothing: per-sample losses and the gradient.
+//
+// Layouts (C-contiguous, batch innermost):
+//   z      (K, N)  logits, one column per sample
+//   labels (N)     int64 classes in [0, K)
+//   loss   (N)     per-sample loss; the backend takes its mean (a CuPy reduction)
+//   grad   (K, N)  dloss/dz of the MEAN loss
+// With smoothing s the target is q = (1 - s) * onehot + s / K; keep = 1 - s and
+// spread = s / K come from the host (computed in double, as the NumPy backend does).
+//   m = max_k z[k]; e_k = exp(z_k - m); S = sum_k e_k
+//   loss[n] = log S - keep * (z[label] - m) - spread * sum_k (z_k - m)
+//   grad[k, n] = (e_k / S - spread - keep * [k == label]) / N
+// Subtracting m keeps exp finite for logits of any size. Compiled with --fmad=false, so
+// the products round as the NumPy backend's do.
+//
+// Thread-to-element map: one thread per sample n (column of z); it loops over the K
+// classes three times (max, sums, gradient). K is the number of classes (10 for MNIST),
+// so a column is cheap and the loop needs no cooperation between threads. A label
+// outside [0, K) gives a NaN loss and gradient column (the trainer stops on a NaN loss).
+
+template <typename T>
+__device__ void softmax_cross_entropy(const T* z, const long long* labels, T* loss, T* grad,
+                                      int K, int N, double keep, double spread) {
+    int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    long long label = labels[n];
+    if (label < 0 || label >= K) {
+        T nan = T(0) / T(0);
+        loss[n] = nan;
+        for (int k = 0; k < K; ++k) grad[(long long)k * N + n] = nan;
+        return;
+    }
+    T m = z[n];
+    for (int k = 1; k < K; ++k) m = max(m, z[(long long)k * N + n]);
+    T sum_exp = T(0), sum_shifted = T(0);
+    for (int k = 0; k < K; ++k) {
+        T shifted = z[(long long)k * N + n] - m;
+        sum_exp += exp(shifted);
+        sum_shifted += shifted;
+    }
+    T target = T(keep) * (z[label * N + n] - m);
+    if (spread != 0.0) target = target + T(spread) * sum_shifted;
+    loss[n] = log(sum_exp) - target;
+    for (int k = 0; k < K; ++k) {
+        long long o = (long long)k * N + n;
+        T g = exp(z[o] - m) / sum_exp;
+        if (spread != 0.0) g -= T(spread);
+        if (k == label) g -= T(keep);
+        grad[o] = g / T(N);
+    }
+}
+
+extern "C" __global__ void softmax_cross_entropy_f32(const float* z, const long long* labels,
+                                                     float* loss, float* grad, int K, int N,
+                                                     double keep, double spread) {
+    softmax_cross_entropy<float>(z, labels, loss, grad, K, N, keep, spread);
+}
+extern "C" __global__ void softmax_cross_entropy_f64(const double* z, const long long* labels,
+                                                     double* loss, double* grad, int K, int N,
+                                                     double keep, double spread) {
+    softmax_cross_entropy<double>(z, labels, loss, grad, K, N, keep, spread);
+}

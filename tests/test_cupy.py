@@ -1,0 +1,436 @@
+"""The cupy backend: its CUDA sources, how it fails without a GPU, its kernels against
+the NumPy backend (on the CPU, and with marker ``gpu`` on a CUDA device), and training.
+
+Without a GPU the tests here check that every kernels/*.cu file ships in the package and
+compiles to PTX with NVRTC (CuPy's bindings to the library of the
+``nvidia-cuda-nvrtc-cu12`` wheel need no driver; skipped without CuPy), that asking for
+the backend gives one line with the cause, that ``auto`` takes it first when it is
+usable, and that the trainer keeps nothing a replayed step overwrites. The kernel tests
+run the real backend twice: with its CUDA kernels compiled for and run on the CPU
+(tests/host_cuda.py, needs g++), and on a CUDA device (``gpu``). The kernel tests of
+test_kernels.py also run on cupy wherever it is usable (the ``backend`` fixture). The
+``gpu`` tests alone cover CUDA graph capture, resume, and full-MNIST accuracy.
+"""
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastlenet import backends
+from fastlenet.backends.numpy_backend import NumpyBackend
+from fastlenet.errors import BackendUnavailableError
+from fastlenet.train import TrainConfig, Trainer, train
+
+from test_cli import assert_one_line_error, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL_FILES = sorted(ROOT.glob("kernels/*.cu"))
+
+
+def _cupy_module():
+    """fastlenet.backends.cupy_backend, or a skip when CuPy is not installed."""
+    pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'fastlenet[cupy-cuda12]')")
+    from fastlenet.backends import cupy_backend
+    return cupy_backend
+
+
+# ------------------------------------------------------------ sources and package
+def test_every_kernel_source_ships_in_the_package():
+    try:
+        from fastlenet.kernels import sources
+    except ModuleNotFoundError:
+        pytest.fail("fastlenet.kernels (the kernels/ folder) is not importable: install this "
+                    "checkout with python -m pip install -e . (pyproject.toml maps the folder)")
+
+    assert KERNEL_FILES, "no kernels/*.cu in the repository"
+    shipped = sources()
+    assert sorted(shipped) == [path.stem for path in KERNEL_FILES]
+    for path in KERNEL_FILES:
+        assert shipped[path.stem] == path.read_text(encoding="utf-8"), path.name
+
+
+def test_wheel_holds_every_module_and_kernel(tmp_path):
+    setuptools = pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"building the wheel needs setuptools >= 77 (found {setuptools.__version__})")
+    source = tmp_path / "src"  # a clean copy: no build/ or egg-info left in the checkout
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "runs", "tests"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                             "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (wheel,) = (tmp_path / "dist").glob("fastlenet-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"fastlenet/kernels/{path.name}" for path in KERNEL_FILES}
+    expected |= {path.relative_to(ROOT).as_posix() for path in (ROOT / "fastlenet").rglob("*.py")}
+    assert expected <= names, sorted(expected - names)
+
+
+def _nvrtc():
+    """CuPy's NVRTC bindings with a loadable library, or a skip saying what is missing."""
+    _cupy_module()
+    from cupy_backends.cuda.libs import nvrtc
+    try:
+        nvrtc.getVersion()
+    except Exception as exc:  # the library itself is absent: no nvidia-cuda-nvrtc wheel or toolkit
+        pytest.skip(f"the NVRTC library is not installed ({type(exc).__name__}: {exc}); "
+                    "pip install nvidia-cuda-nvrtc-cu12")
+    return nvrtc
+
+
+@pytest.mark.parametrize("arch", ["75", "80", "90"])
+@pytest.mark.parametrize("path", KERNEL_FILES, ids=lambda p: p.name)
+def test_kernel_compiles_to_ptx_without_warnings(path, arch):
+    nvrtc = _nvrtc()
+    cupy_backend = _cupy_module()
+    program = nvrtc.createProgram(path.read_text(encoding="utf-8"), path.name, (), ())
+    try:
+        try:
+            nvrtc.compileProgram(program, (f"-arch=compute_{arch}",
+                                           *cupy_backend.OPTIONS.get(path.stem, ())))
+        except nvrtc.NVRTCError:
+            pytest.fail(f"{path.name} does not compile:\n{nvrtc.getProgramLog(program)}")
+        log = nvrtc.getProgramLog(program).strip()
+        assert "warning" not in log, log
+        ptx = nvrtc.getPTX(program).decode()
+    finally:
+        nvrtc.destroyProgram(program)
+    entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
+    assert set(cupy_backend.entry_points()[path.stem]) <= entries
+
+
+def test_every_kernel_file_is_used_by_the_backend():
+    cupy_backend = _cupy_module()
+    assert sorted(cupy_backend.KERNELS) == [path.stem for path in KERNEL_FILES]
+
+
+@pytest.mark.parametrize("stem, define", [("conv2d", "WEIGHT_THREADS"), ("dense", "ROW_THREADS")])
+def test_reduction_blocks_fit_their_shared_arrays(stem, define):
+    """The launcher's block size must be the power of two the shared arrays are sized for."""
+    cupy_backend = _cupy_module()
+    text = (ROOT / "kernels" / f"{stem}.cu").read_text(encoding="utf-8")
+    size = int(re.search(rf"#define {define} (\d+)", text).group(1))
+    assert cupy_backend.REDUCE_THREADS == size and size & (size - 1) == 0
+
+
+# ---------------------------------------------------------- fallback and registry
+def _cupy_status():
+    return backends.status()["cupy"]
+
+
+def test_unusable_cupy_is_one_line_with_the_cause_and_the_usable_backends():
+    why = _cupy_status()
+    if why is None:
+        pytest.skip("cupy is usable here")
+    with pytest.raises(BackendUnavailableError) as info:
+        backends.get_backend("cupy")
+    message = str(info.value)
+    assert message.startswith("backend 'cupy' is not usable here (") and "\n" not in message
+    assert message.endswith(f"; usable backends: {', '.join(backends.usable())}")
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        assert "pip install 'fastlenet[cupy-cuda12]'" in message
+    else:
+        assert "CUDA device" in message or "NVRTC" in message.upper()
+
+
+def test_cli_without_cupy_device_names_the_cause(tmp_path):
+    if _cupy_status() is None:
+        pytest.skip("cupy is usable here")
+    result = run_cli("train", "--backend", "cupy", "--epochs", "1", "--out", tmp_path / "run")
+    assert_one_line_error(result, "fastlenet: error: backend 'cupy' is not usable here (",
+                          f"usable backends: {', '.join(backends.usable())}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_cuda_device_makes_the_backend_unusable(monkeypatch):
+    cupy_backend = _cupy_module()
+    monkeypatch.setattr(backends, "_instances", {})
+    monkeypatch.setattr(backends, "_failures", {})
+    monkeypatch.setattr(cupy_backend.cupy.cuda.runtime, "getDeviceCount", lambda: 0)
+    with pytest.raises(BackendUnavailableError) as info:
+        backends.get_backend("cupy")
+    assert str(info.value) == ("backend 'cupy' is not usable here (RuntimeError: CuPy finds no "
+                               f"CUDA device); usable backends: {', '.join(backends.usable())}")
+
+
+def test_auto_picks_cupy_first_when_it_is_usable(monkeypatch):
+    """A stand-in module at the registry's cupy entry: auto must take it over numpy."""
+    module_name, class_name = backends._REGISTRY["cupy"]
+    assert list(backends._REGISTRY)[0] == "cupy"
+
+    class StandIn(NumpyBackend):
+        name = "cupy"
+
+    module = types.ModuleType(module_name)
+    setattr(module, class_name, StandIn)
+    monkeypatch.setitem(sys.modules, module_name, module)
+    monkeypatch.setattr(backends, "_instances", {})
+    monkeypatch.setattr(backends, "_failures", {})
+    assert backends.get_backend("auto").name == "cupy"
+    assert backends.usable()[0] == "cupy"
+
+
+# ------------------------------------------- the trainer's side of capture_step
+def tiny_config(tiny_dir, **kw):
+    base = dict(dataset="custom", data_dir=str(tiny_dir), epochs=1, batch_size=64, val_size=200,
+                seed=5, log_every=4)
+    return TrainConfig(**{**base, **kw})
+
+
+def _overwriting_capture(step):
+    """Stands in for a graph replay: outputs become arrays that the next call overwrites."""
+    previous = []
+
+    def run(*inputs):
+        for array in previous:
+            array[...] = np.nan
+        outputs = tuple(None if o is None else np.array(o) for o in step(*inputs))
+        previous[:] = [o for o in outputs if o is not None and o.dtype.kind == "f"]
+        return outputs
+    return run
+
+
+@pytest.mark.parametrize("model", ["lenet5", "compact"])
+def test_trainer_keeps_nothing_that_the_next_captured_step_overwrites(tiny_dir, tmp_path,
+                                                                      monkeypatch, model):
+    config = tiny_config(tiny_dir, model=model, backend="numpy")
+    plain = train(config, out=tmp_path / "plain", log=None)
+    monkeypatch.setattr(backends.get_backend("numpy"), "capture_step", _overwriting_capture)
+    replayed = train(config, out=tmp_path / "replayed", log=None)
+    assert replayed["test_accuracy"] == plain["test_accuracy"]
+    steps = lambda run: json.loads((tmp_path / run / "history.json").read_text())["steps"]
+    assert steps("replayed") == steps("plain")
+
+
+# ------------------------------------------------ kernels, on the CPU and on the GPU
+@pytest.fixture
+def cupy_backend():
+    """The real backend on a CUDA device, or a skip giving the reason."""
+    why = _cupy_status()
+    if why is not None:
+        pytest.skip(why)
+    return backends.get_backend("cupy")
+
+
+@pytest.fixture(scope="module", params=["host", pytest.param("device", marks=pytest.mark.gpu)])
+def cuda_backend(request):
+    """The cupy backend with its kernels run on the CPU (tests/host_cuda.py), and on the GPU."""
+    if request.param == "device":
+        why = _cupy_status()
+        if why is not None:
+            pytest.skip(why)
+        return backends.get_backend("cupy")
+    if shutil.which("g++") is None:
+        pytest.skip("no host C++ compiler (g++) to run the CUDA kernels on the CPU")
+    if importlib.util.find_spec("fastlenet.kernels") is None:
+        pytest.skip("fastlenet.kernels is not importable (see "
+                    "test_every_kernel_source_ships_in_the_package)")
+    import host_cuda
+
+    return host_cuda.load_backend()
+
+
+@pytest.fixture
+def numpy_backend():
+    return backends.get_backend("numpy")
+
+
+def _tol(dtype):
+    return dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
+
+
+def _same(gpu, actual, expected, dtype):
+    actual = gpu.to_numpy(actual)
+    assert actual.dtype == dtype and actual.shape == np.shape(expected)
+    np.testing.assert_allclose(actual, expected, **_tol(dtype))
+
+
+def _random_conv_case(rng):
+    c, k = rng.integers(1, 6, size=2)
+    kh, kw = rng.integers(1, 6, size=2)
+    stride, pad = int(rng.integers(1, 4)), int(rng.integers(0, 3))
+    h = int(rng.integers(max(kh - 2 * pad, 1), 14))
+    w = int(rng.integers(max(kw - 2 * pad, 1), 14))
+    n = int(rng.choice([1, 3, 7, 33, 130]))
+    return int(c), h, w, n, int(k), int(kh), int(kw), stride, pad
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(12))
+def test_conv2d_on_random_shapes_matches_numpy(cuda_backend, numpy_backend, seed, dtype):
+    rng = np.random.default_rng(seed)
+    c, h, w, n, k, kh, kw, stride, pad = _random_conv_case(rng)
+    x = rng.standard_normal((c, h, w, n)).astype(dtype)
+    weight = rng.standard_normal((k, c, kh, kw)).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype) if seed % 3 else None
+    need_dx = seed % 4 != 1
+    outs = {}
+    for b in (cuda_backend, numpy_backend):
+        y, ctx = b.conv2d_forward(b.asarray(x), b.asarray(weight),
+                                  None if bias is None else b.asarray(bias), stride, pad)
+        dy = np.random.default_rng(seed + 100).standard_normal(y.shape).astype(dtype)
+        outs[b.name] = (y, *b.conv2d_backward(b.asarray(dy), ctx, need_dx=need_dx))
+    for got, want in zip(outs["cupy"], outs["numpy"]):
+        if want is None:
+            assert got is None
+        else:
+            _same(cuda_backend, got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["max", "relu_max", "avg"])
+@pytest.mark.parametrize("seed", range(10))
+def test_pooling_on_random_shapes_matches_numpy(cuda_backend, numpy_backend, seed, kind, dtype):
+    rng = np.random.default_rng(seed)
+    size, stride = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    c, n = int(rng.integers(1, 5)), int(rng.choice([1, 3, 7, 33, 130]))
+    h, w = (int(v) for v in rng.integers(size, 12, size=2))
+    # small integers: ties in most windows and, for the fused ReLU, windows of zeros
+    x = rng.integers(-2, 3, size=(c, h, w, n)).astype(dtype)
+    dy = None
+    outs = {}
+    for b in (cuda_backend, numpy_backend):
+        y, ctx = getattr(b, f"{kind}pool2d_forward")(b.asarray(x), size, stride)
+        if dy is None:
+            dy = rng.standard_normal(y.shape).astype(dtype)
+        outs[b.name] = (y, getattr(b, f"{kind}pool2d_backward")(b.asarray(dy), ctx))
+    for got, want in zip(outs["cupy"], outs["numpy"]):
+        _same(cuda_backend, got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(400, 130, 120), (7, 1, 3), (84, 33, 10), (5, 2, 1)])
+def test_linear_matches_numpy(cuda_backend, numpy_backend, shape, dtype):
+    n_in, n, n_out = shape
+    rng = np.random.default_rng(n_in)
+    x = rng.standard_normal((n_in, n)).astype(dtype)
+    w, bias = rng.standard_normal((n_out, n_in)).astype(dtype), rng.standard_normal(n_out).astype(dtype)
+    dy = rng.standard_normal((n_out, n)).astype(dtype)
+    outs = {}
+    for b in (cuda_backend, numpy_backend):
+        y, ctx = b.linear_forward(b.asarray(x), b.asarray(w), b.asarray(bias))
+        outs[b.name] = (y, *b.linear_backward(b.asarray(dy), ctx))
+    for got, want in zip(outs["cupy"], outs["numpy"]):
+        _same(cuda_backend, got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
+@pytest.mark.parametrize("n", [1, 7, 130])
+def test_softmax_cross_entropy_matches_numpy(cuda_backend, numpy_backend, n, smoothing, dtype):
+    rng = np.random.default_rng(n)
+    logits = (20 * rng.standard_normal((10, n))).astype(dtype)
+    labels = rng.integers(0, 10, size=n)
+    outs = {b.name: b.softmax_cross_entropy(b.asarray(logits), b.asarray(labels), smoothing)
+            for b in (cuda_backend, numpy_backend)}
+    loss, grad = outs["cupy"]
+    np.testing.assert_allclose(float(cuda_backend.to_numpy(loss)), float(outs["numpy"][0]),
+                               **_tol(dtype))
+    _same(cuda_backend, grad, outs["numpy"][1], dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_update_matches_numpy(cuda_backend, numpy_backend, dtype):
+    rng = np.random.default_rng(9)
+    shape = (16, 6, 5, 5)
+    start = (rng.standard_normal(shape).astype(dtype), np.zeros(shape, dtype), np.zeros(shape, dtype))
+    state = {b.name: [b.asarray(a.copy()) for a in start] for b in (cuda_backend, numpy_backend)}
+    for step in range(1, 6):
+        g = rng.standard_normal(shape).astype(dtype)
+        for b in (cuda_backend, numpy_backend):
+            p, m, v = state[b.name]
+            b.adam_update(p, b.asarray(g), m, v, lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                          weight_decay=0.01, step=step)
+    for got, want in zip(state["cupy"], state["numpy"]):
+        np.testing.assert_allclose(cuda_backend.to_numpy(got), want,
+                                   rtol=1e-6 if dtype == np.float32 else 1e-14, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_generator_is_uniform_and_its_state_restores(cuda_backend, dtype):
+    rng = cuda_backend.default_rng(7)
+    u = cuda_backend.to_numpy(rng.random((1000, 1001), dtype=dtype))
+    assert u.dtype == dtype and u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 2e-3 and abs(u.var() - 1 / 12) < 2e-3
+    assert abs(np.corrcoef(u.ravel()[:-1], u.ravel()[1:])[0, 1]) < 5e-3
+    state = cuda_backend.rng_state(rng)
+    json.dumps(state)  # goes into checkpoint metadata
+    first = cuda_backend.to_numpy(rng.random(257, dtype=dtype))
+    again = cuda_backend.default_rng(0)
+    cuda_backend.set_rng_state(again, state)
+    np.testing.assert_array_equal(cuda_backend.to_numpy(again.random(257, dtype=dtype)), first)
+    assert not np.array_equal(cuda_backend.to_numpy(rng.random(257, dtype=dtype)), first)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_generator_draws_standard_normals(cuda_backend, dtype):
+    rng = cuda_backend.default_rng(8)
+    drawn = cuda_backend.to_numpy(rng.standard_normal((1000, 1001), dtype=dtype))
+    assert drawn.dtype == dtype and np.isfinite(drawn).all()
+    z = drawn.astype(np.float64)
+    assert abs(z.mean()) < 5e-3 and abs(z.var() - 1) < 5e-3
+    assert abs((np.abs(z) > 1.96).mean() - 0.05) < 2e-3  # the tails of a normal
+    assert abs(np.corrcoef(z.ravel()[:-1], z.ravel()[1:])[0, 1]) < 5e-3
+
+
+def _history(out):
+    return json.loads((Path(out) / "history.json").read_text())
+
+
+def test_training_losses_match_numpy(cuda_backend, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(backends._instances, "cupy", cuda_backend)
+    for name in ("numpy", "cupy"):  # 10 steps: the CPU runs the kernels slowly
+        train(tiny_config(tiny_dir, epochs=2, train_limit=320, backend=name), out=tmp_path / name,
+              log=None)
+    want = [s["loss"] for s in _history(tmp_path / "numpy")["steps"]]
+    got = [s["loss"] for s in _history(tmp_path / "cupy")["steps"]]
+    assert len(got) == len(want) == 2 * 5
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["lenet5", "compact"])  # compact: dropout draws, BatchNorm
+def test_captured_steps_equal_uncaptured_steps(cupy_backend, tiny_dir, tmp_path, monkeypatch,
+                                              model):
+    """1,000 images in batches of 64: two graphs (15 full batches, one of 40)."""
+    config = tiny_config(tiny_dir, epochs=2, model=model, backend="cupy")
+    from fastlenet.backends.cupy_backend import _CapturedStep
+
+    captured = Trainer(config, out=tmp_path / "captured", log=None)
+    assert isinstance(captured._forward_backward, _CapturedStep)
+    captured.run()
+    monkeypatch.setattr(cupy_backend, "capture_step", lambda step: step)
+    plain = Trainer(config, out=tmp_path / "plain", log=None)
+    plain.run()
+    assert _history(tmp_path / "captured")["steps"] == _history(tmp_path / "plain")["steps"]
+    for key, value in plain.model.state_dict().items():
+        np.testing.assert_array_equal(captured.model.state_dict()[key], value, err_msg=key)
+
+
+@pytest.mark.gpu
+def test_resume_on_the_gpu_equals_an_uninterrupted_run(cupy_backend, tiny_dir, tmp_path):
+    config = tiny_config(tiny_dir, epochs=3, model="compact", backend="cupy")
+    train(config, out=tmp_path / "straight", log=None)
+    train(config, out=tmp_path / "interrupted", log=None,
+          on_epoch_end=lambda record: record["epoch"] == 1)
+    train(resume=tmp_path / "interrupted", log=None)
+    assert _history(tmp_path / "straight")["steps"] == _history(tmp_path / "interrupted")["steps"]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_full_mnist_on_the_gpu_reaches_99_percent(cupy_backend, tmp_path):
+    metrics = train(TrainConfig(backend="cupy"), out=tmp_path / "run", log=None)
+    assert metrics["test_accuracy"] >= 0.99
