@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import shutil
+import subprocess
 import sys
 from datetime import datetime, timezone
 
@@ -64,12 +66,25 @@ def blas() -> list[dict]:
             for lib in threadpool_info() if lib["user_api"] == "blas"]
 
 
+def gpus() -> list[str]:
+    """The NVIDIA GPUs nvidia-smi lists (name, driver, memory), or none."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                               "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+
+
 def describe() -> dict:
     """The machine and software, as a JSON-ready dict; the same for every run of one
     setup (pytest-benchmark warns when a compared run's machine description differs)."""
     return {
         "cpu": cpu_model(),
         "cores": usable_cores(),
+        "gpus": gpus(),
         "os": platform.platform(),
         "blas": blas(),
         "versions": versions(),

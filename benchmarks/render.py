@@ -136,7 +136,8 @@ def machine_section(results: Results) -> str:
     blas = "; ".join(f"{b.get('name')} {b.get('version')} ({b.get('num_threads')} "
                      f"thread{'' if b.get('num_threads') == 1 else 's'})"
                      for b in m.get("blas", [])) or "unknown"
-    lines = [f"Machine: {m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores; BLAS: {blas}.",
+    gpus = "; GPU: " + "; ".join(m["gpus"]) if m.get("gpus") else ""
+    lines = [f"Machine: {m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores{gpus}; BLAS: {blas}.",
              f"Software: {libs or 'unknown'}."]
     when = c.get("date", "an unknown date")
     load = c.get("load_average_at_start")
