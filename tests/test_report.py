@@ -71,7 +71,7 @@ def assert_not_blank(path):
 def test_train_makes_the_report_or_says_how(trained):
     quick, careful = trained["quick"], trained["careful"]
     assert f"report of {quick[0]}: best.npz scores" in quick[1]
-    assert f"report.html" in quick[1] and "fastlenet report" not in quick[1]
+    assert "report.html" in quick[1] and "fastlenet report" not in quick[1]
     assert f"figures and an HTML report: fastlenet report {careful[0]}\n" in careful[1]
     assert not (careful[0] / "report").exists()
 

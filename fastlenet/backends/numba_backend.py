@@ -36,7 +36,6 @@ import numpy as np
 from numba import prange
 from threadpoolctl import ThreadpoolController
 
-from .base import Backend
 from .numpy_backend import NumpyBackend, _out_size
 
 # FMA contraction and reassociated (vectorized) sums only: no nnan/ninf, see above.

@@ -1,0 +1,135 @@
+"""Options, parametrization and machine description of the benchmark suite.
+
+Every benchmark with a ``contender`` argument runs once per contender: each fastlenet
+backend usable here (``fastlenet.backends.usable()``, so a new backend joins by its
+registry entry) and ``torch`` (PyTorch CPU; its cases skip, saying so, when it is not
+installed). ``batch`` runs over
+``--batch-sizes``. Benchmarks marked ``long`` (full epochs, training to 99%, the
+memory and startup processes) are deselected with ``-m "not long"``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from fastlenet import backends
+
+from . import lenet, machine
+from .ops import TORCH
+
+BATCH_SIZES = "64,128,256,1024"
+_LOAD_AT_START = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fastlenet benchmarks")
+    group.addoption("--contenders", default=None, metavar="NAMES",
+                    help="comma-separated fastlenet backends and/or 'torch' to benchmark "
+                         "(default: every usable backend, and torch)")
+    group.addoption("--batch-sizes", default=BATCH_SIZES, metavar="SIZES",
+                    help=f"comma-separated batch sizes of the per-op benchmarks (default {BATCH_SIZES})")
+    group.addoption("--epoch-images", type=int, default=60000, metavar="N",
+                    help="training images in one benchmarked epoch (default 60000, all of MNIST's)")
+    group.addoption("--epoch-rounds", type=int, default=3, metavar="R",
+                    help="timed epochs per contender, each after an untimed PyTorch epoch (default 3)")
+    group.addoption("--step-rounds", type=int, default=100, metavar="R",
+                    help="timed training steps per contender (default 100)")
+    group.addoption("--torch-threads", type=int, default=None, metavar="T",
+                    help="torch.set_num_threads (default: one per usable core)")
+    group.addoption("--accuracy-seed", type=int, default=0, metavar="S",
+                    help="seed of the time-to-accuracy training runs (default 0)")
+
+
+def pytest_configure(config):
+    config.stash[_LOAD_AT_START] = machine.load_average()
+    minimum = {"--epoch-images": lenet.BATCH, "--epoch-rounds": 1, "--step-rounds": 1,
+               "--torch-threads": 1, "--accuracy-seed": 0}
+    for option, least in minimum.items():
+        value = config.getoption(option)
+        if value is not None and value < least:
+            raise pytest.UsageError(f"{option} must be at least {least}, got {value}")
+    lenet.torch_threads = config.getoption("--torch-threads")
+    config.addinivalue_line("markers", "long: a benchmark of a minute or more (full epochs, "
+                                       "training to 99%, memory and startup processes); "
+                                       "deselect with -m 'not long'")
+    if importlib.util.find_spec("pytest_benchmark") is None:
+        raise pytest.UsageError("the benchmarks need pytest-benchmark; install it with "
+                                "python -m pip install -e '.[bench]'")
+
+
+def torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _contenders(config) -> list[str]:
+    requested = config.getoption("--contenders")
+    if requested is None:
+        return backends.usable() + [TORCH]
+    names = [name.strip() for name in requested.split(",") if name.strip()]
+    status = backends.status()
+    for name in names:
+        if name == TORCH:
+            if not torch_installed():
+                raise pytest.UsageError("--contenders: torch is not installed; install it "
+                                        "(pip install torch) or leave it out")
+        elif name not in status:
+            raise pytest.UsageError(f"--contenders: unknown contender '{name}'; choose from: "
+                                    f"{', '.join([*status, TORCH])}")
+        elif status[name] is not None:
+            raise pytest.UsageError(f"--contenders: {status[name]}")
+    return names
+
+
+def _batch_sizes(config) -> list[int]:
+    text = config.getoption("--batch-sizes")
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise pytest.UsageError(f"--batch-sizes takes positive integers separated by commas, "
+                                f"got '{text}'")
+    return sizes
+
+
+def pytest_generate_tests(metafunc):
+    if "contender" in metafunc.fixturenames:
+        metafunc.parametrize("contender", _contenders(metafunc.config))
+    if "batch" in metafunc.fixturenames:
+        metafunc.parametrize("batch", _batch_sizes(metafunc.config))
+
+
+@pytest.fixture(autouse=True)
+def _skip_torch_when_absent(request):
+    callspec = getattr(request.node, "callspec", None)
+    if callspec and callspec.params.get("contender") == TORCH and not torch_installed():
+        pytest.skip("PyTorch is not installed, so there is no reference figure; "
+                    "python -m pip install torch==2.13.0")
+
+
+@pytest.fixture(scope="session")
+def contenders(pytestconfig) -> list[str]:
+    """Every contender of this session that can run (a benchmark pairs its rounds with
+    PyTorch's when PyTorch is among them)."""
+    return _runnable(pytestconfig)
+
+
+def _runnable(config) -> list[str]:
+    return [c for c in _contenders(config) if c != TORCH or torch_installed()]
+
+
+@pytest.fixture(scope="session")
+def training_set(pytestconfig):
+    """The first --epoch-images MNIST training images and labels, preprocessed."""
+    return lenet.load_training_set(pytestconfig.getoption("--epoch-images"))
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["fastlenet"] = machine.describe()
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["conditions"] = {**machine.conditions(config.stash[_LOAD_AT_START]),
+                                 "contenders": _runnable(config)}

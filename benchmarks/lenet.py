@@ -1,0 +1,266 @@
+"""LeNet-5 training on a fastlenet backend and in PyTorch, set up identically.
+
+Both sides train the same model from the same initial weights (fastlenet's seeded
+initialisation, loaded into the PyTorch twin that the model tests compare against,
+``tests/torch_reference.py``), with softmax cross-entropy, Adam, batch 128, float32, on
+the same preprocessed MNIST images in the same shuffled order:
+
+* :class:`FastLeNetRun` / :class:`TorchRun`: training steps and epochs (Adam, lr 1e-3)
+  over a host training set, for the step, epoch and memory benchmarks;
+* :func:`fastlenet_recipe` / :func:`torch_recipe`: the full ``fastlenet train`` recipe
+  (defaults of :class:`fastlenet.train.TrainConfig`: 12 epochs, Adam, one-cycle lr 3e-3,
+  5,000 images held out), evaluated on the test set after every epoch, for the time to
+  97% and 99% test accuracy. The PyTorch side takes the learning rate of every step from
+  fastlenet's own schedule, so the two runs differ only in rounding.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fastlenet.backends import get_backend
+from fastlenet.data import load_dataset, prepare
+from fastlenet.nn import SoftmaxCrossEntropy, build_model
+from fastlenet.optim import Adam, make_schedule
+from fastlenet.train import TrainConfig, Trainer
+
+from .machine import usable_cores
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "lenet5"
+BATCH = 128
+LR = 1e-3
+COURSEWORK_TARGET_S = 420.0  # the coursework: > 97% test accuracy in under 7 minutes
+ACCURACY_TARGETS = (0.97, 0.99)
+
+
+# threads PyTorch may use: one per usable core unless set (the suite's --torch-threads)
+torch_threads: int | None = None
+
+
+def import_torch():
+    """torch, set to ``torch_threads`` threads (default: one per usable core)."""
+    import torch
+
+    torch.set_num_threads(torch_threads or usable_cores())
+    return torch
+
+
+def torch_lenet5():
+    """The PyTorch LeNet-5 of the model tests (``torch_twin("lenet5")``), one definition
+    for both. Loaded by path: ``tests`` is not a package, and a ``tests`` package some
+    other distribution installed must not shadow it."""
+    spec = importlib.util.spec_from_file_location("fastlenet_torch_reference",
+                                                  ROOT / "tests" / "torch_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.torch_twin(MODEL)
+
+
+def torch_model(seed: int, dtype: str = "float32"):
+    """The PyTorch twin holding fastlenet's initial weights for ``seed``."""
+    torch = import_torch()
+    model = torch_lenet5().to(getattr(torch, dtype))
+    weights = build_model(MODEL, "numpy", dtype=dtype, seed=seed).state_dict()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    return model
+
+
+def load_training_set(images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``images`` of MNIST's 60,000 training images, preprocessed as in training:
+    (n, 1, 32, 32) float32 and (n,) int64 labels."""
+    data = prepare(load_dataset("mnist"), val_size=0)
+    if images is None or images >= len(data.y_train):
+        return data.x_train, data.y_train
+    # copies, so that the rest of the set is freed
+    return data.x_train[:images].copy(), data.y_train[:images].copy()
+
+
+class TrainingRun:
+    """LeNet-5 training steps over a training set held in memory; subclasses say how."""
+
+    n: int
+    batch: int
+
+    def index(self, host_indices: np.ndarray):
+        """Host image indices as this run indexes its training set."""
+        raise NotImplementedError
+
+    def order(self):
+        """One epoch's shuffled order of the training images."""
+        return self.index(self.shuffle.permutation(self.n))
+
+    def step(self, idx):
+        """One training step on the images ``idx``; returns the loss, not yet read back."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait until the queued work is done."""
+        raise NotImplementedError
+
+    def value(self, loss) -> float:
+        """A loss returned by :meth:`step`, on the host."""
+        raise NotImplementedError
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """The last step's parameter gradients on the host, by fastlenet's names."""
+        raise NotImplementedError
+
+    def epoch(self, steps: int | None = None) -> float:
+        """Train one epoch (or its first ``steps`` batches); returns the mean loss."""
+        order = self.order()
+        losses = [self.step(order[s:s + self.batch])
+                  for s in range(0, self.n, self.batch)[:steps]]
+        self.synchronize()
+        return float(np.mean([self.value(v) for v in losses]))
+
+
+class FastLeNetRun(TrainingRun):
+    """fastlenet's LeNet-5, loss and Adam on one backend, the training set on its device,
+    batches gathered there as the trainer does."""
+
+    def __init__(self, backend_name: str, x: np.ndarray, y: np.ndarray, batch: int = BATCH,
+                 seed: int = 0):
+        self.backend = backend = get_backend(backend_name)
+        self.model = build_model(MODEL, backend, seed=seed)
+        self.loss_fn = SoftmaxCrossEntropy(backend=backend)
+        self.optimizer = Adam(self.model.parameters(), backend, lr=LR)
+        self.x, self.y = backend.asarray(x), backend.asarray(y)
+        self.n, self.batch = len(y), batch
+        self.shuffle = np.random.default_rng(seed)
+
+    def index(self, host_indices):
+        return self.backend.asarray(host_indices)
+
+    def step(self, idx):
+        xb = self.backend.to_batch_last(self.x[idx])
+        loss = self.loss_fn.forward(self.model.forward(xb), self.y[idx])
+        self.model.backward(self.loss_fn.backward())
+        self.optimizer.step()
+        return loss
+
+    def synchronize(self) -> None:
+        self.backend.synchronize()
+
+    def value(self, loss) -> float:
+        return float(self.backend.to_numpy(loss))
+
+    def gradients(self):
+        return {name: self.backend.to_numpy(p.grad)
+                for name, p in self.model.named_parameters().items()}
+
+
+class TorchRun(TrainingRun):
+    """The same training in PyTorch (CPU, one thread per core): the twin model,
+    F.cross_entropy, torch.optim.Adam, NCHW batches."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch: int = BATCH, seed: int = 0):
+        self.torch = torch = import_torch()
+        self.model = torch_model(seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        self.n, self.batch = len(y), batch
+        self.shuffle = np.random.default_rng(seed)
+
+    def index(self, host_indices):
+        return self.torch.from_numpy(host_indices)
+
+    def step(self, idx):
+        loss = self.torch.nn.functional.cross_entropy(self.model(self.x[idx]), self.y[idx])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def synchronize(self) -> None:
+        """Nothing queued: PyTorch's CPU operations return when done."""
+
+    def value(self, loss) -> float:
+        return float(loss)
+
+    def gradients(self):
+        return {name: p.grad.numpy() for name, p in self.model.named_parameters()}
+
+
+def make_run(contender: str, x: np.ndarray, y: np.ndarray, batch: int = BATCH, seed: int = 0):
+    """A :class:`TorchRun` for ``"torch"``, else a :class:`FastLeNetRun` on that backend."""
+    if contender == "torch":
+        return TorchRun(x, y, batch, seed)
+    return FastLeNetRun(contender, x, y, batch, seed)
+
+
+# ------------------------------------------------------------ time to accuracy
+def time_to_accuracy(epochs: list[dict], target: float) -> dict | None:
+    """The first epoch record with test accuracy >= ``target``, as ``{"epoch",
+    "seconds" (training time up to its end, evaluation excluded), "test_accuracy"}``;
+    None when the run never reached it."""
+    for record in epochs:
+        if record["test_accuracy"] >= target:
+            return {"epoch": record["epoch"], "seconds": record["train_seconds"],
+                    "test_accuracy": record["test_accuracy"]}
+    return None
+
+
+def fastlenet_recipe(backend_name: str, seed: int, out: Path,
+                     stop_at: float = max(ACCURACY_TARGETS)) -> list[dict]:
+    """``fastlenet train --backend NAME --seed SEED`` (the default recipe) through the real
+    trainer, stopped after the first epoch whose test accuracy reaches ``stop_at`` (the
+    schedule still spans the recipe's 12 epochs, so the epochs run are the same as in the
+    full run). Returns the trainer's per-epoch history records."""
+    trainer = Trainer(TrainConfig(backend=backend_name, seed=seed), out=out, progress=False,
+                      log=None, on_epoch_end=lambda record: record["test_accuracy"] >= stop_at)
+    trainer.run()
+    return trainer.history["epochs"]
+
+
+def torch_recipe(seed: int, stop_at: float = max(ACCURACY_TARGETS)) -> list[dict]:
+    """The same recipe in PyTorch: the trainer's data split, initial weights, shuffled
+    order and per-step learning rates; per-epoch records with the keys
+    :func:`time_to_accuracy` reads (timing excludes the evaluation, as the trainer's)."""
+    torch = import_torch()
+    config = TrainConfig(seed=seed).validate()
+    if (config.model, config.optimizer, config.weight_decay, config.label_smoothing) != (MODEL, "adam", 0.0, 0.0):
+        raise ValueError("the PyTorch twin follows a LeNet-5 / Adam recipe without weight decay "
+                         "or label smoothing; TrainConfig's defaults changed, update torch_recipe")
+    data = prepare(load_dataset(config.dataset, config.data_dir), val_size=config.val_size,
+                   seed=config.seed, train_limit=config.train_limit)
+    model = torch_model(config.seed, config.dtype)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    n, batch = len(data.y_train), config.batch_size
+    steps_per_epoch = math.ceil(n / batch)
+    schedule = make_schedule(config.schedule, config.lr, total_steps=config.epochs * steps_per_epoch,
+                             steps_per_epoch=steps_per_epoch)
+    shuffle = np.random.default_rng(config.seed)
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    cross_entropy = torch.nn.functional.cross_entropy
+    records, step, train_seconds = [], 0, 0.0
+    for epoch in range(1, config.epochs + 1):
+        order = torch.from_numpy(shuffle.permutation(n))
+        model.train()
+        tick = time.perf_counter()
+        for start in range(0, n, batch):
+            idx = order[start:start + batch]
+            for group in optimizer.param_groups:
+                group["lr"] = schedule(step)
+            loss = cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        seconds = time.perf_counter() - tick
+        train_seconds += seconds
+        model.eval()
+        with torch.no_grad():
+            correct = sum(int((model(x_test[s:s + 1000]).argmax(1) == y_test[s:s + 1000]).sum())
+                          for s in range(0, len(y_test), 1000))
+        records.append({"epoch": epoch, "test_accuracy": correct / len(y_test),
+                        "epoch_seconds": seconds, "train_seconds": train_seconds})
+        if records[-1]["test_accuracy"] >= stop_at:
+            break
+    return records

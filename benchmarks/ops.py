@@ -1,0 +1,312 @@
+"""The kernels of a LeNet-5 training step, as benchmark cases for every contender.
+
+A contender is a fastlenet backend (by its registry name) or ``"torch"`` (PyTorch CPU,
+the same operation as its autograd runs it in training). Each case method takes host
+NumPy inputs in fastlenet's layout (feature maps (C, H, W, N), vectors (F, N); weights in
+PyTorch shapes), does any untimed preparation (copying to the device, the forward pass
+whose ``ctx`` a backward needs), and returns ``(call, fetch)``:
+
+* ``call()`` runs the operation once, synchronizes the device and returns the raw result;
+  it is what the benchmark times;
+* ``fetch(result)`` turns that result into host NumPy arrays in fastlenet's layout, to be
+  compared with the NumPy backend's.
+
+The LeNet-5 shapes at batch N (what the model runs):
+
+| case | input | weights | output |
+|---|---|---|---|
+| conv1 | (1, 32, 32, N) | (6, 1, 5, 5) | (6, 28, 28, N); no input gradient (first layer) |
+| conv2 | (6, 14, 14, N) | (16, 6, 5, 5) | (16, 10, 10, N) |
+| pool1, pool2 | (6, 28, 28, N), (16, 10, 10, N) | 2x2 windows, stride 2 | (6, 14, 14, N), (16, 5, 5, N) |
+| fc1, fc2, fc3 | (400, N), (120, N), (84, N) | (120, 400), (84, 120), (10, 84) | (120, N), (84, N), (10, N) |
+| loss | logits (10, N), labels (N,) | | loss and dlogits (10, N) |
+| adam | every LeNet-5 parameter and its gradient (61,706 values) | | |
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from fastlenet.backends import get_backend
+from fastlenet.nn import build_model
+from fastlenet.nn.layers import Parameter
+from fastlenet.optim import Adam
+
+TORCH = "torch"
+REFERENCE = "numpy"  # the backend every contender's results are checked against
+
+# name -> (C, H, W, K, kernel, need_dx): the model's two convolutions
+CONVS = {"conv1": (1, 32, 32, 6, 5, False), "conv2": (6, 14, 14, 16, 5, True)}
+# name -> (C, H, W): the inputs of the model's two ReLU + max-pool steps
+POOLS = {"pool1": (6, 28, 28), "pool2": (16, 10, 10)}
+POOL_SIZE = 2
+# name -> (IN, OUT): the fully connected layers
+LINEARS = {"fc1": (400, 120), "fc2": (120, 84), "fc3": (84, 10)}
+CLASSES = 10
+ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
+
+# float32 results are compared with the NumPy backend's to this fraction of the
+# largest reference magnitude (reductions over 10^5-10^6 terms round differently
+# in every library)
+RTOL = 2e-4
+
+
+# ------------------------------------------------------------------ inputs
+def _rng(*key) -> np.random.Generator:
+    """A generator seeded by ``key`` (the same inputs in every run and process)."""
+    return np.random.default_rng([zlib.crc32(str(k).encode()) for k in key])
+
+
+def conv_inputs(name: str, n: int):
+    """x (C, H, W, N), w (K, C, k, k), b (K,), dy (K, OH, OW, N), need_dx; float32."""
+    c, h, w, k, size, need_dx = CONVS[name]
+    rng = _rng("conv", name, n)
+    oh, ow = h - size + 1, w - size + 1
+    x = rng.standard_normal((c, h, w, n), dtype=np.float32)
+    wt = rng.standard_normal((k, c, size, size), dtype=np.float32) * np.float32(np.sqrt(2 / (c * size * size)))
+    b = rng.standard_normal(k, dtype=np.float32) * np.float32(0.1)
+    dy = rng.standard_normal((k, oh, ow, n), dtype=np.float32)
+    return x, wt, b, dy, need_dx
+
+
+def pool_inputs(name: str, n: int):
+    """Tie-free x (C, H, W, N), half of it negative (so the ReLU zeroes some windows),
+    and dy (C, H/2, W/2, N); float32. Ties would make "the first maximum" the only
+    thing deciding where a gradient goes, which the comparison should not depend on."""
+    c, h, w = POOLS[name]
+    rng = _rng("pool", name, n)
+    size = c * h * w * n
+    x = (rng.permutation(size).astype(np.float32) - np.float32(size // 2)).reshape(c, h, w, n)
+    dy = rng.standard_normal((c, h // POOL_SIZE, w // POOL_SIZE, n), dtype=np.float32)
+    return x, dy
+
+
+def linear_inputs(name: str, n: int):
+    """x (IN, N), w (OUT, IN), b (OUT,), dy (OUT, N); float32."""
+    fan_in, fan_out = LINEARS[name]
+    rng = _rng("linear", name, n)
+    x = rng.standard_normal((fan_in, n), dtype=np.float32)
+    w = rng.standard_normal((fan_out, fan_in), dtype=np.float32) * np.float32(np.sqrt(2 / fan_in))
+    b = rng.standard_normal(fan_out, dtype=np.float32) * np.float32(0.1)
+    dy = rng.standard_normal((fan_out, n), dtype=np.float32)
+    return x, w, b, dy
+
+
+def loss_inputs(n: int):
+    """logits (10, N) float32 and labels (N,) int64."""
+    rng = _rng("loss", n)
+    return (rng.standard_normal((CLASSES, n), dtype=np.float32) * np.float32(3),
+            rng.integers(0, CLASSES, n))
+
+
+def adam_inputs():
+    """{name: (parameter, gradient)} for every LeNet-5 parameter, float32."""
+    rng = _rng("adam")
+    params = build_model("lenet5", "numpy", seed=0).state_dict()
+    return {name: (p, rng.standard_normal(p.shape, dtype=np.float32) * np.float32(0.01))
+            for name, p in params.items()}
+
+
+def assert_close(got: list, want: list, what: str) -> None:
+    """Each array equal to the reference's within RTOL of the reference's largest value."""
+    assert len(got) == len(want), f"{what}: {len(got)} results, the reference has {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.shape == w.shape, f"{what}: result {i} has shape {g.shape}, the reference {w.shape}"
+        scale = float(np.abs(w).max()) if w.size else 0.0
+        np.testing.assert_allclose(g, w, rtol=0, atol=RTOL * max(scale, 1e-30),
+                                   err_msg=f"{what}: result {i} differs from the NumPy backend's")
+
+
+# ------------------------------------------------------------ contenders
+def cases(contender: str):
+    """The case maker of ``contender``: a fastlenet backend name or ``"torch"``."""
+    return TorchCases() if contender == TORCH else BackendCases(contender)
+
+
+class BackendCases:
+    """The cases run by a fastlenet backend's kernels (``fastlenet.backends.base``)."""
+
+    def __init__(self, name: str):
+        self.backend = get_backend(name)
+
+    def _device(self, *arrays):
+        # copies: the NumPy backend's asarray would alias the caller's arrays, and Adam
+        # writes in place
+        return [None if a is None else self.backend.asarray(np.array(a)) for a in arrays]
+
+    def _timed(self, run):
+        def call():
+            out = run()
+            self.backend.synchronize()
+            return out
+        return call
+
+    def _host(self, arrays):
+        return [self.backend.to_numpy(a) for a in arrays if a is not None]
+
+    def conv2d_forward(self, x, w, b):
+        be = self.backend
+        x, w, b = self._device(x, w, b)
+        return self._timed(lambda: be.conv2d_forward(x, w, b, 1, 0)), lambda out: self._host(out[:1])
+
+    def conv2d_backward(self, x, w, b, dy, need_dx):
+        be = self.backend
+        x, w, b, dy = self._device(x, w, b, dy)
+        _, ctx = be.conv2d_forward(x, w, b, 1, 0)
+        return self._timed(lambda: be.conv2d_backward(dy, ctx, need_dx)), self._host
+
+    def maxpool2d_forward(self, x):
+        be = self.backend
+        (x,) = self._device(x)
+        return (self._timed(lambda: be.maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)),
+                lambda out: self._host(out[:1]))
+
+    def maxpool2d_backward(self, x, dy):
+        be = self.backend
+        x, dy = self._device(x, dy)
+        _, ctx = be.maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)
+        return self._timed(lambda: be.maxpool2d_backward(dy, ctx)), lambda out: self._host([out])
+
+    def relu_maxpool2d_forward(self, x):
+        be = self.backend
+        (x,) = self._device(x)
+        return (self._timed(lambda: be.relu_maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)),
+                lambda out: self._host(out[:1]))
+
+    def relu_maxpool2d_backward(self, x, dy):
+        be = self.backend
+        x, dy = self._device(x, dy)
+        _, ctx = be.relu_maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)
+        return self._timed(lambda: be.relu_maxpool2d_backward(dy, ctx)), lambda out: self._host([out])
+
+    def linear_forward(self, x, w, b):
+        be = self.backend
+        x, w, b = self._device(x, w, b)
+        return self._timed(lambda: be.linear_forward(x, w, b)), lambda out: self._host(out[:1])
+
+    def linear_backward(self, x, w, b, dy):
+        be = self.backend
+        x, w, b, dy = self._device(x, w, b, dy)
+        _, ctx = be.linear_forward(x, w, b)
+        return self._timed(lambda: be.linear_backward(dy, ctx, True)), self._host
+
+    def softmax_cross_entropy(self, logits, labels):
+        be = self.backend
+        logits, labels = self._device(logits, labels)
+        return self._timed(lambda: be.softmax_cross_entropy(logits, labels)), self._host
+
+    def adam_update(self, params: dict):
+        """One step of fastlenet's Adam over every parameter; fetch gives the parameters."""
+        tensors = []
+        for name, (p, g) in params.items():
+            param = Parameter(*self._device(p), name=name)
+            (param.grad,) = self._device(g)
+            tensors.append(param)
+        optimizer = Adam(tensors, self.backend, lr=ADAM["lr"], betas=ADAM["betas"], eps=ADAM["eps"])
+        return self._timed(optimizer.step), lambda _: self._host([p.data for p in tensors])
+
+
+class TorchCases:
+    """The same operations in PyTorch, NCHW / (N, F) as PyTorch stores them: the aten
+    kernels its autograd calls in a LeNet-5 training step (``convolution_backward``,
+    ``max_pool2d_with_indices`` and its backward, ``threshold_backward`` for the ReLU,
+    the matrix products of ``addmm``'s backward), and ``torch.optim.Adam``."""
+
+    def __init__(self):
+        from .lenet import import_torch
+
+        self.torch = import_torch()
+
+    def _nchw(self, x):
+        return self.torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 0)))
+
+    def _tensor(self, a):
+        return self.torch.from_numpy(np.array(a))
+
+    @staticmethod
+    def _chwn(t):
+        return np.moveaxis(t.numpy(), 0, -1)
+
+    def conv2d_forward(self, x, w, b):
+        conv = self.torch.nn.functional.conv2d
+        x, w, b = self._nchw(x), self._tensor(w), self._tensor(b)
+        return lambda: conv(x, w, b), lambda y: [self._chwn(y)]
+
+    def conv2d_backward(self, x, w, b, dy, need_dx):
+        backward = self.torch.ops.aten.convolution_backward
+        x, w, dy = self._nchw(x), self._tensor(w), self._nchw(dy)
+        bias_sizes = [len(b)]
+
+        def call():
+            return backward(dy, x, w, bias_sizes, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                            [need_dx, True, True])
+
+        def fetch(out):
+            dx, dw, db = out
+            return ([self._chwn(dx)] if need_dx else []) + [dw.numpy(), db.numpy()]
+        return call, fetch
+
+    def _pool(self, x):
+        return self.torch.ops.aten.max_pool2d_with_indices(x, [POOL_SIZE] * 2, [POOL_SIZE] * 2)
+
+    def _pool_backward(self, dy, x, indices):
+        return self.torch.ops.aten.max_pool2d_with_indices_backward(
+            dy, x, [POOL_SIZE] * 2, [POOL_SIZE] * 2, [0, 0], [1, 1], False, indices)
+
+    def maxpool2d_forward(self, x):
+        x = self._nchw(x)
+        return lambda: self._pool(x), lambda out: [self._chwn(out[0])]
+
+    def maxpool2d_backward(self, x, dy):
+        x, dy = self._nchw(x), self._nchw(dy)
+        _, indices = self._pool(x)
+        return lambda: self._pool_backward(dy, x, indices), lambda dx: [self._chwn(dx)]
+
+    def relu_maxpool2d_forward(self, x):
+        torch, x = self.torch, self._nchw(x)
+        return lambda: self._pool(torch.relu(x)), lambda out: [self._chwn(out[0])]
+
+    def relu_maxpool2d_backward(self, x, dy):
+        torch, dy = self.torch, self._nchw(dy)
+        relu = torch.relu(self._nchw(x))
+        _, indices = self._pool(relu)
+
+        def call():
+            return torch.ops.aten.threshold_backward(self._pool_backward(dy, relu, indices), relu, 0)
+        return call, lambda dx: [self._chwn(dx)]
+
+    def linear_forward(self, x, w, b):
+        linear = self.torch.nn.functional.linear
+        x, w, b = self._tensor(x.T), self._tensor(w), self._tensor(b)
+        return lambda: linear(x, w, b), lambda y: [y.numpy().T]
+
+    def linear_backward(self, x, w, b, dy):
+        torch = self.torch
+        x, w, dy = self._tensor(x.T), self._tensor(w), self._tensor(dy.T)
+
+        def call():
+            return torch.mm(dy, w), torch.mm(dy.t(), x), dy.sum(0)
+        return call, lambda out: [out[0].numpy().T, out[1].numpy(), out[2].numpy()]
+
+    def softmax_cross_entropy(self, logits, labels):
+        """Forward and backward of F.cross_entropy, as fastlenet's op computes both."""
+        torch = self.torch
+        logits, labels = self._tensor(logits.T).requires_grad_(), self._tensor(labels)
+
+        def call():
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            (dlogits,) = torch.autograd.grad(loss, logits)
+            return loss.detach(), dlogits
+        return call, lambda out: [out[0].numpy(), out[1].numpy().T]
+
+    def adam_update(self, params: dict):
+        tensors = []
+        for p, g in params.values():
+            t = self._tensor(p).requires_grad_()
+            t.grad = self._tensor(g)
+            tensors.append(t)
+        optimizer = self.torch.optim.Adam(tensors, **ADAM)
+        return optimizer.step, lambda _: [t.detach().numpy() for t in tensors]

@@ -1,0 +1,104 @@
+"""Per-op benchmarks: each kernel of a LeNet-5 training step at the model's shapes, for
+every contender (fastlenet backends, PyTorch) and batch size.
+
+Every case first checks its result against the NumPy backend's (float32 tolerance),
+timing that first call as ``first_call_s`` (the JIT or kernel compile, or the load from
+its disk cache, of a compiled backend; allocator warm-up elsewhere), makes a few more
+untimed calls, and only then is timed; the call synchronizes the device inside the timed
+function. After timing, the last result is checked again. ``extra_info`` holds the op,
+layer, images per call, the first-call time, the median and images/s.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .ops import (CONVS, LINEARS, POOLS, REFERENCE, adam_inputs, assert_close, cases,
+                  conv_inputs, linear_inputs, loss_inputs, pool_inputs)
+
+WARMUP_CALLS = 3
+
+
+def measure(benchmark, contender: str, op: str, layer: str | None, args: tuple,
+            images: int | None, stateless: bool = True) -> None:
+    """Check, warm up and time ``op`` of ``contender`` on ``args``; fill extra_info."""
+    what = f"{contender} {op}" + (f" {layer}" if layer else "")
+    ref_call, ref_fetch = getattr(cases(REFERENCE), op)(*args)
+    want = ref_fetch(ref_call())
+    call, fetch = getattr(cases(contender), op)(*args)
+    start = time.perf_counter()
+    result = call()
+    first_call = time.perf_counter() - start
+    assert_close(fetch(result), want, what)
+    for _ in range(WARMUP_CALLS):
+        call()
+    benchmark.group = op + (f" {layer}" if layer else "")
+    info = benchmark.extra_info
+    info.update(op=op, layer=layer, images=images, first_call_s=first_call)
+    result = benchmark(call)
+    if stateless:  # the same inputs, so still the reference's result
+        assert_close(fetch(result), want, what + " (after timing)")
+    if benchmark.stats:  # None with --benchmark-disable
+        info["median_s"] = median = benchmark.stats.stats.median
+        if images:
+            info["images_per_second"] = images / median
+
+
+@pytest.mark.parametrize("layer", CONVS)
+def test_conv2d_forward(benchmark, contender, batch, layer):
+    x, w, b, _, _ = conv_inputs(layer, batch)
+    measure(benchmark, contender, "conv2d_forward", layer, (x, w, b), batch)
+
+
+@pytest.mark.parametrize("layer", CONVS)
+def test_conv2d_backward(benchmark, contender, batch, layer):
+    """dw and db, and dx except for conv1 (the model's first layer needs none)."""
+    measure(benchmark, contender, "conv2d_backward", layer, conv_inputs(layer, batch), batch)
+
+
+@pytest.mark.parametrize("layer", POOLS)
+def test_maxpool2d_forward(benchmark, contender, batch, layer):
+    x, _ = pool_inputs(layer, batch)
+    measure(benchmark, contender, "maxpool2d_forward", layer, (x,), batch)
+
+
+@pytest.mark.parametrize("layer", POOLS)
+def test_maxpool2d_backward(benchmark, contender, batch, layer):
+    measure(benchmark, contender, "maxpool2d_backward", layer, pool_inputs(layer, batch), batch)
+
+
+@pytest.mark.parametrize("layer", POOLS)
+def test_relu_maxpool2d_forward(benchmark, contender, batch, layer):
+    """The fused ReLU + max-pool step the model runs after each convolution."""
+    x, _ = pool_inputs(layer, batch)
+    measure(benchmark, contender, "relu_maxpool2d_forward", layer, (x,), batch)
+
+
+@pytest.mark.parametrize("layer", POOLS)
+def test_relu_maxpool2d_backward(benchmark, contender, batch, layer):
+    measure(benchmark, contender, "relu_maxpool2d_backward", layer, pool_inputs(layer, batch),
+            batch)
+
+
+@pytest.mark.parametrize("layer", LINEARS)
+def test_linear_forward(benchmark, contender, batch, layer):
+    x, w, b, _ = linear_inputs(layer, batch)
+    measure(benchmark, contender, "linear_forward", layer, (x, w, b), batch)
+
+
+@pytest.mark.parametrize("layer", LINEARS)
+def test_linear_backward(benchmark, contender, batch, layer):
+    measure(benchmark, contender, "linear_backward", layer, linear_inputs(layer, batch), batch)
+
+
+def test_softmax_cross_entropy(benchmark, contender, batch):
+    """The loss and its gradient, as one call."""
+    measure(benchmark, contender, "softmax_cross_entropy", None, loss_inputs(batch), batch)
+
+
+def test_adam_update(benchmark, contender):
+    """One Adam step over all 61,706 LeNet-5 parameters (10 arrays); no batch size. Checked
+    after its first step (the timed steps move the parameters on)."""
+    measure(benchmark, contender, "adam_update", None, (adam_inputs(),), None, stateless=False)
