@@ -45,10 +45,10 @@ class TrainConfig:
     backend: str = "auto"
     dataset: str | None = None  # None: "custom" when a data folder is given, else "mnist"
     data_dir: str | None = None
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 128
     optimizer: str = "adam"
-    lr: float = 3e-3
+    lr: float = 5e-3
     schedule: str = "onecycle"
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
