@@ -8,8 +8,8 @@ the same preprocessed MNIST images in the same shuffled order:
 * :class:`FastLeNetRun` / :class:`TorchRun`: training steps and epochs (Adam, lr 1e-3)
   over a host training set, for the step, epoch and memory benchmarks;
 * :func:`fastlenet_recipe` / :func:`torch_recipe`: the full ``fastlenet train`` recipe
-  (defaults of :class:`fastlenet.train.TrainConfig`: 12 epochs, Adam, one-cycle lr 3e-3,
-  5,000 images held out), evaluated on the test set after every epoch, for the time to
+  (the defaults of :class:`fastlenet.train.TrainConfig`, recorded with the results as
+  ``recipe``), evaluated on the test set after every epoch, for the time to
   97% and 99% test accuracy. The PyTorch side takes the learning rate of every step from
   fastlenet's own schedule, so the two runs differ only in rounding.
 """
@@ -206,11 +206,15 @@ def time_to_accuracy(epochs: list[dict], target: float) -> dict | None:
     return None
 
 
+# the TrainConfig fields that define the recipe, saved with the time-to-accuracy results
+RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "val_size")
+
+
 def fastlenet_recipe(backend_name: str, seed: int, out: Path,
                      stop_at: float = max(ACCURACY_TARGETS)) -> list[dict]:
     """``fastlenet train --backend NAME --seed SEED`` (the default recipe) through the real
     trainer, stopped after the first epoch whose test accuracy reaches ``stop_at`` (the
-    schedule still spans the recipe's 12 epochs, so the epochs run are the same as in the
+    schedule still spans all the recipe's epochs, so the epochs run are the same as in the
     full run). Returns the trainer's per-epoch history records."""
     trainer = Trainer(TrainConfig(backend=backend_name, seed=seed), out=out, progress=False,
                       log=None, on_epoch_end=lambda record: record["test_accuracy"] >= stop_at)

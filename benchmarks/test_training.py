@@ -23,8 +23,10 @@ import time
 import numpy as np
 import pytest
 
-from .lenet import (ACCURACY_TARGETS, BATCH, COURSEWORK_TARGET_S, fastlenet_recipe, make_run,
-                    time_to_accuracy, torch_recipe)
+from fastlenet.train import TrainConfig
+
+from .lenet import (ACCURACY_TARGETS, BATCH, COURSEWORK_TARGET_S, RECIPE_KEYS, fastlenet_recipe,
+                    make_run, time_to_accuracy, torch_recipe)
 from .ops import REFERENCE, TORCH, assert_close
 
 WARMUP_STEPS = 20
@@ -105,7 +107,8 @@ def test_time_to_accuracy(benchmark, contender, pytestconfig, tmp_path):
     benchmark.group = "time to accuracy"
     epochs = benchmark.pedantic(train, rounds=1)
     info = benchmark.extra_info
-    info.update(seed=seed, recipe="fastlenet train defaults (TrainConfig)",
+    defaults = TrainConfig()
+    info.update(seed=seed, recipe={key: getattr(defaults, key) for key in RECIPE_KEYS},
                 coursework_target_s=COURSEWORK_TARGET_S,
                 epochs=[{k: r[k] for k in ("epoch", "test_accuracy", "epoch_seconds", "train_seconds")}
                         for r in epochs])
