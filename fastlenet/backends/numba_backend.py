@@ -291,44 +291,47 @@ def _maxpool2d_forward(x, size, stride, relu, y, arg):
                     yrow[n] = yrow[n] if alive else 0
 
 
-def _maxpool2d_backward(dy, arg, size, stride, dx):
-    """dx[c, i*s + p, j*s + q, n] += dy[c, i, j, n] where arg[c, i, j, n] == p*size + q.
-
-    When the windows tile dx exactly (stride == size, no leftover rows or columns, as
-    in LeNet-5) every position of dx belongs to one window: it is written once, one
-    task per output row (c, i). Otherwise one task per channel zeroes its plane and
-    adds, so overlapping windows (stride < size) accumulate race-free.
+def _maxpool2d_backward(dy, arg, size, dx):
+    """dx[c, i*size + p, j*size + q, n] = dy[c, i, j, n] if arg[c, i, j, n] == p*size + q,
+    else 0, for windows that tile dx exactly (stride == size, no leftover rows or
+    columns, as in LeNet-5): every position of dx belongs to one window and is written
+    once. One task per output row (c, i).
     """
     C, OH, OW, N = dy.shape
+    for task in prange(C * OH):
+        c = task // OH
+        i = task % OH
+        for j in range(OW):
+            drow = dy[c, i, j]
+            arow = arg[c, i, j]
+            for p in range(size):
+                for q in range(size):
+                    t = p * size + q
+                    xrow = dx[c, i * size + p, j * size + q]
+                    for n in range(N):
+                        xrow[n] = drow[n] if arow[n] == t else 0
+
+
+def _maxpool2d_backward_general(dy, arg, size, stride, dx):
+    """The same routing for any windows (overlapping, gaps, leftovers): one task per
+    channel zeroes its plane and adds, so overlapping windows accumulate race-free. A
+    kernel of its own, so the common case compiles without it."""
+    C, OH, OW, N = dy.shape
     H, W = dx.shape[1], dx.shape[2]
-    if stride == size and H == OH * size and W == OW * size:
-        for task in prange(C * OH):
-            c = task // OH
-            i = task % OH
+    for c in prange(C):
+        plane = dx[c].reshape(H * W * N)
+        for m in range(H * W * N):
+            plane[m] = 0
+        for i in range(OH):
             for j in range(OW):
                 drow = dy[c, i, j]
                 arow = arg[c, i, j]
                 for p in range(size):
                     for q in range(size):
                         t = p * size + q
-                        xrow = dx[c, i * size + p, j * size + q]
+                        xrow = dx[c, i * stride + p, j * stride + q]
                         for n in range(N):
-                            xrow[n] = drow[n] if arow[n] == t else 0
-    else:
-        for c in prange(C):
-            plane = dx[c].reshape(H * W * N)
-            for m in range(H * W * N):
-                plane[m] = 0
-            for i in range(OH):
-                for j in range(OW):
-                    drow = dy[c, i, j]
-                    arow = arg[c, i, j]
-                    for p in range(size):
-                        for q in range(size):
-                            t = p * size + q
-                            xrow = dx[c, i * stride + p, j * stride + q]
-                            for n in range(N):
-                                xrow[n] += drow[n] if arow[n] == t else 0
+                            xrow[n] += drow[n] if arow[n] == t else 0
 
 
 def _avgpool2d_forward(x, size, stride, y):
@@ -373,9 +376,11 @@ def _avgpool2d_backward(dy, size, stride, dx):
 # ----------------------------------------------------------------------- layout
 def _batch_last(x, out):
     """out[f, n] = x[n, f] for x (N, F): a transposing copy in blocks of 16 features, so
-    each image's read is one contiguous run and each feature row is written in order."""
+    each image's read is one contiguous run and each feature row is written in order.
+    Serial: a batch of LeNet-5 images is 0.1 ms of copying, and a parallel kernel costs
+    a second more to compile."""
     N, F = x.shape
-    for block in prange((F + 15) // 16):
+    for block in range((F + 15) // 16):
         start = block * 16
         stop = min(start + 16, F)
         for n in range(N):
@@ -425,8 +430,8 @@ def _adam_update(p, g, m, v, beta1, rest1, beta2, rest2, eps, shrink, step_size,
         p[t] = p[t] * shrink - step_size * mt / (np.sqrt(vt * inv_bias2) + eps)
 
 
-# Serial kernels: the loss and one Adam update are microseconds of work, less than
-# waking the thread pool costs.
+# Serial kernels: the batch copy, the loss and one Adam update are microseconds of work,
+# less than waking the thread pool costs.
 _serial = numba.njit(cache=True, fastmath=_FASTMATH)
 
 _KERNELS = {
@@ -435,9 +440,10 @@ _KERNELS = {
     "conv2d_backward_weights": _jit(_conv2d_backward_weights),
     "conv2d_backward_input": _jit(_conv2d_backward_input),
     "conv2d_backward_weights_strided": _jit(_conv2d_backward_weights_strided),
-    "batch_last": _jit(_batch_last),
+    "batch_last": _serial(_batch_last),
     "maxpool2d_forward": _jit(_maxpool2d_forward),
     "maxpool2d_backward": _jit(_maxpool2d_backward),
+    "maxpool2d_backward_general": _jit(_maxpool2d_backward_general),
     "avgpool2d_forward": _jit(_avgpool2d_forward),
     "avgpool2d_backward": _jit(_avgpool2d_backward),
     "softmax_cross_entropy": _serial(_softmax_cross_entropy),
@@ -472,8 +478,10 @@ class NumbaBackend(NumpyBackend):
         return self._blas.limit(limits=1, user_api="blas")
 
     def prepare(self, dtype) -> str | None:
-        """Compile (or load from Numba's disk cache) every kernel for ``dtype`` by running
-        each once on a tiny input; the first call per dtype says so when it compiled."""
+        """Compile (or load from Numba's disk cache) the kernels of a LeNet-5 training step
+        for ``dtype`` by running each once on a tiny input; the first call per dtype says
+        so when it compiled. The rarer kernels (average pooling, strided convolutions)
+        compile on first use, keeping the first run's wait short."""
         dtype = np.dtype(dtype)
         if dtype.name in self._prepared:
             return None
@@ -494,11 +502,8 @@ class NumbaBackend(NumpyBackend):
         self.to_batch_last(x)
         y, ctx = self.conv2d_forward(x, w, w[0, 0, 0], 1, 1)
         self.conv2d_backward(y, ctx)
-        for fwd, bwd in ((self.relu_maxpool2d_forward, self.relu_maxpool2d_backward),
-                         (self.maxpool2d_forward, self.maxpool2d_backward),
-                         (self.avgpool2d_forward, self.avgpool2d_backward)):
-            pooled, ctx = fwd(x, 2, 2)
-            bwd(pooled, ctx)
+        pooled, ctx = self.relu_maxpool2d_forward(x, 2, 2)  # max-pool's kernels too
+        self.relu_maxpool2d_backward(pooled, ctx)
         logits = rng.standard_normal((3, 4)).astype(dtype)
         self.softmax_cross_entropy(logits, np.arange(4) % 3, 0.1)
         p = rng.standard_normal(5).astype(dtype)
@@ -583,8 +588,13 @@ class NumbaBackend(NumpyBackend):
 
     def maxpool2d_backward(self, dy, ctx):
         arg, x_shape, size, stride = ctx
+        dy = np.ascontiguousarray(dy)
         dx = np.empty(x_shape, dtype=dy.dtype)
-        _KERNELS["maxpool2d_backward"](np.ascontiguousarray(dy), arg, size, stride, dx)
+        _, h, wd, _ = x_shape
+        if stride == size and h == dy.shape[1] * size and wd == dy.shape[2] * size:
+            _KERNELS["maxpool2d_backward"](dy, arg, size, dx)
+        else:
+            _KERNELS["maxpool2d_backward_general"](dy, arg, size, stride, dx)
         return dx
 
     def relu_maxpool2d_backward(self, dy, ctx):
