@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from fastlenet.augment import AugmentSettings, Augmenter, gaussian_matrix
-from fastlenet.data import load_dataset, prepare
 from fastlenet.errors import ConfigError
 from fastlenet.train import Trainer, TrainConfig, evaluate
 

@@ -30,6 +30,27 @@ from typing import Any
 Array = Any  # numpy.ndarray or cupy.ndarray, as the backend's ``xp`` makes them
 
 
+def window_out_size(size: int, window: int, stride: int, pad: int = 0) -> int:
+    """Output length of a ``window`` sliding with ``stride`` over ``size`` values padded by
+    ``pad`` on each side; ValueError when no window fits. Shared by every backend's
+    convolution and pooling, so they reject bad shapes with the same message."""
+    out = (size + 2 * pad - window) // stride + 1
+    if out < 1:
+        raise ValueError(f"window {window} with stride {stride} and padding {pad} "
+                         f"does not fit an input of size {size}")
+    return out
+
+
+def conv2d_output_size(x_shape, w_shape, stride: int, pad: int) -> tuple[int, int]:
+    """(OH, OW) of a convolution of x (C, H, W, N) with w (K, C, KH, KW); ValueError when
+    the channels differ or the window does not fit."""
+    c, h, wd, _ = x_shape
+    _, wc, kh, kw = w_shape
+    if wc != c:
+        raise ValueError(f"conv2d: input has {c} channels, weights expect {wc}")
+    return window_out_size(h, kh, stride, pad), window_out_size(wd, kw, stride, pad)
+
+
 class Backend(ABC):
     """Base class of the backends; one instance per backend, from the registry."""
 

@@ -42,8 +42,7 @@ except ImportError as exc:
                       "pip install 'fastlenet[cupy-cuda12]'") from exc
 
 from ..kernels import sources
-from .base import Backend
-from .numpy_backend import _out_size
+from .base import Backend, conv2d_output_size, window_out_size
 
 THREADS = 256  # threads per block of the one-thread-per-element kernels
 # Must equal WEIGHT_THREADS / ROW_THREADS in conv2d.cu / dense.cu: those kernels reduce
@@ -224,12 +223,10 @@ class CupyBackend(Backend):
     # -------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
         c, h, wd, n = x.shape
-        k, wc, kh, kw = w.shape
-        if wc != c:
-            raise ValueError(f"conv2d: input has {c} channels, weights expect {wc}")
+        k, _, kh, kw = w.shape
+        oh, ow = conv2d_output_size(x.shape, w.shape, stride, pad)
         if b is not None and b.shape != (k,):  # the kernel would read past b
             raise ValueError(f"conv2d: bias has shape {b.shape}, expected ({k},)")
-        oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
         x, w, *bias = self._operands(x, w, *(() if b is None else (b,)))
         y = cupy.empty((k, oh, ow, n), dtype=x.dtype)
         dims = tuple(map(_i32, (c, h, wd, n, k, kh, kw, oh, ow, stride, pad)))
@@ -253,7 +250,7 @@ class CupyBackend(Backend):
     # ------------------------------------------------------------------ pooling
     def _pool_dims(self, shape, size: int, stride: int) -> tuple:
         c, h, wd, n = shape
-        oh, ow = _out_size(h, size, stride), _out_size(wd, size, stride)
+        oh, ow = window_out_size(h, size, stride), window_out_size(wd, size, stride)
         return tuple(map(_i32, (c, h, wd, n, oh, ow, size, stride)))
 
     def _maxpool(self, x, size: int, stride: int, relu: bool):

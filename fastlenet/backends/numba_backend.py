@@ -36,7 +36,8 @@ import numpy as np
 from numba import prange
 from threadpoolctl import ThreadpoolController
 
-from .numpy_backend import NumpyBackend, _out_size
+from .base import conv2d_output_size, window_out_size
+from .numpy_backend import NumpyBackend
 
 # FMA contraction and reassociated (vectorized) sums only: no nnan/ninf, see above.
 _FASTMATH = {"contract", "reassoc"}
@@ -520,10 +521,8 @@ class NumbaBackend(NumpyBackend):
     # --------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
         c, h, wd, n = x.shape
-        k, wc, kh, kw = w.shape
-        if wc != c:
-            raise ValueError(f"conv2d: input has {c} channels, weights expect {wc}")
-        oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
+        k, _, kh, kw = w.shape
+        oh, ow = conv2d_output_size(x.shape, w.shape, stride, pad)
         xpad = _padded(x, pad, pad, pad, pad)
         w = np.ascontiguousarray(w)
         bias = np.ascontiguousarray(b) if b is not None else np.zeros(k, dtype=x.dtype)
@@ -572,7 +571,7 @@ class NumbaBackend(NumpyBackend):
     def _maxpool(self, x, size: int, stride: int, relu: bool):
         x = np.ascontiguousarray(x)
         c, h, wd, n = x.shape
-        oh, ow = _out_size(h, size, stride), _out_size(wd, size, stride)
+        oh, ow = window_out_size(h, size, stride), window_out_size(wd, size, stride)
         y = np.empty((c, oh, ow, n), dtype=x.dtype)
         # int32 offsets, as wide as the float32 values they are selected with: with uint8
         # the selects did not vectorize and the kernel ran 7x slower (measured)
@@ -603,7 +602,8 @@ class NumbaBackend(NumpyBackend):
     def avgpool2d_forward(self, x, size: int, stride: int):
         x = np.ascontiguousarray(x)
         c, h, wd, n = x.shape
-        y = np.empty((c, _out_size(h, size, stride), _out_size(wd, size, stride), n), dtype=x.dtype)
+        oh, ow = window_out_size(h, size, stride), window_out_size(wd, size, stride)
+        y = np.empty((c, oh, ow, n), dtype=x.dtype)
         _KERNELS["avgpool2d_forward"](x, size, stride, y)
         return y, (x.shape, size, stride)
 

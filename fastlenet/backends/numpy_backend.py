@@ -31,15 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .base import Backend
-
-
-def _out_size(size: int, window: int, stride: int, pad: int = 0) -> int:
-    out = (size + 2 * pad - window) // stride + 1
-    if out < 1:
-        raise ValueError(f"window {window} with stride {stride} and padding {pad} "
-                         f"does not fit an input of size {size}")
-    return out
+from .base import Backend, conv2d_output_size, window_out_size
 
 
 def _windows(x, kh: int, kw: int, stride: int, oh: int, ow: int, writeable: bool = False):
@@ -55,7 +47,7 @@ def _pool_views(x, size: int, stride: int, writeable: bool = False):
     """The size*size views x[:, p::stride, q::stride] (C, OH, OW, N), in row-major (p, q)
     order, cut to the OH x OW windows; and (OH, OW)."""
     c, h, wd, n = x.shape
-    oh, ow = _out_size(h, size, stride), _out_size(wd, size, stride)
+    oh, ow = window_out_size(h, size, stride), window_out_size(wd, size, stride)
     v = _windows(x, size, size, stride, oh, ow, writeable)
     return [v[:, p, q] for p in range(size) for q in range(size)], (oh, ow)
 
@@ -91,10 +83,8 @@ class NumpyBackend(Backend):
     # --------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
         c, h, wd, n = x.shape
-        k, wc, kh, kw = w.shape
-        if wc != c:
-            raise ValueError(f"conv2d: input has {c} channels, weights expect {wc}")
-        oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
+        k, _, kh, kw = w.shape
+        oh, ow = conv2d_output_size(x.shape, w.shape, stride, pad)
         if pad:
             xpad = np.zeros((c, h + 2 * pad, wd + 2 * pad, n), dtype=x.dtype)
             xpad[:, pad:pad + h, pad:pad + wd, :] = x
