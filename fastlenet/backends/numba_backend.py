@@ -418,17 +418,19 @@ def _softmax_cross_entropy(logits, labels, smoothing, losses, grad):
         grad[label, n] -= (1.0 - smoothing) / N
 
 
-def _adam_update(p, g, m, v, beta1, rest1, beta2, rest2, eps, shrink, step_size, inv_bias2):
+def _adam_update(p, g, m, v, factors, beta1, rest1, beta2, rest2, eps, decay):
     """AdamW on flat arrays, in place, in one pass (formula in base.Backend.adam_update),
-    with the scalar factors precomputed: rest = 1 - beta, shrink = 1 - lr * wd,
-    step_size = lr / (1 - beta1^t), inv_bias2 = 1 / (1 - beta2^t)."""
+    with rest = 1 - beta and the step's factors (decay, step_size, bias2) read from the
+    array ``factors``; ``decay`` says whether to apply the weight decay."""
+    shrink, step_size, bias2 = factors[0], factors[1], factors[2]
     for t in range(p.shape[0]):
         gt = g[t]
         mt = beta1 * m[t] + rest1 * gt
         vt = beta2 * v[t] + rest2 * (gt * gt)
         m[t] = mt
         v[t] = vt
-        p[t] = p[t] * shrink - step_size * mt / (np.sqrt(vt * inv_bias2) + eps)
+        pt = p[t] * shrink if decay else p[t]
+        p[t] = pt - step_size * (mt / (np.sqrt(vt / bias2) + eps))
 
 
 # Serial kernels: the batch copy, the loss and one Adam update are microseconds of work,
@@ -631,15 +633,15 @@ class NumbaBackend(NumpyBackend):
                                           float(label_smoothing), losses, grad)
         return np.asarray(losses.mean(), dtype=logits.dtype), grad
 
-    def adam_update(self, p, g, m, v, *, lr: float, beta1: float, beta2: float,
-                    eps: float, weight_decay: float, step: int) -> None:
-        # The factors in float64, then in the parameters' dtype, so float32 runs in
+    def adam_update_device(self, p, g, m, v, factors, *, beta1: float, beta2: float,
+                           eps: float, weight_decay: float) -> None:
+        # The constants in float64, then in the parameters' dtype, so float32 runs in
         # float32 as the generic update does (1 - beta2 in float32 would be 1e-5 off).
         f = p.dtype.type
         _KERNELS["adam_update"](p.reshape(-1), np.ascontiguousarray(g).reshape(-1),
-                                m.reshape(-1), v.reshape(-1), f(beta1), f(1.0 - beta1),
-                                f(beta2), f(1.0 - beta2), f(eps), f(1.0 - lr * weight_decay),
-                                f(lr / (1.0 - beta1 ** step)), f(1.0 / (1.0 - beta2 ** step)))
+                                m.reshape(-1), v.reshape(-1), factors, f(beta1),
+                                f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps),
+                                bool(weight_decay))
 
 
 def _padded(x, top: int, bottom: int, left: int, right: int):
