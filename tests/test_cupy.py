@@ -189,7 +189,7 @@ def tiny_config(tiny_dir, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def _overwriting_capture(step):
+def _overwriting_capture(step, signature=lambda: ()):
     """Stands in for a graph replay: outputs become arrays that the next call overwrites."""
     previous = []
 
@@ -409,9 +409,9 @@ def test_captured_steps_equal_uncaptured_steps(cupy_backend, tiny_dir, tmp_path,
     from fastlenet.backends.cupy_backend import _CapturedStep
 
     captured = Trainer(config, out=tmp_path / "captured", log=None)
-    assert isinstance(captured._forward_backward, _CapturedStep)
+    assert isinstance(captured._step._run, _CapturedStep)
     captured.run()
-    monkeypatch.setattr(cupy_backend, "capture_step", lambda step: step)
+    monkeypatch.setattr(cupy_backend, "capture_step", lambda step, signature=None: step)
     plain = Trainer(config, out=tmp_path / "plain", log=None)
     plain.run()
     assert _history(tmp_path / "captured")["steps"] == _history(tmp_path / "plain")["steps"]
