@@ -551,7 +551,12 @@ def device_facts(device: int | None = None) -> dict:
             "driver_release": _driver_release(), "cupy": cupy.__version__, "nvrtc": nvrtc}
 
 
-def _driver_release(path: str = "/proc/driver/nvidia/version") -> str | None:
+def _driver_release() -> str | None:
+    return _release_of("/proc/driver/nvidia/version")
+
+
+def _release_of(path: str) -> str | None:
+    """The release in the NVIDIA kernel module's version file, e.g. ``580.159.04``."""
     try:
         text = Path(path).read_text()
     except OSError:
