@@ -226,3 +226,32 @@ def test_render_rejects_bad_input_in_one_line(tmp_path, capsys, content, message
 def test_render_names_a_missing_file(tmp_path, capsys):
     assert render.main([str(tmp_path / "nope.json"), "--no-chart"]) == 2
     assert "nope.json does not exist; save a run with" in capsys.readouterr().err
+
+
+def test_pytorch_cuda_contenders_run_or_skip_saying_why():
+    """Where PyTorch sees no CUDA device its CUDA contenders skip with the reason, and the
+    CPU one runs the same step benchmark; where it sees one, all three run (untimed)."""
+    pytest.importorskip("pytest_benchmark")
+    torch = pytest.importorskip("torch")
+    done = run("-m", "pytest", "benchmarks/test_training.py", "-k", "training_step and torch",
+               "--benchmark-disable", "--epoch-images", "256", "--step-rounds", "2", "-rs",
+               "-q", "-p", "no:cacheprovider")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if torch.cuda.is_available():
+        assert "3 passed" in done.stdout
+    else:
+        assert "1 passed, 2 skipped" in done.stdout
+        for name in ("torch-cuda", "torch-cuda-graphs"):
+            assert (f"{name} needs a CUDA device, and PyTorch {torch.__version__} sees none"
+                    in done.stdout)
+
+
+def test_a_pytorch_cuda_contender_asked_for_without_cuda_is_one_clear_line():
+    pytest.importorskip("pytest_benchmark")
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("PyTorch sees a CUDA device here")
+    done = run("-m", "pytest", "benchmarks", "--contenders", "numpy,torch-cuda", "-q",
+               "-p", "no:cacheprovider")
+    assert done.returncode != 0
+    assert "--contenders: torch-cuda needs a CUDA device" in done.stdout + done.stderr
