@@ -261,9 +261,9 @@ def targets(stages: dict[str, Stage]) -> list[str]:
     lines = []
     train_figures = stages["train"].figures if "train" in stages else {}
     accuracy, to_99 = train_figures.get("test_accuracy"), train_figures.get("seconds_to_99")
-    lines.append(f"test accuracy >= 99.0%: " + ("not measured" if accuracy is None else
+    lines.append("test accuracy >= 99.0%: " + ("not measured" if accuracy is None else
                  f"{'MET' if accuracy >= TARGETS['test_accuracy'] else 'NOT MET'} ({accuracy:.2%})"))
-    lines.append(f"99% within 1 s of training: " + ("not measured" if not train_figures else
+    lines.append("99% within 1 s of training: " + ("not measured" if not train_figures else
                  "NOT MET (never reached)" if to_99 is None else
                  f"{'MET' if to_99 <= TARGETS['seconds_to_99'] else 'NOT MET'} ({to_99:.2f} s)"))
     bench_figures = stages["bench"].figures if "bench" in stages else {}
