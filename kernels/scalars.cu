@@ -2,8 +2,9 @@
 //
 // An optimizer's per-step scalars (the learning rate, Adam's bias corrections) are read
 // by the recorded training step from device memory (adam.cu). Writing them as the
-// arguments of one launch needs no host-to-device copy: the launch queues behind the
-// previous step and the host never waits (a copy from pageable host memory may).
+// arguments of one launch needs no host-to-device copy: the values travel with the launch,
+// which queues behind the previous step, and the host never waits for the device (a copy
+// from pageable host memory is staged by the driver and may block the host).
 //
 // Layout: out is C-contiguous (count), count <= 4; the values come as doubles and are
 // rounded to T here, as NumPy rounds a Python float stored into a float32 array.
