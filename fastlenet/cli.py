@@ -16,7 +16,7 @@ from importlib import metadata
 
 import numpy as np
 
-from . import __version__, backends, report
+from . import __version__, backends, compare, report, runs
 from .checkpoint import load_model, load_test_set
 from .data import DATASETS, preprocess
 from .errors import ConfigError, FastLeNetError
@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
         _check_augment_options(given)
         config = TrainConfig(**given)
     if args.report:  # before training, so a missing matplotlib does not cost a run
-        report.require_matplotlib()
+        runs.require_matplotlib()
     metrics = train(config, out=args.out, resume=args.resume,
                     epochs=given.get("epochs") if args.resume else None,
                     progress=False if args.no_progress else None)
@@ -206,9 +206,8 @@ def cmd_evaluate(args) -> int:
     x, y, dataset = load_test_set(meta, args.dataset, args.data_dir)
     loss, accuracy, preds = evaluate(model, x, y, batch_size=args.batch_size)
     k = model.num_classes
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y, preds), 1)
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    confusion = runs.confusion_matrix(y, preds, k)
+    per_class = runs.per_class_accuracy(confusion)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset.name,
                           "accuracy": accuracy, "loss": loss, "per_class_accuracy": per_class.tolist(),
@@ -253,7 +252,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    result = report.compare_runs(args.runs, args.out)
+    result = compare.compare_runs(args.runs, args.out)
     print(result.markdown)
     print(f"\nwritten: {result.markdown_path}, {result.csv_path}, {result.figure_path}")
     return 0

@@ -74,11 +74,11 @@ class TrainConfig:
         for name in integers + ("train_limit",):
             value = getattr(self, name)
             if not (is_integer(value) or (name == "train_limit" and value is None)):
-                raise ConfigError(f"{_option(name)} must be an integer, got {value!r}")
+                raise ConfigError(f"{option_name(name)} must be an integer, got {value!r}")
         for name in reals + ("target_accuracy",):
             value = getattr(self, name)
             if not (is_real(value) or (name == "target_accuracy" and value is None)):
-                raise ConfigError(f"{_option(name)} must be a finite number, got {value!r}")
+                raise ConfigError(f"{option_name(name)} must be a finite number, got {value!r}")
         checks = [
             (self.model in MODELS, f"unknown model '{self.model}'; choose one of: {', '.join(MODELS)}"),
             (self.dataset is None or self.dataset in DATASETS, f"unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS)}"),
@@ -103,7 +103,7 @@ class TrainConfig:
                 raise ConfigError(message)
         if not isinstance(self.augment, bool):
             raise ConfigError(f"augment must be True or False, got {self.augment!r}")
-        self.augment_settings().check(option=_option)
+        self.augment_settings().check(option=option_name)
         return self
 
     def augment_settings(self) -> AugmentSettings:
@@ -112,8 +112,9 @@ class TrainConfig:
                                   for f in dataclasses.fields(AugmentSettings)})
 
 
-def _option(field: str) -> str:
-    """The command-line option of a TrainConfig field (or augment setting), for messages."""
+def option_name(field: str) -> str:
+    """The command-line option of a TrainConfig field (or augment setting), e.g.
+    ``"--batch-size"``, for messages and for the sweep's child commands."""
     if field in {f.name for f in dataclasses.fields(AugmentSettings)}:
         field = "augment_" + field
     return "--limit" if field == "train_limit" else "--" + field.replace("_", "-")
