@@ -36,8 +36,7 @@ import numpy as np
 from numba import prange
 from threadpoolctl import ThreadpoolController
 
-from .base import conv2d_output_size, window_out_size
-from .numpy_backend import NumpyBackend
+from .numpy_backend import HostBackend
 
 # FMA contraction and reassociated (vectorized) sums only: no nnan/ninf, see above.
 _FASTMATH = {"contract", "reassoc"}
@@ -452,8 +451,9 @@ _KERNELS = {
 }
 
 
-class NumbaBackend(NumpyBackend):
-    """NumPy arrays, Numba kernels; what it does not override is the NumPy backend's."""
+class NumbaBackend(HostBackend):
+    """NumPy arrays, Numba kernels. Every kernel of a training step is its own; softmax
+    (inference only) and from_batch_last are the generic ones of base.Backend."""
 
     name = "numba"
 
@@ -466,13 +466,13 @@ class NumbaBackend(NumpyBackend):
         """dy (K, OH, OW, N) with ``margin`` columns of zeros each side, in a buffer kept
         per shape: its margins are zeroed once, and only the middle is rewritten each call.
         The buffer never leaves the call that fills it (it is not kept in any ctx)."""
-        k, oh, ow, n = dy.shape
-        shape = (k, oh, ow + 2 * margin, n)
+        K, OH, OW, N = dy.shape
+        shape = (K, OH, OW + 2 * margin, N)
         key = (shape, dy.dtype.str)
         if key not in self._buffers:
             self._buffers[key] = np.zeros(shape, dtype=dy.dtype)
         wide = self._buffers[key]
-        wide[:, :, margin:margin + ow] = dy
+        wide[:, :, margin:margin + OW] = dy
         return wide
 
     def _one_blas_thread(self):
@@ -501,7 +501,7 @@ class NumbaBackend(NumpyBackend):
         x = rng.standard_normal((2, 6, 6, 3)).astype(dtype)
         w = rng.standard_normal((2, 2, 3, 3)).astype(dtype)
         self.to_batch_last(x)
-        y, ctx = self.conv2d_forward(x, w, w[0, 0, 0], 1, 1)
+        y, ctx = self.conv2d_forward(x, w, w[:, 0, 0, 0].copy(), 1, 1)
         self.conv2d_backward(y, ctx)
         pooled, ctx = self.relu_maxpool2d_forward(x, 2, 2)  # max-pool's kernels too
         self.relu_maxpool2d_backward(pooled, ctx)
@@ -513,20 +513,19 @@ class NumbaBackend(NumpyBackend):
 
     def to_batch_last(self, x_nchw):
         x = np.ascontiguousarray(x_nchw)
-        n = x.shape[0]
-        out = np.empty((x.size // max(n, 1), n), dtype=x.dtype)
-        _KERNELS["batch_last"](x.reshape(n, -1), out)
-        return out.reshape(*x.shape[1:], n)
+        N = x.shape[0]
+        out = np.empty((x.size // max(N, 1), N), dtype=x.dtype)
+        _KERNELS["batch_last"](x.reshape(N, -1), out)
+        return out.reshape(*x.shape[1:], N)
 
     # --------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
-        c, h, wd, n = x.shape
-        k, _, kh, kw = w.shape
-        oh, ow = conv2d_output_size(x.shape, w.shape, stride, pad)
+        OH, OW = self.check_conv2d(x, w, b, stride, pad)
+        K, N = w.shape[0], x.shape[3]
         xpad = _padded(x, pad, pad, pad, pad)
         w = np.ascontiguousarray(w)
-        bias = np.ascontiguousarray(b) if b is not None else np.zeros(k, dtype=x.dtype)
-        y = np.empty((k, oh, ow, n), dtype=x.dtype)
+        bias = np.ascontiguousarray(b) if b is not None else np.zeros(K, dtype=x.dtype)
+        y = np.empty((K, OH, OW, N), dtype=x.dtype)
         if stride == 1:
             _KERNELS["conv2d_forward"](xpad, w, bias, y)
         else:
@@ -536,9 +535,9 @@ class NumbaBackend(NumpyBackend):
     def conv2d_backward(self, dy, ctx, need_dx: bool = True):
         xpad, w, x_shape, stride, pad, has_bias = ctx
         dy = np.ascontiguousarray(dy)
-        k, c, kh, kw = w.shape
+        K, C, KH, KW = w.shape
         dw = np.empty_like(w)
-        db = np.empty(k if has_bias else 0, dtype=dy.dtype)
+        db = np.empty(K if has_bias else 0, dtype=dy.dtype)
         if stride == 1:
             _KERNELS["conv2d_backward_weights"](xpad, dy, dw, db)
         else:
@@ -546,36 +545,36 @@ class NumbaBackend(NumpyBackend):
         db = db if has_bias else None
         if not need_dx:
             return None, dw, db
-        _, oh, ow, n = dy.shape
+        _, OH, OW, N = dy.shape
         if stride > 1:
             # the gradient of a strided convolution is that of a stride-1 one whose dy
             # is spread out with zeros between the outputs
-            spread = np.zeros((k, (oh - 1) * stride + 1, (ow - 1) * stride + 1, n), dtype=dy.dtype)
+            spread = np.zeros((K, (OH - 1) * stride + 1, (OW - 1) * stride + 1, N), dtype=dy.dtype)
             spread[:, ::stride, ::stride] = dy
             dy = spread
-        dy_wide = self._widened(dy, kw - 1)
+        dy_wide = self._widened(dy, KW - 1)
         w_flipped = np.ascontiguousarray(w[:, :, :, ::-1])
-        _, h, wd, _ = x_shape
+        _, H, W, _ = x_shape
         # rows and columns no window reached (stride > 1 leftovers) get no gradient
-        covered = (c, dy.shape[1] + kh - 1, dy.shape[2] + kw - 1, n)
+        covered = (C, dy.shape[1] + KH - 1, dy.shape[2] + KW - 1, N)
         dxpad = np.empty(covered, dtype=dy.dtype)
         _KERNELS["conv2d_backward_input"](dy_wide, w_flipped, dxpad)
-        hc, wc = min(covered[1] - pad, h), min(covered[2] - pad, wd)
-        if hc == h and wc == wd:
-            return np.ascontiguousarray(dxpad[:, pad:pad + h, pad:pad + wd]), dw, db
+        HC, WC = min(covered[1] - pad, H), min(covered[2] - pad, W)
+        if HC == H and WC == W:
+            return np.ascontiguousarray(dxpad[:, pad:pad + H, pad:pad + W]), dw, db
         dx = np.zeros(x_shape, dtype=dy.dtype)
-        dx[:, :hc, :wc] = dxpad[:, pad:pad + hc, pad:pad + wc]
+        dx[:, :HC, :WC] = dxpad[:, pad:pad + HC, pad:pad + WC]
         return dx, dw, db
 
     # ------------------------------------------------------------------- pooling
     def _maxpool(self, x, size: int, stride: int, relu: bool):
+        OH, OW = self.check_pool2d(x, size, stride)
         x = np.ascontiguousarray(x)
-        c, h, wd, n = x.shape
-        oh, ow = window_out_size(h, size, stride), window_out_size(wd, size, stride)
-        y = np.empty((c, oh, ow, n), dtype=x.dtype)
+        C, _, _, N = x.shape
+        y = np.empty((C, OH, OW, N), dtype=x.dtype)
         # int32 offsets, as wide as the float32 values they are selected with: with uint8
         # the selects did not vectorize and the kernel ran 7x slower (measured)
-        arg = np.empty((c, oh, ow, n), dtype=np.int32)
+        arg = np.empty((C, OH, OW, N), dtype=np.int32)
         _KERNELS["maxpool2d_forward"](x, size, stride, relu, y, arg)
         return y, (arg, x.shape, size, stride)
 
@@ -589,8 +588,8 @@ class NumbaBackend(NumpyBackend):
         arg, x_shape, size, stride = ctx
         dy = np.ascontiguousarray(dy)
         dx = np.empty(x_shape, dtype=dy.dtype)
-        _, h, wd, _ = x_shape
-        if stride == size and h == dy.shape[1] * size and wd == dy.shape[2] * size:
+        _, H, W, _ = x_shape
+        if stride == size and H == dy.shape[1] * size and W == dy.shape[2] * size:
             _KERNELS["maxpool2d_backward"](dy, arg, size, dx)
         else:
             _KERNELS["maxpool2d_backward_general"](dy, arg, size, stride, dx)
@@ -600,10 +599,10 @@ class NumbaBackend(NumpyBackend):
         return self.maxpool2d_backward(dy, ctx)
 
     def avgpool2d_forward(self, x, size: int, stride: int):
+        OH, OW = self.check_pool2d(x, size, stride)
         x = np.ascontiguousarray(x)
-        c, h, wd, n = x.shape
-        oh, ow = window_out_size(h, size, stride), window_out_size(wd, size, stride)
-        y = np.empty((c, oh, ow, n), dtype=x.dtype)
+        C, _, _, N = x.shape
+        y = np.empty((C, OH, OW, N), dtype=x.dtype)
         _KERNELS["avgpool2d_forward"](x, size, stride, y)
         return y, (x.shape, size, stride)
 
@@ -623,9 +622,9 @@ class NumbaBackend(NumpyBackend):
             return super().linear_backward(dy, ctx, need_dx)
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+        self.check_loss(logits, labels)
         logits = np.ascontiguousarray(logits)
-        k, n = logits.shape
-        losses = np.empty(n, dtype=np.float64)
+        losses = np.empty(logits.shape[1], dtype=np.float64)
         grad = np.empty_like(logits)
         _KERNELS["softmax_cross_entropy"](logits, np.ascontiguousarray(labels, dtype=np.int64),
                                           float(label_smoothing), losses, grad)
@@ -633,6 +632,7 @@ class NumbaBackend(NumpyBackend):
 
     def adam_update(self, p, g, m, v, *, lr: float, beta1: float, beta2: float,
                     eps: float, weight_decay: float, step: int) -> None:
+        self.check_adam(p, g, m, v)
         # The factors in float64, then in the parameters' dtype, so float32 runs in
         # float32 as the generic update does (1 - beta2 in float32 would be 1e-5 off).
         f = p.dtype.type
@@ -647,9 +647,9 @@ def _padded(x, top: int, bottom: int, left: int, right: int):
     columns of zeros left and right."""
     if not (top or bottom or left or right):
         return np.ascontiguousarray(x)
-    c, h, wd, n = x.shape
-    out = np.zeros((c, h + top + bottom, wd + left + right, n), dtype=x.dtype)
-    out[:, top:top + h, left:left + wd] = x
+    C, H, W, N = x.shape
+    out = np.zeros((C, H + top + bottom, W + left + right, N), dtype=x.dtype)
+    out[:, top:top + H, left:left + W] = x
     return out
 
 

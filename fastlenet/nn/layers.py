@@ -27,9 +27,9 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..backends import Backend, get_backend
-from ..backends.base import Array
+from ..backends.base import Array, window_out_size
 from ..checks import is_integer, is_real
-from ..errors import ConfigError
+from ..errors import ArrayError, ConfigError
 from .init import get_initializer
 
 
@@ -71,12 +71,11 @@ def _check_map(layer: Layer, in_shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def _window_out(layer: Layer, size: int, window: int, stride: int, pad: int) -> int:
-    out = (size + 2 * pad - window) // stride + 1
-    if out < 1:
-        raise ConfigError(f"{layer!r}: a {window}x{window} window does not fit a "
-                          f"{size}x{size} input (padding {pad}); use a larger input or "
-                          "a smaller window")
-    return out
+    """The backends' window_out_size, its error a ConfigError naming the layer."""
+    try:
+        return window_out_size(size, window, stride, pad)
+    except ArrayError as exc:
+        raise ConfigError(f"{layer!r}: {exc}; use a larger input or a smaller window") from None
 
 
 def _signature(name: str, args: tuple, options: dict) -> str:
