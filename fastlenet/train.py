@@ -300,6 +300,8 @@ class Trainer:
         self.loss_fn = SoftmaxCrossEntropy(label_smoothing=config.label_smoothing, backend=backend)
         self.augmenter = (Augmenter(backend, config.augment_settings(), self.data.mean,
                                     self.data.std, seed=config.seed) if config.augment else None)
+        if self.augmenter is not None:
+            self.augmenter.prepare(self.model.dtype)
 
     def _restore(self, checkpoint, path) -> None:
         try:

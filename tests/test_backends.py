@@ -87,7 +87,7 @@ KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backwar
            "maxpool2d_forward", "maxpool2d_backward", "relu_maxpool2d_forward",
            "relu_maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
            "linear_forward", "linear_backward", "softmax", "softmax_cross_entropy",
-           "adam_update")
+           "adam_update", "warp_bilinear")
 OWN_KERNELS = {
     "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
               "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
@@ -95,7 +95,7 @@ OWN_KERNELS = {
     "numba": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
               "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
               "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
-              "softmax_cross_entropy", "adam_update"},
+              "softmax_cross_entropy", "adam_update", "warp_bilinear"},
     "cupy": {"conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
              "relu_maxpool2d_forward", "relu_maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward", "linear_forward", "linear_backward",
@@ -149,6 +149,10 @@ BAD_CALLS = [
      "labels must be (4,) integers"),
     (lambda be: be.softmax_cross_entropy(_zeros(be, (10, 4)), _zeros(be, 4)),
      "labels must be (4,) integers"),
+    (lambda be: be.warp_bilinear(_zeros(be, _X), _zeros(be, (6, 3)), None, 0.0),
+     "coeffs has shape (6, 3), expected (6, 2)"),
+    (lambda be: be.warp_bilinear(_zeros(be, _X), _zeros(be, (6, 2)), _zeros(be, (2, 8, 8, 3)), 0.0),
+     "displacement has shape (2, 8, 8, 3), expected (2, 8, 8, 2)"),
     (lambda be: be.adam_update(_zeros(be, 6), _zeros(be, 5), _zeros(be, 6), _zeros(be, 6),
                                **_ADAM), "the gradient is float32[5]"),
     (lambda be: be.adam_update(_zeros(be, (6, 2))[:, 0], *(_zeros(be, 6) for _ in range(3)),

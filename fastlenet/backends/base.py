@@ -188,6 +188,19 @@ class Backend(ABC):
             raise ArrayError(f"softmax_cross_entropy: labels must be ({N},) integers for "
                              f"{N} columns of logits, got {labels.dtype}{list(labels.shape)}")
 
+    def check_warp(self, x, coeffs, displacement) -> None:
+        """ArrayError unless x is (C, H, W, N), coeffs (6, N) and displacement
+        (2, H, W, N) or None, all of one float dtype."""
+        _check_floats("warp_bilinear", x=(x, "(C, H, W, N)"), coeffs=(coeffs, "(6, N)"),
+                      displacement=(displacement, "(2, H, W, N)"))
+        _, H, W, N = x.shape
+        if tuple(coeffs.shape) != (6, N):
+            raise ArrayError(f"warp_bilinear: coeffs has shape {tuple(coeffs.shape)}, "
+                             f"expected (6, {N})")
+        if displacement is not None and tuple(displacement.shape) != (2, H, W, N):
+            raise ArrayError(f"warp_bilinear: displacement has shape "
+                             f"{tuple(displacement.shape)}, expected (2, {H}, {W}, {N})")
+
     def check_adam(self, p, g, m, v) -> None:
         """ArrayError unless g, m, v have p's shape and dtype, and p, m, v (updated in
         place) are C-contiguous: a flattened copy would be updated instead."""
@@ -322,6 +335,58 @@ class Backend(ABC):
         grad[labels, cols] -= 1.0 - label_smoothing
         grad /= n
         return loss, grad
+
+    def warp_bilinear(self, x, coeffs, displacement, background: float):
+        """Every image of x (C, H, W, N) resampled at its own source points, bilinearly;
+        points outside the image read ``background``. Returns a new (C, H, W, N) array.
+
+        Output pixel (row i, column j) of image n reads the input at
+            sx = coeffs[0, n] j + coeffs[1, n] i + coeffs[2, n] + displacement[0, i, j, n]
+            sy = coeffs[3, n] j + coeffs[4, n] i + coeffs[5, n] + displacement[1, i, j, n]
+        (coeffs (6, N): an affine map per image; displacement (2, H, W, N) or None).
+        The image gets a one-pixel border of background and the coordinates are clipped
+        into it, so every corner of every point is a valid index and no mask is needed.
+        """
+        self.check_warp(x, coeffs, displacement)
+        xp = self.xp
+        C, H, W, N = x.shape
+        dtype = x.dtype
+        j = xp.arange(W, dtype=dtype)[None, :, None]
+        i = xp.arange(H, dtype=dtype)[:, None, None]
+        fx = coeffs[0] * j + coeffs[1] * i + coeffs[2]  # (H, W, N)
+        fy = coeffs[3] * j + coeffs[4] * i + coeffs[5]
+        if displacement is not None:
+            fx += displacement[0]
+            fy += displacement[1]
+        padded = xp.full((C, H + 2, W + 2, N), dtype.type(background), dtype=dtype)
+        padded[:, 1:-1, 1:-1] = x
+        padded = padded.reshape(C, -1)
+        # Padded coordinates: the image spans [1, W], the border 0 and W + 1. Computed in
+        # place, as these (H, W, N) arrays are the largest temporaries of a batch.
+        fx += 1
+        fy += 1
+        xp.clip(fx, 0, W + 1, out=fx)
+        xp.clip(fy, 0, H + 1, out=fy)
+        x0, y0 = xp.floor(fx), xp.floor(fy)
+        xp.minimum(x0, W, out=x0)
+        xp.minimum(y0, H, out=y0)
+        fx -= x0
+        fy -= y0
+        y0 *= W + 2  # the pixel's offset in a padded image, exact in floats
+        y0 += x0
+        index = y0.astype(np.intp)
+        index *= N
+        index += xp.arange(N)
+        row = (W + 2) * N  # index step of one row down
+        top = xp.take(padded, index, axis=1)
+        top += fx * (xp.take(padded, index + N, axis=1) - top)
+        index += row
+        bottom = xp.take(padded, index, axis=1)
+        bottom += fx * (xp.take(padded, index + N, axis=1) - bottom)
+        bottom -= top
+        bottom *= fy
+        top += bottom
+        return top
 
     def adam_update(self, p, g, m, v, *, lr: float, beta1: float, beta2: float,
                     eps: float, weight_decay: float, step: int) -> None:

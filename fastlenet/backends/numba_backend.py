@@ -430,6 +430,40 @@ def _adam_update(p, g, m, v, beta1, rest1, beta2, rest2, eps, shrink, step_size,
         p[t] = p[t] * shrink - step_size * mt / (np.sqrt(vt * inv_bias2) + eps)
 
 
+def _warp_bilinear(x, coeffs, displacement, background, out):
+    """out[c, i, j, n] = x[c] read bilinearly at image n's source point for (i, j), as
+    defined by base.Backend.warp_bilinear: the affine map coeffs[:, n] plus
+    displacement[:, i, j, n] (a (2, H, W, N) array of zeros when there is none), in
+    coordinates with a one-pixel border of ``background`` and clipped into it.
+
+    One pass builds each point's source coordinates and gathers its four neighbours for
+    every channel; no grid or padded copy is stored. One task per output row i.
+    """
+    C, H, W, N = x.shape
+    for i in prange(H):
+        for j in range(W):
+            for n in range(N):
+                fx = coeffs[0, n] * j + coeffs[1, n] * i + coeffs[2, n] + displacement[0, i, j, n]
+                fy = coeffs[3, n] * j + coeffs[4, n] * i + coeffs[5, n] + displacement[1, i, j, n]
+                # padded coordinates: the image spans [1, W], the border 0 and W + 1
+                fx = min(max(fx + 1, 0), W + 1)
+                fy = min(max(fy + 1, 0), H + 1)
+                x0 = min(np.floor(fx), W)
+                y0 = min(np.floor(fy), H)
+                wx, wy = fx - x0, fy - y0
+                col, row = int(x0) - 1, int(y0) - 1  # the top-left neighbour, unpadded
+                left, right = 0 <= col, col + 1 < W
+                up, down = 0 <= row, row + 1 < H
+                for c in range(C):
+                    p00 = x[c, row, col, n] if up and left else background
+                    p01 = x[c, row, col + 1, n] if up and right else background
+                    p10 = x[c, row + 1, col, n] if down and left else background
+                    p11 = x[c, row + 1, col + 1, n] if down and right else background
+                    top = p00 + wx * (p01 - p00)
+                    bottom = p10 + wx * (p11 - p10)
+                    out[c, i, j, n] = top + wy * (bottom - top)
+
+
 # Serial kernels: the batch copy, the loss and one Adam update are microseconds of work,
 # less than waking the thread pool costs.
 _serial = numba.njit(cache=True, fastmath=_FASTMATH)
@@ -446,6 +480,7 @@ _KERNELS = {
     "maxpool2d_backward_general": _jit(_maxpool2d_backward_general),
     "avgpool2d_forward": _jit(_avgpool2d_forward),
     "avgpool2d_backward": _jit(_avgpool2d_backward),
+    "warp_bilinear": _jit(_warp_bilinear),
     "softmax_cross_entropy": _serial(_softmax_cross_entropy),
     "adam_update": _serial(_adam_update),
 }
@@ -611,6 +646,19 @@ class NumbaBackend(HostBackend):
         dx = np.empty(x_shape, dtype=dy.dtype)
         _KERNELS["avgpool2d_backward"](np.ascontiguousarray(dy), size, stride, dx)
         return dx
+
+    def warp_bilinear(self, x, coeffs, displacement, background: float):
+        self.check_warp(x, coeffs, displacement)
+        x = np.ascontiguousarray(x)
+        if displacement is None:  # one kernel for both: a field of zeros, kept per shape
+            key = ("no displacement", x.shape, x.dtype.str)
+            if key not in self._buffers:
+                self._buffers[key] = np.zeros((2, *x.shape[1:]), dtype=x.dtype)
+            displacement = self._buffers[key]
+        out = np.empty_like(x)
+        _KERNELS["warp_bilinear"](x, np.ascontiguousarray(coeffs), np.ascontiguousarray(displacement),
+                                  x.dtype.type(background), out)
+        return out
 
     # ------------------------------------------------------- linear, loss, Adam
     def linear_forward(self, x, w, b):
