@@ -56,3 +56,19 @@ def load_cuda_backend(where: str):
     import host_cuda
 
     return host_cuda.load_backend()
+
+
+@pytest.fixture(scope="session")
+def zoo_checkpoints(tiny_dir, tmp_path_factory):
+    """{model name: best.npz} for every zoo model, trained 2 epochs on the tiny cut (about
+    1.5 s in all), so that exports and the demo page see weights with peaked outputs."""
+    from fastlenet import TrainConfig, train
+    from fastlenet.nn import MODELS
+
+    folder = tmp_path_factory.mktemp("zoo")
+    found = {}
+    for name in MODELS:
+        train(TrainConfig(model=name, backend="numpy", epochs=2, batch_size=50, val_size=100,
+                          lr=3e-3, data_dir=str(tiny_dir)), out=folder / name, progress=False)
+        found[name] = folder / name / "best.npz"
+    return found

@@ -73,6 +73,7 @@ def test_wheel_holds_every_module_and_kernel(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"fastlenet/kernels/{path.name}" for path in KERNEL_FILES}
     expected |= {path.relative_to(ROOT).as_posix() for path in (ROOT / "fastlenet").rglob("*.py")}
+    expected |= {path.relative_to(ROOT).as_posix() for path in (ROOT / "fastlenet" / "static").iterdir()}
     assert expected <= names, sorted(expected - names)
 
 
