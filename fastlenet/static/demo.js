@@ -451,8 +451,8 @@
     section.innerHTML = `<h3></h3><div class="tiles"></div>`;
     section.querySelector("h3").innerHTML = `${L.label} <span>${C} maps of ${H}x${W}${strip ? ", as one strip" : ""}</span>`;
     const tiles = section.querySelector(".tiles"), canvases = [];
-    // tiles of about 56 CSS pixels, 40 for layers of many maps, whole pixels per value
-    const scale = Math.max(1, Math.round((C > 16 ? 40 : 56) / Math.max(H, W)));
+    // tiles of about 52 CSS pixels (16 to a row), 40 for layers of more maps; whole pixels per value
+    const scale = Math.max(1, Math.round((C > 16 ? 40 : 52) / Math.max(H, W)));
     for (let c = 0; c < (strip ? 1 : C); c++) {
       const canvas = document.createElement("canvas");
       canvas.width = strip ? C : W;
