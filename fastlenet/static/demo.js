@@ -399,6 +399,8 @@
 
   // ------------------------------------------------------------ showing the result
   const bars = document.getElementById("bars");
+  // the name column as wide as the longest class name ("T-shirt/top" for Fashion-MNIST)
+  bars.style.setProperty("--name-width", Math.max(2, ...MODEL.class_names.map((n) => n.length)) + 1 + "ch");
   const rows = MODEL.class_names.map((name) => {
     const li = document.createElement("li");
     li.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="value"></span>';
