@@ -32,12 +32,12 @@ from .checkpoint import load_model
 from .errors import ConfigError
 from .export import steps, write_bytes
 from .nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Model, ReLU,
-                 Sigmoid, Tanh)
+                 ReLUMaxPool2d, Sigmoid, Tanh)
 
 # layer class -> the name demo.js's forward pass knows it by
-_KINDS = {Conv2d: "conv2d", MaxPool2d: "maxpool2d", AvgPool2d: "avgpool2d", Linear: "linear",
-          BatchNorm: "batchnorm", Flatten: "flatten", Dropout: "dropout", ReLU: "relu",
-          Tanh: "tanh", Sigmoid: "sigmoid"}
+_KINDS = {Conv2d: "conv2d", MaxPool2d: "maxpool2d", AvgPool2d: "avgpool2d",
+          ReLUMaxPool2d: "relumaxpool2d", Linear: "linear", BatchNorm: "batchnorm",
+          Flatten: "flatten", Dropout: "dropout", ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid"}
 
 
 def _b64(array) -> str:
@@ -69,7 +69,7 @@ def page_model(model: Model, meta: dict) -> dict:
             entry["bias"] = _b64(state[f"{step.name}.bias"]) if layer.has_bias else None
         if isinstance(layer, Conv2d):
             entry.update(kernel=layer.kernel_size, stride=layer.stride, padding=layer.padding)
-        elif isinstance(layer, (MaxPool2d, AvgPool2d)):
+        elif isinstance(layer, (MaxPool2d, AvgPool2d, ReLUMaxPool2d)):
             entry.update(size=layer.size, stride=layer.stride)
         elif isinstance(layer, BatchNorm):
             entry.update({key: _b64(state[f"{step.name}.{key}"]) for key in

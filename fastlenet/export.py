@@ -33,7 +33,7 @@ from . import __version__
 from .checkpoint import atomic_open, load_model
 from .errors import ConfigError, FastLeNetError
 from .nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Model,
-                 ReLU, Sequential, Sigmoid, Tanh)
+                 ReLU, ReLUMaxPool2d, Sequential, Sigmoid, Tanh)
 
 OPSET = 13
 IR_VERSION = 7  # the IR version that came with opset 13
@@ -54,7 +54,8 @@ class Step:
     out_shape: tuple[int, ...]
 
 
-_EXPORTABLE = (Conv2d, MaxPool2d, AvgPool2d, Linear, ReLU, Tanh, Sigmoid, Flatten, Dropout, BatchNorm)
+_EXPORTABLE = (Conv2d, MaxPool2d, AvgPool2d, ReLUMaxPool2d, Linear, ReLU, Tanh, Sigmoid, Flatten,
+               Dropout, BatchNorm)
 
 
 def steps(model: Model) -> list[Step]:
@@ -107,8 +108,10 @@ def torch_source(model: Model) -> str:
                 ("bias", layer.has_bias, True)) if v != default)
             return (f"torch.nn.Conv2d({layer.in_channels}, {layer.out_channels}, "
                     f"{layer.kernel_size}{options})")
-        if kind in (MaxPool2d, AvgPool2d):
+        if kind in (MaxPool2d, AvgPool2d, ReLUMaxPool2d):
             stride = "" if layer.stride == layer.size else f", stride={layer.stride}"
+            if kind is ReLUMaxPool2d:  # a Sequential of two keeps the indices of the rest
+                return f"torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d({layer.size}{stride}))"
             return f"torch.nn.{kind.__name__}({layer.size}{stride})"
         if kind is Linear:
             bias = "" if layer.has_bias else ", bias=False"
@@ -173,8 +176,11 @@ def to_onnx(model: Model, *, mean: float | None = None, std: float | None = None
             k, p, s = layer.kernel_size, layer.padding, layer.stride
             nodes.append(helper.make_node("Conv", inputs, [out], name=name, kernel_shape=[k, k],
                                           strides=[s, s], pads=[p, p, p, p]))
-        elif kind in (MaxPool2d, AvgPool2d):
-            op = "MaxPool" if kind is MaxPool2d else "AveragePool"
+        elif kind in (MaxPool2d, AvgPool2d, ReLUMaxPool2d):
+            if kind is ReLUMaxPool2d:
+                nodes.append(helper.make_node("Relu", [current], [f"{name}.relu"], name=f"{name}.relu"))
+                current = f"{name}.relu"
+            op = "AveragePool" if kind is AvgPool2d else "MaxPool"
             nodes.append(helper.make_node(op, [current], [out], name=name,
                                           kernel_shape=[layer.size] * 2, strides=[layer.stride] * 2))
         elif kind is Linear:

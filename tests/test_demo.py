@@ -195,6 +195,25 @@ def test_drawn_mnist_digits_read_as_fastlenet_reads_them(browser, zoo_checkpoint
     assert agree >= 3, f"{agree} of {len(DIGITS)} redrawn digits read right"
 
 
+def test_every_layer_kind_runs_in_the_page(browser, tmp_path):
+    """A custom model with every layer fastlenet.nn has (strided and padded convolutions,
+    BatchNorm on maps and vectors, sigmoid, tanh, both poolings, the fused ReLU + max-pool,
+    a nested Sequential) and five classes."""
+    from selenium.webdriver.common.by import By
+
+    from test_export import custom_model
+
+    model = custom_model()
+    meta = {"mean": 0.13, "std": 0.31, "class_names": list("abcde"), "dataset": "custom"}
+    page = tmp_path / "custom.html"
+    page.write_text(render_page(model, meta), encoding="utf-8")
+    browser.get(page.as_uri())
+    draw(browser, browser.find_element(By.ID, "pad"), load_dataset("mnist").test_images[5])
+    result = settled(browser)
+    assert len(result["probabilities"]) == 5
+    check_against_fastlenet(browser, model, meta, result)
+
+
 def test_clear_and_reset_buttons(browser, zoo_checkpoints, tmp_path):
     from selenium.webdriver.common.by import By
 

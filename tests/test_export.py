@@ -17,7 +17,7 @@ from fastlenet.cli import main
 from fastlenet.errors import ConfigError, FastLeNetError
 from fastlenet.export import OPSET, steps, to_onnx, torch_source, torch_state_dict
 from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Model,
-                          MODELS, ReLU, Sequential, Sigmoid, Tanh)
+                          MODELS, ReLU, ReLUMaxPool2d, Sequential, Sigmoid, Tanh)
 
 
 def assert_one_line_error(stderr: str, *fragments):
@@ -35,8 +35,9 @@ def custom_model():
     """Every exportable layer, the options the zoo does not use, a nested Sequential."""
     model = Model([Conv2d(1, 4, 3, stride=2, padding=1, bias=False), BatchNorm(4), Sigmoid(),
                    AvgPool2d(3, stride=2), Conv2d(4, 6, 3, padding=1), Tanh(), MaxPool2d(3, stride=2),
-                   Flatten(), Dropout(0.3), Linear(6 * 3 * 3, 12, bias=False), BatchNorm(12),
-                   Sequential(ReLU(), Linear(12, 5))], name="custom", backend="numpy", seed=3)
+                   Conv2d(6, 6, 1), ReLUMaxPool2d(2, stride=1), Flatten(), Dropout(0.3),
+                   Linear(6 * 2 * 2, 12, bias=False), BatchNorm(12), Sequential(ReLU(), Linear(12, 5))],
+                  name="custom", backend="numpy", seed=3)
     rng = np.random.default_rng(0)
     state = {k: v + 0.1 * rng.standard_normal(v.shape).astype(v.dtype) if "running_var" not in k
              else rng.uniform(0.5, 2.0, v.shape).astype(v.dtype) for k, v in model.state_dict().items()}
@@ -85,7 +86,8 @@ def test_onnx_export_of_a_custom_model_with_every_layer():
     np.testing.assert_allclose(got, logits_of(model, x), rtol=0, atol=1e-5)
     kinds = [n.op_type for n in to_onnx(model).graph.node]
     assert kinds == ["Conv", "BatchNormalization", "Sigmoid", "AveragePool", "Conv", "Tanh",
-                     "MaxPool", "Flatten", "Gemm", "BatchNormalization", "Relu", "Gemm", "Identity"]
+                     "MaxPool", "Conv", "Relu", "MaxPool", "Flatten", "Gemm", "BatchNormalization",
+                     "Relu", "Gemm", "Identity"]
 
 
 def test_unknown_layers_are_refused_by_name():

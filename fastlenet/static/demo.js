@@ -11,7 +11,7 @@
   const MODEL = JSON.parse(document.getElementById("model").textContent);
   const P = MODEL.imageprep; // constants of fastlenet/imageprep.py
   const DEFAULTS = { pen: 18, showMaps: true };
-  const MAP_KINDS = ["conv2d", "maxpool2d", "avgpool2d"]; // the layers whose maps are shown
+  const MAP_KINDS = ["conv2d", "maxpool2d", "avgpool2d", "relumaxpool2d"]; // the layers whose maps are shown
 
   function floats(b64) {
     if (b64 === null) return null;
@@ -289,6 +289,7 @@
       return y;
     },
     maxpool2d(L, x, shape) { return pool(L, x, shape, (w) => Math.max(...w)); },
+    relumaxpool2d(L, x, shape) { return pool(L, x, shape, (w) => Math.max(0, ...w)); }, // max(relu) = relu(max)
     avgpool2d(L, x, shape) { return pool(L, x, shape, (w) => w.reduce((a, b) => a + b, 0) / w.length); },
     linear(L, x, [IN]) {
       const OUT = L.out_shape[0], y = new Float64Array(OUT);
