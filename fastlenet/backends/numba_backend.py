@@ -18,8 +18,9 @@ sums vectorize): neither lets a NaN or an infinity vanish, so a diverging run is
 caught by the trainer's loss check.
 
 Threads: Numba's workers and OpenBLAS's both spin while idle, and on a 2-core machine
-the two pools fighting cost 7x (PERF_NOTES.md lever 1). This backend's only BLAS calls,
-the linear layers' GEMMs, run with BLAS limited to one thread (threadpoolctl).
+the two pools fighting cost 7x (PERF_NOTES.md lever 1). So this backend calls no BLAS:
+the linear layers' products are its own small GEMM kernel (``_gemm_nt``), which also
+runs on both cores where one-thread BLAS would use one.
 
 Memory ownership is as in the NumPy backend: every array a kernel returns or keeps in a
 ctx is freshly allocated, so a ctx stays valid until its backward. The one reused
@@ -34,7 +35,6 @@ import time
 import numba
 import numpy as np
 from numba import prange
-from threadpoolctl import ThreadpoolController
 
 from .numpy_backend import HostBackend
 
@@ -245,6 +245,77 @@ def _conv2d_backward_weights_strided(xpad, dy, stride, dw, db):
                     for n in range(N):
                         acc += drow[n]
             db[k] = acc
+
+
+# ----------------------------------------------------------------- dense layers
+def _gemm_nt(a, b, bias, out):
+    """out[r, s] = bias[r] + sum_k a[r, k] * b[s, k]: A @ B.T with both operands' rows
+    contiguous along k (bias of length 0: none).
+
+    The linear layers' three products, each given as rows that are contiguous along the
+    summed axis: y = w @ x is gemm_nt(w, x.T), dx = w.T @ dy is gemm_nt(w.T, dy.T) and
+    dw = dy @ x.T is gemm_nt(dy, x). One task per 4 x 4 block of out: its 16 sums are
+    dot products that share every load (4 rows of a, 4 of b: 8 loads for 16
+    multiply-adds), which LLVM vectorizes along k; blocks at the edges sum one at a time.
+    """
+    R, K = a.shape
+    S = b.shape[0]
+    zero = out.dtype.type(0)
+    blocks = (S + 3) // 4
+    for task in prange(((R + 3) // 4) * blocks):
+        r0 = (task // blocks) * 4
+        s0 = (task % blocks) * 4
+        if r0 + 4 <= R and s0 + 4 <= S:
+            a0, a1, a2, a3 = a[r0], a[r0 + 1], a[r0 + 2], a[r0 + 3]
+            b0, b1, b2, b3 = b[s0], b[s0 + 1], b[s0 + 2], b[s0 + 3]
+            c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
+            c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
+            for k in range(K):
+                x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
+                y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
+                c00 += x0 * y0
+                c01 += x0 * y1
+                c02 += x0 * y2
+                c03 += x0 * y3
+                c10 += x1 * y0
+                c11 += x1 * y1
+                c12 += x1 * y2
+                c13 += x1 * y3
+                c20 += x2 * y0
+                c21 += x2 * y1
+                c22 += x2 * y2
+                c23 += x2 * y3
+                c30 += x3 * y0
+                c31 += x3 * y1
+                c32 += x3 * y2
+                c33 += x3 * y3
+            out[r0, s0], out[r0, s0 + 1], out[r0, s0 + 2], out[r0, s0 + 3] = c00, c01, c02, c03
+            out[r0 + 1, s0], out[r0 + 1, s0 + 1], out[r0 + 1, s0 + 2], out[r0 + 1, s0 + 3] = \
+                c10, c11, c12, c13
+            out[r0 + 2, s0], out[r0 + 2, s0 + 1], out[r0 + 2, s0 + 2], out[r0 + 2, s0 + 3] = \
+                c20, c21, c22, c23
+            out[r0 + 3, s0], out[r0 + 3, s0 + 1], out[r0 + 3, s0 + 2], out[r0 + 3, s0 + 3] = \
+                c30, c31, c32, c33
+        else:
+            for r in range(r0, min(r0 + 4, R)):
+                for s in range(s0, min(s0 + 4, S)):
+                    acc = zero
+                    for k in range(K):
+                        acc += a[r, k] * b[s, k]
+                    out[r, s] = acc
+        if bias.shape[0] > 0:
+            for r in range(r0, min(r0 + 4, R)):
+                for s in range(s0, min(s0 + 4, S)):
+                    out[r, s] += bias[r]
+
+
+def _row_sums(a, out):
+    """out[r] = sum_k a[r, k]: a bias gradient."""
+    for r in range(a.shape[0]):
+        acc = out.dtype.type(0)
+        for k in range(a.shape[1]):
+            acc += a[r, k]
+        out[r] = acc
 
 
 # ---------------------------------------------------------------------- pooling
@@ -480,6 +551,8 @@ _KERNELS = {
     "maxpool2d_backward_general": _jit(_maxpool2d_backward_general),
     "avgpool2d_forward": _jit(_avgpool2d_forward),
     "avgpool2d_backward": _jit(_avgpool2d_backward),
+    "gemm_nt": _jit(_gemm_nt),
+    "row_sums": _serial(_row_sums),
     "warp_bilinear": _jit(_warp_bilinear),
     "softmax_cross_entropy": _serial(_softmax_cross_entropy),
     "adam_update": _serial(_adam_update),
@@ -493,7 +566,6 @@ class NumbaBackend(HostBackend):
     name = "numba"
 
     def __init__(self):
-        self._blas = ThreadpoolController()
         self._prepared: set[str] = set()
         self._buffers: dict[tuple, np.ndarray] = {}
 
@@ -509,9 +581,6 @@ class NumbaBackend(HostBackend):
         wide = self._buffers[key]
         wide[:, :, margin:margin + OW] = dy
         return wide
-
-    def _one_blas_thread(self):
-        return self._blas.limit(limits=1, user_api="blas")
 
     def prepare(self, dtype) -> str | None:
         """Compile (or load from Numba's disk cache) the kernels of a LeNet-5 training step
@@ -540,6 +609,9 @@ class NumbaBackend(HostBackend):
         self.conv2d_backward(y, ctx)
         pooled, ctx = self.relu_maxpool2d_forward(x, 2, 2)  # max-pool's kernels too
         self.relu_maxpool2d_backward(pooled, ctx)
+        y, ctx = self.linear_forward(x.reshape(-1, 3), rng.standard_normal((5, 72)).astype(dtype),
+                                     rng.standard_normal(5).astype(dtype))
+        self.linear_backward(y, ctx)
         logits = rng.standard_normal((3, 4)).astype(dtype)
         self.softmax_cross_entropy(logits, np.arange(4) % 3, 0.1)
         p = rng.standard_normal(5).astype(dtype)
@@ -661,13 +733,29 @@ class NumbaBackend(HostBackend):
         return out
 
     # ------------------------------------------------------- linear, loss, Adam
+    def _gemm_nt(self, a, b, bias=None):
+        """a @ b.T (+ bias[:, None]) for a (R, K), b (S, K): a new (R, S) array."""
+        out = np.empty((a.shape[0], b.shape[0]), dtype=a.dtype)
+        _KERNELS["gemm_nt"](np.ascontiguousarray(a), np.ascontiguousarray(b),
+                            np.zeros(0, a.dtype) if bias is None else np.ascontiguousarray(bias),
+                            out)
+        return out
+
     def linear_forward(self, x, w, b):
-        with self._one_blas_thread():
-            return super().linear_forward(x, w, b)
+        self.check_linear(x, w, b)
+        # x.T copied to rows: 51,200 values for LeNet-5's first, far less than the product
+        return self._gemm_nt(w, x.T, b), (x, w, b is not None)
 
     def linear_backward(self, dy, ctx, need_dx: bool = True):
-        with self._one_blas_thread():
-            return super().linear_backward(dy, ctx, need_dx)
+        x, w, has_bias = ctx
+        dy = np.ascontiguousarray(dy)
+        dw = self._gemm_nt(dy, x)
+        db = None
+        if has_bias:
+            db = np.empty(dy.shape[0], dtype=dy.dtype)
+            _KERNELS["row_sums"](dy, db)
+        dx = self._gemm_nt(w.T, dy.T) if need_dx else None
+        return dx, dw, db
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
         self.check_loss(logits, labels)
