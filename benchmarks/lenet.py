@@ -285,7 +285,7 @@ def fastlenet_recipe(backend_name: str, seed: int, out: Path,
     trainer = Trainer(TrainConfig(backend=backend_name, seed=seed), out=out, progress=False,
                       log=None, on_epoch_end=lambda record: record["test_accuracy"] >= stop_at)
     trainer.run()
-    return trainer.history["epochs"]
+    return trainer.state.history["epochs"]
 
 
 def torch_recipe(seed: int, stop_at: float = max(ACCURACY_TARGETS),

@@ -1,5 +1,6 @@
 """fastlenet: LeNet-5 on MNIST from scratch, with hand-written forward and backward
-passes running on interchangeable backends (NumPy im2col now; Numba and CUDA to follow).
+passes running on interchangeable backends: NumPy im2col (the reference), Numba-JIT CPU
+loops, and CuPy with hand-written CUDA kernels.
 
 Library use::
 
@@ -7,7 +8,8 @@ Library use::
     metrics = fastlenet.train(fastlenet.TrainConfig(epochs=2), out="runs/demo")
     model = fastlenet.build_model("lenet5", backend="numpy", seed=0)
 
-Only NumPy (and tqdm, for the progress bar) is needed; other backends load lazily.
+Only NumPy (and tqdm, for the progress bar) is needed; the other backends load lazily
+when asked for (``get_backend("numba")``), and say what is missing when they cannot.
 """
 
 __version__ = "0.1.0"

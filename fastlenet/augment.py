@@ -3,9 +3,11 @@
 Every training batch gets fresh random transforms, drawn from the augmenter's own seeded
 generator on the backend's device, so a run is reproducible and ``--resume`` continues
 the same stream (the generator's state travels in the checkpoint). The whole batch is
-transformed at once with ``backend.xp`` array operations: one sampling grid per image,
-built by broadcasting, then a bilinear gather. There is no loop over images, so the
-same code runs on NumPy and CuPy arrays.
+transformed at once: the random draws and the smoothing of the elastic fields are
+``backend.xp`` array operations, and the resampling is the backend kernel
+``warp_bilinear`` (base.Backend's generic version is the definition: one sampling grid
+per image built by broadcasting, then a bilinear gather; the numba backend fuses the
+grid and the gather into one parallel pass).
 
 Batches are in the trainer's layout, ``(C, H, W, N)``, normalised. Each output pixel
 (row i, column j) of image n reads the input at
@@ -102,16 +104,27 @@ class Augmenter:
     def __call__(self, x: Array) -> Array:
         """A randomly transformed copy of ``x`` (C, H, W, N), same shape and dtype."""
         s = self.settings
-        c, h, w, n = x.shape
+        C, H, W, N = x.shape
         dtype = x.dtype
-        src_x, src_y = self._affine_grid(h, w, n, dtype)
+        coeffs = self._affine(H, W, N, dtype)
+        displacement = None
         if s.elastic:
-            src_x += self._displacement(h, w, n, dtype)
-            src_y += self._displacement(h, w, n, dtype)
-        out = self._bilinear(x, src_x, src_y)
+            displacement = self.backend.xp.empty((2, H, W, N), dtype=dtype)
+            self._displacement(displacement[0])
+            self._displacement(displacement[1])
+        out = self.backend.warp_bilinear(x, coeffs, displacement, self.background)
         if s.noise:
-            out += dtype.type(self.noise_std) * self._normal((c, h, w, n), dtype)
+            out += dtype.type(self.noise_std) * self._normal((C, H, W, N), dtype)
         return out
+
+    def prepare(self, dtype) -> None:
+        """Run the backend's resampling kernel once on a tiny batch (a compiling backend
+        compiles it here, not in the first timed epoch); draws no random numbers."""
+        x = self.backend.xp.zeros((1, 4, 4, 2), dtype=dtype)
+        coeffs = self.backend.xp.zeros((6, 2), dtype=dtype)
+        self.backend.warp_bilinear(x, coeffs, None, self.background)
+        self.backend.warp_bilinear(x, coeffs, self.backend.xp.zeros((2, 4, 4, 2), dtype=dtype),
+                                   self.background)
 
     # ----------------------------------------------------------- random draws
     def _uniform(self, shape, low: float, high: float, dtype) -> Array:
@@ -123,84 +136,46 @@ class Augmenter:
         return self.rng.standard_normal(shape, dtype=dtype)
 
     # -------------------------------------------------------------- geometry
-    def _affine_grid(self, h: int, w: int, n: int, dtype):
-        """Source coordinates (x, y), each (H, W, N), of the random affine maps."""
+    def _affine(self, H: int, W: int, N: int, dtype) -> Array:
+        """The random affine maps as ``warp_bilinear``'s coefficients (6, N): output pixel
+        (row i, column j) of image n reads the input at
+        (coeffs[0] j + coeffs[1] i + coeffs[2], coeffs[3] j + coeffs[4] i + coeffs[5])."""
         xp, s = self.backend.xp, self.settings
-        theta = self._uniform(n, -s.rotate, s.rotate, dtype) * dtype.type(math.pi / 180)
-        size = self._uniform(n, 1 - s.scale, 1 + s.scale, dtype)
-        shear = self._uniform(n, -s.shear, s.shear, dtype)
-        tx = self._uniform(n, -s.shift, s.shift, dtype)
-        ty = self._uniform(n, -s.shift, s.shift, dtype)
+        theta = self._uniform(N, -s.rotate, s.rotate, dtype) * dtype.type(math.pi / 180)
+        size = self._uniform(N, 1 - s.scale, 1 + s.scale, dtype)
+        shear = self._uniform(N, -s.shear, s.shear, dtype)
+        tx = self._uniform(N, -s.shift, s.shift, dtype)
+        ty = self._uniform(N, -s.shift, s.shift, dtype)
         cos, sin = xp.cos(theta), xp.sin(theta)
         # A = [[cos, -sin], [sin, cos]] @ size @ [[1, shear], [0, 1]] (input -> output);
-        # det A = size^2, so A^-1 = [[d, -b], [-c, a]] / size^2.
+        # det A = size^2, so A^-1 = [[d, -b], [-c, a]] / size^2, and the source point is
+        # A^-1 ((j, i) - centre - t) + centre.
         a, b = size * cos, size * (cos * shear - sin)
-        cc, d = size * sin, size * (sin * shear + cos)
+        c, d = size * sin, size * (sin * shear + cos)
         det = size * size
-        cy, cx = (h - 1) / 2, (w - 1) / 2
-        u = xp.arange(w, dtype=dtype)[None, :, None] - dtype.type(cx) - tx  # (1, W, N)
-        v = xp.arange(h, dtype=dtype)[:, None, None] - dtype.type(cy) - ty  # (H, 1, N)
-        src_x = (d / det) * u - (b / det) * v + dtype.type(cx)
-        src_y = (a / det) * v - (cc / det) * u + dtype.type(cy)
-        return src_x, src_y
+        cx, cy = dtype.type((W - 1) / 2), dtype.type((H - 1) / 2)
+        u0, v0 = cx + tx, cy + ty  # (j, i) - centre - t = (j - u0, i - v0)
+        coeffs = xp.empty((6, N), dtype=dtype)
+        coeffs[0], coeffs[1] = d / det, -b / det
+        coeffs[3], coeffs[4] = -c / det, a / det
+        coeffs[2] = cx - coeffs[0] * u0 - coeffs[1] * v0
+        coeffs[5] = cy - coeffs[3] * u0 - coeffs[4] * v0
+        return coeffs
 
-    def _displacement(self, h: int, w: int, n: int, dtype) -> Array:
-        """alpha * Gaussian-smoothed uniform noise in [-1, 1], (H, W, N) (Simard 2003).
-
-        The smoothing is separable: G_H @ field along H, then along W, each a matrix
-        product with the banded Gaussian matrix of that axis.
-        """
+    def _displacement(self, out: Array) -> None:
+        """Fill ``out`` (H, W, N) with alpha * Gaussian-smoothed uniform noise in [-1, 1]
+        (Simard 2003). The smoothing is separable: G_H @ field along H, then along W,
+        each a matrix product with the banded Gaussian matrix of that axis."""
         xp = self.backend.xp
-        field = self._uniform((h, w, n), -1.0, 1.0, dtype)
-        gh, gw = self._gaussian(h, dtype), self._gaussian(w, dtype)
-        field = (gh @ field.reshape(h, w * n)).reshape(h, w, n)
-        field = xp.matmul(gw, field)  # (W, W) @ (H, W, N): along W for every row
-        field *= dtype.type(self.settings.elastic)
-        return field
+        H, W, N = out.shape
+        field = self._uniform((H, W, N), -1.0, 1.0, out.dtype)
+        gh, gw = self._gaussian(H, out.dtype), self._gaussian(W, out.dtype)
+        field = (gh @ field.reshape(H, W * N)).reshape(H, W, N)
+        xp.matmul(gw, field, out=out)  # (W, W) @ (H, W, N): along W for every row
+        out *= out.dtype.type(self.settings.elastic)
 
     def _gaussian(self, size: int, dtype) -> Array:
         key = (size, dtype.str)
         if key not in self._smooth:
             self._smooth[key] = self.backend.asarray(gaussian_matrix(size, ELASTIC_SIGMA), dtype=dtype)
         return self._smooth[key]
-
-    def _bilinear(self, x: Array, src_x: Array, src_y: Array) -> Array:
-        """x (C, H, W, N) read at (src_x, src_y) (H, W, N) with bilinear weights;
-        points outside the image read background. Overwrites src_x and src_y.
-
-        The image gets a one-pixel border of background and the coordinates are clipped
-        into it, so every corner of every point is a valid index and no mask is needed.
-        """
-        xp = self.backend.xp
-        c, h, w, n = x.shape
-        background = x.dtype.type(self.background)
-        padded = xp.full((c, h + 2, w + 2, n), background, dtype=x.dtype)
-        padded[:, 1:-1, 1:-1] = x
-        padded = padded.reshape(c, -1)
-        # Padded coordinates: the image spans [1, w], the border 0 and w + 1. Computed in
-        # place, as these (H, W, N) arrays are the largest temporaries of a batch.
-        fx, fy = src_x, src_y
-        fx += 1
-        fy += 1
-        xp.clip(fx, 0, w + 1, out=fx)
-        xp.clip(fy, 0, h + 1, out=fy)
-        x0, y0 = xp.floor(fx), xp.floor(fy)
-        xp.minimum(x0, w, out=x0)
-        xp.minimum(y0, h, out=y0)
-        fx -= x0
-        fy -= y0
-        y0 *= w + 2  # the pixel's offset in a padded image, exact in floats
-        y0 += x0
-        index = y0.astype(np.intp)
-        index *= n
-        index += xp.arange(n)
-        row = (w + 2) * n  # index step of one row down
-        top = xp.take(padded, index, axis=1)
-        top += fx * (xp.take(padded, index + n, axis=1) - top)
-        index += row
-        bottom = xp.take(padded, index, axis=1)
-        bottom += fx * (xp.take(padded, index + n, axis=1) - bottom)
-        bottom -= top
-        bottom *= fy
-        top += bottom
-        return top

@@ -16,9 +16,11 @@ from importlib import metadata
 
 import numpy as np
 
-from . import __version__, backends, report
+from . import __version__, backends, compare, report, runs
 from .checkpoint import load_model, load_test_set
 from .data import DATASETS, preprocess
+from .demo import write_demo
+from .export import FORMATS, export_checkpoint, resolve_format, torch_source
 from .errors import ConfigError, FastLeNetError
 from .imageprep import load_digit
 from .nn import DTYPES, MODELS, build_model
@@ -123,7 +125,7 @@ def cmd_train(args) -> int:
         _check_augment_options(given)
         config = TrainConfig(**given)
     if args.report:  # before training, so a missing matplotlib does not cost a run
-        report.require_matplotlib()
+        runs.require_matplotlib()
     metrics = train(config, out=args.out, resume=args.resume,
                     epochs=given.get("epochs") if args.resume else None,
                     progress=False if args.no_progress else None)
@@ -206,9 +208,8 @@ def cmd_evaluate(args) -> int:
     x, y, dataset = load_test_set(meta, args.dataset, args.data_dir)
     loss, accuracy, preds = evaluate(model, x, y, batch_size=args.batch_size)
     k = model.num_classes
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y, preds), 1)
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    confusion = runs.confusion_matrix(y, preds, k)
+    per_class = runs.per_class_accuracy(confusion)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset.name,
                           "accuracy": accuracy, "loss": loss, "per_class_accuracy": per_class.tolist(),
@@ -253,7 +254,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    result = report.compare_runs(args.runs, args.out)
+    result = compare.compare_runs(args.runs, args.out)
     print(result.markdown)
     print(f"\nwritten: {result.markdown_path}, {result.csv_path}, {result.figure_path}")
     return 0
@@ -286,6 +287,49 @@ def cmd_info(args) -> int:
         print(f"  auto   -> {backends.get_backend('auto').name}")
     except FastLeNetError as exc:
         print(f"  auto   -> none ({exc})")
+    return 0
+
+
+def _add_export_command(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint's model as ONNX, or as weights with PyTorch's names",
+                       description="Write the model as an ONNX file (needs the onnx extra: pip install "
+                       "'fastlenet[onnx]') or as an .npz of weights named as PyTorch's nn.Sequential names them.")
+    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
+    p.add_argument("--format", choices=FORMATS, help="onnx, or npz for PyTorch (default: npz when -o ends "
+                   "in .npz, else onnx)")
+    p.add_argument("-o", "--out", help="output file (default: beside the checkpoint, best.npz -> best.onnx "
+                   "or best-torch.npz)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    fmt = resolve_format(args.format, args.out)
+    out, model, meta = export_checkpoint(args.checkpoint, args.out, fmt)
+    prep = (f"28x28 digits, white on black, as (v/255 - {meta['mean']:.6g}) / {meta['std']:.6g}, "
+            f"padded to {model.input_shape[1]}x{model.input_shape[2]}")
+    if fmt == "onnx":
+        print(f"wrote {out}: ONNX, input 'images' (N, {', '.join(map(str, model.input_shape))}) float32 "
+              f"[{prep}; in the file's metadata], output 'logits' (N, {model.num_classes})")
+        return 0
+    print(f"wrote {out}: {len(model.state_dict())} arrays named as PyTorch names them; in PyTorch:\n"
+          f"  import numpy as np, torch\n  net = {torch_source(model)}\n"
+          f"  net.load_state_dict({{k: torch.from_numpy(v) for k, v in np.load({str(out)!r}).items()}}); net.eval()\n"
+          f"inputs: {prep}")
+    return 0
+
+
+def _add_demo_command(sub) -> None:
+    p = sub.add_parser("demo", help="write one HTML page to draw digits and see the model read them, offline")
+    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
+    p.add_argument("-o", "--out", help="the page to write (default: beside the checkpoint, best.npz -> "
+                   "best-demo.html)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    out, model, _ = write_demo(args.checkpoint, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): open it in a browser to draw digits for "
+          f"{model.name}; it needs no server and no network")
     return 0
 
 
@@ -337,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     p.add_argument("--backend", choices=backends.names(), default="auto")
     p.set_defaults(func=cmd_predict)
+
+    _add_export_command(sub)
+    _add_demo_command(sub)
 
     p = sub.add_parser("summary", help="layers, output shapes, parameters and connections of a model")
     p.add_argument("model", choices=list(MODELS), nargs="?", default="lenet5")

@@ -33,3 +33,10 @@ class TrainingDivergedError(FastLeNetError):
 
 class RunFolderError(FastLeNetError):
     """A run folder is missing, incomplete, or holds damaged files."""
+
+
+class ArrayError(FastLeNetError, ValueError, TypeError):
+    """An array handed to a kernel, layer or model has the wrong shape, dtype or layout.
+
+    Also a ValueError and a TypeError, the exceptions NumPy raises for such mistakes, so
+    code written against those keeps working."""

@@ -9,17 +9,16 @@ set of threads on the same cores can run many times slower than one at a time.
 
 The sweep folder gets ``sweep.md`` and ``sweep.csv`` (rewritten atomically after every
 finished setting, so they are never half-written and show progress), and ``sweep.png``,
-test accuracy against training time per setting, when matplotlib is installed.
+test accuracy against training time per setting, when matplotlib is installed. Each
+setting's results are read from its run folder with fastlenet.runs, as ``report`` and
+``compare`` read theirs.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import itertools
-import json
-import math
 import os
 import subprocess
 import sys
@@ -30,19 +29,21 @@ from typing import Callable
 
 import fastlenet
 
-from . import __version__
-from .checkpoint import atomic_open
+from . import __version__, runs
 from .checks import is_integer
-from .errors import ConfigError
-from .train import TrainConfig, _option
+from .errors import ConfigError, FastLeNetError, RunFolderError
+from .runs import (PLOTS_HINT, TARGETS, Column, load_run, new_figure, plot_accuracy_over_time,
+                   png_bytes, raw_text, require_matplotlib, target_columns, write_bytes)
+from .train import TrainConfig, option_name
 
-TARGETS = (0.97, 0.99)  # test accuracies whose time-to-reach the table reports
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                     "NUMBA_NUM_THREADS")
-PLOT_HINT = 'the comparison plot needs matplotlib: pip install "fastlenet[plots]"'
-_COLUMNS = ("status", "test_accuracy", "best_val_accuracy", "best_epoch", "epochs",
-            "train_seconds", *(f"seconds_to_{round(t * 100)}" for t in TARGETS),
-            "wall_seconds", "run")
+# the table's columns after the swept options
+_COLUMNS = [Column("status", "status"), Column("test_accuracy", "test acc (last epoch)", "percent"),
+            Column("best_val_accuracy", "best val acc", "percent"),
+            Column("best_epoch", "best epoch", "number"), Column("epochs", "epochs", "number"),
+            Column("train_seconds", "train s", "seconds"), *target_columns(),
+            Column("wall_seconds", "wall s", "seconds"), Column("run", "run")]
 
 
 def settings(grid: dict[str, list]) -> list[dict]:
@@ -52,14 +53,8 @@ def settings(grid: dict[str, list]) -> list[dict]:
 
 def setting_name(values: dict) -> str:
     """A folder name for a setting, e.g. ``lr-0.001_batch-size-64``."""
-    parts = [f"{_option(field)[2:]}-{_text(value)}" for field, value in values.items()]
+    parts = [f"{option_name(field)[2:]}-{raw_text(value)}" for field, value in values.items()]
     return "_".join(parts).replace("/", "-") or "default"
-
-
-def _text(value) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
 
 
 def train_arguments(values: dict) -> list[str]:
@@ -73,9 +68,9 @@ def train_arguments(values: dict) -> list[str]:
         if field.startswith("augment_") and not values.get("augment"):
             continue
         if isinstance(value, bool):  # a flag: present or absent
-            argv += [_option(field)] if value else []
+            argv += [option_name(field)] if value else []
         elif value is not None:
-            argv += [_option(field), str(value)]
+            argv += [option_name(field), str(value)]
     return argv
 
 
@@ -94,9 +89,9 @@ def run_sweep(grid: dict[str, list], fixed: dict | None = None, out: str | Path 
             raise ConfigError(f"unknown train option '{field}' in the sweep")
     for field, values in grid.items():
         if not values:
-            raise ConfigError(f"{_option(field)} in the sweep has no values")
+            raise ConfigError(f"{option_name(field)} in the sweep has no values")
         if len(set(map(repr, values))) != len(values):
-            raise ConfigError(f"{_option(field)} lists a value twice in the sweep")
+            raise ConfigError(f"{option_name(field)} lists a value twice in the sweep")
     if not is_integer(jobs) or jobs < 1:
         raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
     combos = settings(grid)
@@ -145,15 +140,18 @@ def run_sweep(grid: dict[str, list], fixed: dict | None = None, out: str | Path 
         raise
     write_tables(out, rows, list(grid), header)
     try:
+        require_matplotlib()
+    except FastLeNetError:
+        log(f"table in {out / 'sweep.md'} and {out / 'sweep.csv'}; the comparison plot needs "
+            f"matplotlib: {PLOTS_HINT}")
+    else:
         plot(out / "sweep.png", rows, out)
         log(f"table in {out / 'sweep.md'} and {out / 'sweep.csv'}, plot in {out / 'sweep.png'}")
-    except ImportError:
-        log(f"table in {out / 'sweep.md'} and {out / 'sweep.csv'}; {PLOT_HINT}")
     return rows
 
 
 def _header(grid: dict, fixed: dict, jobs: int) -> str:
-    swept = ", ".join(_option(f) for f in grid) or "nothing"
+    swept = ", ".join(option_name(f) for f in grid) or "nothing"
     others = " ".join(train_arguments(fixed)) or "the defaults"
     timing = (f"{jobs} settings trained at once, one thread each: their times compete for "
               "the CPU" if jobs > 1 else "one setting at a time")
@@ -183,20 +181,24 @@ def _start(run_dir: Path, values: dict, env: dict):
 
 
 def _result(run_dir: Path, returncode: int, wall_seconds: float) -> dict:
-    """A finished setting's row fields, from its metrics.json and history.json."""
+    """A finished setting's row fields, from its run folder."""
     result = {"wall_seconds": wall_seconds}
-    metrics_path = run_dir / "metrics.json"
-    if returncode != 0 or not metrics_path.is_file():
+    run = None
+    if returncode == 0:
+        try:
+            run = load_run(run_dir)
+        except RunFolderError:
+            pass
+    if run is None or run.metrics is None:
         lines = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()
         reason = lines[-1].removeprefix("fastlenet: error: ") if lines else f"exit status {returncode}"
         return {**result, "status": f"failed: {reason}"}
-    metrics = json.loads(metrics_path.read_text())
-    epochs = json.loads((run_dir / "history.json").read_text())["epochs"]
+    metrics = run.metrics
     result.update({key: metrics.get(key) for key in ("test_accuracy", "best_val_accuracy",
                                                       "best_epoch", "epochs", "train_seconds")})
     for target in TARGETS:
-        reached = [r["train_seconds"] for r in epochs if r["test_accuracy"] >= target]
-        result[f"seconds_to_{round(target * 100)}"] = reached[0] if reached else None
+        reached = run.time_to(target)
+        result[f"seconds_to_{round(target * 100)}"] = None if reached is None else reached[0]
     result["status"] = "ok" if metrics["stop_reason"] == "completed" else metrics["stop_reason"]
     return result
 
@@ -207,64 +209,23 @@ def _summary(row: dict) -> str:
     return f"test {row['test_accuracy']:.2%} after {row['train_seconds']:.1f} s of training"
 
 
-# ------------------------------------------------------------------ the tables
-def _cell(column: str, value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if column.endswith("accuracy"):
-        return f"{value:.2%}"
-    if column.endswith("seconds") or column.startswith("seconds"):
-        return f"{value:.1f}"
-    return _text(value)
-
-
-def _titles(swept: list[str]) -> list[str]:
-    names = {"test_accuracy": "test acc (last epoch)", "best_val_accuracy": "best val acc",
-             "best_epoch": "best epoch", "train_seconds": "train s", "wall_seconds": "wall s",
-             **{f"seconds_to_{round(t * 100)}": f"s to {t:.0%} test" for t in TARGETS}}
-    return [_option(f) for f in swept] + [names.get(c, c) for c in _COLUMNS]
-
-
+# ------------------------------------------------------------------ table and plot
 def write_tables(out: Path, rows: list[dict], swept: list[str], header: str) -> None:
     """sweep.md (for reading) and sweep.csv (raw numbers), each written atomically."""
-    columns = [*swept, *_COLUMNS]
-    lines = [f"# {header}", "", "| " + " | ".join(_titles(swept)) + " |",
-             "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [_cell(c, row.get(c)).replace("|", "/") for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    with atomic_open(out / "sweep.md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with atomic_open(out / "sweep.csv", "w") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow([c if c in _COLUMNS else _option(c)[2:] for c in columns])
-        for row in rows:
-            writer.writerow(["" if row.get(c) is None else _text(row.get(c)) for c in columns])
+    columns = [Column(field, option_name(field), csv=option_name(field)[2:]) for field in swept]
+    runs.write_tables(out / "sweep", columns + _COLUMNS, rows, heading=header)
 
 
-# -------------------------------------------------------------------- the plot
 def plot(path: Path, rows: list[dict], out: Path) -> None:
     """Test accuracy against training time for every setting that ran, and each
-    setting's last test accuracy as a bar. Raises ImportError without matplotlib."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
-
-    fig = Figure(figsize=(12, max(4.5, 0.35 * len(rows) + 1.5)), layout="constrained")
+    setting's last test accuracy as a bar (needs matplotlib)."""
+    fig = new_figure((12, max(4.5, 0.35 * len(rows) + 1.5)))
     curves, bars = fig.subplots(1, 2, width_ratios=(3, 2))
-    lowest = 100.0
-    for row in rows:
-        history = out / row["run"] / "history.json"
-        if row.get("test_accuracy") is None or not history.is_file():
-            continue
-        epochs = json.loads(history.read_text())["epochs"]
-        accuracy = [100 * r["test_accuracy"] for r in epochs]
-        lowest = min(lowest, *accuracy)
-        curves.plot([r["train_seconds"] for r in epochs], accuracy, marker="o", ms=3,
-                    label=row["run"])
-    for target in TARGETS:
-        curves.axhline(100 * target, color="grey", lw=0.8, ls="--")
-    curves.set(xlabel="training time (s)", ylabel="test accuracy (%)",
-               title="Test accuracy after each epoch", ylim=(max(lowest - 1, 0), 100))
-    if lowest < 100:
+    finished = [row for row in rows if row.get("test_accuracy") is not None]
+    plot_accuracy_over_time(curves, [load_run(out / row["run"]) for row in finished],
+                            [row["run"] for row in finished])
+    curves.set_title("Test accuracy after each epoch")
+    if finished:
         curves.legend(fontsize=8)
     # every setting gets a bar, a failed one an empty bar and the word "failed"
     finals = [100 * r["test_accuracy"] if r.get("test_accuracy") is not None else None
@@ -280,5 +241,4 @@ def plot(path: Path, rows: list[dict], out: Path) -> None:
              title="Last-epoch test accuracy")
     bars.invert_yaxis()
     bars.tick_params(axis="y", labelsize=8)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
+    write_bytes(path, png_bytes(fig))

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .augment import AugmentSettings, Augmenter
-from .backends import get_backend
+from .backends import Backend, get_backend
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .data import DATASETS, load_dataset, prepare
 from .checks import is_integer, is_real
@@ -75,11 +75,11 @@ class TrainConfig:
         for name in integers + ("train_limit",):
             value = getattr(self, name)
             if not (is_integer(value) or (name == "train_limit" and value is None)):
-                raise ConfigError(f"{_option(name)} must be an integer, got {value!r}")
+                raise ConfigError(f"{option_name(name)} must be an integer, got {value!r}")
         for name in reals + ("target_accuracy",):
             value = getattr(self, name)
             if not (is_real(value) or (name == "target_accuracy" and value is None)):
-                raise ConfigError(f"{_option(name)} must be a finite number, got {value!r}")
+                raise ConfigError(f"{option_name(name)} must be a finite number, got {value!r}")
         checks = [
             (self.model in MODELS, f"unknown model '{self.model}'; choose one of: {', '.join(MODELS)}"),
             (self.dataset is None or self.dataset in DATASETS, f"unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS)}"),
@@ -104,7 +104,7 @@ class TrainConfig:
                 raise ConfigError(message)
         if not isinstance(self.augment, bool):
             raise ConfigError(f"augment must be True or False, got {self.augment!r}")
-        self.augment_settings().check(option=_option)
+        self.augment_settings().check(option=option_name)
         return self
 
     def augment_settings(self) -> AugmentSettings:
@@ -113,8 +113,9 @@ class TrainConfig:
                                   for f in dataclasses.fields(AugmentSettings)})
 
 
-def _option(field: str) -> str:
-    """The command-line option of a TrainConfig field (or augment setting), for messages."""
+def option_name(field: str) -> str:
+    """The command-line option of a TrainConfig field (or augment setting), e.g.
+    ``"--batch-size"``, for messages and for the sweep's child commands."""
     if field in {f.name for f in dataclasses.fields(AugmentSettings)}:
         field = "augment_" + field
     return "--limit" if field == "train_limit" else "--" + field.replace("_", "-")
@@ -171,6 +172,65 @@ def _progress_bar(total: int, desc: str, enabled: bool):
         return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
                     file=sys.stderr)
     return _NoBar()
+
+
+@dataclass
+class TrainingState:
+    """What a run carries from epoch to epoch besides the weights and the optimizer's
+    moments: progress counters, the best validation accuracy, the history, and every
+    random generator (shuffling on the host; dropout and augmentation on the backend).
+
+    :meth:`to_meta` writes it into a checkpoint's meta and :meth:`restore` reads it back,
+    so a resumed run continues exactly (bitwise) where the saved one stopped.
+    """
+
+    backend: Backend
+    shuffle_rng: np.random.Generator
+    model_rng: object  # the backend generator Dropout draws from
+    augment_rng: object | None = None
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimizer updates made
+    train_seconds: float = 0.0  # training time so far, evaluation excluded
+    best_val_accuracy: float | None = None
+    best_epoch: int | None = None
+    history: dict = dataclasses.field(default_factory=lambda: {"steps": [], "epochs": []})
+
+    def record_epoch(self, record: dict) -> bool:
+        """Append an epoch's record; True when its validation accuracy is the best so far
+        (the first epoch with a validation accuracy always is)."""
+        self.history["epochs"].append(record)
+        val = record["val_accuracy"]
+        if val is None or (self.best_val_accuracy is not None and val <= self.best_val_accuracy):
+            return False
+        self.best_val_accuracy, self.best_epoch = val, record["epoch"]
+        return True
+
+    def to_meta(self) -> dict:
+        """The state as JSON-serialisable checkpoint fields."""
+        backend = self.backend
+        return {"epoch": self.epoch, "step": self.step, "train_seconds": self.train_seconds,
+                "shuffle_rng": self.shuffle_rng.bit_generator.state,
+                "model_rng": backend.rng_state(self.model_rng),
+                "augment_rng": (None if self.augment_rng is None
+                                else backend.rng_state(self.augment_rng)),
+                "best_val_accuracy": self.best_val_accuracy, "best_epoch": self.best_epoch,
+                "history": self.history}
+
+    def restore(self, meta: dict) -> None:
+        """The inverse of :meth:`to_meta`: KeyError for a missing field, TypeError or
+        ValueError for a damaged one."""
+        self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
+        self.backend.set_rng_state(self.model_rng, meta["model_rng"])
+        if self.augment_rng is not None:
+            self.backend.set_rng_state(self.augment_rng, meta["augment_rng"])
+        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+        self.train_seconds = float(meta["train_seconds"])
+        self.best_epoch = meta["best_epoch"]
+        self.best_val_accuracy = None if self.best_epoch is None else float(meta["best_val_accuracy"])
+        self.history = meta["history"]
+        if not (isinstance(self.history, dict) and isinstance(self.history.get("steps"), list)
+                and isinstance(self.history.get("epochs"), list)):
+            raise ValueError("the history is not a dict of step and epoch lists")
 
 
 class TrainingStep:
@@ -240,62 +300,41 @@ def _settings(model) -> tuple:
 class Trainer:
     """One training run: set up from a config (or a checkpoint to resume), then :meth:`run`.
 
-    Split into the steps of a run so each reads on its own: ``_restore`` (resume),
-    ``_train_epoch`` (the hot loop), ``_end_epoch`` (evaluate, record, checkpoint), and
-    ``_metrics`` (the summary written to metrics.json).
+    Setting up goes in this order, each step needing the ones before: the config (from the
+    checkpoint when resuming), the backend, the run folder's path, the data, the model,
+    optimizer, schedule, loss and augmenter, the training state (restored when resuming),
+    the training set on the device, and last the run folder itself, so a failed start
+    leaves nothing behind. A run is then ``_train_epoch`` (the hot loop) and
+    ``_end_epoch`` (evaluate, record, checkpoint) per epoch, and ``_metrics`` at the end.
     """
 
     def __init__(self, config: TrainConfig | None = None, out: str | Path | None = None,
                  resume: str | Path | None = None, epochs: int | None = None,
                  progress: bool | None = None, log: Callable[[str], None] | None = print,
                  on_epoch_end: Callable[[dict], bool | None] | None = None):
-        checkpoint = None
-        if resume is not None:
-            checkpoint = load_checkpoint(resume)
-            config = _config_from(checkpoint.meta, resume)
-            if out is None:
-                out = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-        self.config = config = dataclasses.replace(config or TrainConfig())
-        if epochs is not None:
-            config.epochs = epochs
-        config.validate()
+        checkpoint = load_checkpoint(resume) if resume is not None else None
+        self.config = config = _settle_config(config, checkpoint, resume, epochs)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.log = log or (lambda _msg: None)
         self.on_epoch_end = on_epoch_end
 
-        if config.data_dir is not None:  # so a resume from elsewhere finds the same files
-            config.data_dir = str(Path(config.data_dir).expanduser().resolve())
         self.backend = backend = get_backend(config.backend)
         config.backend = backend.name  # "auto" resolved: a resume runs where the run ran
-        self.out = Path(out) if out is not None else default_run_dir(config, backend.name)
+        self.out = _run_folder(out, resume, config, backend.name)
         if checkpoint is None and (self.out / "last.npz").exists():
             raise ConfigError(f"{self.out} already holds a run; continue it with --resume "
                               f"{self.out}, or choose another --out")
+
         dataset = load_dataset(config.dataset, config.data_dir)
-        config.dataset = dataset.name  # None resolved, as "auto" is below
+        config.dataset = dataset.name  # None resolved, as "auto" is above
         self.data = prepare(dataset, val_size=config.val_size, seed=config.seed,
                             train_limit=config.train_limit)
-        self.model = build_model(config.model, backend, dtype=config.dtype, seed=config.seed)
-        note = backend.prepare(self.model.dtype)
-        if note:
-            self.log(note)
-        self.model.check_images(self.data.x_train)
-        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), backend,
-                                        lr=config.lr, weight_decay=config.weight_decay)
         self.n_train = len(self.data.x_train)
         self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
-        self.schedule = make_schedule(config.schedule, config.lr,
-                                      total_steps=config.epochs * self.steps_per_epoch,
-                                      steps_per_epoch=self.steps_per_epoch)
-        self.loss_fn = SoftmaxCrossEntropy(label_smoothing=config.label_smoothing, backend=backend)
-        self.shuffle_rng = np.random.default_rng(config.seed)
-        self.augmenter = (Augmenter(backend, config.augment_settings(), self.data.mean,
-                                    self.data.std, seed=config.seed) if config.augment else None)
+        self._build_training(config)
 
-        # what a checkpoint carries besides weights and optimizer state
-        self.epoch, self.step, self.train_seconds = 0, 0, 0.0
-        self.best_val, self.best_epoch = -1.0, None
-        self.history = {"steps": [], "epochs": []}
+        self.state = TrainingState(backend, np.random.default_rng(config.seed), self.model.rng,
+                                   None if self.augmenter is None else self.augmenter.rng)
         if checkpoint is not None:
             self._restore(checkpoint, resume)
 
@@ -310,20 +349,30 @@ class Trainer:
             raise ConfigError(f"cannot create the run folder {self.out}: {exc.strerror}; "
                               "choose another --out") from None
 
+    def _build_training(self, config: TrainConfig) -> None:
+        """The model (its kernels made ready), optimizer, schedule, loss and augmenter."""
+        backend = self.backend
+        self.model = build_model(config.model, backend, dtype=config.dtype, seed=config.seed)
+        note = backend.prepare(self.model.dtype)
+        if note:
+            self.log(note)
+        self.model.check_images(self.data.x_train)
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), backend,
+                                        lr=config.lr, weight_decay=config.weight_decay)
+        self.schedule = make_schedule(config.schedule, config.lr,
+                                      total_steps=config.epochs * self.steps_per_epoch,
+                                      steps_per_epoch=self.steps_per_epoch)
+        self.loss_fn = SoftmaxCrossEntropy(label_smoothing=config.label_smoothing, backend=backend)
+        self.augmenter = (Augmenter(backend, config.augment_settings(), self.data.mean,
+                                    self.data.std, seed=config.seed) if config.augment else None)
+        if self.augmenter is not None:
+            self.augmenter.prepare(self.model.dtype)
+
     def _restore(self, checkpoint, path) -> None:
-        meta = checkpoint.meta
         try:
             self.model.load_state_dict(checkpoint.params)
             self.optimizer.load_state_dict(checkpoint.optim)
-            self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
-            self.backend.set_rng_state(self.model.rng, meta["model_rng"])
-            if self.augmenter is not None:
-                self.backend.set_rng_state(self.augmenter.rng, meta["augment_rng"])
-            self.history = meta["history"]
-            self.epoch, self.step, self.train_seconds = meta["epoch"], meta["step"], meta["train_seconds"]
-            self.best_epoch = meta["best_epoch"]
-            if self.best_epoch is not None:
-                self.best_val = meta["best_val_accuracy"]
+            self.state.restore(checkpoint.meta)
         except KeyError as exc:
             raise CheckpointError(f"{path}: checkpoint holds no training state ({exc.args[0]} is "
                                   "missing); resume from a run's last.npz") from None
@@ -335,47 +384,47 @@ class Trainer:
 
     def run(self) -> dict:
         """Train until ``config.epochs``, the target accuracy or ``on_epoch_end`` says stop."""
-        config, model = self.config, self.model
+        config, model, state = self.config, self.model, self.state
         write_json(self.out / "config.json", {**dataclasses.asdict(config), "fastlenet": __version__})
-        if self.epoch == 0:
+        if state.epoch == 0:
             self.log(f"fastlenet {__version__}: {config.model} ({model.num_parameters():,} parameters) "
                      f"on {config.dataset} with the {self.backend.name} backend; {self.n_train:,} "
                      f"training, {len(self.data.x_val):,} validation, {len(self.data.x_test):,} "
                      f"test images; run folder {self.out}")
         else:
-            self.log(f"resuming {self.out} after epoch {self.epoch} (step {self.step})")
+            self.log(f"resuming {self.out} after epoch {state.epoch} (step {state.step})")
         stop_reason = None
         # Overflow on the way to a NaN loss is reported once, with the step it happened
         # at (see _check_losses); NumPy's own floating-point warnings would only add noise.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            while self.epoch < config.epochs and stop_reason is None:
-                self.epoch += 1
+            while state.epoch < config.epochs and stop_reason is None:
+                state.epoch += 1
                 stop_reason = self._end_epoch(*self._train_epoch())
         if stop_reason:
             self.log(stop_reason)
         metrics = self._metrics(stop_reason)
         write_json(self.out / "metrics.json", metrics)
         self.log(f"test accuracy {metrics['test_accuracy']:.2%} after {metrics['epochs']} epochs, "
-                 f"{self.train_seconds:.1f} s of training; results in {self.out}")
+                 f"{state.train_seconds:.1f} s of training; results in {self.out}")
         return {**metrics, "run_dir": str(self.out)}
 
     def _train_epoch(self) -> tuple[float, float, float]:
         """One pass over the shuffled training set; returns (mean loss, accuracy, seconds)."""
-        backend, model, config = self.backend, self.model, self.config
-        model.train()
-        perm = backend.asarray(self.shuffle_rng.permutation(self.n_train))
+        backend, config, state = self.backend, self.config, self.state
+        self.model.train()
+        perm = backend.asarray(state.shuffle_rng.permutation(self.n_train))
         pending = []  # device losses the host has not read yet
         loss_sum, seen = 0.0, 0
         correct = self._step.correct
         correct[...] = 0
-        bar = _progress_bar(self.steps_per_epoch, f"epoch {self.epoch}/{config.epochs}", self.progress)
+        bar = _progress_bar(self.steps_per_epoch, f"epoch {state.epoch}/{config.epochs}", self.progress)
         tick = time.perf_counter()
         try:
             for start in range(0, self.n_train, config.batch_size):
                 idx = perm[start:start + config.batch_size]
-                self.optimizer.lr = self.schedule(self.step)
+                self.optimizer.lr = self.schedule(state.step)
                 pending.append(self._step(idx).copy())  # the next step overwrites its loss
-                self.step += 1
+                state.step += 1
                 seen += len(idx)
                 if len(pending) == config.log_every or start + config.batch_size >= self.n_train:
                     losses = self._check_losses(pending)
@@ -389,55 +438,53 @@ class Trainer:
         finally:
             bar.close()
         seconds = time.perf_counter() - tick
-        self.train_seconds += seconds
+        state.train_seconds += seconds
         return loss_sum / self.steps_per_epoch, float(backend.to_numpy(correct)) / self.n_train, seconds
 
     def _check_losses(self, pending: list) -> np.ndarray:
         """Read the last steps' losses to the host, record them, stop on a NaN or inf."""
+        state = self.state
         losses = self.backend.to_numpy(self.backend.xp.stack(pending)).astype(np.float64)
-        first = self.step - len(losses)  # steps are counted from 0 here, from 1 in messages
+        first = state.step - len(losses)  # steps are counted from 0 here, from 1 in messages
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
             raise TrainingDivergedError(
-                f"loss became {losses[bad[0]]} at epoch {self.epoch}, step {first + bad[0] + 1}; "
+                f"loss became {losses[bad[0]]} at epoch {state.epoch}, step {first + bad[0] + 1}; "
                 f"training stopped, {self._last_good()}; try a smaller --lr")
-        self.history["steps"].extend(
-            {"step": first + i + 1, "epoch": self.epoch, "loss": float(v), "lr": float(self.schedule(first + i))}
+        state.history["steps"].extend(
+            {"step": first + i + 1, "epoch": state.epoch, "loss": float(v), "lr": float(self.schedule(first + i))}
             for i, v in enumerate(losses))
         return losses
 
     def _last_good(self) -> str:
-        if self.epoch > 1:
+        if self.state.epoch > 1:
             return f"the last good checkpoint is {self.out / 'last.npz'}"
         return "no checkpoint was written (it diverged in the first epoch)"
 
     def _end_epoch(self, train_loss: float, train_accuracy: float, seconds: float) -> str | None:
         """Evaluate, record, checkpoint and report the epoch; return why to stop, if so."""
-        config, data = self.config, self.data
+        config, data, state = self.config, self.data, self.state
         has_val = len(data.x_val) > 0
         val_loss, val_acc, _ = evaluate(self.model, data.x_val, data.y_val)
         test_loss, test_acc, _ = evaluate(self.model, data.x_test, data.y_test)
         if not np.isfinite(test_loss):  # the epoch's last updates broke the weights
             raise TrainingDivergedError(
-                f"the weights became non-finite at the end of epoch {self.epoch} (test loss "
+                f"the weights became non-finite at the end of epoch {state.epoch} (test loss "
                 f"{test_loss}); training stopped, {self._last_good()}; try a smaller --lr")
-        record = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+        record = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
                   "train_accuracy": train_accuracy,
                   "val_loss": val_loss if has_val else None, "val_accuracy": val_acc if has_val else None,
                   "test_loss": test_loss, "test_accuracy": test_acc, "lr": self.optimizer.lr,
-                  "epoch_seconds": seconds, "train_seconds": self.train_seconds,
+                  "epoch_seconds": seconds, "train_seconds": state.train_seconds,
                   "images_per_second": self.n_train / seconds}
-        self.history["epochs"].append(record)
-        improved = has_val and val_acc > self.best_val
-        if improved:
-            self.best_val, self.best_epoch = val_acc, self.epoch
+        improved = state.record_epoch(record)
         params, optim_state, meta = self.model.state_dict(), self.optimizer.state_dict(), self._meta()
         save_checkpoint(self.out / "last.npz", params, optim_state, meta)
         if improved or not has_val:  # without a validation split, best is the latest
             save_checkpoint(self.out / "best.npz", params, optim_state, meta)
-        write_json(self.out / "history.json", self.history)
+        write_json(self.out / "history.json", state.history)
         width = len(str(config.epochs))
-        self.log(f"epoch {self.epoch:>{width}}/{config.epochs}  loss {train_loss:.4f}  "
+        self.log(f"epoch {state.epoch:>{width}}/{config.epochs}  loss {train_loss:.4f}  "
                  f"train {train_accuracy:.2%}  {f'val {val_acc:.2%}  ' if has_val else ''}"
                  f"test {test_acc:.2%}  {seconds:.1f} s  {record['images_per_second']:,.0f} img/s")
         if config.target_accuracy is not None and val_acc >= config.target_accuracy:
@@ -450,27 +497,22 @@ class Trainer:
         """Everything besides the arrays that inference and resuming need."""
         config, data = self.config, self.data
         return {"model": config.model, "dtype": config.dtype, "config": dataclasses.asdict(config),
-                "epoch": self.epoch, "step": self.step, "train_seconds": self.train_seconds,
-                "shuffle_rng": self.shuffle_rng.bit_generator.state,
-                "model_rng": self.backend.rng_state(self.model.rng),
-                "augment_rng": (None if self.augmenter is None
-                                else self.backend.rng_state(self.augmenter.rng)),
-                "best_val_accuracy": None if self.best_epoch is None else self.best_val,
-                "best_epoch": self.best_epoch, "mean": data.mean, "std": data.std,
+                **self.state.to_meta(), "mean": data.mean, "std": data.std,
                 "dataset": config.dataset, "class_names": list(data.class_names),
-                "history": self.history, "fastlenet": __version__}
+                "fastlenet": __version__}
 
     def _metrics(self, stop_reason: str | None) -> dict:
-        last = self.history["epochs"][-1] if self.history["epochs"] else {}
+        state = self.state
+        last = state.history["epochs"][-1] if state.history["epochs"] else {}
         return {
             "test_accuracy": last.get("test_accuracy"),
             "test_loss": last.get("test_loss"),
-            "best_val_accuracy": None if self.best_epoch is None else self.best_val,
-            "best_epoch": self.best_epoch,
+            "best_val_accuracy": state.best_val_accuracy,
+            "best_epoch": state.best_epoch,
             "final_val_accuracy": last.get("val_accuracy"),
-            "train_seconds": self.train_seconds,
-            "epochs": self.epoch,
-            "steps": self.step,
+            "train_seconds": state.train_seconds,
+            "epochs": state.epoch,
+            "steps": state.step,
             "backend": self.backend.name,
             "model": self.config.model,
             "dataset": self.config.dataset,
@@ -480,6 +522,29 @@ class Trainer:
             "stop_reason": stop_reason or "completed",
             "fastlenet": __version__,
         }
+
+
+def _settle_config(config: TrainConfig | None, checkpoint, resume, epochs: int | None) -> TrainConfig:
+    """The run's config, validated: a copy of ``config`` (default TrainConfig()), or the
+    checkpoint's when resuming; ``epochs`` overrides; the data folder made absolute."""
+    if checkpoint is not None:
+        config = _config_from(checkpoint.meta, resume)
+    config = dataclasses.replace(config or TrainConfig())
+    if epochs is not None:
+        config.epochs = epochs
+    config.validate()
+    if config.data_dir is not None:  # so a resume from elsewhere finds the same files
+        config.data_dir = str(Path(config.data_dir).expanduser().resolve())
+    return config
+
+
+def _run_folder(out, resume, config: TrainConfig, backend_name: str) -> Path:
+    """``out``; else the folder of the run resumed; else a new ``runs/<time>-...``."""
+    if out is not None:
+        return Path(out)
+    if resume is not None:
+        return Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    return default_run_dir(config, backend_name)
 
 
 def _config_from(meta: dict, path) -> TrainConfig:

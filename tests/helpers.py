@@ -5,6 +5,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from fastlenet.data import FILES, load_dataset, write_idx
 
 
@@ -31,3 +33,12 @@ def cuda_device_present() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return listed.returncode == 0 and "GPU" in listed.stdout
+
+
+def skip_unless_cuda_device(why: str) -> None:
+    """Skip a GPU test with ``why`` where this machine has no CUDA device; FAIL where it
+    has one and the backend is unusable all the same (missing libraries, a broken
+    install): that must not pass as a skip."""
+    if cuda_device_present():
+        pytest.fail(f"this machine has an NVIDIA GPU, but {why}")
+    pytest.skip(why)

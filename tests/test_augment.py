@@ -80,16 +80,45 @@ def naive_bilinear(x, src_x, src_y, background):
     return out
 
 
-def test_bilinear_gather_matches_a_per_pixel_loop(backend):
+@pytest.mark.parametrize("affine", [False, True])
+def test_bilinear_gather_matches_a_per_pixel_loop(backend, affine):
+    """warp_bilinear's source points as a displacement field alone, and as an affine map
+    per image plus a field."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 9, 11, 3))
     src_x = rng.uniform(-3, 14, (9, 11, 3))  # some points fully or partly outside
     src_y = rng.uniform(-3, 12, (9, 11, 3))
     src_x[0, 0, 0], src_y[0, 0, 0] = 4.0, 5.0  # exactly on a pixel
-    augmenter = Augmenter(backend, OFF, MEAN, STD)
-    expected = naive_bilinear(x, src_x, src_y, augmenter.background)
-    got = augmenter._bilinear(backend.asarray(x), backend.asarray(src_x), backend.asarray(src_y))
+    coeffs = np.zeros((6, 3))
+    displacement = np.stack([src_x, src_y])
+    if affine:
+        coeffs = rng.uniform(-1.5, 1.5, (6, 3))
+        i, j = np.arange(9)[:, None, None], np.arange(11)[None, :, None]
+        displacement -= np.stack([coeffs[0] * j + coeffs[1] * i + coeffs[2],
+                                  coeffs[3] * j + coeffs[4] * i + coeffs[5]])
+    background = Augmenter(backend, OFF, MEAN, STD).background
+    expected = naive_bilinear(x, src_x, src_y, background)
+    got = backend.warp_bilinear(backend.asarray(x), backend.asarray(coeffs),
+                                backend.asarray(displacement), background)
     np.testing.assert_allclose(to_host(backend, got), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_warp_without_displacement_matches_numpy(backend, dtype):
+    """A backend's own warp_bilinear (numba's fused pass) against the generic one, affine
+    maps alone, on a batch like training's."""
+    from fastlenet.backends import get_backend
+
+    rng = np.random.default_rng(3)
+    x = digits(33).astype(dtype)
+    coeffs = np.array([1.1, -0.2, 0.5, 0.15, 0.9, -1.0])[:, None] + rng.uniform(-0.3, 0.3, (6, 33))
+    numpy_backend = get_backend("numpy")
+    want = numpy_backend.warp_bilinear(x, coeffs.astype(dtype), None, BACKGROUND)
+    got = to_host(backend, backend.warp_bilinear(backend.asarray(x), backend.asarray(coeffs.astype(dtype)),
+                                                 None, BACKGROUND))
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, **(dict(rtol=1e-5, atol=1e-5) if dtype == np.float32
+                                             else dict(rtol=1e-12, atol=1e-12)))
 
 
 def test_gaussian_matrix_is_a_zero_padded_convolution():

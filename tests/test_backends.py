@@ -3,11 +3,13 @@
 import sys
 import types
 
+import numpy as np
 import pytest
 
+from conftest import load_backend
 from fastlenet import backends
 from fastlenet.backends.base import Backend
-from fastlenet.errors import BackendUnavailableError
+from fastlenet.errors import ArrayError, BackendUnavailableError
 
 
 @pytest.fixture
@@ -74,3 +76,98 @@ def test_softmax_is_stable_and_matches_the_loss_gradient(backend):
     _, grad = backend.softmax_cross_entropy(backend.asarray(z), backend.asarray(labels))
     onehot = np.eye(10)[:, labels]
     np.testing.assert_allclose(backend.to_numpy(grad), (p - onehot) / 7, atol=1e-12)
+
+
+# ------------------------------------------------- who implements which kernel
+# Every kernel of the interface, and, for each backend, the ones its own class (or a
+# class of its own module) implements. The rest it inherits from base.Backend's generic
+# versions: a visible choice here, so a backend cannot lose a kernel of its own unnoticed
+# (its tests against the NumPy backend would pass trivially on the inherited copy).
+KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backward",
+           "maxpool2d_forward", "maxpool2d_backward", "relu_maxpool2d_forward",
+           "relu_maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
+           "linear_forward", "linear_backward", "softmax", "softmax_cross_entropy",
+           "adam_update_device", "set_scalars", "warp_bilinear")
+OWN_KERNELS = {
+    "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
+              "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
+              "avgpool2d_forward", "avgpool2d_backward"},
+    "numba": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
+              "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
+              "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
+              "softmax_cross_entropy", "adam_update_device", "warp_bilinear"},
+    "cupy": {"conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+             "relu_maxpool2d_forward", "relu_maxpool2d_backward", "avgpool2d_forward",
+             "avgpool2d_backward", "linear_forward", "linear_backward",
+             "softmax_cross_entropy", "adam_update_device", "set_scalars"},
+}
+
+
+@pytest.mark.parametrize("name", list(OWN_KERNELS))
+def test_each_backend_lists_the_kernels_it_implements_itself(name):
+    module_name, class_name = backends._REGISTRY[name]
+    module = pytest.importorskip(module_name, reason=f"the {name} backend's module needs "
+                                 "a package not installed here")
+    cls = getattr(module, class_name)
+    own = {kernel for kernel in KERNELS
+           if next(c for c in cls.__mro__ if kernel in vars(c)).__module__ == module_name}
+    assert own == OWN_KERNELS[name]
+    assert set(OWN_KERNELS) == set(backends._REGISTRY)  # a new backend gets a row here
+
+
+# --------------------------------------------------------- bad arguments, every backend
+def _zeros(be, shape, dtype=np.float32):
+    return be.asarray(np.zeros(shape, dtype))
+
+
+_X, _W = (3, 8, 8, 2), (4, 3, 3, 3)
+_ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+# (a bad call of backend ``be``, words its one-line error must hold): each shared check
+BAD_CALLS = [
+    (lambda be: be.conv2d_forward(_zeros(be, (3, 8, 8)), _zeros(be, _W), None, 1, 0),
+     "x must be 4-d (C, H, W, N)"),
+    (lambda be: be.conv2d_forward(_zeros(be, _X), _zeros(be, (4, 2, 3, 3)), None, 1, 0),
+     "3 channels, weights expect 2"),
+    (lambda be: be.conv2d_forward(_zeros(be, _X), _zeros(be, _W), _zeros(be, 5), 1, 0),
+     "bias has shape (5,), expected (4,)"),
+    (lambda be: be.conv2d_forward(_zeros(be, _X), _zeros(be, _W, np.float64), None, 1, 0),
+     "w is float64 but x is float32"),
+    (lambda be: be.conv2d_forward(_zeros(be, _X, np.int32), _zeros(be, _W, np.int32), None, 1, 0),
+     "x is int32; the kernels take float32 or float64"),
+    (lambda be: be.conv2d_forward(_zeros(be, _X), _zeros(be, _W), None, 0, 0),
+     "stride must be an integer >= 1"),
+    (lambda be: be.conv2d_forward(_zeros(be, _X), _zeros(be, (4, 3, 9, 9)), None, 1, 0),
+     "does not fit"),
+    (lambda be: be.maxpool2d_forward(_zeros(be, (3, 8)), 2, 2), "x must be 4-d (C, H, W, N)"),
+    (lambda be: be.avgpool2d_forward(_zeros(be, _X), 2, 0), "stride must be an integer >= 1"),
+    (lambda be: be.relu_maxpool2d_forward(_zeros(be, _X), 9, 1), "does not fit"),
+    (lambda be: be.linear_forward(_zeros(be, (5, 2)), _zeros(be, (3, 4)), None),
+     "5 features, weights expect 4"),
+    (lambda be: be.linear_forward(_zeros(be, (4, 2)), _zeros(be, (3, 4)), _zeros(be, 4)),
+     "bias has shape (4,), expected (3,)"),
+    (lambda be: be.softmax_cross_entropy(_zeros(be, (10, 4)), _zeros(be, 3, np.int64)),
+     "labels must be (4,) integers"),
+    (lambda be: be.softmax_cross_entropy(_zeros(be, (10, 4)), _zeros(be, 4)),
+     "labels must be (4,) integers"),
+    (lambda be: be.warp_bilinear(_zeros(be, _X), _zeros(be, (6, 3)), None, 0.0),
+     "coeffs has shape (6, 3), expected (6, 2)"),
+    (lambda be: be.warp_bilinear(_zeros(be, _X), _zeros(be, (6, 2)), _zeros(be, (2, 8, 8, 3)), 0.0),
+     "displacement has shape (2, 8, 8, 3), expected (2, 8, 8, 2)"),
+    (lambda be: be.adam_update(_zeros(be, 6), _zeros(be, 5), _zeros(be, 6), _zeros(be, 6),
+                               **_ADAM), "the gradient is float32[5]"),
+    (lambda be: be.adam_update(_zeros(be, (6, 2))[:, 0], *(_zeros(be, 6) for _ in range(3)),
+                               **_ADAM), "parameter must be C-contiguous"),
+]
+
+
+@pytest.fixture(scope="module", params=["numpy", "numba", "cupy-on-cpu",
+                                        pytest.param("cupy", marks=pytest.mark.gpu)])
+def any_backend(request):
+    return load_backend(request.param)
+
+
+@pytest.mark.parametrize("call, words", BAD_CALLS, ids=[w for _, w in BAD_CALLS])
+def test_bad_arguments_get_the_same_one_line_error_on_every_backend(any_backend, call, words):
+    with pytest.raises(ArrayError) as info:
+        call(any_backend)
+    assert words in str(info.value) and "\n" not in str(info.value)

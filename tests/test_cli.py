@@ -40,7 +40,8 @@ def assert_one_line_error(result, *fragments):
 def test_help_and_version():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("train", "sweep", "report", "compare", "evaluate", "predict", "summary", "info"):
+    for command in ("train", "sweep", "report", "compare", "evaluate", "predict", "export", "demo",
+                    "summary", "info"):
         assert command in result.stdout
     assert "--target-accuracy" in run_cli("train", "--help").stdout
     assert "--augment-elastic" in run_cli("train", "--help").stdout

@@ -30,7 +30,8 @@ from fastlenet.backends.numpy_backend import NumpyBackend
 from fastlenet.errors import BackendUnavailableError
 from fastlenet.train import TrainConfig, Trainer, evaluate, train
 
-from helpers import cuda_device_present
+from conftest import load_cuda_backend
+from helpers import skip_unless_cuda_device
 from test_cli import assert_one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +75,7 @@ def test_wheel_holds_every_module_and_kernel(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"fastlenet/kernels/{path.name}" for path in KERNEL_FILES}
     expected |= {path.relative_to(ROOT).as_posix() for path in (ROOT / "fastlenet").rglob("*.py")}
+    expected |= {path.relative_to(ROOT).as_posix() for path in (ROOT / "fastlenet" / "static").iterdir()}
     assert expected <= names, sorted(expected - names)
 
 
@@ -288,14 +290,14 @@ def test_set_scalars_writes_host_numbers_rounded_to_the_array(cuda_backend, dtyp
 
 
 def test_a_gpu_test_fails_where_a_device_exists_but_the_backend_does_not_work(monkeypatch):
-    import test_cupy
+    import helpers
 
-    monkeypatch.setattr(test_cupy, "cuda_device_present", lambda: True)
+    monkeypatch.setattr(helpers, "cuda_device_present", lambda: True)
     with pytest.raises(pytest.fail.Exception, match="has an NVIDIA GPU, but backend 'cupy'"):
-        _skip_unless_cuda_device("backend 'cupy' is not usable here (...)")
-    monkeypatch.setattr(test_cupy, "cuda_device_present", lambda: False)
+        skip_unless_cuda_device("backend 'cupy' is not usable here (...)")
+    monkeypatch.setattr(helpers, "cuda_device_present", lambda: False)
     with pytest.raises(pytest.skip.Exception):
-        _skip_unless_cuda_device("backend 'cupy' is not usable here (...)")
+        skip_unless_cuda_device("backend 'cupy' is not usable here (...)")
 
 
 # ------------------------------------------- the trainer's side of capture_step
@@ -331,156 +333,20 @@ def test_trainer_keeps_nothing_that_the_next_captured_step_overwrites(tiny_dir, 
 
 
 # ------------------------------------------------ kernels, on the CPU and on the GPU
-def _skip_unless_cuda_device(why: str) -> None:
-    """Skip a GPU test with ``why`` where this machine has no CUDA device; FAIL where it
-    has one and the backend is unusable all the same (missing libraries, a broken
-    install): that must not pass as a skip."""
-    if cuda_device_present():
-        pytest.fail(f"this machine has an NVIDIA GPU, but {why}")
-    pytest.skip(why)
-
-
 @pytest.fixture
 def cupy_backend():
     """The real backend on a CUDA device; a skip giving the reason where there is none."""
     why = _cupy_status()
     if why is not None:
-        _skip_unless_cuda_device(why)
+        skip_unless_cuda_device(why)
     return backends.get_backend("cupy")
 
 
-@pytest.fixture(scope="module", params=["host", pytest.param("device", marks=pytest.mark.gpu)])
+@pytest.fixture(scope="module", params=["on-cpu", pytest.param("device", marks=pytest.mark.gpu)])
 def cuda_backend(request):
-    """The cupy backend with its kernels run on the CPU (tests/host_cuda.py), and on the GPU."""
-    if request.param == "device":
-        why = _cupy_status()
-        if why is not None:
-            _skip_unless_cuda_device(why)
-        return backends.get_backend("cupy")
-    if shutil.which("g++") is None:
-        pytest.skip("no host C++ compiler (g++) to run the CUDA kernels on the CPU")
-    if importlib.util.find_spec("fastlenet.kernels") is None:
-        pytest.skip("fastlenet.kernels is not importable (see "
-                    "test_every_kernel_source_ships_in_the_package)")
-    import host_cuda
-
-    return host_cuda.load_backend()
-
-
-@pytest.fixture
-def numpy_backend():
-    return backends.get_backend("numpy")
-
-
-def _tol(dtype):
-    return dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
-
-
-def _same(gpu, actual, expected, dtype):
-    actual = gpu.to_numpy(actual)
-    assert actual.dtype == dtype and actual.shape == np.shape(expected)
-    np.testing.assert_allclose(actual, expected, **_tol(dtype))
-
-
-def _random_conv_case(rng):
-    c, k = rng.integers(1, 6, size=2)
-    kh, kw = rng.integers(1, 6, size=2)
-    stride, pad = int(rng.integers(1, 4)), int(rng.integers(0, 3))
-    h = int(rng.integers(max(kh - 2 * pad, 1), 14))
-    w = int(rng.integers(max(kw - 2 * pad, 1), 14))
-    n = int(rng.choice([1, 3, 7, 33, 130]))
-    return int(c), h, w, n, int(k), int(kh), int(kw), stride, pad
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("seed", range(12))
-def test_conv2d_on_random_shapes_matches_numpy(cuda_backend, numpy_backend, seed, dtype):
-    rng = np.random.default_rng(seed)
-    c, h, w, n, k, kh, kw, stride, pad = _random_conv_case(rng)
-    x = rng.standard_normal((c, h, w, n)).astype(dtype)
-    weight = rng.standard_normal((k, c, kh, kw)).astype(dtype)
-    bias = rng.standard_normal(k).astype(dtype) if seed % 3 else None
-    need_dx = seed % 4 != 1
-    outs = {}
-    for b in (cuda_backend, numpy_backend):
-        y, ctx = b.conv2d_forward(b.asarray(x), b.asarray(weight),
-                                  None if bias is None else b.asarray(bias), stride, pad)
-        dy = np.random.default_rng(seed + 100).standard_normal(y.shape).astype(dtype)
-        outs[b.name] = (y, *b.conv2d_backward(b.asarray(dy), ctx, need_dx=need_dx))
-    for got, want in zip(outs["cupy"], outs["numpy"]):
-        if want is None:
-            assert got is None
-        else:
-            _same(cuda_backend, got, want, dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kind", ["max", "relu_max", "avg"])
-@pytest.mark.parametrize("seed", range(10))
-def test_pooling_on_random_shapes_matches_numpy(cuda_backend, numpy_backend, seed, kind, dtype):
-    rng = np.random.default_rng(seed)
-    size, stride = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-    c, n = int(rng.integers(1, 5)), int(rng.choice([1, 3, 7, 33, 130]))
-    h, w = (int(v) for v in rng.integers(size, 12, size=2))
-    # small integers: ties in most windows and, for the fused ReLU, windows of zeros
-    x = rng.integers(-2, 3, size=(c, h, w, n)).astype(dtype)
-    dy = None
-    outs = {}
-    for b in (cuda_backend, numpy_backend):
-        y, ctx = getattr(b, f"{kind}pool2d_forward")(b.asarray(x), size, stride)
-        if dy is None:
-            dy = rng.standard_normal(y.shape).astype(dtype)
-        outs[b.name] = (y, getattr(b, f"{kind}pool2d_backward")(b.asarray(dy), ctx))
-    for got, want in zip(outs["cupy"], outs["numpy"]):
-        _same(cuda_backend, got, want, dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(400, 130, 120), (7, 1, 3), (84, 33, 10), (5, 2, 1)])
-def test_linear_matches_numpy(cuda_backend, numpy_backend, shape, dtype):
-    n_in, n, n_out = shape
-    rng = np.random.default_rng(n_in)
-    x = rng.standard_normal((n_in, n)).astype(dtype)
-    w, bias = rng.standard_normal((n_out, n_in)).astype(dtype), rng.standard_normal(n_out).astype(dtype)
-    dy = rng.standard_normal((n_out, n)).astype(dtype)
-    outs = {}
-    for b in (cuda_backend, numpy_backend):
-        y, ctx = b.linear_forward(b.asarray(x), b.asarray(w), b.asarray(bias))
-        outs[b.name] = (y, *b.linear_backward(b.asarray(dy), ctx))
-    for got, want in zip(outs["cupy"], outs["numpy"]):
-        _same(cuda_backend, got, want, dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
-@pytest.mark.parametrize("n", [1, 7, 130])
-def test_softmax_cross_entropy_matches_numpy(cuda_backend, numpy_backend, n, smoothing, dtype):
-    rng = np.random.default_rng(n)
-    logits = (20 * rng.standard_normal((10, n))).astype(dtype)
-    labels = rng.integers(0, 10, size=n)
-    outs = {b.name: b.softmax_cross_entropy(b.asarray(logits), b.asarray(labels), smoothing)
-            for b in (cuda_backend, numpy_backend)}
-    loss, grad = outs["cupy"]
-    np.testing.assert_allclose(float(cuda_backend.to_numpy(loss)), float(outs["numpy"][0]),
-                               **_tol(dtype))
-    _same(cuda_backend, grad, outs["numpy"][1], dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_update_matches_numpy(cuda_backend, numpy_backend, dtype):
-    rng = np.random.default_rng(9)
-    shape = (16, 6, 5, 5)
-    start = (rng.standard_normal(shape).astype(dtype), np.zeros(shape, dtype), np.zeros(shape, dtype))
-    state = {b.name: [b.asarray(a.copy()) for a in start] for b in (cuda_backend, numpy_backend)}
-    for step in range(1, 6):
-        g = rng.standard_normal(shape).astype(dtype)
-        for b in (cuda_backend, numpy_backend):
-            p, m, v = state[b.name]
-            b.adam_update(p, b.asarray(g), m, v, lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-                          weight_decay=0.01, step=step)
-    for got, want in zip(state["cupy"], state["numpy"]):
-        np.testing.assert_allclose(cuda_backend.to_numpy(got), want,
-                                   rtol=1e-6 if dtype == np.float32 else 1e-14, atol=0)
+    """The cupy backend with its kernels run on the CPU (tests/host_cuda.py), and on the GPU.
+    (Its kernels against the NumPy backend: test_kernels.py's random-shape tests.)"""
+    return load_cuda_backend(request.param)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

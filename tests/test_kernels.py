@@ -1,16 +1,23 @@
-"""Every backend kernel against the naive loops of tests/reference.py, and live against PyTorch.
+"""Every backend kernel against the naive loops of tests/reference.py, against the NumPy
+backend on random shapes, and live against PyTorch.
 
 One test body per kernel; the ``backend`` fixture (conftest.py) runs it on every usable
 backend. Forward and backward are checked in float64 (tight tolerance: only summation
 order differs) and in float32 (float32 tolerance, against the float64 reference of the
 same inputs). Max-pool is also fed deliberate ties: the gradient must go to the first
 maximum in row-major window order, as in PyTorch.
+
+The random-shape tests hold every other backend to the NumPy backend (the reference):
+numba, cupy with its CUDA kernels run on the CPU (tests/host_cuda.py), and cupy on a CUDA
+device (marker ``gpu``).
 """
 
 import numpy as np
 import pytest
 
 import reference as ref
+from conftest import load_backend
+from fastlenet import backends
 from fastlenet.backends.base import Backend, adam_factors
 
 DTYPES = [np.float64, np.float32]
@@ -301,3 +308,127 @@ def test_pool_matches_torch(backend, kind, size, stride):
     _check(backend, y, np.moveaxis(yt.detach().numpy(), 0, -1), np.float64)
     dx = backward(backend.asarray(np.moveaxis(dy, 0, -1)), ctx)
     _check(backend, dx, np.moveaxis(xt.grad.numpy(), 0, -1), np.float64)
+
+
+# ------------------------------------------- every backend against the NumPy backend
+@pytest.fixture(scope="module", params=["numba", "cupy-on-cpu",
+                                        pytest.param("cupy", marks=pytest.mark.gpu)])
+def candidate(request):
+    """A backend held to the NumPy backend; skipped, saying why, where it cannot run."""
+    return load_backend(request.param)
+
+
+def _both(candidate, call):
+    """``call(backend)`` on the candidate and on the NumPy backend, as host arrays (None
+    stays None): ``[(got, want), ...]``."""
+    numpy_backend = backends.get_backend("numpy")
+    got, want = call(candidate), call(numpy_backend)
+    host = lambda b, a: None if a is None else b.to_numpy(a)
+    return [(host(candidate, g), host(numpy_backend, w)) for g, w in zip(got, want)]
+
+
+def _agree(pairs, dtype):
+    for got, want in pairs:
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert got.dtype == dtype and got.shape == want.shape
+            np.testing.assert_allclose(got, want, **_tol(dtype))
+
+
+def _random_conv_case(rng):
+    """Random channels, kernels 1-6 (not square), strides 1-3, paddings 0-2, odd batches."""
+    C, K = (int(v) for v in rng.integers(1, 6, size=2))
+    KH, KW = (int(v) for v in rng.integers(1, 7, size=2))
+    stride, pad = int(rng.integers(1, 4)), int(rng.integers(0, 3))
+    H = int(rng.integers(max(KH - 2 * pad, 1), 14))
+    W = int(rng.integers(max(KW - 2 * pad, 1), 14))
+    N = int(rng.choice([1, 3, 7, 13, 33, 130]))
+    return (C, H, W, N), (K, C, KH, KW), stride, pad
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", range(12))
+def test_conv2d_on_random_shapes_matches_numpy(candidate, seed, dtype):
+    rng = np.random.default_rng(seed)
+    x_shape, w_shape, stride, pad = _random_conv_case(rng)
+    x, w = _normal(rng, x_shape, dtype), _normal(rng, w_shape, dtype)
+    b = _normal(rng, w_shape[0], dtype) if seed % 3 else None
+    need_dx = seed % 4 != 1
+
+    def run(be):
+        y, ctx = be.conv2d_forward(be.asarray(x), be.asarray(w),
+                                   None if b is None else be.asarray(b), stride, pad)
+        dy = _normal(np.random.default_rng(seed + 100), y.shape, dtype)
+        return (y, *be.conv2d_backward(be.asarray(dy), ctx, need_dx=need_dx))
+
+    _agree(_both(candidate, run), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["max", "relu_max", "avg"])
+@pytest.mark.parametrize("seed", range(10))
+def test_pooling_on_random_shapes_matches_numpy(candidate, seed, kind, dtype):
+    rng = np.random.default_rng(100 + seed)
+    size, stride = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    C, N = int(rng.integers(1, 5)), int(rng.choice([1, 3, 7, 33, 130]))
+    H, W = (int(v) for v in rng.integers(size, 12, size=2))
+    x = _ties(rng, (C, H, W, N), dtype)  # and windows of zeros and negatives for the ReLU
+    dy_seed = int(rng.integers(1 << 30))
+
+    def run(be):
+        y, ctx = getattr(be, f"{kind}pool2d_forward")(be.asarray(x), size, stride)
+        dy = _normal(np.random.default_rng(dy_seed), y.shape, dtype)
+        return y, getattr(be, f"{kind}pool2d_backward")(be.asarray(dy), ctx)
+
+    _agree(_both(candidate, run), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(400, 130, 120), (7, 1, 3), (84, 33, 10), (5, 2, 1)])
+def test_linear_matches_numpy(candidate, shape, dtype):
+    IN, N, OUT = shape
+    rng = np.random.default_rng(IN)
+    x, w, b = _normal(rng, (IN, N), dtype), _normal(rng, (OUT, IN), dtype), _normal(rng, OUT, dtype)
+    dy = _normal(rng, (OUT, N), dtype)
+
+    def run(be):
+        y, ctx = be.linear_forward(be.asarray(x), be.asarray(w), be.asarray(b))
+        return (y, *be.linear_backward(be.asarray(dy), ctx))
+
+    _agree(_both(candidate, run), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
+@pytest.mark.parametrize("N", [1, 7, 130])
+def test_softmax_cross_entropy_matches_numpy(candidate, N, smoothing, dtype):
+    rng = np.random.default_rng(N)
+    logits = (20 * rng.standard_normal((10, N))).astype(dtype)
+    labels = rng.integers(0, 10, size=N)
+    pairs = _both(candidate, lambda be: be.softmax_cross_entropy(be.asarray(logits),
+                                                                 be.asarray(labels), smoothing))
+    (loss, want_loss), grads = pairs
+    assert loss.shape == () and loss.dtype == dtype
+    np.testing.assert_allclose(float(loss), float(want_loss), **_tol(dtype))
+    _agree([grads], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_update_matches_numpy(candidate, dtype):
+    """Five steps of each backend's own update from the same start and gradients. (m and v
+    cancel, and numba contracts multiply-adds: float64 needs 1e-12, not bit equality.)"""
+    rng = np.random.default_rng(9)
+    shape = (16, 6, 5, 5)
+    start = (_normal(rng, shape, dtype), np.zeros(shape, dtype), np.zeros(shape, dtype))
+    grads = [_normal(rng, shape, dtype) for _ in range(5)]
+
+    def run(be):
+        p, m, v = (be.asarray(a.copy()) for a in start)
+        for step, g in enumerate(grads, start=1):
+            be.adam_update(p, be.asarray(g), m, v, lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                           weight_decay=0.01, step=step)
+        return p, m, v
+
+    for got, want in _both(candidate, run):
+        np.testing.assert_allclose(got, want, **(dict(rtol=1e-6, atol=1e-7) if dtype == np.float32
+                                                 else dict(rtol=1e-12, atol=1e-16)))

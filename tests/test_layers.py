@@ -14,7 +14,7 @@ import pytest
 
 from fastlenet.errors import ConfigError
 from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
-                          ReLU, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh)
+                          ReLU, ReLUMaxPool2d, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh)
 from fastlenet.nn.init import glorot_uniform, he_normal, lecun_normal
 
 
@@ -298,6 +298,18 @@ def test_fused_relu_maxpool_matches_unfused_with_ties(backend, monkeypatch):
     dx = backend.to_numpy(relu.backward(pool.backward(backend.asarray(dy))))
     np.testing.assert_array_equal(y_fused, y)
     np.testing.assert_array_equal(dx_fused, dx)
+
+
+def test_relu_maxpool_layer_on_its_own(backend):
+    """ReLUMaxPool2d outside a Sequential: the same values as the pair, and the summary's
+    shape and connections (the pool's plus the ReLU's one per input)."""
+    x = tie_free(np.random.default_rng(16), (2, 6, 6, 3), offset=0.005)
+    fused = bind(ReLUMaxPool2d(2), backend)
+    pair = bind(Sequential(ReLU(), MaxPool2d(2)), backend)
+    np.testing.assert_array_equal(backend.to_numpy(fused.forward(backend.asarray(x))),
+                                  backend.to_numpy(pair.forward(backend.asarray(x))))
+    assert fused.describe((6, 28, 28)) == ("ReLU+MaxPool2d(2)", 0, 4_704 + 4_704)
+    assert repr(ReLUMaxPool2d(3, stride=2)) == "ReLU+MaxPool2d(3, stride=2)"
 
 
 def test_fused_relu_maxpool_gradients(backend):

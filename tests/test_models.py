@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fastlenet.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError
-from fastlenet.nn import MODELS, Conv2d, Flatten, Linear, Model, SoftmaxCrossEntropy, build_model
+from fastlenet.nn import (MODELS, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU, ReLUMaxPool2d,
+                          SoftmaxCrossEntropy, build_model)
 
 
 def images(n, seed=0):
@@ -37,6 +38,22 @@ def test_lenet5_summary():
     text = model.summary_text()
     assert "122,304" in text and "61,706" in text and "total" in text
     assert len(text.splitlines()) == len(rows) + 4  # title, header, input, layers, total
+
+
+def test_the_executed_plan_is_visible():
+    """lenet5's two ReLU + max-pool pairs run as two ReLUMaxPool2d steps; every other step
+    is the layer as written, and the summary says which layers run fused."""
+    model = build_model("lenet5")
+    assert len(model.layers) == 12 and len(model.plan) == 10
+    fused = [step for step in model.plan if isinstance(step, ReLUMaxPool2d)]
+    assert [repr(step) for step in fused] == ["ReLU+MaxPool2d(2)"] * 2
+    assert [i for i in sorted(model.fused)] == [1, 2, 4, 5]
+    assert all(isinstance(model.layers[i], (ReLU, MaxPool2d)) for i in model.fused)
+    assert [s for s in model.plan if not isinstance(s, ReLUMaxPool2d)] == \
+        [layer for i, layer in enumerate(model.layers) if i not in model.fused]
+    text = model.summary_text().splitlines()
+    assert text[1].endswith("runs as") and text[-1].endswith("10 steps")
+    assert [line.split()[0] for line in text if line.endswith("fused")] == ["1", "2", "4", "5"]
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -1,8 +1,9 @@
-"""The Numba backend against the NumPy backend (its oracle), and its own promises:
-float32 agreement on random shapes, a 50-step training run that follows NumPy's losses,
-the compile notice, the debuggable pure-Python copy, and BLAS threads left as found.
+"""The Numba backend's own promises: a 50-step training run that follows NumPy's losses,
+NaN propagation, the compile notice, the debuggable pure-Python copy, and BLAS threads
+left as found.
 
-(Every kernel test of test_kernels.py also runs on numba through the backend fixture.)
+(Every kernel test of test_kernels.py also runs on numba: against the naive references
+through the backend fixture, and against the NumPy backend on random shapes.)
 """
 
 import json
@@ -29,64 +30,10 @@ def numba_be():
     return backends.get_backend("numba")
 
 
-@pytest.fixture(scope="module")
-def numpy_be():
-    return backends.get_backend("numpy")
-
-
 def _close(actual, expected):
     """float32 agreement, scaled to the array's size (sums of up to ~1e3 products)."""
     scale = max(float(np.abs(expected).max()), 1e-6)
     np.testing.assert_allclose(actual, expected, rtol=2e-4, atol=2e-5 * scale)
-
-
-def _random_conv_case(rng):
-    c, k = rng.integers(1, 5, size=2)
-    kh, kw = rng.integers(1, 7, size=2)
-    stride, pad = int(rng.integers(1, 4)), int(rng.integers(0, 3))
-    h = int(rng.integers(max(kh - 2 * pad, 1), 14))
-    w = int(rng.integers(max(kw - 2 * pad, 1), 14))
-    n = int(rng.choice([1, 3, 7, 13, 130]))
-    return (int(c), h, w, n), (int(k), int(c), int(kh), int(kw)), stride, pad
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_conv2d_matches_numpy_in_float32(numba_be, numpy_be, seed):
-    rng = np.random.default_rng(seed)
-    x_shape, w_shape, stride, pad = _random_conv_case(rng)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal(w_shape).astype(np.float32)
-    b = rng.standard_normal(w_shape[0]).astype(np.float32) if seed % 3 else None
-    got_y, got_ctx = numba_be.conv2d_forward(x, w, b, stride, pad)
-    want_y, want_ctx = numpy_be.conv2d_forward(x, w, b, stride, pad)
-    _close(got_y, want_y)
-    dy = rng.standard_normal(want_y.shape).astype(np.float32)
-    got = numba_be.conv2d_backward(dy, got_ctx, need_dx=bool(seed % 4))
-    want = numpy_be.conv2d_backward(dy, want_ctx, need_dx=bool(seed % 4))
-    for g, e in zip(got, want):
-        assert (g is None) == (e is None)
-        if e is not None:
-            assert g.dtype == np.float32 and g.shape == e.shape
-            _close(g, e)
-
-
-@pytest.mark.parametrize("seed", range(10))
-@pytest.mark.parametrize("op", ["max", "relu_max", "avg"])
-def test_pooling_matches_numpy_in_float32(numba_be, numpy_be, op, seed):
-    rng = np.random.default_rng(100 + seed)
-    size = int(rng.integers(1, 4))
-    stride = int(rng.integers(1, 4))
-    c, n = int(rng.integers(1, 5)), int(rng.choice([1, 3, 7, 130]))
-    h, w = (int(v) for v in rng.integers(size, 12, size=2))
-    # small integers: ties everywhere, and windows of zeros and negatives for the ReLU
-    x = rng.integers(-2, 3, size=(c, h, w, n)).astype(np.float32)
-    name = {"max": "maxpool2d", "relu_max": "relu_maxpool2d", "avg": "avgpool2d"}[op]
-    got_y, got_ctx = getattr(numba_be, f"{name}_forward")(x, size, stride)
-    want_y, want_ctx = getattr(numpy_be, f"{name}_forward")(x, size, stride)
-    np.testing.assert_allclose(got_y, want_y, rtol=1e-6)
-    dy = rng.standard_normal(want_y.shape).astype(np.float32)
-    _close(getattr(numba_be, f"{name}_backward")(dy, got_ctx),
-           getattr(numpy_be, f"{name}_backward")(dy, want_ctx))
 
 
 def test_maxpool_keeps_a_nan(numba_be):
@@ -96,18 +43,6 @@ def test_maxpool_keeps_a_nan(numba_be):
     x[0, 0, 0, 1] = np.nan  # first in its window
     y, _ = numba_be.maxpool2d_forward(x, 2, 2)
     assert np.isnan(y[0, 0, 0, :2]).all() and y[0, 0, 0, 2] == 0
-
-
-def test_loss_and_adam_match_numpy(numba_be, numpy_be):
-    rng = np.random.default_rng(7)
-    logits = (4 * rng.standard_normal((10, 37))).astype(np.float32)
-    labels = rng.integers(0, 10, 37)
-    for smoothing in (0.0, 0.1):
-        got = numba_be.softmax_cross_entropy(logits, labels, smoothing)
-        want = numpy_be.softmax_cross_entropy(logits, labels, smoothing)
-        assert got[0].shape == () and got[0].dtype == np.float32
-        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-        _close(got[1], want[1])
 
 
 def _losses(backend_name: str, steps: int = 50) -> list[float]:

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from fastlenet.cli import main
-from fastlenet.report import COMPARE_COLUMNS, FIGURES, compare_runs, make_report
+from fastlenet.compare import COMPARE_COLUMNS, compare_runs
+from fastlenet.report import FIGURES, make_report
 
 # (width, height) in pixels of each figure of a lenet5 run; the summary's height grows
 # with its rows
@@ -131,7 +132,7 @@ def test_make_report_returns_what_it_wrote(tiny_runs, report, tmp_path, monkeypa
     the tests above; here the return value and the files."""
     import fastlenet.report as module
 
-    monkeypatch.setattr(module, "_png_bytes", lambda fig: b"png")
+    monkeypatch.setattr(module, "png_bytes", lambda fig: b"png")
     result = make_report(tiny_runs[0], tmp_path / "r", log=None)
     assert result.folder == tmp_path / "r" and result.html == tmp_path / "r" / "report.html"
     assert result.figures == figure_paths(tmp_path / "r")
@@ -140,7 +141,8 @@ def test_make_report_returns_what_it_wrote(tiny_runs, report, tmp_path, monkeypa
 
 
 def test_curves_zoom_on_late_epochs_only_when_early_ones_stretch_the_axis(tmp_path):
-    from fastlenet.report import Run, plot_curves
+    from fastlenet.report import plot_curves
+    from fastlenet.runs import Run
 
     def run_with(accuracies):
         epochs = [{"epoch": e, "step": 10 * e, "train_loss": 0.1, "train_accuracy": a,
@@ -191,7 +193,7 @@ def test_compare_writes_markdown_csv_and_figure(tiny_runs, tmp_path):
 
 
 def test_compare_names_runs_by_path_when_folder_names_clash(tiny_runs, tmp_path, monkeypatch):
-    monkeypatch.setattr("fastlenet.report._png_bytes", lambda fig: b"png")  # not drawn here
+    monkeypatch.setattr("fastlenet.compare.png_bytes", lambda fig: b"png")  # not drawn here
     twin = tmp_path / "elsewhere" / "quick"
     shutil.copytree(tiny_runs[0], twin)
     result = compare_runs([tiny_runs[0], twin, tiny_runs[1]], tmp_path / "cmp")

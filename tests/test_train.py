@@ -9,8 +9,7 @@ import pytest
 from fastlenet.checkpoint import load_checkpoint, load_model, save_checkpoint
 from fastlenet.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fastlenet.nn import build_model
-from fastlenet.train import TrainConfig, Trainer, evaluate, train
-
+from fastlenet.train import TrainConfig, Trainer, TrainingState, evaluate, train
 
 
 def tiny_config(tiny_dir, **kw):
@@ -67,6 +66,37 @@ def test_resume_equals_an_uninterrupted_run(tiny_dir, tmp_path, model, augment):
     drop_times = lambda h: [{k: v for k, v in r.items() if "second" not in k} for r in h["epochs"]]
     assert drop_times(straight.meta["history"]) == drop_times(resumed.meta["history"])
     assert straight.meta["history"]["steps"] == resumed.meta["history"]["steps"]
+
+
+def test_training_state_round_trips_through_checkpoint_meta(backend):
+    """to_meta -> JSON -> restore gives the same counters, history and generators: the
+    restored generators draw what the saved ones would have drawn next."""
+    def fresh():
+        return TrainingState(backend, np.random.default_rng(1), backend.default_rng(2),
+                             backend.default_rng(3))
+
+    saved = fresh()
+    saved.shuffle_rng.permutation(10)
+    saved.model_rng.random((5,), dtype=np.float32)
+    saved.epoch, saved.step, saved.train_seconds = 2, 34, 5.5
+    record = {"epoch": 1, "val_accuracy": 0.5}
+    assert saved.record_epoch(record)
+    assert not saved.record_epoch({"epoch": 2, "val_accuracy": 0.5})  # not better: not best
+    saved.history["steps"].append({"step": 1, "loss": 2.0})
+    meta = json.loads(json.dumps(saved.to_meta()))  # as a checkpoint stores it
+
+    restored = fresh()
+    restored.restore(meta)
+    assert restored.to_meta() == saved.to_meta()
+    assert (restored.best_epoch, restored.best_val_accuracy) == (1, 0.5)
+    np.testing.assert_array_equal(restored.shuffle_rng.permutation(10), saved.shuffle_rng.permutation(10))
+    for a, b in ((restored.model_rng, saved.model_rng), (restored.augment_rng, saved.augment_rng)):
+        np.testing.assert_array_equal(backend.to_numpy(a.random((7,), dtype=np.float32)),
+                                      backend.to_numpy(b.random((7,), dtype=np.float32)))
+    with pytest.raises(KeyError):
+        fresh().restore({k: v for k, v in meta.items() if k != "step"})
+    with pytest.raises(ValueError):
+        fresh().restore({**meta, "history": []})
 
 
 def test_target_accuracy_stops_early(tiny_dir, tmp_path):

@@ -27,28 +27,50 @@ from collections.abc import Callable, Hashable
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
+from ..errors import ArrayError
+
 Array = Any  # numpy.ndarray or cupy.ndarray, as the backend's ``xp`` makes them
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what every kernel takes
 
 
 def window_out_size(size: int, window: int, stride: int, pad: int = 0) -> int:
     """Output length of a ``window`` sliding with ``stride`` over ``size`` values padded by
-    ``pad`` on each side; ValueError when no window fits. Shared by every backend's
-    convolution and pooling, so they reject bad shapes with the same message."""
+    ``pad`` on each side; ArrayError when no window fits. The one definition every
+    backend's convolution and pooling and every layer's output shape use."""
     out = (size + 2 * pad - window) // stride + 1
     if out < 1:
-        raise ValueError(f"window {window} with stride {stride} and padding {pad} "
+        raise ArrayError(f"a {window}x{window} window with stride {stride} and padding {pad} "
                          f"does not fit an input of size {size}")
     return out
 
 
-def conv2d_output_size(x_shape, w_shape, stride: int, pad: int) -> tuple[int, int]:
-    """(OH, OW) of a convolution of x (C, H, W, N) with w (K, C, KH, KW); ValueError when
-    the channels differ or the window does not fit."""
-    c, h, wd, _ = x_shape
-    _, wc, kh, kw = w_shape
-    if wc != c:
-        raise ValueError(f"conv2d: input has {c} channels, weights expect {wc}")
-    return window_out_size(h, kh, stride, pad), window_out_size(wd, kw, stride, pad)
+def _check_floats(op: str, **arrays) -> None:
+    """Each named array (or None) must have the dimensions its layout names, e.g.
+    ``x=(x, "(C, H, W, N)")``, and all must share one of FLOAT_DTYPES."""
+    dtype = None
+    for name, (a, layout) in arrays.items():
+        if a is None:
+            continue
+        ndim = sum(1 for letter in layout.strip("()").split(",") if letter.strip())
+        if a.ndim != ndim:
+            raise ArrayError(f"{op}: {name} must be {ndim}-d {layout}, got shape {tuple(a.shape)}")
+        if a.dtype not in FLOAT_DTYPES:
+            raise ArrayError(f"{op}: {name} is {a.dtype}; the kernels take float32 or float64 "
+                             "arrays (convert with .astype)")
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            raise ArrayError(f"{op}: {name} is {a.dtype} but x is {dtype}; convert the arrays "
+                             "to one dtype")
+
+
+def _check_window_options(op: str, size_name: str, size, stride, pad) -> None:
+    for name, value, low in ((size_name, size, 1), ("stride", stride, 1), ("pad", pad, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ArrayError(f"{op}: {name} must be an integer >= {low}, got {value!r}")
 
 
 class Backend(ABC):
@@ -143,6 +165,76 @@ class Backend(ABC):
         xp = self.xp
         return xp.ascontiguousarray(xp.moveaxis(x, -1, 0))
 
+    # ----------------------------------------------------------- argument checks
+    # Every backend calls these at the top of its kernels, so a bad call gets the same
+    # one-line ArrayError on every backend, before anything runs (a CUDA kernel would
+    # read past the end of an array; NumPy would broadcast or upcast silently). They
+    # read shapes and dtypes only, never values, so they cost no device round trip.
+    def check_conv2d(self, x, w, b, stride: int, pad: int) -> tuple[int, int]:
+        """(OH, OW) of ``conv2d_forward(x, w, b, stride, pad)``; ArrayError when x is not
+        (C, H, W, N), w not (K, C, KH, KW), b not (K,) or None, the dtypes differ, the
+        channels differ or the window does not fit."""
+        _check_floats("conv2d", x=(x, "(C, H, W, N)"), w=(w, "(K, C, KH, KW)"), b=(b, "(K,)"))
+        _check_window_options("conv2d", "kernel", w.shape[2], stride, pad)
+        C, H, W, _ = x.shape
+        K, WC, KH, KW = w.shape
+        if WC != C:
+            raise ArrayError(f"conv2d: input has {C} channels, weights expect {WC}")
+        if b is not None and tuple(b.shape) != (K,):
+            raise ArrayError(f"conv2d: bias has shape {tuple(b.shape)}, expected ({K},)")
+        return window_out_size(H, KH, stride, pad), window_out_size(W, KW, stride, pad)
+
+    def check_pool2d(self, x, size: int, stride: int) -> tuple[int, int]:
+        """(OH, OW) of pooling x (C, H, W, N) with ``size x size`` windows; ArrayError
+        when x is not a float (C, H, W, N) array or the window does not fit."""
+        _check_floats("pool2d", x=(x, "(C, H, W, N)"))
+        _check_window_options("pool2d", "size", size, stride, 0)
+        _, H, W, _ = x.shape
+        return window_out_size(H, size, stride), window_out_size(W, size, stride)
+
+    def check_linear(self, x, w, b) -> None:
+        """ArrayError unless x is (IN, N), w (OUT, IN) and b (OUT,) or None, one dtype."""
+        _check_floats("linear", x=(x, "(IN, N)"), w=(w, "(OUT, IN)"), b=(b, "(OUT,)"))
+        (IN, _), (OUT, WIN) = x.shape, w.shape
+        if WIN != IN:
+            raise ArrayError(f"linear: input has {IN} features, weights expect {WIN}")
+        if b is not None and tuple(b.shape) != (OUT,):
+            raise ArrayError(f"linear: bias has shape {tuple(b.shape)}, expected ({OUT},)")
+
+    def check_loss(self, logits, labels) -> None:
+        """ArrayError unless logits is (K, N) float and labels (N,) integer. (The label
+        values are not read here: that would wait for the device.)"""
+        _check_floats("softmax_cross_entropy", logits=(logits, "(K, N)"))
+        N = logits.shape[1]
+        if tuple(labels.shape) != (N,) or labels.dtype.kind not in "iu":
+            raise ArrayError(f"softmax_cross_entropy: labels must be ({N},) integers for "
+                             f"{N} columns of logits, got {labels.dtype}{list(labels.shape)}")
+
+    def check_warp(self, x, coeffs, displacement) -> None:
+        """ArrayError unless x is (C, H, W, N), coeffs (6, N) and displacement
+        (2, H, W, N) or None, all of one float dtype."""
+        _check_floats("warp_bilinear", x=(x, "(C, H, W, N)"), coeffs=(coeffs, "(6, N)"),
+                      displacement=(displacement, "(2, H, W, N)"))
+        _, H, W, N = x.shape
+        if tuple(coeffs.shape) != (6, N):
+            raise ArrayError(f"warp_bilinear: coeffs has shape {tuple(coeffs.shape)}, "
+                             f"expected (6, {N})")
+        if displacement is not None and tuple(displacement.shape) != (2, H, W, N):
+            raise ArrayError(f"warp_bilinear: displacement has shape "
+                             f"{tuple(displacement.shape)}, expected (2, {H}, {W}, {N})")
+
+    def check_adam(self, p, g, m, v) -> None:
+        """ArrayError unless g, m, v have p's shape and dtype, and p, m, v (updated in
+        place) are C-contiguous: a flattened copy would be updated instead."""
+        for name, a in (("gradient", g), ("exp_avg", m), ("exp_avg_sq", v)):
+            if a.dtype != p.dtype or a.shape != p.shape:
+                raise ArrayError(f"adam_update: the {name} is {a.dtype}{list(a.shape)}, the "
+                                 f"parameter {p.dtype}{list(p.shape)}; they must match")
+        for name, a in (("parameter", p), ("exp_avg", m), ("exp_avg_sq", v)):
+            if not a.flags.c_contiguous:
+                raise ArrayError(f"adam_update: the {name} must be C-contiguous (it is "
+                                 "updated in place)")
+
     # --------------------------------------------------------------- convolution
     @abstractmethod
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
@@ -197,7 +289,7 @@ class Backend(ABC):
 
         x: (C, H, W, N) -> y: (C, OH, OW, N).
         """
-        y, pool_ctx = self.maxpool2d_forward(x, size, stride)
+        y, pool_ctx = self.maxpool2d_forward(x, size, stride)  # which checks x
         return self.xp.maximum(y, 0, out=y), (pool_ctx, y)
 
     def relu_maxpool2d_backward(self, dy, ctx):
@@ -207,6 +299,7 @@ class Backend(ABC):
 
     def linear_forward(self, x, w, b):
         """y = w @ x + b[:, None]; x: (IN, N), w: (OUT, IN), b: (OUT,) or None -> (OUT, N)."""
+        self.check_linear(x, w, b)
         y = w @ x
         if b is not None:
             y += b[:, None]
@@ -246,6 +339,7 @@ class Backend(ABC):
         dlogits = (softmax(z) - q) / N.
         Returns ``(loss, dlogits)``: loss is a 0-d array on the device (no host sync).
         """
+        self.check_loss(logits, labels)
         xp = self.xp
         k, n = logits.shape
         shifted, exp, sum_exp = self._shifted_exp(logits)
@@ -263,6 +357,58 @@ class Backend(ABC):
         grad[labels, cols] -= 1.0 - label_smoothing
         grad /= n
         return loss, grad
+
+    def warp_bilinear(self, x, coeffs, displacement, background: float):
+        """Every image of x (C, H, W, N) resampled at its own source points, bilinearly;
+        points outside the image read ``background``. Returns a new (C, H, W, N) array.
+
+        Output pixel (row i, column j) of image n reads the input at
+            sx = coeffs[0, n] j + coeffs[1, n] i + coeffs[2, n] + displacement[0, i, j, n]
+            sy = coeffs[3, n] j + coeffs[4, n] i + coeffs[5, n] + displacement[1, i, j, n]
+        (coeffs (6, N): an affine map per image; displacement (2, H, W, N) or None).
+        The image gets a one-pixel border of background and the coordinates are clipped
+        into it, so every corner of every point is a valid index and no mask is needed.
+        """
+        self.check_warp(x, coeffs, displacement)
+        xp = self.xp
+        C, H, W, N = x.shape
+        dtype = x.dtype
+        j = xp.arange(W, dtype=dtype)[None, :, None]
+        i = xp.arange(H, dtype=dtype)[:, None, None]
+        fx = coeffs[0] * j + coeffs[1] * i + coeffs[2]  # (H, W, N)
+        fy = coeffs[3] * j + coeffs[4] * i + coeffs[5]
+        if displacement is not None:
+            fx += displacement[0]
+            fy += displacement[1]
+        padded = xp.full((C, H + 2, W + 2, N), dtype.type(background), dtype=dtype)
+        padded[:, 1:-1, 1:-1] = x
+        padded = padded.reshape(C, -1)
+        # Padded coordinates: the image spans [1, W], the border 0 and W + 1. Computed in
+        # place, as these (H, W, N) arrays are the largest temporaries of a batch.
+        fx += 1
+        fy += 1
+        xp.clip(fx, 0, W + 1, out=fx)
+        xp.clip(fy, 0, H + 1, out=fy)
+        x0, y0 = xp.floor(fx), xp.floor(fy)
+        xp.minimum(x0, W, out=x0)
+        xp.minimum(y0, H, out=y0)
+        fx -= x0
+        fy -= y0
+        y0 *= W + 2  # the pixel's offset in a padded image, exact in floats
+        y0 += x0
+        index = y0.astype(np.intp)
+        index *= N
+        index += xp.arange(N)
+        row = (W + 2) * N  # index step of one row down
+        top = xp.take(padded, index, axis=1)
+        top += fx * (xp.take(padded, index + N, axis=1) - top)
+        index += row
+        bottom = xp.take(padded, index, axis=1)
+        bottom += fx * (xp.take(padded, index + N, axis=1) - bottom)
+        bottom -= top
+        bottom *= fy
+        top += bottom
+        return top
 
     def adam_update(self, p, g, m, v, *, lr: float, beta1: float, beta2: float,
                     eps: float, weight_decay: float, step: int) -> None:
@@ -288,6 +434,7 @@ class Backend(ABC):
         replays it unchanged while the host writes new factors before each replay.
         ``weight_decay`` only says whether to apply the decay factor.
         """
+        self.check_adam(p, g, m, v)
         xp = self.xp
         decay, step_size, bias2 = factors[0], factors[1], factors[2]
         # one scratch array, each operation in place: on a model's whole parameter buffer

@@ -47,8 +47,9 @@ except ImportError as exc:
     raise ImportError(f"{exc}; install CuPy for your CUDA version, e.g. "
                       "pip install 'fastlenet[cupy-cuda12]'") from exc
 
+from ..errors import ArrayError
 from ..kernels import sources
-from .base import Backend, conv2d_output_size, window_out_size
+from .base import Backend
 
 THREADS = 256  # threads per block of the one-thread-per-element kernels
 # Must equal WEIGHT_THREADS / ROW_THREADS in conv2d.cu / dense.cu: those kernels reduce
@@ -271,11 +272,9 @@ class CupyBackend(Backend):
 
     # -------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
+        oh, ow = self.check_conv2d(x, w, b, stride, pad)  # the kernel reads past bad shapes
         c, h, wd, n = x.shape
         k, _, kh, kw = w.shape
-        oh, ow = conv2d_output_size(x.shape, w.shape, stride, pad)
-        if b is not None and b.shape != (k,):  # the kernel would read past b
-            raise ValueError(f"conv2d: bias has shape {b.shape}, expected ({k},)")
         x, w, *bias = self._operands(x, w, *(() if b is None else (b,)))
         y = cupy.empty((k, oh, ow, n), dtype=x.dtype)
         dims = tuple(map(_i32, (c, h, wd, n, k, kh, kw, oh, ow, stride, pad)))
@@ -297,13 +296,13 @@ class CupyBackend(Backend):
         return dx, dw, db
 
     # ------------------------------------------------------------------ pooling
-    def _pool_dims(self, shape, size: int, stride: int) -> tuple:
-        c, h, wd, n = shape
-        oh, ow = window_out_size(h, size, stride), window_out_size(wd, size, stride)
+    def _pool_dims(self, x, size: int, stride: int) -> tuple:
+        oh, ow = self.check_pool2d(x, size, stride)
+        c, h, wd, n = x.shape
         return tuple(map(_i32, (c, h, wd, n, oh, ow, size, stride)))
 
     def _maxpool(self, x, size: int, stride: int, relu: bool):
-        dims = self._pool_dims(x.shape, size, stride)
+        dims = self._pool_dims(x, size, stride)
         (x,) = self._operands(x)
         c, _, _, n, oh, ow = (int(d) for d in dims[:6])
         y = cupy.empty((c, oh, ow, n), dtype=x.dtype)
@@ -330,7 +329,7 @@ class CupyBackend(Backend):
         return self.maxpool2d_backward(dy, ctx)
 
     def avgpool2d_forward(self, x, size: int, stride: int):
-        dims = self._pool_dims(x.shape, size, stride)
+        dims = self._pool_dims(x, size, stride)
         (x,) = self._operands(x)
         c, _, _, n, oh, ow = (int(d) for d in dims[:6])
         y = cupy.empty((c, oh, ow, n), dtype=x.dtype)
@@ -346,11 +345,8 @@ class CupyBackend(Backend):
 
     # ---------------------------------------------------------- dense and loss
     def linear_forward(self, x, w, b):
-        (n_in, n), (n_out, w_in) = x.shape, w.shape
-        if w_in != n_in:  # the kernel would read past x
-            raise ValueError(f"linear: input has {n_in} features, weights expect {w_in}")
-        if b is not None and b.shape != (n_out,):
-            raise ValueError(f"linear: bias has shape {b.shape}, expected ({n_out},)")
+        self.check_linear(x, w, b)  # the kernel would read past bad shapes
+        (n_in, n), (n_out, _) = x.shape, w.shape
         x, w, *bias = self._operands(x, w, *(() if b is None else (b,)))
         y = self._gemm(w, x, bias[0] if bias else None, n_out, n, n_in,
                        trans_a=False, trans_b=False)
@@ -367,11 +363,9 @@ class CupyBackend(Backend):
         return dx, dw, db
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+        self.check_loss(logits, labels)  # the kernel would read past bad shapes
         (logits,) = self._operands(logits)
         k, n = logits.shape
-        if labels.shape != (n,):  # the kernel would read past labels
-            raise ValueError(f"softmax_cross_entropy: {n} columns of logits, labels have "
-                             f"shape {labels.shape}")
         labels = cupy.ascontiguousarray(labels, dtype=np.int64)
         per_sample = cupy.empty(n, dtype=logits.dtype)
         grad = cupy.empty_like(logits)
@@ -382,13 +376,11 @@ class CupyBackend(Backend):
 
     def adam_update_device(self, p, g, m, v, factors, *, beta1: float, beta2: float,
                            eps: float, weight_decay: float) -> None:
-        for name, a in (("parameter", p), ("gradient", g), ("exp_avg", m), ("exp_avg_sq", v)):
-            if not a.flags.c_contiguous or a.dtype != p.dtype or a.shape != p.shape:
-                raise ValueError(f"adam_update: the {name} must be a C-contiguous "
-                                 f"{p.dtype}{list(p.shape)} array like the parameter")
+        self.check_adam(p, g, m, v)
         if factors.shape != (3,) or factors.dtype != p.dtype or not factors.flags.c_contiguous:
-            raise ValueError(f"adam_update: factors must be a contiguous {p.dtype}[3] array "
+            raise ArrayError(f"adam_update: factors must be a contiguous {p.dtype}[3] array "
                              f"(decay, step_size, bias2), got {factors.dtype}{list(factors.shape)}")
+        g = cupy.ascontiguousarray(g)  # the kernel ignores strides
         self._launch("adam", "adam_update", p.dtype, p.size,
                      (p, g, m, v, np.int64(p.size), factors, np.float64(beta1),
                       np.float64(beta2), np.float64(eps), _i32(bool(weight_decay))))

@@ -31,29 +31,29 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .base import Backend, conv2d_output_size, window_out_size
+from .base import Backend
 
 
-def _windows(x, kh: int, kw: int, stride: int, oh: int, ow: int, writeable: bool = False):
+def _windows(x, KH: int, KW: int, stride: int, OH: int, OW: int, writeable: bool = False):
     """View v[c, p, q, i, j, n] = x[c, i*stride + p, j*stride + q, n] (read-only unless
     asked; write only through views v[:, p, q], whose elements are distinct)."""
-    c, _, _, n = x.shape
+    C, _, _, N = x.shape
     sc, sh, sw, sn = x.strides
-    return as_strided(x, shape=(c, kh, kw, oh, ow, n),
+    return as_strided(x, shape=(C, KH, KW, OH, OW, N),
                       strides=(sc, sh, sw, sh * stride, sw * stride, sn), writeable=writeable)
 
 
-def _pool_views(x, size: int, stride: int, writeable: bool = False):
+def _pool_views(x, size: int, stride: int, OH: int, OW: int, writeable: bool = False):
     """The size*size views x[:, p::stride, q::stride] (C, OH, OW, N), in row-major (p, q)
-    order, cut to the OH x OW windows; and (OH, OW)."""
-    c, h, wd, n = x.shape
-    oh, ow = window_out_size(h, size, stride), window_out_size(wd, size, stride)
-    v = _windows(x, size, size, stride, oh, ow, writeable)
-    return [v[:, p, q] for p in range(size) for q in range(size)], (oh, ow)
+    order, cut to the OH x OW windows."""
+    v = _windows(x, size, size, stride, OH, OW, writeable)
+    return [v[:, p, q] for p in range(size) for q in range(size)]
 
 
-class NumpyBackend(Backend):
-    name = "numpy"
+class HostBackend(Backend):
+    """What the CPU backends share: NumPy arrays on the host and NumPy's generators.
+    Kernels are each backend's own (tests/test_backends.py lists who implements what)."""
+
     xp = np
 
     def to_numpy(self, a):
@@ -68,64 +68,68 @@ class NumpyBackend(Backend):
     def set_rng_state(self, rng, state: dict) -> None:
         rng.bit_generator.state = state
 
+
+class NumpyBackend(HostBackend):
+    name = "numpy"
+
     def to_batch_last(self, x_nchw):
         x = np.asarray(x_nchw)
-        n = x.shape[0]
-        flat = x.reshape(n, -1)
-        out = np.empty((flat.shape[1], n), dtype=x.dtype)
+        N = x.shape[0]
+        flat = x.reshape(N, -1)
+        out = np.empty((flat.shape[1], N), dtype=x.dtype)
         # The one loop over samples in this backend, in blocks of 8: a transposing copy
         # reads one side with a large stride, and NumPy's plain one ran
         # 4x slower than this copy of 8 samples at a time (measured, batch 128 of 32x32).
-        for start in range(0, n, 8):
+        for start in range(0, N, 8):
             out[:, start:start + 8] = flat[start:start + 8].T
-        return out.reshape(*x.shape[1:], n)
+        return out.reshape(*x.shape[1:], N)
 
     # --------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
-        c, h, wd, n = x.shape
-        k, _, kh, kw = w.shape
-        oh, ow = conv2d_output_size(x.shape, w.shape, stride, pad)
+        OH, OW = self.check_conv2d(x, w, b, stride, pad)
+        C, H, W, N = x.shape
+        K, _, KH, KW = w.shape
         if pad:
-            xpad = np.zeros((c, h + 2 * pad, wd + 2 * pad, n), dtype=x.dtype)
-            xpad[:, pad:pad + h, pad:pad + wd, :] = x
+            xpad = np.zeros((C, H + 2 * pad, W + 2 * pad, N), dtype=x.dtype)
+            xpad[:, pad:pad + H, pad:pad + W, :] = x
         else:
             xpad = np.ascontiguousarray(x)
-        rows = c * kh * kw
+        rows = C * KH * KW
         has_bias = b is not None
-        cols = np.empty((rows + has_bias, oh * ow * n), dtype=x.dtype)
-        cols[:rows].reshape(c, kh, kw, oh, ow, n)[...] = _windows(xpad, kh, kw, stride, oh, ow)
+        cols = np.empty((rows + has_bias, OH * OW * N), dtype=x.dtype)
+        cols[:rows].reshape(C, KH, KW, OH, OW, N)[...] = _windows(xpad, KH, KW, stride, OH, OW)
         if has_bias:
             cols[rows] = 1.0
-            wmat = np.concatenate([w.reshape(k, rows), b.reshape(k, 1)], axis=1)
+            wmat = np.concatenate([w.reshape(K, rows), b.reshape(K, 1)], axis=1)
         else:
-            wmat = w.reshape(k, rows)
-        y = (wmat @ cols).reshape(k, oh, ow, n)
+            wmat = w.reshape(K, rows)
+        y = (wmat @ cols).reshape(K, OH, OW, N)
         return y, (cols, wmat, x.shape, w.shape, stride, pad, has_bias)
 
     def conv2d_backward(self, dy, ctx, need_dx: bool = True):
         cols, wmat, x_shape, w_shape, stride, pad, has_bias = ctx
-        c, h, wd, n = x_shape
-        k, _, kh, kw = w_shape
-        _, oh, ow, _ = dy.shape
-        rows = c * kh * kw
-        dy2 = dy.reshape(k, oh * ow * n)
+        C, H, W, N = x_shape
+        K, _, KH, KW = w_shape
+        _, OH, OW, _ = dy.shape
+        rows = C * KH * KW
+        dy2 = dy.reshape(K, OH * OW * N)
         dwb = dy2 @ cols.T
         dw = np.ascontiguousarray(dwb[:, :rows]).reshape(w_shape)
         db = np.ascontiguousarray(dwb[:, rows]) if has_bias else None
         if not need_dx:
             return None, dw, db
-        dcols = (wmat[:, :rows].T @ dy2).reshape(c, kh, kw, oh, ow, n)
-        dxpad = np.zeros((c, h + 2 * pad, wd + 2 * pad, n), dtype=dy.dtype)
-        for p in range(kh):
-            for q in range(kw):
-                dxpad[:, p:p + stride * (oh - 1) + 1:stride,
-                      q:q + stride * (ow - 1) + 1:stride, :] += dcols[:, p, q]
-        dx = dxpad[:, pad:pad + h, pad:pad + wd, :] if pad else dxpad
+        dcols = (wmat[:, :rows].T @ dy2).reshape(C, KH, KW, OH, OW, N)
+        dxpad = np.zeros((C, H + 2 * pad, W + 2 * pad, N), dtype=dy.dtype)
+        for p in range(KH):
+            for q in range(KW):
+                dxpad[:, p:p + stride * (OH - 1) + 1:stride,
+                      q:q + stride * (OW - 1) + 1:stride, :] += dcols[:, p, q]
+        dx = dxpad[:, pad:pad + H, pad:pad + W, :] if pad else dxpad
         return np.ascontiguousarray(dx), dw, db
 
     # ------------------------------------------------------------------- pooling
     def maxpool2d_forward(self, x, size: int, stride: int):
-        views, _ = _pool_views(x, size, stride)
+        views = _pool_views(x, size, stride, *self.check_pool2d(x, size, stride))
         # arg: the offset t = p*size + q of each window's first maximum in row-major
         # order, found by scanning the offsets with a running maximum y; a strict '>'
         # keeps the earlier offset on ties. (np.copyto(..., where=) would read better
@@ -145,13 +149,13 @@ class NumpyBackend(Backend):
 
     def maxpool2d_backward(self, dy, ctx):
         arg, x_shape, size, stride = ctx
-        _, h, wd, _ = x_shape
-        oh, ow = dy.shape[1:3]
+        _, H, W, _ = x_shape
+        OH, OW = dy.shape[1:3]
         # Without overlaps each position is written once below, so only the positions
         # in no window (gaps, leftover rows or columns) need zeroing first.
-        exact = stride == size and h == oh * size and wd == ow * size
+        exact = stride == size and H == OH * size and W == OW * size
         dx = np.empty(x_shape, dtype=dy.dtype) if exact else np.zeros(x_shape, dtype=dy.dtype)
-        blocks, _ = _pool_views(dx, size, stride, writeable=True)
+        blocks = _pool_views(dx, size, stride, OH, OW, writeable=True)
         hit = np.empty(arg.shape, dtype=bool)
         for t, block in enumerate(blocks):
             np.equal(arg, t, out=hit)
@@ -176,7 +180,7 @@ class NumpyBackend(Backend):
         return self.maxpool2d_backward(dy, ctx)
 
     def avgpool2d_forward(self, x, size: int, stride: int):
-        views, _ = _pool_views(x, size, stride)
+        views = _pool_views(x, size, stride, *self.check_pool2d(x, size, stride))
         y = views[0].copy()
         for view in views[1:]:
             y += view
@@ -186,10 +190,10 @@ class NumpyBackend(Backend):
     def avgpool2d_backward(self, dy, ctx):
         x_shape, size, stride = ctx
         dx = np.zeros(x_shape, dtype=dy.dtype)
-        oh, ow = dy.shape[1:3]
+        OH, OW = dy.shape[1:3]
         share = dy * (1.0 / (size * size))
         for p in range(size):
             for q in range(size):
-                dx[:, p:p + stride * (oh - 1) + 1:stride,
-                   q:q + stride * (ow - 1) + 1:stride, :] += share
+                dx[:, p:p + stride * (OH - 1) + 1:stride,
+                   q:q + stride * (OW - 1) + 1:stride, :] += share
         return dx

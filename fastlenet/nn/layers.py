@@ -27,9 +27,9 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..backends import Backend, get_backend
-from ..backends.base import Array
+from ..backends.base import Array, window_out_size
 from ..checks import is_integer, is_real
-from ..errors import ConfigError
+from ..errors import ArrayError, ConfigError
 from .init import get_initializer
 
 
@@ -136,12 +136,11 @@ def _check_map(layer: Layer, in_shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def _window_out(layer: Layer, size: int, window: int, stride: int, pad: int) -> int:
-    out = (size + 2 * pad - window) // stride + 1
-    if out < 1:
-        raise ConfigError(f"{layer!r}: a {window}x{window} window does not fit a "
-                          f"{size}x{size} input (padding {pad}); use a larger input or "
-                          "a smaller window")
-    return out
+    """The backends' window_out_size, its error a ConfigError naming the layer."""
+    try:
+        return window_out_size(size, window, stride, pad)
+    except ArrayError as exc:
+        raise ConfigError(f"{layer!r}: {exc}; use a larger input or a smaller window") from None
 
 
 def _signature(name: str, args: tuple, options: dict) -> str:
@@ -156,12 +155,14 @@ class Layer(ABC):
     ``buffers`` and ``num_parameters``; shape-changing layers override ``output_shape``.
     """
 
+    # Whether backward must return the input gradient. A model sets it False on its first
+    # parameterised layer (through Sequential.need_dx): nothing upstream wants dx there.
+    need_dx: bool = True
+
     def __init__(self):
         self.backend: Backend | None = None
         self.dtype: np.dtype | None = None
         self.training = True
-        # False for the first parameterised layer of a model: skips computing dx
-        self.need_dx = True
 
     def bind(self, backend: str | Backend, dtype, init_rng: np.random.Generator,
              rng) -> Layer:
@@ -352,7 +353,7 @@ class _Pool2d(Layer):
 class MaxPool2d(_Pool2d):
     """Max over each window; the gradient goes to the first maximum (PyTorch's rule).
 
-    Directly after a ReLU inside a Sequential, the pair runs as one fused backend call.
+    Directly after a ReLU inside a Sequential, the pair runs as one ReLUMaxPool2d.
     """
 
     def forward(self, x):
@@ -361,6 +362,30 @@ class MaxPool2d(_Pool2d):
 
     def backward(self, dy):
         return self.backend.maxpool2d_backward(dy, self._ctx)
+
+
+class ReLUMaxPool2d(_Pool2d):
+    """``MaxPool2d(size, stride)(ReLU()(x))`` as one backend call each way.
+
+    max and ReLU commute (both monotone), so the backend pools first and applies the ReLU
+    to a quarter of the values, and the ReLU's mask never has to be stored. Sequential
+    runs every ReLU directly followed by a MaxPool2d as one of these.
+    """
+
+    def __repr__(self) -> str:
+        return "ReLU+" + _signature("MaxPool2d", (self.size,),
+                                    {} if self.stride == self.size else {"stride": self.stride})
+
+    def describe(self, in_shape):
+        _, params, connections = MaxPool2d(self.size, self.stride).describe(in_shape)
+        return repr(self), params, connections + math.prod(in_shape)  # + the ReLU's
+
+    def forward(self, x):
+        y, self._ctx = self.backend.relu_maxpool2d_forward(x, self.size, self.stride)
+        return y
+
+    def backward(self, dy):
+        return self.backend.relu_maxpool2d_backward(dy, self._ctx)
 
 
 class AvgPool2d(_Pool2d):
@@ -637,55 +662,40 @@ class BatchNorm(Layer):
 
 
 # -------------------------------------------------------------------- container
-class _ReLUMaxPool:
-    """A ReLU and the MaxPool2d after it as one backend call.
-
-    max and ReLU commute (both monotone), so the backend pools first and applies the
-    ReLU to a quarter of the values, and the ReLU's mask never has to be stored.
-    """
-
-    def __init__(self, pool: MaxPool2d):
-        self.pool = pool
-        self._ctx = None
-
-    def forward(self, x):
-        y, self._ctx = self.pool.backend.relu_maxpool2d_forward(x, self.pool.size,
-                                                                self.pool.stride)
-        return y
-
-    def backward(self, dy):
-        return self.pool.backend.relu_maxpool2d_backward(dy, self._ctx)
-
-
 class Sequential(Layer):
     """Layers applied in order; itself a Layer.
 
-    Parameters and buffers are named ``"<index>.<attribute>"`` (``"0.weight"``,
-    ``"8.running_mean"``). ``layers`` stays the architecture as written, while forward and
-    backward run a ReLU directly followed by a MaxPool2d as one fused backend step.
-    With ``need_dx = False`` the first parameterised layer computes no input gradient and
-    backward stops there.
+    ``layers`` is the architecture as written, and what indexing, iteration and parameter
+    names follow (``"<index>.<attribute>"``: ``"0.weight"``, ``"8.running_mean"``).
+    ``plan`` is what forward and backward run: the same layer objects, except that a ReLU
+    directly followed by a MaxPool2d runs as one :class:`ReLUMaxPool2d`; ``Model``'s
+    summary shows it. With ``need_dx = False`` the first parameterised layer computes no
+    input gradient and backward stops there.
     """
 
     def __init__(self, *layers: Layer):
+        super().__init__()
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise ConfigError(f"Sequential: item {i} is a {type(layer).__name__}, "
                                   "not a Layer")
         self.layers = list(layers)
-        self._first_trainable = next((i for i, layer in enumerate(self.layers)
-                                      if layer.num_parameters()), None)
-        self._steps = []
+        self.plan: list[Layer] = []
+        self.fused: dict[int, ReLUMaxPool2d] = {}  # layer index -> the step it runs in
         i = 0
         while i < len(self.layers):
             pair = self.layers[i:i + 2]
             if len(pair) == 2 and type(pair[0]) is ReLU and type(pair[1]) is MaxPool2d:
-                self._steps.append(_ReLUMaxPool(pair[1]))
+                step = ReLUMaxPool2d(pair[1].size, pair[1].stride)
+                self.fused.update({i: step, i + 1: step})
                 i += 2
             else:
-                self._steps.append(self.layers[i])
+                step = self.layers[i]
                 i += 1
-        super().__init__()
+            self.plan.append(step)
+        self._first_trainable = next((i for i, layer in enumerate(self.layers)
+                                      if layer.num_parameters()), None)
+        self._need_dx = True
 
     @property
     def need_dx(self) -> bool:
@@ -693,6 +703,7 @@ class Sequential(Layer):
 
     @need_dx.setter
     def need_dx(self, value: bool) -> None:
+        """Passed on to the first parameterised layer, where backward stops."""
         self._need_dx = value
         if self._first_trainable is not None:
             self.layers[self._first_trainable].need_dx = value
@@ -710,12 +721,14 @@ class Sequential(Layer):
         return f"Sequential({', '.join(map(repr, self.layers))})"
 
     def _create(self, init_rng, rng) -> None:
-        for layer in self.layers:
+        for layer in self.layers:  # in order: each draws its initial weights from init_rng
             layer.bind(self.backend, self.dtype, init_rng, rng)
+        for step in set(self.fused.values()):
+            step.bind(self.backend, self.dtype, init_rng, rng)
 
     def train(self, mode: bool = True) -> Sequential:
         self.training = mode
-        for layer in self.layers:
+        for layer in (*self.layers, *self.fused.values()):
             layer.train(mode)
         return self
 
@@ -754,14 +767,14 @@ class Sequential(Layer):
         return f"Sequential({len(self.layers)} layers)", self.num_parameters(), connections
 
     def forward(self, x):
-        for step in self._steps:
+        for step in self.plan:
             x = step.forward(x)
         return x
 
     def backward(self, dy):
         if not self.need_dx and self._first_trainable is None:
             return None
-        for step in reversed(self._steps):
+        for step in reversed(self.plan):
             dy = step.backward(dy)
             if dy is None:  # the first parameterised layer needed no input gradient
                 break

@@ -175,16 +175,19 @@ class Model(Sequential):
         return rows
 
     def summary_text(self) -> str:
-        """The summary as an aligned table with totals."""
+        """The summary as an aligned table with totals. Its last column says where the
+        executed plan differs from the layers as written (a fused ReLU + max-pool)."""
         rows = self.summary()
-        table = [("layer", "kind", "output shape", "parameters", "connections"),
-                 ("", "input", str(self.input_shape), "", "")]
-        table += [(str(r["index"]), r["kind"], str(r["output_shape"]), f"{r['params']:,}",
-                   f"{r['connections']:,}") for r in rows]
+        table = [("layer", "kind", "output shape", "parameters", "connections", "runs as"),
+                 ("", "input", str(self.input_shape), "", "", "")]
+        for r in rows:
+            step = self.fused.get(r["index"])
+            table.append((str(r["index"]), r["kind"], str(r["output_shape"]), f"{r['params']:,}",
+                          f"{r['connections']:,}", "" if step is None else f"{step!r}, fused"))
         table.append(("", "total", "", f"{sum(r['params'] for r in rows):,}",
-                      f"{sum(r['connections'] for r in rows):,}"))
-        widths = [max(len(row[c]) for row in table) for c in range(5)]
-        align = (str.rjust, str.ljust, str.ljust, str.rjust, str.rjust)
+                      f"{sum(r['connections'] for r in rows):,}", f"{len(self.plan)} steps"))
+        widths = [max(len(row[c]) for row in table) for c in range(6)]
+        align = (str.rjust, str.ljust, str.ljust, str.rjust, str.rjust, str.ljust)
         lines = [f"model {self.name} ({self.backend.name}, {self.dtype.name})"]
         for row in table:
             cells = [fit(cell, width) for fit, cell, width in zip(align, row, widths)]
