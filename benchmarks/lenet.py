@@ -191,7 +191,9 @@ class TorchRun(TrainingRun):
         self.x, self.y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
         self.n, self.batch = len(y), batch
         self.shuffle = np.random.default_rng(seed)
-        self.graphs: dict = {}  # batch length -> (graph, static indices, static loss)
+        # batch length -> (graph, static indices, static loss, static gradients)
+        self.graphs: dict = {}
+        self._grads = None  # the gradients of the last replay (each graph has its own)
         if graphs:
             self._record({min(batch, self.n), self.n % batch} - {0})
 
@@ -222,7 +224,7 @@ class TorchRun(TrainingRun):
             with torch.cuda.graph(graph, pool=pool):
                 loss = self._train(idx)
             pool = graph.pool()
-            self.graphs[length] = graph, idx, loss
+            self.graphs[length] = graph, idx, loss, [p.grad for p in self.model.parameters()]
         with torch.no_grad():  # in place: the graphs hold these tensors' addresses
             for key, value in self.model.state_dict().items():
                 value.copy_(initial[key])
@@ -234,7 +236,7 @@ class TorchRun(TrainingRun):
     def step(self, idx):
         if not self.graphs:
             return self._train(idx)
-        graph, static_idx, loss = self.graphs[len(idx)]
+        graph, static_idx, loss, self._grads = self.graphs[len(idx)]
         static_idx.copy_(idx)
         graph.replay()
         return loss.clone()  # the next replay overwrites it
@@ -248,7 +250,9 @@ class TorchRun(TrainingRun):
         return float(loss)
 
     def gradients(self):
-        return {name: p.grad.detach().cpu().numpy() for name, p in self.model.named_parameters()}
+        grads = self._grads or [p.grad for p in self.model.parameters()]
+        return {name: g.detach().cpu().numpy()
+                for (name, _), g in zip(self.model.named_parameters(), grads)}
 
 
 def make_run(contender: str, x: np.ndarray, y: np.ndarray, batch: int = BATCH, seed: int = 0):
