@@ -17,9 +17,9 @@ one runs; the whole stays within ``--budget`` seconds, later stages getting what
   bench        the step and epoch benchmarks and every kernel at batch 128, against
                PyTorch CUDA eager and with CUDA graphs (pytest-benchmark JSON); target:
                an epoch <= 0.5x PyTorch eager's and below PyTorch with graphs
-  cupy-tests   the kernel, layer, model and optimizer tests on the cupy backend
   memcheck, racecheck, synccheck
                compute-sanitizer on a short training run, where the tool is installed
+  cupy-tests   the kernel, layer, model and optimizer tests on the cupy backend
 
 OUTDIR receives at most 8 files (what the device tool brings back): summary.txt (short,
 last), results.json (every stage and figure), info.log, tests.log, train.log, bench.log,
@@ -243,7 +243,7 @@ def sanitizer(tool: str):
         done = check.run(stage, [program, "--tool", tool, "--error-exitcode", "97", check.python,
                                  "-m", "fastlenet", "train", "--backend", "cupy", "--limit", "256",
                                  "--batch-size", "64", "--epochs", "1", "--val-size", "64",
-                                 "--no-progress", "--out", str(run_dir)], "sanitizer.log", 150)
+                                 "--no-progress", "--out", str(run_dir)], "sanitizer.log", 100)
         text = (check.out / "sanitizer.log").read_text()
         section = text[text.rfind(f"===== {stage.name}"):]
         summary = [line for line in section.splitlines() if "ERROR SUMMARY" in line]
@@ -296,7 +296,7 @@ def report(check: Check, install: str) -> int:
 
 
 GPU_STAGES = {"info": info, "gpu-tests": gpu_tests, "train": train, "bench": bench,
-              "cupy-tests": cupy_tests, **{tool: sanitizer(tool) for tool in SANITIZERS}}
+              **{tool: sanitizer(tool) for tool in SANITIZERS}, "cupy-tests": cupy_tests}
 
 
 def main(argv: list[str] | None = None) -> int:
