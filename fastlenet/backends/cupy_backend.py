@@ -268,7 +268,10 @@ class CupyBackend(Backend):
                       *(np.float64(v) for v in values + [0.0] * (4 - len(values)))))
 
     def device_description(self) -> str:
-        return describe_device(device_facts())
+        try:
+            return describe_device(device_facts())
+        except Exception as exc:  # info must still print the rest
+            return f"a CUDA device whose properties could not be read ({_first_line(exc)})"
 
     # -------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
