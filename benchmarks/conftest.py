@@ -2,8 +2,10 @@
 
 Every benchmark with a ``contender`` argument runs once per contender: each fastlenet
 backend usable here (``fastlenet.backends.usable()``, so a new backend joins by its
-registry entry) and ``torch`` (PyTorch CPU; its cases skip, saying so, when it is not
-installed). ``batch`` runs over
+registry entry), ``torch`` (PyTorch CPU), ``torch-cuda`` (PyTorch eager on a CUDA
+device) and ``torch-cuda-graphs`` (each PyTorch training step one CUDA graph replay); a
+PyTorch contender's cases skip, saying why, where PyTorch or a CUDA device is missing.
+``batch`` runs over
 ``--batch-sizes``. Benchmarks marked ``long`` (full epochs, training to 99%, the
 memory and startup processes) are deselected with ``-m "not long"``.
 """
@@ -17,7 +19,7 @@ import pytest
 from fastlenet import backends
 
 from . import lenet, machine
-from .ops import TORCH
+from .ops import TORCH_CONTENDERS, torch_unavailable
 
 BATCH_SIZES = "64,128,256,1024"
 _LOAD_AT_START = pytest.StashKey[list]()
@@ -59,24 +61,20 @@ def pytest_configure(config):
                                 "python -m pip install -e '.[bench]'")
 
 
-def torch_installed() -> bool:
-    return importlib.util.find_spec("torch") is not None
-
-
 def _contenders(config) -> list[str]:
     requested = config.getoption("--contenders")
     if requested is None:
-        return backends.usable() + [TORCH]
+        return backends.usable() + list(TORCH_CONTENDERS)
     names = [name.strip() for name in requested.split(",") if name.strip()]
     status = backends.status()
     for name in names:
-        if name == TORCH:
-            if not torch_installed():
-                raise pytest.UsageError("--contenders: torch is not installed; install it "
-                                        "(pip install torch) or leave it out")
+        if name in TORCH_CONTENDERS:
+            why = torch_unavailable(name)
+            if why is not None:
+                raise pytest.UsageError(f"--contenders: {why}; or leave {name} out")
         elif name not in status:
             raise pytest.UsageError(f"--contenders: unknown contender '{name}'; choose from: "
-                                    f"{', '.join([*status, TORCH])}")
+                                    f"{', '.join([*status, *TORCH_CONTENDERS])}")
         elif status[name] is not None:
             raise pytest.UsageError(f"--contenders: {status[name]}")
     return names
@@ -104,9 +102,11 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(autouse=True)
 def _skip_torch_when_absent(request):
     callspec = getattr(request.node, "callspec", None)
-    if callspec and callspec.params.get("contender") == TORCH and not torch_installed():
-        pytest.skip("PyTorch is not installed, so there is no reference figure; "
-                    "python -m pip install torch==2.13.0")
+    contender = callspec.params.get("contender") if callspec else None
+    if contender in TORCH_CONTENDERS:
+        why = torch_unavailable(contender)
+        if why is not None:
+            pytest.skip(why)
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +117,8 @@ def contenders(pytestconfig) -> list[str]:
 
 
 def _runnable(config) -> list[str]:
-    return [c for c in _contenders(config) if c != TORCH or torch_installed()]
+    return [c for c in _contenders(config)
+            if c not in TORCH_CONTENDERS or torch_unavailable(c) is None]
 
 
 @pytest.fixture(scope="session")

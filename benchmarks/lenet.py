@@ -6,7 +6,11 @@ initialisation, loaded into the PyTorch twin that the model tests compare agains
 the same preprocessed MNIST images in the same shuffled order:
 
 * :class:`FastLeNetRun` / :class:`TorchRun`: training steps and epochs (Adam, lr 1e-3)
-  over a host training set, for the step, epoch and memory benchmarks;
+  over a training set held on the contender's device, for the step, epoch and memory
+  benchmarks. fastlenet's steps are the trainer's own (:class:`fastlenet.train.TrainingStep`,
+  so on a GPU backend one CUDA graph replay per step, as in training); PyTorch's run on
+  the CPU, on a CUDA device eagerly (``torch-cuda``), or there as one CUDA graph replay per
+  step (``torch-cuda-graphs``: gather, forward, loss, backward and capturable Adam);
 * :func:`fastlenet_recipe` / :func:`torch_recipe`: the full ``fastlenet train`` recipe
   (the defaults of :class:`fastlenet.train.TrainConfig`, recorded with the results as
   ``recipe``), evaluated on the test set after every epoch, for the time to
@@ -27,9 +31,10 @@ from fastlenet.backends import get_backend
 from fastlenet.data import load_dataset, prepare
 from fastlenet.nn import SoftmaxCrossEntropy, build_model
 from fastlenet.optim import Adam, make_schedule
-from fastlenet.train import TrainConfig, Trainer
+from fastlenet.train import TrainConfig, Trainer, TrainingStep
 
 from .machine import usable_cores
+from .ops import TORCH_CONTENDERS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "lenet5"
@@ -49,6 +54,15 @@ def import_torch():
 
     torch.set_num_threads(torch_threads or usable_cores())
     return torch
+
+
+def set_up_torch_cuda(torch) -> None:
+    """PyTorch on a GPU as fastlenet computes: float32 arithmetic (PyTorch's default runs
+    convolutions in TF32 on recent GPUs, which rounds to 10-bit mantissas), and cuDNN
+    picking its fastest algorithm per shape (what a tuned PyTorch user sets)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
 
 
 def torch_lenet5():
@@ -122,7 +136,9 @@ class TrainingRun:
 
 class FastLeNetRun(TrainingRun):
     """fastlenet's LeNet-5, loss and Adam on one backend, the training set on its device,
-    batches gathered there as the trainer does."""
+    each step the trainer's own :class:`~fastlenet.train.TrainingStep` (batch gathered
+    on the device; recorded and replayed as one CUDA graph on a GPU backend), its loss
+    copied as the trainer keeps it."""
 
     def __init__(self, backend_name: str, x: np.ndarray, y: np.ndarray, batch: int = BATCH,
                  seed: int = 0):
@@ -133,16 +149,13 @@ class FastLeNetRun(TrainingRun):
         self.x, self.y = backend.asarray(x), backend.asarray(y)
         self.n, self.batch = len(y), batch
         self.shuffle = np.random.default_rng(seed)
+        self.training_step = TrainingStep(self.model, self.loss_fn, self.optimizer, self.x, self.y)
 
     def index(self, host_indices):
         return self.backend.asarray(host_indices)
 
     def step(self, idx):
-        xb = self.backend.to_batch_last(self.x[idx])
-        loss = self.loss_fn.forward(self.model.forward(xb), self.y[idx])
-        self.model.backward(self.loss_fn.backward())
-        self.optimizer.step()
-        return loss
+        return self.training_step(idx).copy()
 
     def synchronize(self) -> None:
         self.backend.synchronize()
@@ -156,41 +169,98 @@ class FastLeNetRun(TrainingRun):
 
 
 class TorchRun(TrainingRun):
-    """The same training in PyTorch (CPU, one thread per core): the twin model,
-    F.cross_entropy, torch.optim.Adam, NCHW batches."""
+    """The same training in PyTorch: the twin model, F.cross_entropy, torch.optim.Adam,
+    NCHW batches gathered where the training set lives: on the CPU (one thread per core)
+    or a CUDA device.
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch: int = BATCH, seed: int = 0):
+    With ``graphs`` (CUDA only), each step is one replay of a CUDA graph of the whole step
+    (gather by a static index tensor, forward, loss, backward, ``Adam(capturable=True)``),
+    recorded per batch length as PyTorch's documentation shows for whole networks: a few
+    warm-up steps on a side stream, then the capture; the weights and Adam's state are
+    then put back in place to the initial ones, so the first timed step is the first step.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch: int = BATCH, seed: int = 0,
+                 device: str = "cpu", graphs: bool = False):
         self.torch = torch = import_torch()
-        self.model = torch_model(seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
-        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            set_up_torch_cuda(torch)
+        self.model = torch_model(seed).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR, capturable=graphs)
+        self.x, self.y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
         self.n, self.batch = len(y), batch
         self.shuffle = np.random.default_rng(seed)
+        # batch length -> (graph, static indices, static loss, static gradients)
+        self.graphs: dict = {}
+        self._grads = None  # the gradients of the last replay (each graph has its own)
+        if graphs:
+            self._record({min(batch, self.n), self.n % batch} - {0})
 
     def index(self, host_indices):
-        return self.torch.from_numpy(host_indices)
+        return self.torch.from_numpy(host_indices).to(self.device)
 
-    def step(self, idx):
+    def _train(self, idx):
+        """One eager step (also the body the graphs record)."""
         loss = self.torch.nn.functional.cross_entropy(self.model(self.x[idx]), self.y[idx])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
 
+    def _record(self, lengths) -> None:
+        torch = self.torch
+        initial = {k: v.clone() for k, v in self.model.state_dict().items()}
+        pool = None
+        for length in sorted(lengths, reverse=True):
+            idx = self.index(np.arange(length))
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._train(idx)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                loss = self._train(idx)
+            pool = graph.pool()
+            self.graphs[length] = graph, idx, loss, [p.grad for p in self.model.parameters()]
+        with torch.no_grad():  # in place: the graphs hold these tensors' addresses
+            for key, value in self.model.state_dict().items():
+                value.copy_(initial[key])
+            for state in self.optimizer.state.values():
+                for value in state.values():
+                    if torch.is_tensor(value):
+                        value.zero_()
+
+    def step(self, idx):
+        if not self.graphs:
+            return self._train(idx)
+        graph, static_idx, loss, self._grads = self.graphs[len(idx)]
+        static_idx.copy_(idx)
+        graph.replay()
+        return loss.clone()  # the next replay overwrites it
+
     def synchronize(self) -> None:
-        """Nothing queued: PyTorch's CPU operations return when done."""
+        """Wait for the device (PyTorch's CPU operations return when done)."""
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
 
     def value(self, loss) -> float:
         return float(loss)
 
     def gradients(self):
-        return {name: p.grad.numpy() for name, p in self.model.named_parameters()}
+        grads = self._grads or [p.grad for p in self.model.parameters()]
+        return {name: g.detach().cpu().numpy()
+                for (name, _), g in zip(self.model.named_parameters(), grads)}
 
 
 def make_run(contender: str, x: np.ndarray, y: np.ndarray, batch: int = BATCH, seed: int = 0):
-    """A :class:`TorchRun` for ``"torch"``, else a :class:`FastLeNetRun` on that backend."""
-    if contender == "torch":
-        return TorchRun(x, y, batch, seed)
+    """A :class:`TorchRun` for a PyTorch contender (``torch``, ``torch-cuda``,
+    ``torch-cuda-graphs``), else a :class:`FastLeNetRun` on that backend."""
+    if contender in TORCH_CONTENDERS:
+        device, graphs = TORCH_CONTENDERS[contender]
+        return TorchRun(x, y, batch, seed, device=device, graphs=graphs)
     return FastLeNetRun(contender, x, y, batch, seed)
 
 
@@ -222,30 +292,35 @@ def fastlenet_recipe(backend_name: str, seed: int, out: Path,
     return trainer.state.history["epochs"]
 
 
-def torch_recipe(seed: int, stop_at: float = max(ACCURACY_TARGETS)) -> list[dict]:
-    """The same recipe in PyTorch: the trainer's data split, initial weights, shuffled
-    order and per-step learning rates; per-epoch records with the keys
+def torch_recipe(seed: int, stop_at: float = max(ACCURACY_TARGETS),
+                 device: str = "cpu") -> list[dict]:
+    """The same recipe in PyTorch (eager, on ``device``): the trainer's data split, initial
+    weights, shuffled order and per-step learning rates; per-epoch records with the keys
     :func:`time_to_accuracy` reads (timing excludes the evaluation, as the trainer's)."""
     torch = import_torch()
+    device = torch.device(device)
+    if device.type == "cuda":
+        set_up_torch_cuda(torch)
     config = TrainConfig(seed=seed).validate()
     if (config.model, config.optimizer, config.weight_decay, config.label_smoothing) != (MODEL, "adam", 0.0, 0.0):
         raise ValueError("the PyTorch twin follows a LeNet-5 / Adam recipe without weight decay "
                          "or label smoothing; TrainConfig's defaults changed, update torch_recipe")
     data = prepare(load_dataset(config.dataset, config.data_dir), val_size=config.val_size,
                    seed=config.seed, train_limit=config.train_limit)
-    model = torch_model(config.seed, config.dtype)
+    model = torch_model(config.seed, config.dtype).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     n, batch = len(data.y_train), config.batch_size
     steps_per_epoch = math.ceil(n / batch)
     schedule = make_schedule(config.schedule, config.lr, total_steps=config.epochs * steps_per_epoch,
                              steps_per_epoch=steps_per_epoch)
     shuffle = np.random.default_rng(config.seed)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    x, y = torch.from_numpy(data.x_train).to(device), torch.from_numpy(data.y_train).to(device)
+    x_test = torch.from_numpy(data.x_test).to(device)
+    y_test = torch.from_numpy(data.y_test).to(device)
     cross_entropy = torch.nn.functional.cross_entropy
     records, step, train_seconds = [], 0, 0.0
     for epoch in range(1, config.epochs + 1):
-        order = torch.from_numpy(shuffle.permutation(n))
+        order = torch.from_numpy(shuffle.permutation(n)).to(device)
         model.train()
         tick = time.perf_counter()
         for start in range(0, n, batch):
@@ -257,6 +332,8 @@ def torch_recipe(seed: int, stop_at: float = max(ACCURACY_TARGETS)) -> list[dict
             loss.backward()
             optimizer.step()
             step += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - tick
         train_seconds += seconds
         model.eval()

@@ -35,7 +35,28 @@ from fastlenet.nn.layers import Parameter
 from fastlenet.optim import Adam
 
 TORCH = "torch"
+TORCH_CUDA = "torch-cuda"                # eager PyTorch on a CUDA device
+TORCH_CUDA_GRAPHS = "torch-cuda-graphs"  # each training step one CUDA graph replay
+# PyTorch contender -> (device, whole training steps replayed as CUDA graphs)
+TORCH_CONTENDERS = {TORCH: ("cpu", False), TORCH_CUDA: ("cuda", False),
+                    TORCH_CUDA_GRAPHS: ("cuda", True)}
 REFERENCE = "numpy"  # the backend every contender's results are checked against
+
+
+def torch_unavailable(contender: str) -> str | None:
+    """Why the PyTorch contender ``contender`` cannot run here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return ("PyTorch is not installed, so there is no reference figure; "
+                "python -m pip install torch==2.13.0")
+    if TORCH_CONTENDERS[contender][0] == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return (f"{contender} needs a CUDA device, and PyTorch {torch.__version__} sees "
+                    "none (torch.cuda.is_available() is False)")
+    return None
 
 # name -> (C, H, W, K, kernel, need_dx): the model's two convolutions
 CONVS = {"conv1": (1, 32, 32, 6, 5, False), "conv2": (6, 14, 14, 16, 5, True)}
@@ -122,8 +143,17 @@ def assert_close(got: list, want: list, what: str) -> None:
 
 # ------------------------------------------------------------ contenders
 def cases(contender: str):
-    """The case maker of ``contender``: a fastlenet backend name or ``"torch"``."""
-    return TorchCases() if contender == TORCH else BackendCases(contender)
+    """The case maker of ``contender``: a fastlenet backend name, ``"torch"`` or
+    ``"torch-cuda"`` (the graph contender is timed per step and epoch, not per op)."""
+    if contender in TORCH_CONTENDERS:
+        device, graphs = TORCH_CONTENDERS[contender]
+        if graphs:
+            import pytest
+
+            pytest.skip(f"{contender} replays whole training steps; its single ops are "
+                        f"{TORCH_CUDA}'s")
+        return TorchCases(device)
+    return BackendCases(contender)
 
 
 class BackendCases:
@@ -213,27 +243,46 @@ class TorchCases:
     """The same operations in PyTorch, NCHW / (N, F) as PyTorch stores them: the aten
     kernels its autograd calls in a LeNet-5 training step (``convolution_backward``,
     ``max_pool2d_with_indices`` and its backward, ``threshold_backward`` for the ReLU,
-    the matrix products of ``addmm``'s backward), and ``torch.optim.Adam``."""
+    the matrix products of ``addmm``'s backward), and ``torch.optim.Adam``; on the CPU
+    or on a CUDA device (float32 arithmetic there: see ``lenet.set_up_torch_cuda``),
+    where each call synchronizes the device, as fastlenet's do."""
 
-    def __init__(self):
-        from .lenet import import_torch
+    def __init__(self, device: str = "cpu"):
+        from .lenet import import_torch, set_up_torch_cuda
 
         self.torch = import_torch()
+        self.device = self.torch.device(device)
+        if self.device.type == "cuda":
+            set_up_torch_cuda(self.torch)
 
     def _nchw(self, x):
-        return self.torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 0)))
+        return self.torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 0))).to(self.device)
 
     def _tensor(self, a):
-        return self.torch.from_numpy(np.array(a))
+        return self.torch.from_numpy(np.array(a)).to(self.device)
+
+    def _timed(self, run):
+        if self.device.type != "cuda":
+            return run
+
+        def call():
+            out = run()
+            self.torch.cuda.synchronize(self.device)
+            return out
+        return call
 
     @staticmethod
-    def _chwn(t):
-        return np.moveaxis(t.numpy(), 0, -1)
+    def _host(t):
+        return t.detach().cpu().numpy()
+
+    @classmethod
+    def _chwn(cls, t):
+        return np.moveaxis(cls._host(t), 0, -1)
 
     def conv2d_forward(self, x, w, b):
         conv = self.torch.nn.functional.conv2d
         x, w, b = self._nchw(x), self._tensor(w), self._tensor(b)
-        return lambda: conv(x, w, b), lambda y: [self._chwn(y)]
+        return self._timed(lambda: conv(x, w, b)), lambda y: [self._chwn(y)]
 
     def conv2d_backward(self, x, w, b, dy, need_dx):
         backward = self.torch.ops.aten.convolution_backward
@@ -246,8 +295,8 @@ class TorchCases:
 
         def fetch(out):
             dx, dw, db = out
-            return ([self._chwn(dx)] if need_dx else []) + [dw.numpy(), db.numpy()]
-        return call, fetch
+            return ([self._chwn(dx)] if need_dx else []) + [self._host(dw), self._host(db)]
+        return self._timed(call), fetch
 
     def _pool(self, x):
         return self.torch.ops.aten.max_pool2d_with_indices(x, [POOL_SIZE] * 2, [POOL_SIZE] * 2)
@@ -258,16 +307,16 @@ class TorchCases:
 
     def maxpool2d_forward(self, x):
         x = self._nchw(x)
-        return lambda: self._pool(x), lambda out: [self._chwn(out[0])]
+        return self._timed(lambda: self._pool(x)), lambda out: [self._chwn(out[0])]
 
     def maxpool2d_backward(self, x, dy):
         x, dy = self._nchw(x), self._nchw(dy)
         _, indices = self._pool(x)
-        return lambda: self._pool_backward(dy, x, indices), lambda dx: [self._chwn(dx)]
+        return self._timed(lambda: self._pool_backward(dy, x, indices)), lambda dx: [self._chwn(dx)]
 
     def relu_maxpool2d_forward(self, x):
         torch, x = self.torch, self._nchw(x)
-        return lambda: self._pool(torch.relu(x)), lambda out: [self._chwn(out[0])]
+        return self._timed(lambda: self._pool(torch.relu(x))), lambda out: [self._chwn(out[0])]
 
     def relu_maxpool2d_backward(self, x, dy):
         torch, dy = self.torch, self._nchw(dy)
@@ -276,12 +325,12 @@ class TorchCases:
 
         def call():
             return torch.ops.aten.threshold_backward(self._pool_backward(dy, relu, indices), relu, 0)
-        return call, lambda dx: [self._chwn(dx)]
+        return self._timed(call), lambda dx: [self._chwn(dx)]
 
     def linear_forward(self, x, w, b):
         linear = self.torch.nn.functional.linear
         x, w, b = self._tensor(x.T), self._tensor(w), self._tensor(b)
-        return lambda: linear(x, w, b), lambda y: [y.numpy().T]
+        return self._timed(lambda: linear(x, w, b)), lambda y: [self._host(y).T]
 
     def linear_backward(self, x, w, b, dy):
         torch = self.torch
@@ -289,7 +338,8 @@ class TorchCases:
 
         def call():
             return torch.mm(dy, w), torch.mm(dy.t(), x), dy.sum(0)
-        return call, lambda out: [out[0].numpy().T, out[1].numpy(), out[2].numpy()]
+        return self._timed(call), lambda out: [self._host(out[0]).T, self._host(out[1]),
+                                               self._host(out[2])]
 
     def softmax_cross_entropy(self, logits, labels):
         """Forward and backward of F.cross_entropy, as fastlenet's op computes both."""
@@ -300,7 +350,7 @@ class TorchCases:
             loss = torch.nn.functional.cross_entropy(logits, labels)
             (dlogits,) = torch.autograd.grad(loss, logits)
             return loss.detach(), dlogits
-        return call, lambda out: [out[0].numpy(), out[1].numpy().T]
+        return self._timed(call), lambda out: [self._host(out[0]), self._host(out[1]).T]
 
     def adam_update(self, params: dict):
         tensors = []
@@ -309,4 +359,4 @@ class TorchCases:
             t.grad = self._tensor(g)
             tensors.append(t)
         optimizer = self.torch.optim.Adam(tensors, **ADAM)
-        return optimizer.step, lambda _: [t.detach().numpy() for t in tensors]
+        return self._timed(optimizer.step), lambda _: [self._host(t) for t in tensors]

@@ -124,8 +124,12 @@ def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> s
     return "\n".join(lines)
 
 
+_TORCH_NAMES = {TORCH: "PyTorch (CPU)", "torch-cuda": "PyTorch CUDA (eager)",
+                "torch-cuda-graphs": "PyTorch CUDA (graphs)"}
+
+
 def _name(contender: str) -> str:
-    return "PyTorch (CPU)" if contender == TORCH else f"fastlenet `{contender}`"
+    return _TORCH_NAMES.get(contender, f"fastlenet `{contender}`")
 
 
 # ------------------------------------------------------------------ sections

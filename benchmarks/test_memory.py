@@ -22,6 +22,7 @@ import sys
 import pytest
 
 from .lenet import ROOT
+from .ops import TORCH_CONTENDERS
 
 # where compiled backends keep their compiled kernels: pointed at a fresh folder per
 # contender, so that "cold" really compiles and "warm" reads what "cold" wrote
@@ -34,6 +35,9 @@ STARTUP_STEPS = 3
 def footprint(contender: str, cache_dir, batch: int, steps: int, images: int | None,
               torch_threads: int | None) -> dict:
     """Run benchmarks/footprint.py in a new process; its JSON report."""
+    if contender in TORCH_CONTENDERS and TORCH_CONTENDERS[contender][0] == "cuda":
+        pytest.skip("the footprint measures a process's host memory and start-up on the CPU; "
+                    f"{contender} is timed per step and per epoch")
     command = [sys.executable, "-m", "benchmarks.footprint", contender,
                "--batch-size", str(batch), "--steps", str(steps)]
     if images is not None:

@@ -4,10 +4,12 @@ test accuracy, per contender (LeNet-5, batch 128, Adam, float32).
 * ``test_training_step``: one step (gather the batch, forward, loss, backward, Adam),
   timed ``--step-rounds`` times; its first step's loss and gradients are checked against
   the NumPy backend's from the same weights and images.
-* ``test_epoch``: ``--epoch-images`` images (default all 60,000). For a fastlenet backend
-  each timed epoch follows an untimed PyTorch epoch (when torch is a contender), so the
-  two share the machine's drift and other users' load; ``extra_info["ratio_to_torch"]``
-  is the ratio of their medians, the figure to quote.
+* ``test_epoch``: ``--epoch-images`` images (default all 60,000). Each timed epoch of a
+  contender follows an untimed epoch of every PyTorch contender of the session
+  (``torch``, ``torch-cuda``, ``torch-cuda-graphs``, those that run here), so they share
+  the machine's drift and other users' load; ``extra_info["ratio_to_<partner>"]`` (e.g.
+  ``ratio_to_torch``, ``ratio_to_torch-cuda``) is the ratio of the medians, the figure
+  to quote.
 * ``test_time_to_accuracy``: the default ``fastlenet train`` recipe (12 epochs, one-cycle
   lr 3e-3, 55,000 training images) with the real trainer, stopped at 99% test accuracy,
   and the same recipe in PyTorch; training seconds (evaluation excluded) until the test
@@ -27,7 +29,7 @@ from fastlenet.train import TrainConfig
 
 from .lenet import (ACCURACY_TARGETS, BATCH, COURSEWORK_TARGET_S, RECIPE_KEYS, fastlenet_recipe,
                     make_run, time_to_accuracy, torch_recipe)
-from .ops import REFERENCE, TORCH, assert_close
+from .ops import REFERENCE, TORCH_CONTENDERS, TORCH_CUDA_GRAPHS, assert_close
 
 WARMUP_STEPS = 20
 
@@ -69,37 +71,41 @@ def test_training_step(benchmark, contender, training_set, pytestconfig):
 def test_epoch(benchmark, contender, contenders, training_set, pytestconfig):
     x, y = training_set
     run = make_run(contender, x, y)
-    partner = make_run(TORCH, x, y) if contender != TORCH and TORCH in contenders else None
-    for warm in filter(None, (run, partner)):  # compile, first-touch allocations, caches
+    partners = {name: make_run(name, x, y) for name in contenders
+                if name in TORCH_CONTENDERS and name != contender}
+    for warm in (run, *partners.values()):  # compile, first-touch allocations, caches
         warm.epoch(steps=WARMUP_STEPS)
-    torch_seconds = []
+    partner_seconds = {name: [] for name in partners}
 
-    def torch_epoch():
-        if partner is not None:
+    def partner_epochs():
+        for name, partner in partners.items():
             start = time.perf_counter()
             partner.epoch()
-            torch_seconds.append(time.perf_counter() - start)
+            partner_seconds[name].append(time.perf_counter() - start)
 
     benchmark.group = "epoch"
     info = benchmark.extra_info
     info["images"] = len(y)
-    benchmark.pedantic(run.epoch, setup=torch_epoch, rounds=pytestconfig.getoption("--epoch-rounds"))
+    benchmark.pedantic(run.epoch, setup=partner_epochs, rounds=pytestconfig.getoption("--epoch-rounds"))
     if benchmark.stats:
         seconds = benchmark.stats.stats.data
         info["median_s"] = median = statistics.median(seconds)
         info["images_per_second"] = len(y) / median
-        if torch_seconds:
-            info["torch_epoch_s"] = torch_seconds
-            info["ratio_to_torch"] = median / statistics.median(torch_seconds)
-            info["ratio_to_torch_per_round"] = [a / b for a, b in zip(seconds, torch_seconds)]
+        for name, theirs in partner_seconds.items():
+            info[f"{name}_epoch_s"] = theirs
+            info[f"ratio_to_{name}"] = median / statistics.median(theirs)
+            info[f"ratio_to_{name}_per_round"] = [a / b for a, b in zip(seconds, theirs)]
 
 
 @pytest.mark.long
 def test_time_to_accuracy(benchmark, contender, pytestconfig, tmp_path):
     seed = pytestconfig.getoption("--accuracy-seed")
-    if contender == TORCH:
+    if contender == TORCH_CUDA_GRAPHS:
+        pytest.skip("the PyTorch recipe runs eagerly; torch-cuda-graphs is timed per step "
+                    "and per epoch")
+    if contender in TORCH_CONTENDERS:
         def train():
-            return torch_recipe(seed)
+            return torch_recipe(seed, device=TORCH_CONTENDERS[contender][0])
     else:
         def train():
             return fastlenet_recipe(contender, seed, tmp_path / "run")

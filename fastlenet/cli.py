@@ -280,6 +280,9 @@ def cmd_info(args) -> int:
     print("\nbackends:")
     for name, why in backends.status().items():
         print(f"  {name:<6} {'usable' if why is None else 'not usable: ' + why}")
+        device = backends.get_backend(name).device_description() if why is None else None
+        if device:
+            print(f"         device: {device}")
     try:
         print(f"  auto   -> {backends.get_backend('auto').name}")
     except FastLeNetError as exc:

@@ -16,6 +16,15 @@ each step from a schedule made by :func:`make_schedule`, where ``schedule(k)`` i
 rate of update ``k`` (counting from 0) and depends on nothing else, so a resumed run
 gets the same rates by passing the restored step count.
 
+A step has a host half and a device half, ``step() = prepare_step(); update()``. For a
+model's parameters (one :class:`~fastlenet.nn.layers.ParameterBuffer`) with every
+gradient set, ``prepare_step`` counts the step and writes its scalars (the learning
+rate, Adam's bias corrections) into a small device array, and ``update`` is one pass
+over the flat arrays that reads them from there: a backend can record ``update`` inside
+a training step and replay it (``Backend.capture_step``) while the scalars change, as
+PyTorch's capturable Adam does. Otherwise (parameters of their own, or a gradient
+None) ``update`` goes parameter by parameter with host scalars.
+
 Checkpoints: ``state_dict()`` returns host ``numpy`` copies keyed by
 ``"<param name>.<slot>"`` (e.g. ``"0.weight.momentum_buffer"``, ``"0.weight.exp_avg"``)
 plus 0-d arrays ``"optimizer"`` (the class), ``"step"`` and the hyper-parameters;
@@ -32,8 +41,10 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from .backends import Backend, get_backend
+from .backends.base import adam_factors
 from .checks import is_real
 from .errors import CheckpointError, ConfigError
+from .nn.layers import ParameterBuffer
 
 
 
@@ -76,13 +87,17 @@ class Optimizer:
     """Base class: the parameters, ``lr``, ``weight_decay``, ``step_count`` and slots.
 
     ``state[param.name][slot]`` is a device array shaped like ``param.data`` (a momentum
-    buffer, Adam's moments). Subclasses name their slots and hyper-parameters and
-    write :meth:`_update`.
+    buffer, Adam's moments): on the flat path a view of ``flat_state[slot]``, one array
+    laid out like the parameters' buffer. Subclasses name their slots, hyper-parameters
+    and per-step scalars, and write :meth:`_update` (one parameter, host scalars) and
+    :meth:`_update_flat` (all of them, scalars read from the device).
     """
 
     kind: str = ""
     # extra hyper-parameters saved in the state dict: attribute name -> type
     _hyper: dict[str, type] = {}
+    # how many per-step scalars the flat update reads from the device
+    _scalar_count: int = 0
 
     def __init__(self, params: Iterable, backend: str | Backend, lr: float,
                  weight_decay: float) -> None:
@@ -91,7 +106,12 @@ class Optimizer:
         self.lr = _check_lr(lr)
         self.weight_decay = _check_weight_decay(weight_decay)
         self.step_count = 0
-        self.state = self._zero_slots(self._slot_names(self._hyper_values()))
+        self.buffer = ParameterBuffer.of(self.params)
+        self.state, self.flat_state = self._zero_slots(self._slot_names(self._hyper_values()))
+        # the per-step scalars of the flat update, in the parameters' dtype
+        self._scalars = (None if self.buffer is None else
+                         self.backend.xp.zeros(self._scalar_count, dtype=self.buffer.dtype))
+        self._flat = False  # whether this step's update is the pass over the flat arrays
 
     def _hyper_values(self) -> dict:
         return {name: getattr(self, name) for name in ("lr", "weight_decay", *self._hyper)}
@@ -100,20 +120,68 @@ class Optimizer:
         """The per-parameter slots these hyper-parameters need."""
         raise NotImplementedError
 
-    def _zero_slots(self, slots: tuple[str, ...]) -> dict:
+    def _zero_slots(self, slots: tuple[str, ...]) -> tuple[dict, dict]:
+        """Zero slots: (per-parameter arrays by name and slot, flat arrays by slot)."""
         xp = self.backend.xp
-        return {p.name: {s: xp.zeros_like(p.data) for s in slots} for p in self.params}
+        if self.buffer is None:
+            return {p.name: {s: xp.zeros_like(p.data) for s in slots} for p in self.params}, {}
+        flat = {s: self.buffer.zeros() for s in slots}
+        views = {s: self.buffer.views(array) for s, array in flat.items()}
+        return {p.name: {s: views[s][i] for s in slots} for i, p in enumerate(self.params)}, flat
 
     def _update(self, p, slots: dict) -> None:
-        """Update ``p.data`` (and its slots) in place from ``p.grad``."""
+        """Update ``p.data`` (and its slots) in place from ``p.grad``, host scalars."""
+        raise NotImplementedError
+
+    def _flat_possible(self) -> bool:
+        """Whether the parameters' state allows one pass over them all."""
+        return True
+
+    def _count_flat_step(self) -> tuple[float, ...]:
+        """Count a flat step (per-parameter bookkeeping) and return its scalars."""
+        raise NotImplementedError
+
+    def _update_flat(self) -> None:
+        """Update every parameter in one pass over the flat arrays, reading the step's
+        scalars from ``self._scalars``."""
         raise NotImplementedError
 
     def step(self) -> None:
         """One update of every parameter that has a gradient (``grad`` None: skipped)."""
+        self.prepare_step()
+        self.update()
+
+    def prepare_step(self) -> None:
+        """The host's half of a step: count it and, on the flat path, write its scalars
+        (from ``lr`` and the step count) to the device for :meth:`update`.
+
+        The flat path is taken when the parameters are one buffer's and every one has a
+        gradient now (in a training step: from the previous step's backward).
+        """
         self.step_count += 1
+        self._flat = (self.buffer is not None and self._flat_possible()
+                      and all(p.grad is not None for p in self.params))
+        if self._flat:
+            self.backend.set_scalars(self._scalars, self._count_flat_step())
+
+    def update(self) -> None:
+        """The device's half: update the parameters from their gradients. On the flat
+        path it reads nothing from the host that changes between steps, so a backend
+        may record it (see :meth:`capture_key`)."""
+        if self._flat:
+            self._update_flat()
+            return
         for p in self.params:
             if p.grad is not None:
                 self._update(p, self.state[p.name])
+
+    def capture_key(self):
+        """The host values :meth:`update` bakes into a recording (the constant
+        hyper-parameters), or None when it reads per-step values on the host (not the
+        flat path) and must run as Python every step."""
+        if not self._flat:
+            return None
+        return (self.kind, *(v for k, v in self._hyper_values().items() if k != "lr"))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host copies of everything :meth:`load_state_dict` needs to continue exactly."""
@@ -156,12 +224,12 @@ class Optimizer:
                         f"parameter is {p.data.dtype}{list(p.data.shape)}; the checkpoint belongs "
                         "to another model")
                 host[key] = array
-        new_state = self._zero_slots(slot_names)
+        new_state, new_flat = self._zero_slots(slot_names)
         for pname, slots in new_state.items():
             for slot, device in slots.items():
                 # copy into arrays the optimizer owns: asarray may alias the caller's dict
                 device[...] = self.backend.asarray(host[f"{pname}.{slot}"])
-        self.state = new_state
+        self.state, self.flat_state = new_state, new_flat
         self.step_count = step
         for name, value in hyper.items():
             setattr(self, name, value)
@@ -182,6 +250,7 @@ class SGD(Optimizer):
 
     kind = "sgd"
     _hyper = {"momentum": float, "nesterov": bool}
+    _scalar_count = 2  # lr, 1 - lr * wd
 
     def __init__(self, params: Iterable, backend: str | Backend, lr: float,
                  momentum: float = 0.0, nesterov: bool = False,
@@ -197,15 +266,27 @@ class SGD(Optimizer):
         return ("momentum_buffer",) if hyper["momentum"] else ()
 
     def _update(self, p, slots: dict) -> None:
-        g = p.grad
+        self._apply(p.data, p.grad, slots.get("momentum_buffer"),
+                    self.lr, 1.0 - self.lr * self.weight_decay)
+
+    def _count_flat_step(self) -> tuple[float, float]:
+        return self.lr, 1.0 - self.lr * self.weight_decay
+
+    def _update_flat(self) -> None:
+        lr, decay = self._scalars[0], self._scalars[1]
+        self._apply(self.buffer.data, self.buffer.grad, self.flat_state.get("momentum_buffer"),
+                    lr, decay)
+
+    def _apply(self, p, g, buf, lr, decay) -> None:
+        """The update of p from g (and the momentum buffer), with lr and decay = 1 - lr*wd
+        host floats or 0-d device values of p's dtype (the same arithmetic either way)."""
         if self.momentum:
-            buf = slots["momentum_buffer"]
             buf *= self.momentum
             buf += g
             g = g + self.momentum * buf if self.nesterov else buf
         if self.weight_decay:
-            p.data *= 1.0 - self.lr * self.weight_decay
-        p.data -= self.lr * g
+            p *= decay
+        p -= lr * g
 
 
 class Adam(Optimizer):
@@ -223,6 +304,7 @@ class Adam(Optimizer):
 
     kind = "adam"
     _hyper = {"beta1": float, "beta2": float, "eps": float}
+    _scalar_count = 3  # decay, step_size, bias2 (backends.base.adam_factors)
 
     def __init__(self, params: Iterable, backend: str | Backend, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -244,6 +326,22 @@ class Adam(Optimizer):
                                  lr=self.lr, beta1=self.beta1, beta2=self.beta2,
                                  eps=self.eps, weight_decay=self.weight_decay,
                                  step=self.param_steps[p.name])
+
+    def _flat_possible(self) -> bool:
+        # one bias correction for all: every parameter has had the same number of updates
+        return len(set(self.param_steps.values())) <= 1
+
+    def _count_flat_step(self) -> tuple[float, float, float]:
+        for name in self.param_steps:
+            self.param_steps[name] += 1
+        step = self.param_steps[self.params[0].name] if self.params else self.step_count
+        return adam_factors(self.lr, self.beta1, self.beta2, self.weight_decay, step)
+
+    def _update_flat(self) -> None:
+        self.backend.adam_update_device(
+            self.buffer.data, self.buffer.grad, self.flat_state["exp_avg"],
+            self.flat_state["exp_avg_sq"], self._scalars, beta1=self.beta1, beta2=self.beta2,
+            eps=self.eps, weight_decay=self.weight_decay)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         out = super().state_dict()

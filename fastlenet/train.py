@@ -2,10 +2,11 @@
 
 It knows nothing of any particular backend: data is uploaded to the backend's device
 once, each epoch's shuffled order is uploaded as one index array, batches are gathered on
-the device, and the host reads losses back only every ``log_every`` steps. The forward,
-loss and backward of a step form one function that the backend may record and replay
-(``Backend.capture_step``: a CUDA graph on a GPU backend); the batch gather before it and
-the optimizer update after it run as plain calls.
+the device, and the host reads losses back only every ``log_every`` steps. A whole step
+(batch gather, forward, loss, backward, optimizer update) is one function that the
+backend may record and replay (:class:`TrainingStep`, ``Backend.capture_step``: one CUDA
+graph replay per step on a GPU backend); the host only writes the step's learning rate
+and bias corrections to the device before it.
 
 A run folder holds ``config.json``, ``history.json`` (per step and per epoch),
 ``metrics.json``, and the checkpoints ``last.npz`` (every epoch) and ``best.npz`` (best
@@ -232,6 +233,70 @@ class TrainingState:
             raise ValueError("the history is not a dict of step and epoch lists")
 
 
+class TrainingStep:
+    """One training step on a training set held on the device, as the trainer runs it.
+
+    ``step(idx)`` takes the batch's image indices (a device integer array) and returns
+    the batch's mean loss, a 0-d device array that the next call overwrites (copy what
+    you keep); ``correct`` counts on the device the training images classified correctly
+    since it was last zeroed. The host half of the optimizer's step (``prepare_step``:
+    its counts, and its per-step scalars written to the device) runs first; then the
+    batch gather, forward, loss, backward and the optimizer's update run as one function
+    that the backend may record once and replay (``Backend.capture_step``), as long as
+    :meth:`signature`, the host values baked into it, stays the same. With an augmenter
+    the batch is gathered and transformed before that function (the augmenter's smoothing
+    is matrix products, cuBLAS calls on a GPU), which then starts at the forward pass.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, x, y, augmenter=None):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.backend = backend = model.backend
+        self.x, self.y = x, y
+        self.augmenter = augmenter
+        self.correct = backend.xp.zeros((), dtype=np.int64)
+        body = self._from_indices if augmenter is None else self._from_batch
+        self._run = backend.capture_step(body, signature=self.signature)
+
+    def __call__(self, idx):
+        self.optimizer.prepare_step()
+        if self.augmenter is None:
+            return self._run(idx)[0]
+        xb = self.augmenter(self.backend.to_batch_last(self.x[idx]))
+        return self._run(xb, self.y[idx])[0]
+
+    def _from_indices(self, idx):
+        return self._from_batch(self.backend.to_batch_last(self.x[idx]), self.y[idx])
+
+    def _from_batch(self, xb, yb):
+        """Forward, loss, backward and update on xb (C, H, W, B) with labels yb (B,);
+        reads nothing back to the host, returns ``(loss,)``."""
+        logits = self.model.forward(xb)
+        loss = self.loss_fn.forward(logits, yb)
+        self.correct += (logits.argmax(axis=0) == yb).sum()
+        self.model.backward(self.loss_fn.backward())
+        self.optimizer.update()
+        return (loss,)
+
+    def signature(self):
+        """The host values a recorded step bakes in, or None while the optimizer's update
+        reads per-step values on the host (the steps before every gradient exists)."""
+        optimizer = self.optimizer.capture_key()
+        if optimizer is None:
+            return None
+        return optimizer, self.loss_fn.label_smoothing, _settings(self.model)
+
+
+def _settings(model) -> tuple:
+    """Every plain value (bool, int, float, str) the model and its layers hold: train or
+    eval mode, dropout rates, BatchNorm's momentum and eps, strides... Taking them all,
+    rather than a list, keeps a new layer's option from being baked into a recorded step
+    unnoticed."""
+    return tuple((type(layer).__name__,
+                  tuple(sorted((k, v) for k, v in vars(layer).items()
+                               if type(v) in (bool, int, float, str))))
+                 for layer in (model, *model.layers))
+
+
 class Trainer:
     """One training run: set up from a config (or a checkpoint to resume), then :meth:`run`.
 
@@ -276,8 +341,8 @@ class Trainer:
         # the whole training set lives on the device; batches are gathered there
         self.x_dev = backend.asarray(self.data.x_train, dtype=self.model.dtype)
         self.y_dev = backend.asarray(self.data.y_train)
-        self._params = self.model.parameters()
-        self._forward_backward = backend.capture_step(self._forward_backward_step)
+        self._step = TrainingStep(self.model, self.loss_fn, self.optimizer, self.x_dev,
+                                  self.y_dev, self.augmenter)
         try:  # only now that everything above succeeded, so a failed start leaves nothing
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -346,24 +411,19 @@ class Trainer:
     def _train_epoch(self) -> tuple[float, float, float]:
         """One pass over the shuffled training set; returns (mean loss, accuracy, seconds)."""
         backend, config, state = self.backend, self.config, self.state
-        xp = backend.xp
         self.model.train()
         perm = backend.asarray(state.shuffle_rng.permutation(self.n_train))
         pending = []  # device losses the host has not read yet
-        loss_sum, correct, seen = 0.0, xp.zeros((), dtype=np.int64), 0
+        loss_sum, seen = 0.0, 0
+        correct = self._step.correct
+        correct[...] = 0
         bar = _progress_bar(self.steps_per_epoch, f"epoch {state.epoch}/{config.epochs}", self.progress)
         tick = time.perf_counter()
         try:
             for start in range(0, self.n_train, config.batch_size):
                 idx = perm[start:start + config.batch_size]
-                xb = backend.to_batch_last(self.x_dev[idx])
-                if self.augmenter is not None:
-                    xb = self.augmenter(xb)
-                loss, batch_correct = self._take_step_outputs(self._forward_backward(xb, self.y_dev[idx]))
-                pending.append(loss)
-                correct += batch_correct
                 self.optimizer.lr = self.schedule(state.step)
-                self.optimizer.step()
+                pending.append(self._step(idx).copy())  # the next step overwrites its loss
                 state.step += 1
                 seen += len(idx)
                 if len(pending) == config.log_every or start + config.batch_size >= self.n_train:
@@ -380,33 +440,6 @@ class Trainer:
         seconds = time.perf_counter() - tick
         state.train_seconds += seconds
         return loss_sum / self.steps_per_epoch, float(backend.to_numpy(correct)) / self.n_train, seconds
-
-    def _forward_backward_step(self, xb, yb):
-        """Forward, loss and backward of a batch xb (C, H, W, B) with labels yb (B,).
-
-        Returns ``(loss, number correct, *gradients in parameter order)``, all device
-        arrays. The backend may capture this and replay it (``Backend.capture_step``),
-        so it reads nothing back to the host and returns every value used afterwards.
-        """
-        logits = self.model.forward(xb)
-        loss = self.loss_fn.forward(logits, yb)
-        correct = (logits.argmax(axis=0) == yb).sum()
-        self.model.backward(self.loss_fn.backward())
-        return (loss, correct, *(p.grad for p in self._params))
-
-    def _take_step_outputs(self, outputs: tuple):
-        """Use what ``_forward_backward`` returned; returns ``(loss, number correct)``.
-
-        A captured step (``Backend.capture_step``) returns the same device arrays on every
-        replay, and the next replay overwrites them. So: the gradients are handed to the
-        parameters as they are, since the optimizer consumes them before the next step;
-        the loss is copied, since the host reads it only every ``log_every`` steps; and the
-        number correct must be added to a running total before the next step.
-        """
-        loss, correct, *grads = outputs
-        for param, grad in zip(self._params, grads):
-            param.grad = grad
-        return loss.copy(), correct
 
     def _check_losses(self, pending: list) -> np.ndarray:
         """Read the last steps' losses to the host, record them, stop on a NaN or inf."""

@@ -2,14 +2,16 @@
 // generator, Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
 // SC 2011).
 //
-// The generator's whole state is a 64-bit key (from the seed) and a 64-bit counter that
-// lives in device memory, so a draw needs no host round trip, a captured CUDA graph
-// advances it on every replay, and the state saves to a checkpoint as two integers.
+// The generator's whole state is a 64-bit key (from the seed) and a 64-bit counter, both
+// in device memory (state[0] = key, state[1] = counter): a draw needs no host round
+// trip, a captured CUDA graph advances the counter on every replay and reads the key
+// that is there at replay time (so restoring a generator's state reaches recorded
+// draws too), and the state saves to a checkpoint as two integers.
 // Element i of a draw is Philox(key, counter + i); afterwards a second kernel adds the
 // draw's size to the counter (a separate launch, so no thread reads the counter after
 // another has moved it).
 //
-// Layouts: out is C-contiguous, treated as flat (count); counter is one uint64.
+// Layouts: out is C-contiguous, treated as flat (count); state is two uint64.
 // Thread-to-element map:
 //   uniform_{f32,f64}  one thread per element of out; float takes the top 24 bits of the
 //                      first Philox word, double 53 bits from the first two words.
@@ -17,7 +19,7 @@
 //                      element's Philox block, u1 in (0, 1] (so log(u1) is finite) and u2
 //                      in [0, 1): z = sqrt(-2 log u1) cos(2 pi u2). float uses words 0 and 1,
 //                      double words 0-1 and 2-3.
-//   advance_counter    a single thread: counter += count.
+//   advance_counter    a single thread: state[1] += count.
 // Every thread checks its index is in range.
 
 __device__ __forceinline__ void philox4x32_10(unsigned int ctr[4], unsigned int k0,
@@ -49,42 +51,42 @@ __device__ __forceinline__ void draw(unsigned long long key, unsigned long long 
     philox4x32_10(out, (unsigned int)key, (unsigned int)(key >> 32));
 }
 
-extern "C" __global__ void uniform_f32(float* out, long long count, unsigned long long key,
-                                       const unsigned long long* counter) {
+extern "C" __global__ void uniform_f32(float* out, long long count,
+                                       const unsigned long long* state) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= count) return;
     unsigned int words[4];
-    draw(key, counter[0] + (unsigned long long)idx, words);
+    draw(state[0], state[1] + (unsigned long long)idx, words);
     out[idx] = (float)(words[0] >> 8) * (1.0f / 16777216.0f);  // 24 bits / 2^24
 }
 
-extern "C" __global__ void uniform_f64(double* out, long long count, unsigned long long key,
-                                       const unsigned long long* counter) {
+extern "C" __global__ void uniform_f64(double* out, long long count,
+                                       const unsigned long long* state) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= count) return;
     unsigned int words[4];
-    draw(key, counter[0] + (unsigned long long)idx, words);
+    draw(state[0], state[1] + (unsigned long long)idx, words);
     unsigned long long bits = ((unsigned long long)(words[0] >> 5) << 26) | (words[1] >> 6);
     out[idx] = (double)bits * (1.0 / 9007199254740992.0);  // 53 bits / 2^53
 }
 
-extern "C" __global__ void normal_f32(float* out, long long count, unsigned long long key,
-                                      const unsigned long long* counter) {
+extern "C" __global__ void normal_f32(float* out, long long count,
+                                      const unsigned long long* state) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= count) return;
     unsigned int words[4];
-    draw(key, counter[0] + (unsigned long long)idx, words);
+    draw(state[0], state[1] + (unsigned long long)idx, words);
     float u1 = (float)((words[0] >> 8) + 1u) * (1.0f / 16777216.0f);  // (0, 1]
     float u2 = (float)(words[1] >> 8) * (1.0f / 16777216.0f);         // [0, 1)
     out[idx] = sqrt(-2.0f * log(u1)) * cos(6.2831853071795865f * u2);
 }
 
-extern "C" __global__ void normal_f64(double* out, long long count, unsigned long long key,
-                                      const unsigned long long* counter) {
+extern "C" __global__ void normal_f64(double* out, long long count,
+                                      const unsigned long long* state) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= count) return;
     unsigned int words[4];
-    draw(key, counter[0] + (unsigned long long)idx, words);
+    draw(state[0], state[1] + (unsigned long long)idx, words);
     unsigned long long bits1 = ((unsigned long long)(words[0] >> 5) << 26) | (words[1] >> 6);
     unsigned long long bits2 = ((unsigned long long)(words[2] >> 5) << 26) | (words[3] >> 6);
     double u1 = (double)(bits1 + 1ull) * (1.0 / 9007199254740992.0);  // (0, 1]
@@ -92,6 +94,6 @@ extern "C" __global__ void normal_f64(double* out, long long count, unsigned lon
     out[idx] = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-extern "C" __global__ void advance_counter(unsigned long long* counter, long long count) {
-    if (blockIdx.x == 0 && threadIdx.x == 0) counter[0] += (unsigned long long)count;
+extern "C" __global__ void advance_counter(unsigned long long* state, long long count) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) state[1] += (unsigned long long)count;
 }

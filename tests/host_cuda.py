@@ -16,9 +16,19 @@ to the values) and the shim checks every argument's size and pointer-ness agains
 kernel's C signature, so a launcher passing an ``int64`` where the kernel takes an
 ``int``, or arguments in the wrong order, fails here instead of reading garbage on a GPU.
 
+Streams and CUDA graphs are emulated too, for the bookkeeping of the backend's graph
+capture (``_CapturedStep``): a ``Stream`` that is current inside ``with``, records events
+and captures; while a stream captures, RawModule launches are recorded instead of run
+(as CUDA does), and a ``Graph`` replays the recorded launches with the arguments they
+were recorded with (arrays by reference, scalars by value: what a real graph bakes in).
+NumPy operations standing in for CuPy's run at once and are not recorded, so a step
+replays faithfully only when all its device work is RawModule launches; the tests use
+such steps. ``MemoryPool`` and ``using_allocator`` route ``empty`` through the current
+allocator, so the tests can see which blocks a recording holds.
+
 What this does NOT test: anything about the GPU itself (NVRTC's code generation, the
 memory model, warp scheduling, performance), CuPy's own kernels (NumPy stands in for
-them), or CUDA graph capture (the backend loaded here runs steps uncaptured).
+them), or real CUDA graphs (see ``-m gpu``).
 """
 
 from __future__ import annotations
@@ -154,6 +164,9 @@ class _Function:
         self.threaded = threaded
 
     def __call__(self, grid, block, args):
+        if _capturing is not None:  # recorded, not run, as CUDA does while capturing
+            _capturing.tape.append((self, grid, block, args))
+            return
         values, sizes, pointers = [], [], []
         for a in args:
             if isinstance(a, np.ndarray):
@@ -202,37 +215,132 @@ class RawModule:
 
 def _empty(shape, dtype=np.float64):
     dtype = np.dtype(dtype)
+    if _allocator.current is not None:  # what a real allocator would be asked for
+        _allocator.current(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
     fill = np.nan if dtype.kind == "f" else -123456789
     return np.full(shape, fill, dtype=dtype)
 
 
-class _Stream:
+# ------------------------------------------------------------- streams and graphs
+_capturing = None  # the Stream capturing now, if any
+_allocator = types.SimpleNamespace(current=None)
+
+
+class Event:
+    def __init__(self, stream=None):
+        self.stream = stream
+
+
+class Stream:
+    """A stream: current inside ``with``; captures RawModule launches into a Graph."""
+
+    current = None  # set below: the default stream
+
+    def __init__(self, null=False, non_blocking=False):
+        self.tape = None
+        self.waited: list = []  # events this stream was told to wait for
+        self._outer: list = []
+
+    def __enter__(self):
+        self._outer.append(Stream.current)
+        Stream.current = self
+        return self
+
+    def __exit__(self, *exc):
+        Stream.current = self._outer.pop()
+
     def synchronize(self):
         pass
+
+    def record(self, event=None):
+        return Event(self)
+
+    def wait_event(self, event):
+        self.waited.append(event)
+
+    def begin_capture(self, mode=None):
+        global _capturing
+        if _capturing is not None:
+            raise RuntimeError("cudaErrorIllegalState: a capture is already running")
+        self.tape = []
+        _capturing = self
+
+    def end_capture(self):
+        global _capturing
+        if _capturing is not self:
+            raise RuntimeError("cudaErrorIllegalState: this stream is not capturing")
+        _capturing = None
+        graph, self.tape = Graph(self.tape), None
+        return graph
+
+    def is_capturing(self):
+        return _capturing is self
+
+
+class Graph:
+    """The launches recorded while a stream captured, run again on every launch."""
+
+    def __init__(self, tape):
+        self.tape = tape
+        self.launches = 0
+
+    def launch(self, stream=None):
+        self.launches += 1
+        for function, grid, block, args in self.tape:
+            function(grid, block, args)
+
+
+class MemoryPool:
+    """Counts what it is asked for; the arrays themselves are NumPy's."""
+
+    def __init__(self):
+        self.allocations = 0
+
+    def malloc(self, size):
+        self.allocations += 1
+        return types.SimpleNamespace(size=size, pool=self)
+
+
+class using_allocator:  # noqa: N801 - CuPy's name
+    def __init__(self, allocator=None):
+        self.allocator = allocator
+
+    def __enter__(self):
+        self.outer, _allocator.current = _allocator.current, self.allocator
+
+    def __exit__(self, *exc):
+        _allocator.current = self.outer
+
+
+Stream.current = Stream(null=True)
 
 
 def make_module() -> types.ModuleType:
     """A module that stands in for ``cupy`` (NumPy for everything but the above)."""
     module = types.ModuleType("cupy")
     module.__getattr__ = lambda name: getattr(np, name)
+    module.__version__ = "host-emulation"
     module.empty = _empty
     module.empty_like = lambda a, dtype=None: _empty(np.shape(a), dtype or a.dtype)
     module.asnumpy = np.asarray
     module.RawModule = RawModule
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, is_hip=False,
                                     CUDARuntimeError=type("CUDARuntimeError", (RuntimeError,), {}))
-    module.cuda = types.SimpleNamespace(runtime=runtime, get_current_stream=_Stream)
+    module.cuda = types.SimpleNamespace(
+        runtime=runtime, get_current_stream=lambda: Stream.current, Stream=Stream, Event=Event,
+        MemoryPool=MemoryPool, using_allocator=using_allocator)
     return module
 
 
-def load_backend():
-    """A CupyBackend instance built on the stand-in module (the real one is untouched)."""
+def load_module(cupy_module: types.ModuleType | None = None) -> types.ModuleType:
+    """fastlenet.backends.cupy_backend executed on a stand-in ``cupy`` (the real module,
+    and sys.modules, are untouched)."""
     import importlib.util
 
     spec = importlib.util.find_spec("fastlenet.backends.cupy_backend")
     backend_module = importlib.util.module_from_spec(spec)
     saved = sys.modules.get("cupy")
-    sys.modules["cupy"] = make_module()
+    sys.modules["cupy"] = cupy_module or make_module()
     try:
         spec.loader.exec_module(backend_module)
     finally:
@@ -240,6 +348,14 @@ def load_backend():
             del sys.modules["cupy"]
         else:
             sys.modules["cupy"] = saved
-    backend = backend_module.CupyBackend()
-    backend.capture_step = lambda step: step  # no CUDA graphs on the CPU
+    return backend_module
+
+
+def load_backend(capture: bool = False):
+    """A CupyBackend instance built on the stand-in module. Its steps run uncaptured
+    unless ``capture``: the emulated graphs replay RawModule launches only, which a whole
+    training step is not made of."""
+    backend = load_module().CupyBackend()
+    if not capture:
+        backend.capture_step = lambda step, signature=None: step
     return backend

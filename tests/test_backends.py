@@ -87,7 +87,7 @@ KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backwar
            "maxpool2d_forward", "maxpool2d_backward", "relu_maxpool2d_forward",
            "relu_maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
            "linear_forward", "linear_backward", "softmax", "softmax_cross_entropy",
-           "adam_update", "warp_bilinear")
+           "adam_update_device", "set_scalars", "warp_bilinear")
 OWN_KERNELS = {
     "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
               "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
@@ -95,11 +95,11 @@ OWN_KERNELS = {
     "numba": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
               "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
               "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
-              "softmax_cross_entropy", "adam_update", "warp_bilinear"},
+              "softmax_cross_entropy", "adam_update_device", "warp_bilinear"},
     "cupy": {"conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
              "relu_maxpool2d_forward", "relu_maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward", "linear_forward", "linear_backward",
-             "softmax_cross_entropy", "adam_update"},
+             "softmax_cross_entropy", "adam_update_device", "set_scalars"},
 }
 
 

@@ -9,6 +9,8 @@ footprint child trains two steps; the render reads a small synthetic results fil
 import functools
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +228,94 @@ def test_render_rejects_bad_input_in_one_line(tmp_path, capsys, content, message
 def test_render_names_a_missing_file(tmp_path, capsys):
     assert render.main([str(tmp_path / "nope.json"), "--no-chart"]) == 2
     assert "nope.json does not exist; save a run with" in capsys.readouterr().err
+
+
+def test_pytorch_cuda_contenders_run_or_skip_saying_why():
+    """Where PyTorch sees no CUDA device its CUDA contenders skip with the reason, and the
+    CPU one runs the same step benchmark; where it sees one, all three run (untimed)."""
+    pytest.importorskip("pytest_benchmark")
+    torch = pytest.importorskip("torch")
+    done = run("-m", "pytest", "benchmarks/test_training.py", "-k", "training_step and torch",
+               "--benchmark-disable", "--epoch-images", "256", "--step-rounds", "2", "-rs",
+               "-q", "-p", "no:cacheprovider")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if torch.cuda.is_available():
+        assert "3 passed" in done.stdout
+    else:
+        assert "1 passed, 2 skipped" in done.stdout
+        for name in ("torch-cuda", "torch-cuda-graphs"):
+            assert (f"{name} needs a CUDA device, and PyTorch {torch.__version__} sees none"
+                    in done.stdout)
+
+
+def test_a_pytorch_cuda_contender_asked_for_without_cuda_is_one_clear_line():
+    pytest.importorskip("pytest_benchmark")
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("PyTorch sees a CUDA device here")
+    done = run("-m", "pytest", "benchmarks", "--contenders", "numpy,torch-cuda", "-q",
+               "-p", "no:cacheprovider")
+    assert done.returncode != 0
+    assert "--contenders: torch-cuda needs a CUDA device" in done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------ gpu_check
+def _outputs_fit_the_device_tool(out: Path) -> list[str]:
+    """At most 8 plain files, each at most 16 MiB, no folders: what comes back."""
+    entries = list(out.iterdir())
+    assert len(entries) <= 8 and all(e.is_file() for e in entries), entries
+    assert all(e.stat().st_size <= 16 << 20 for e in entries)
+    return sorted(e.name for e in entries)
+
+
+def test_gpu_check_without_a_gpu_says_so_writes_its_summary_and_fails(tmp_path):
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    out = tmp_path / "out"
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHON": sys.executable,
+                               "FASTLENET_GPU_CHECK_INSTALL": "0"})
+    if "FAILED: device" not in done.stdout:
+        pytest.skip("this machine has a CUDA device: the full check runs with benchmarks/gpu_check.sh")
+    assert done.returncode == 1
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert summary[0] == "fastlenet GPU check: FAILED: device"
+    assert summary[2].startswith("FAILED      device") and "no CUDA device" in summary[2]
+    assert all(line.startswith("NOT RUN") and line.endswith("not run: no CUDA device")
+               for line in summary[3:11])
+    assert "  epoch <= 0.5x PyTorch CUDA eager: not measured" in summary
+    results = json.loads((out / "results.json").read_text())
+    assert results["failed"] == ["device"] and len(results["stages"]) == 9
+    assert _outputs_fit_the_device_tool(out) == ["info.log", "results.json", "summary.txt"]
+
+
+def test_gpu_check_records_a_failed_stage_and_goes_on(tmp_path):
+    """GPU stages run anyway on a machine without one: each fails (or finds its tool
+    missing), is recorded with why, and the next still runs."""
+    from benchmarks import gpu_check
+
+    out = tmp_path / "out"
+    status = gpu_check.main([str(out), "--stages", "info,train,memcheck", "--budget", "200"])
+    results = {s["name"]: s for s in json.loads((out / "results.json").read_text())["stages"]}
+    if results["info"]["status"] == "passed":
+        pytest.skip("the cupy backend is usable here")
+    assert status == 1 and list(results) == ["info", "train", "memcheck"]
+    assert results["info"]["note"] == "the cupy backend is not usable (see info.log)"
+    assert results["train"]["status"] == "failed" and results["train"]["seconds"] > 0
+    assert "backend 'cupy' is not usable here" in (out / "train.log").read_text()
+    assert results["memcheck"]["status"] in ("unavailable", "failed")
+    _outputs_fit_the_device_tool(out)
+
+
+def test_gpu_check_targets_read_the_figures():
+    from benchmarks.gpu_check import Stage, seconds_to, targets
+
+    epochs = [{"test_accuracy": 0.985, "train_seconds": 0.4}, {"test_accuracy": 0.991, "train_seconds": 0.8}]
+    assert seconds_to(epochs, 0.99) == 0.8 and seconds_to(epochs, 0.995) is None
+    lines = targets({"train": Stage("train", figures={"test_accuracy": 0.991, "seconds_to_99": 1.6}),
+                     "bench": Stage("bench", figures={"epoch_cupy_vs_torch-cuda": 0.41,
+                                                      "epoch_cupy_vs_torch-cuda-graphs": 1.2})})
+    assert lines == ["test accuracy >= 99.0%: MET (99.10%)", "99% within 1 s of training: NOT MET (1.60 s)",
+                     "epoch <= 0.5x PyTorch CUDA eager: MET (0.41x)",
+                     "epoch < PyTorch CUDA graphs: NOT MET (1.20x)"]

@@ -12,6 +12,7 @@ test_kernels.py also run on cupy wherever it is usable (the ``backend`` fixture)
 ``gpu`` tests alone cover CUDA graph capture, resume, and full-MNIST accuracy.
 """
 
+import importlib.util
 import json
 import re
 import shutil
@@ -27,9 +28,10 @@ import pytest
 from fastlenet import backends
 from fastlenet.backends.numpy_backend import NumpyBackend
 from fastlenet.errors import BackendUnavailableError
-from fastlenet.train import TrainConfig, Trainer, train
+from fastlenet.train import TrainConfig, Trainer, evaluate, train
 
 from conftest import load_cuda_backend
+from helpers import skip_unless_cuda_device
 from test_cli import assert_one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,6 +185,121 @@ def test_auto_picks_cupy_first_when_it_is_usable(monkeypatch):
     assert backends.usable()[0] == "cupy"
 
 
+# ------------------------------------------------- start-up checks and info
+def _host_cuda():
+    if shutil.which("g++") is None or importlib.util.find_spec("fastlenet.kernels") is None:
+        pytest.skip("the host emulation needs g++ and an installed checkout")
+    import host_cuda
+    return host_cuda
+
+
+@pytest.mark.parametrize("broken, what", [
+    ("matmul", "CuPy cannot run a matrix product (cuBLAS) here (OSError: libcublas.so.12: "
+               "cannot open shared object file"),
+    ("compile", "NVRTC cannot compile kernels/"),
+])
+def test_a_missing_cuda_library_makes_the_backend_unusable_with_the_cause(monkeypatch, broken,
+                                                                         what):
+    host_cuda = _host_cuda()
+    fake = host_cuda.make_module()
+
+    def missing(*args, **kwargs):
+        raise OSError("libcublas.so.12: cannot open shared object file: No such file or directory")
+    if broken == "matmul":
+        fake.matmul = missing
+    else:
+        class NoNvrtc(host_cuda.RawModule):
+            def compile(self):
+                raise RuntimeError("CUDA_ERROR_NOT_FOUND: libnvrtc.so.12 not found")
+        fake.RawModule = NoNvrtc
+    module = host_cuda.load_module(fake)
+    monkeypatch.setitem(sys.modules, "fastlenet.backends.cupy_backend", module)
+    monkeypatch.setattr(backends, "_instances", {})
+    monkeypatch.setattr(backends, "_failures", {})
+    with pytest.raises(BackendUnavailableError) as info:
+        backends.get_backend("cupy")
+    message = str(info.value)
+    assert message.startswith(f"backend 'cupy' is not usable here (RuntimeError: {what}")
+    assert "pip install 'fastlenet[cupy-cuda12]'" in message and "\n" not in message
+
+
+FACTS = {"name": "NVIDIA H200", "index": 0, "count": 1, "memory_bytes": 150_110_011_392,
+         "compute_capability": "9.0", "runtime_version": 13000, "driver_version": 13000,
+         "driver_release": "580.159.04", "cupy": "14.2.0", "nvrtc": "13.0"}
+
+
+def test_device_description_names_device_memory_cuda_driver_and_cupy():
+    module = _host_cuda().load_module()
+    assert module.describe_device(FACTS) == (
+        "NVIDIA H200 (device 0 of 1), 139.8 GiB, compute capability 9.0; CUDA runtime 13.0, "
+        "driver 580.159.04 (CUDA 13.0); CuPy 14.2.0, NVRTC 13.0")
+    bare = {**FACTS, "driver_release": None, "nvrtc": None, "runtime_version": 12080}
+    assert module.describe_device(bare).endswith(
+        "CUDA runtime 12.8, driver for CUDA 13.0; CuPy 14.2.0")
+
+
+def test_device_facts_read_the_runtime(tmp_path, monkeypatch):
+    host_cuda = _host_cuda()
+    fake = host_cuda.make_module()
+    props = {"name": b"NVIDIA H200", "totalGlobalMem": FACTS["memory_bytes"], "major": 9,
+             "minor": 0}
+    fake.cuda.runtime.getDeviceProperties = lambda index: props
+    fake.cuda.runtime.runtimeGetVersion = lambda: 13000
+    fake.cuda.runtime.driverGetVersion = lambda: 13000
+    fake.cuda.Device = lambda: types.SimpleNamespace(id=0)
+    fake.cuda.nvrtc = types.SimpleNamespace(getVersion=lambda: (13, 0))
+    fake.__version__ = "14.2.0"
+    module = host_cuda.load_module(fake)
+    version = tmp_path / "version"
+    version.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  "
+                       "Release Build  (dvs-builder@U22)  Thu Oct 30 2025\n")
+    monkeypatch.setattr(module, "_driver_release", lambda: module._release_of(str(version)))
+    assert module._release_of(str(version)) == "580.159.04"
+    assert module._release_of(str(tmp_path / "absent")) is None
+    assert module.device_facts() == FACTS
+
+
+def test_info_prints_the_device_of_a_gpu_backend(monkeypatch):
+    class StandIn(NumpyBackend):
+        name = "cupy"
+
+        def device_description(self):
+            return "NVIDIA H200 (device 0 of 1), 139.8 GiB"
+
+    monkeypatch.setattr(backends, "_instances", {**backends._instances, "cupy": StandIn()})
+    monkeypatch.setattr(backends, "_failures", {})
+    from fastlenet import cli
+
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["info"]) == 0
+    lines = out.getvalue().splitlines()
+    at = lines.index("  cupy   usable")
+    assert lines[at + 1] == "         device: NVIDIA H200 (device 0 of 1), 139.8 GiB"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_set_scalars_writes_host_numbers_rounded_to_the_array(cuda_backend, dtype):
+    out = cuda_backend.xp.zeros(3, dtype=dtype)
+    cuda_backend.set_scalars(out, [0.1, 1e-8, -3.0])
+    np.testing.assert_array_equal(cuda_backend.to_numpy(out), np.array([0.1, 1e-8, -3.0], dtype))
+    with pytest.raises(ValueError, match="1 to 4 elements"):
+        cuda_backend.set_scalars(out, [1.0, 2.0])
+
+
+def test_a_gpu_test_fails_where_a_device_exists_but_the_backend_does_not_work(monkeypatch):
+    import helpers
+
+    monkeypatch.setattr(helpers, "cuda_device_present", lambda: True)
+    with pytest.raises(pytest.fail.Exception, match="has an NVIDIA GPU, but backend 'cupy'"):
+        skip_unless_cuda_device("backend 'cupy' is not usable here (...)")
+    monkeypatch.setattr(helpers, "cuda_device_present", lambda: False)
+    with pytest.raises(pytest.skip.Exception):
+        skip_unless_cuda_device("backend 'cupy' is not usable here (...)")
+
+
 # ------------------------------------------- the trainer's side of capture_step
 def tiny_config(tiny_dir, **kw):
     base = dict(dataset="custom", data_dir=str(tiny_dir), epochs=1, batch_size=64, val_size=200,
@@ -190,7 +307,7 @@ def tiny_config(tiny_dir, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def _overwriting_capture(step):
+def _overwriting_capture(step, signature=lambda: ()):
     """Stands in for a graph replay: outputs become arrays that the next call overwrites."""
     previous = []
 
@@ -218,10 +335,10 @@ def test_trainer_keeps_nothing_that_the_next_captured_step_overwrites(tiny_dir, 
 # ------------------------------------------------ kernels, on the CPU and on the GPU
 @pytest.fixture
 def cupy_backend():
-    """The real backend on a CUDA device, or a skip giving the reason."""
+    """The real backend on a CUDA device; a skip giving the reason where there is none."""
     why = _cupy_status()
     if why is not None:
-        pytest.skip(why)
+        skip_unless_cuda_device(why)
     return backends.get_backend("cupy")
 
 
@@ -274,33 +391,110 @@ def test_training_losses_match_numpy(cuda_backend, tiny_dir, tmp_path, monkeypat
     np.testing.assert_allclose(got, want, rtol=1e-3)
 
 
+def _same_run(a, b, trainers=None):
+    """Two run folders (and, given, their trainers) hold the same losses, bit for bit, and
+    end with the same weights and optimizer state."""
+    assert _history(a)["steps"] == _history(b)["steps"]
+    if trainers:
+        first, second = trainers
+        for mine, theirs in ((first.model.state_dict(), second.model.state_dict()),
+                             (first.optimizer.state_dict(), second.optimizer.state_dict())):
+            for key, value in theirs.items():
+                np.testing.assert_array_equal(mine[key], value, err_msg=key)
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("model", ["lenet5", "compact"])  # compact: dropout draws, BatchNorm
+@pytest.mark.parametrize("model, augment", [("lenet5", False), ("compact", False),
+                                            ("lenet5", True)])  # compact: dropout, BatchNorm
 def test_captured_steps_equal_uncaptured_steps(cupy_backend, tiny_dir, tmp_path, monkeypatch,
-                                              model):
-    """1,000 images in batches of 64: two graphs (15 full batches, one of 40)."""
-    config = tiny_config(tiny_dir, epochs=2, model=model, backend="cupy")
+                                              model, augment):
+    """The whole step (gather, forward, loss, backward, Adam with one-cycle rates) replayed
+    as one graph gives the bits of the same step run as plain calls. 1,000 images in
+    batches of 64: two recordings (15 full batches, one of 40)."""
+    config = tiny_config(tiny_dir, epochs=2, model=model, backend="cupy", augment=augment)
     from fastlenet.backends.cupy_backend import _CapturedStep
 
     captured = Trainer(config, out=tmp_path / "captured", log=None)
-    assert isinstance(captured._forward_backward, _CapturedStep)
+    recorder = captured._step._run
+    assert isinstance(recorder, _CapturedStep)
     captured.run()
-    monkeypatch.setattr(cupy_backend, "capture_step", lambda step: step)
+    assert len(recorder.graphs) == 2 and not recorder.uncapturable
+    monkeypatch.setattr(cupy_backend, "capture_step", lambda step, signature=None: step)
     plain = Trainer(config, out=tmp_path / "plain", log=None)
     plain.run()
-    assert _history(tmp_path / "captured")["steps"] == _history(tmp_path / "plain")["steps"]
-    for key, value in plain.model.state_dict().items():
-        np.testing.assert_array_equal(captured.model.state_dict()[key], value, err_msg=key)
+    _same_run(tmp_path / "captured", tmp_path / "plain", (captured, plain))
 
 
 @pytest.mark.gpu
-def test_resume_on_the_gpu_equals_an_uninterrupted_run(cupy_backend, tiny_dir, tmp_path):
-    config = tiny_config(tiny_dir, epochs=3, model="compact", backend="cupy")
+@pytest.mark.parametrize("model", ["lenet5", "compact"])
+def test_resume_on_the_gpu_equals_an_uninterrupted_run(cupy_backend, tiny_dir, tmp_path, model):
+    config = tiny_config(tiny_dir, epochs=3, model=model, backend="cupy")
     train(config, out=tmp_path / "straight", log=None)
     train(config, out=tmp_path / "interrupted", log=None,
           on_epoch_end=lambda record: record["epoch"] == 1)
     train(resume=tmp_path / "interrupted", log=None)
-    assert _history(tmp_path / "straight")["steps"] == _history(tmp_path / "interrupted")["steps"]
+    _same_run(tmp_path / "straight", tmp_path / "interrupted")
+
+
+@pytest.mark.gpu
+def test_two_runs_with_one_seed_are_equal_on_the_gpu(cupy_backend, tiny_dir, tmp_path):
+    config = tiny_config(tiny_dir, epochs=2, model="compact", backend="cupy", augment=True)
+    first = Trainer(config, out=tmp_path / "first", log=None)
+    first.run()
+    second = Trainer(config, out=tmp_path / "second", log=None)
+    second.run()
+    _same_run(tmp_path / "first", tmp_path / "second", (first, second))
+
+
+@pytest.mark.gpu
+def test_a_recording_keeps_its_blocks_when_the_pool_is_emptied(cupy_backend, tiny_dir, tmp_path,
+                                                               monkeypatch):
+    """After recording, drop every Python reference to the step's arrays (evaluation
+    replaces the layers' caches), empty the private pool's free blocks and fill the
+    device with other arrays: replays must still equal plain steps."""
+    import cupy
+
+    config = tiny_config(tiny_dir, epochs=1, model="compact", backend="cupy", train_limit=640)
+    runs = {}
+    for name in ("captured", "plain"):
+        if name == "plain":
+            monkeypatch.setattr(cupy_backend, "capture_step", lambda step, signature=None: step)
+        trainer = Trainer(config, out=tmp_path / name, log=None)
+        perm = cupy_backend.asarray(np.random.default_rng(0).permutation(trainer.n_train))
+        losses, clutter = [], []
+        for k in range(8):
+            if k == 4:
+                evaluate(trainer.model, trainer.data.x_val, trainer.data.y_val)
+                trainer.model.train()
+                recorder = trainer._step._run
+                if name == "captured":
+                    assert recorder.graphs
+                    recorder.pool.free_all_blocks()
+                    cupy.get_default_memory_pool().free_all_blocks()
+                    clutter = [cupy.full(1 << 20, np.nan, dtype=np.float32) for _ in range(16)]
+            losses.append(float(trainer._step(perm[64 * k:64 * (k + 1)]).copy()))
+        runs[name] = losses, trainer.model.state_dict()
+        del clutter
+    assert runs["captured"][0] == runs["plain"][0]
+    for key, value in runs["plain"][1].items():
+        np.testing.assert_array_equal(runs["captured"][1][key], value, err_msg=key)
+
+
+@pytest.mark.gpu
+def test_restoring_the_generator_reaches_a_recorded_draw_on_the_gpu(cupy_backend):
+    rng = cupy_backend.default_rng(11)
+    captured = cupy_backend.capture_step(lambda x: (rng.random(x.shape, dtype=np.float32),))
+    x = cupy_backend.xp.zeros(1000, dtype=np.float32)
+    for _ in range(3):  # warm-up, recording, replay
+        captured(x)
+    saved = cupy_backend.rng_state(rng)
+    want = cupy_backend.to_numpy(captured(x)[0])
+    cupy_backend.set_rng_state(rng, saved)
+    np.testing.assert_array_equal(cupy_backend.to_numpy(captured(x)[0]), want)
+    other = cupy_backend.default_rng(12)
+    cupy_backend.set_rng_state(rng, cupy_backend.rng_state(other))
+    np.testing.assert_array_equal(cupy_backend.to_numpy(captured(x)[0]),
+                                  cupy_backend.to_numpy(other.random(1000, dtype=np.float32)))
 
 
 @pytest.mark.gpu

@@ -18,7 +18,7 @@ import pytest
 import reference as ref
 from conftest import load_backend
 from fastlenet import backends
-from fastlenet.backends.base import Backend
+from fastlenet.backends.base import Backend, adam_factors
 
 DTYPES = [np.float64, np.float32]
 
@@ -231,7 +231,7 @@ def test_softmax_cross_entropy_matches_reference(backend, smoothing, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_adam_update_matches_the_generic_definition(backend, weight_decay, dtype):
-    """A backend's own Adam update must compute base.Backend.adam_update's maths."""
+    """A backend's own Adam update must compute the generic maths of base.Backend."""
     rng = np.random.default_rng(5)
     shape = (6, 1, 5, 5)
     p, m = _normal(rng, shape, dtype), 0.1 * _normal(rng, shape, dtype)
@@ -240,8 +240,11 @@ def test_adam_update_matches_the_generic_definition(backend, weight_decay, dtype
     for step in (1, 2, 7):
         g = _normal(rng, shape, dtype)
         want = [backend.asarray(a.copy()) for a in (p, m, v)]
-        Backend.adam_update(backend, want[0], backend.asarray(g), want[1], want[2], step=step,
-                            **hyper)
+        factors = backend.asarray(adam_factors(hyper["lr"], 0.9, 0.999, weight_decay, step),
+                                  dtype=dtype)
+        Backend.adam_update_device(backend, want[0], backend.asarray(g), want[1], want[2],
+                                   factors, beta1=0.9, beta2=0.999, eps=1e-8,
+                                   weight_decay=weight_decay)
         got = [backend.asarray(a.copy()) for a in (p, m, v)]
         backend.adam_update(got[0], backend.asarray(g), got[1], got[2], step=step, **hyper)
         for actual, expected in zip(got, want):

@@ -318,3 +318,41 @@ def test_schedules_match_torch(torch, total):
     step = make_schedule("step", 0.2, total, steps_per_epoch=1, step_size=2, gamma=0.3)
     ref = _torch_lrs(torch, lambda o: S.StepLR(o, step_size=2, gamma=0.3), 0.2, total)
     np.testing.assert_allclose([step(k) for k in range(total)], ref, rtol=1e-12)
+
+
+# ------------------------------------------------------ the flat parameter buffer
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_one_pass_over_a_models_buffer_equals_one_update_per_parameter(backend, kind):
+    """A model's parameters live in one ParameterBuffer, and the optimizer updates them in
+    one pass (reading the step's scalars from a device array): bit for bit what it does
+    to the same parameters one by one, with the same checkpoint names and shapes."""
+    from fastlenet.nn import Parameter, build_model
+
+    model = build_model("lenet5", backend, seed=1)
+    loose = [Parameter(backend.asarray(np.array(backend.to_numpy(p.data))), name=p.name)
+             for p in model.parameters()]
+    flat_opt = make_optimizer(kind, model.parameters(), backend, lr=3e-3, weight_decay=0.01)
+    loose_opt = make_optimizer(kind, loose, backend, lr=3e-3, weight_decay=0.01)
+    assert flat_opt.buffer is model.parameter_buffer and loose_opt.buffer is None
+    rng = np.random.default_rng(2)
+    for step in range(4):
+        for a, b in zip(model.parameters(), loose):
+            g = rng.standard_normal(a.shape).astype(np.float32)
+            a.grad, b.grad = backend.asarray(g), backend.asarray(g.copy())
+        flat_opt.lr = loose_opt.lr = 3e-3 / (step + 1)
+        flat_opt.step()
+        loose_opt.step()
+        assert flat_opt._flat and not loose_opt._flat
+    for a, b in zip(model.parameters(), loose):
+        np.testing.assert_array_equal(backend.to_numpy(a.data), backend.to_numpy(b.data))
+    flat_state, loose_state = flat_opt.state_dict(), loose_opt.state_dict()
+    assert flat_state.keys() == loose_state.keys()
+    for key, value in loose_state.items():
+        np.testing.assert_array_equal(flat_state[key], value, err_msg=key)
+    # every parameter is a view of the buffer; the gaps between them stay zero
+    data = backend.to_numpy(model.parameter_buffer.data)
+    inside = np.zeros(data.shape, bool)
+    for offset, p in zip(model.parameter_buffer.offsets, model.parameters()):
+        inside[offset:offset + p.data.size] = True
+        assert p.data.base is not None
+    assert not data[~inside].any()

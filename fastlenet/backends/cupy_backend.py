@@ -8,8 +8,9 @@ through ``cupy.RawModule`` (CuPy also caches the binaries on disk):
     pool.cu    max-pool (first-max rule) and fused ReLU + max-pool, average pool
     dense.cu   GEMM for the linear layers, row sums for the bias gradients
     loss.cu    softmax cross-entropy with label smoothing, loss and gradient
-    adam.cu    the fused AdamW update
-    random.cu  Philox4x32-10 uniform and normal numbers, state on the device
+    adam.cu    the fused AdamW update, its per-step factors read from the device
+    scalars.cu an optimizer's per-step scalars written by one launch (no copy, no wait)
+    random.cu  Philox4x32-10 uniform and normal numbers, key and counter on the device
 
 Each file's header gives its layouts (batch innermost, as every backend) and its
 thread-to-element map. The linear layers use dense.cu's GEMM, not cuBLAS, so that
@@ -21,8 +22,10 @@ own kernels.
 
 The module imports with CuPy installed even on a machine without a GPU (the kernel
 sources can then still be compiled to PTX, which the tests do); constructing the
-backend checks for a CUDA device and compiles every kernel, so the registry reports the
-backend as unusable, with the cause, when either fails.
+backend checks for a CUDA device, compiles every kernel (NVRTC) and runs once what a
+training run calls that loads a CUDA library lazily (CuPy's own kernels, a cuBLAS matrix
+product), so the registry reports the backend as unusable, with the cause, when any of
+it fails, instead of the run failing mid-training.
 
 Memory ownership: as in the NumPy backend, every array a kernel returns or keeps in a
 ctx is allocated by that call; a ctx may also hold the caller's input and weights,
@@ -31,7 +34,10 @@ which the layers never change before the backward.
 
 from __future__ import annotations
 
+import re
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +47,7 @@ except ImportError as exc:
     raise ImportError(f"{exc}; install CuPy for your CUDA version, e.g. "
                       "pip install 'fastlenet[cupy-cuda12]'") from exc
 
+from ..errors import ArrayError
 from ..kernels import sources
 from .base import Backend
 
@@ -52,6 +59,10 @@ REDUCE_THREADS = 256
 # NVRTC options per source file. The element-wise update and the loss follow the
 # generic NumPy maths operation by operation, so no multiply-add may be contracted.
 OPTIONS: dict[str, tuple[str, ...]] = {"adam": ("--fmad=false",), "loss": ("--fmad=false",)}
+# Where the install commands of the messages come from: CuPy's toolkit extra brings
+# NVRTC, cuBLAS and the runtime as NVIDIA wheels (pyproject.toml's cupy-cuda12/13 extras).
+INSTALL_HINT = ("pip install 'fastlenet[cupy-cuda12]' (or [cupy-cuda13] for a CUDA 13 "
+                "driver), which brings CuPy's CUDA libraries")
 
 # The kernels each file must define (each in an _f32 and an _f64 version, except the
 # counter update); the backend fetches them by these names.
@@ -62,6 +73,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "dense": ("gemm", "row_sum"),
     "loss": ("softmax_cross_entropy",),
     "adam": ("adam_update",),
+    "scalars": ("set_scalars",),
     "random": ("uniform", "normal"),
 }
 UNTYPED_KERNELS: dict[str, tuple[str, ...]] = {"random": ("advance_counter",)}
@@ -87,14 +99,16 @@ def _i32(value: int) -> np.int32:
 class PhiloxGenerator:
     """Uniform numbers on the device from Philox4x32-10 (kernels/random.cu).
 
-    State: a 64-bit key derived from the seed and a 64-bit counter kept in device
-    memory, so draws need no host round trip and a replayed CUDA graph advances it.
+    State: a 64-bit key derived from the seed and a 64-bit counter, both in the device
+    array ``state`` (key, counter): draws need no host round trip, a replayed CUDA graph
+    advances the counter, and restoring a state (``set_rng_state``) reaches the draws of
+    a recorded step too, as they read the key from the device.
     """
 
     def __init__(self, backend: CupyBackend, seed: int):
         self._backend = backend
-        self.key = int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0])
-        self.counter = cupy.zeros(1, dtype=np.uint64)
+        key = np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]
+        self.state = cupy.asarray(np.array([key, 0], dtype=np.uint64))
 
     def random(self, shape, dtype=np.float64):
         """Uniform numbers in [0, 1), a new device array of ``shape`` and ``dtype``."""
@@ -109,9 +123,9 @@ class PhiloxGenerator:
         count = out.size
         if count:
             self._backend._launch("random", kernel, out.dtype, count,
-                                  (out, np.int64(count), np.uint64(self.key), self.counter))
+                                  (out, np.int64(count), self.state))
             self._backend._function("random", "advance_counter")(
-                (1,), (1,), (self.counter, np.int64(count)))
+                (1,), (1,), (self.state, np.int64(count)))
         return out
 
 
@@ -131,10 +145,33 @@ class CupyBackend(Backend):
         tick = time.perf_counter()
         for stem in KERNELS:
             module = cupy.RawModule(code=code[stem], options=OPTIONS.get(stem, ()))
-            module.compile()  # now, so a broken NVRTC makes the backend unusable
+            try:
+                module.compile()  # now, so a missing or broken NVRTC makes the backend unusable
+            except Exception as exc:
+                raise RuntimeError(f"NVRTC cannot compile kernels/{stem}.cu "
+                                   f"({_first_line(exc)}); {INSTALL_HINT}") from exc
             self._modules[stem] = module
         self._compile_seconds = time.perf_counter() - tick
         self._functions = {}
+        self._load_libraries()
+
+    @staticmethod
+    def _load_libraries() -> None:
+        """Run once what a training run calls that loads a CUDA library on first use, so a
+        missing library makes the backend unusable here, with the cause, rather than
+        stopping a run: CuPy's own element-wise and reduction kernels (compiled with
+        NVRTC), and a matrix product (cuBLAS; the augmenter's smoothing uses them)."""
+        a = cupy.ones((4, 4), dtype=np.float32)
+        checks = (("its element-wise and reduction kernels (NVRTC)",
+                   lambda: ((a * 2) > 1).sum(axis=0).argmax()),
+                  ("a matrix product (cuBLAS)", lambda: cupy.matmul(a, a)))
+        for what, run in checks:
+            try:
+                run()
+                cupy.cuda.get_current_stream().synchronize()
+            except Exception as exc:
+                raise RuntimeError(f"CuPy cannot run {what} here ({_first_line(exc)}); "
+                                   f"{INSTALL_HINT}") from exc
 
     def prepare(self, dtype) -> str | None:
         """The kernels were compiled (or loaded from CuPy's disk cache) by the constructor;
@@ -205,8 +242,8 @@ class CupyBackend(Backend):
         return PhiloxGenerator(self, seed)
 
     def rng_state(self, rng) -> dict:
-        return {"bit_generator": "Philox4x32-10", "key": rng.key,
-                "counter": int(cupy.asnumpy(rng.counter)[0])}
+        key, counter = (int(v) for v in cupy.asnumpy(rng.state))
+        return {"bit_generator": "Philox4x32-10", "key": key, "counter": counter}
 
     def set_rng_state(self, rng, state: dict) -> None:
         if not isinstance(state, dict):
@@ -217,8 +254,24 @@ class CupyBackend(Backend):
         key, counter = int(state["key"]), int(state["counter"])
         if not (0 <= key < 2 ** 64 and 0 <= counter < 2 ** 64):
             raise ValueError("generator key and counter must be 64-bit unsigned integers")
-        rng.key = key
-        rng.counter[...] = np.uint64(counter)
+        # in place: recorded steps read the state from this array
+        rng.state[...] = cupy.asarray(np.array([key, counter], dtype=np.uint64))
+
+    def set_scalars(self, out, values) -> None:
+        values = [float(v) for v in values]
+        if out.ndim != 1 or out.shape[0] != len(values) or len(values) > 4 \
+                or not out.flags.c_contiguous:
+            raise ValueError(f"set_scalars: {len(values)} values for an array of shape "
+                             f"{out.shape}; it takes a contiguous 1-D array of 1 to 4 elements")
+        self._launch("scalars", "set_scalars", out.dtype, len(values),
+                     (out, _i32(len(values)),
+                      *(np.float64(v) for v in values + [0.0] * (4 - len(values)))))
+
+    def device_description(self) -> str:
+        try:
+            return describe_device(device_facts())
+        except Exception as exc:  # info must still print the rest
+            return f"a CUDA device whose properties could not be read ({_first_line(exc)})"
 
     # -------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
@@ -324,67 +377,201 @@ class CupyBackend(Backend):
                       np.float64(1.0 - label_smoothing), np.float64(label_smoothing / k)))
         return per_sample.mean(), grad
 
-    def adam_update(self, p, g, m, v, *, lr: float, beta1: float, beta2: float,
-                    eps: float, weight_decay: float, step: int) -> None:
+    def adam_update_device(self, p, g, m, v, factors, *, beta1: float, beta2: float,
+                           eps: float, weight_decay: float) -> None:
         self.check_adam(p, g, m, v)
+        if factors.shape != (3,) or factors.dtype != p.dtype or not factors.flags.c_contiguous:
+            raise ArrayError(f"adam_update: factors must be a contiguous {p.dtype}[3] array "
+                             f"(decay, step_size, bias2), got {factors.dtype}{list(factors.shape)}")
         g = cupy.ascontiguousarray(g)  # the kernel ignores strides
-        decay = 1.0 - lr * weight_decay if weight_decay else 1.0
         self._launch("adam", "adam_update", p.dtype, p.size,
-                     (p, g, m, v, np.int64(p.size), np.float64(beta1), np.float64(beta2),
-                      np.float64(eps), np.float64(decay),
-                      np.float64(lr / (1.0 - beta1 ** step)), np.float64(1.0 - beta2 ** step)))
+                     (p, g, m, v, np.int64(p.size), factors, np.float64(beta1),
+                      np.float64(beta2), np.float64(eps), _i32(bool(weight_decay))))
 
     # ------------------------------------------------------------ graph capture
-    def capture_step(self, step):
+    def capture_step(self, step, signature=lambda: ()):
         if cupy.cuda.runtime.is_hip:  # CuPy has no graph capture on ROCm
             return step
-        return _CapturedStep(step)
+        return _CapturedStep(step, signature)
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _print_line(message: str) -> None:
+    print(f"fastlenet: {message}", file=sys.stderr, flush=True)
+
+
+class _Recording:
+    """One CUDA graph of a step: its static inputs, its outputs, and every memory block
+    allocated while it was recorded (the graph reads and writes them on every replay,
+    so they are never handed back to the pool while the graph lives)."""
+
+    def __init__(self, graph, inputs: list, outputs: tuple, blocks: list):
+        self.graph, self.inputs, self.outputs, self.blocks = graph, inputs, outputs, blocks
+
+    def replay(self, inputs) -> tuple:
+        stream = cupy.cuda.get_current_stream()
+        for static, new in zip(self.inputs, inputs):
+            static[...] = new
+        self.graph.launch(stream)
+        return self.outputs
 
 
 class _CapturedStep:
     """``step(*inputs)`` recorded once per input signature in a CUDA graph, then replayed.
 
     For each new (shape, dtype) signature of the inputs: the first call runs ``step``
-    normally (CuPy compiles its own kernels, and the memory pool fills with the blocks
-    the capture will reuse); the second call records it on a side stream into a graph,
-    with static copies of the inputs; every call from then on copies its inputs into
-    those static arrays and replays the graph, returning the outputs recorded at
-    capture time (overwritten by the next call, so a caller keeps a copy of what it
-    keeps).
+    normally but on the capture stream with the private memory pool (CuPy compiles its
+    own kernels, and the pool's free list of that stream fills with the blocks the
+    recording then reuses: CuPy's pool keeps one free list per stream); the second call
+    records it on the capture stream into a graph, with static copies of the inputs;
+    every call from then on copies its inputs into those static arrays and replays the
+    graph on the current stream, returning the outputs recorded (overwritten by the next
+    call, so a caller keeps a copy of what it keeps). Work on the capture stream is
+    ordered after the current stream's earlier work and before its later work by events.
 
-    Everything the step allocates comes from a private memory pool, so no array made
-    outside the step can be handed a block the graph writes on replay; the graph's
-    outputs stay referenced here, so their blocks are never handed out again.
+    Memory: every block allocated while recording is held by its recording until the
+    recording is dropped, as PyTorch's graph pools do, so no block the graph uses is
+    ever free: not for another array, and not for the pool's ``free_all_blocks`` (which
+    CuPy's out-of-memory retry calls) to hand back to the driver.
+
+    Host values: ``signature()`` (see ``Backend.capture_step``) is read before every call;
+    when it changes, every recording is dropped and the next calls record anew; when it
+    is None, the call runs as plain Python.
+
+    Failures: an error while recording ends the capture, keeps the step's own error
+    (not the void capture's), prints one line naming it, and runs that input shape
+    uncaptured from then on (a genuine error of the step then raises from that run).
     """
 
-    def __init__(self, step):
+    def __init__(self, step, signature, log=_print_line):
         self.step = step
+        self.signature = signature
+        self.log = log
         self.pool = cupy.cuda.MemoryPool()
         self.stream = cupy.cuda.Stream(non_blocking=True)
-        self.seen: set = set()
-        self.graphs: dict = {}
+        self.warm: set = set()          # input shapes run once on the capture stream
+        self.graphs: dict = {}          # input shapes -> _Recording
+        self.uncapturable: dict = {}    # input shapes -> why recording failed
+        self._signature = None          # the signature the recordings were made with
+        self._owned: list | None = None  # while recording: every block allocated
 
     def __call__(self, *inputs):
-        key = tuple((a.shape, a.dtype.str) for a in inputs)
-        if key not in self.graphs:
-            if key not in self.seen:
-                self.seen.add(key)
-                with cupy.cuda.using_allocator(self.pool.malloc):
-                    return self.step(*inputs)
-            self.graphs[key] = self._capture(inputs)
-        static_inputs, graph, outputs = self.graphs[key]
-        for static, new in zip(static_inputs, inputs):
-            static[...] = new
-        graph.launch(cupy.cuda.get_current_stream())
-        return outputs
+        signature = self.signature()
+        shapes = tuple((a.shape, a.dtype.str) for a in inputs)
+        if signature is None or shapes in self.uncapturable:
+            return self.step(*inputs)
+        if signature != self._signature:
+            self._drop()
+            self._signature = signature
+        recording = self.graphs.get(shapes)
+        if recording is None:
+            if shapes not in self.warm:
+                self.warm.add(shapes)
+                return self._on_capture_stream(lambda: self.step(*inputs))
+            try:
+                recording = self.graphs[shapes] = self._record(inputs)
+            except Exception as exc:
+                self.uncapturable[shapes] = why = _first_line(exc)
+                self.log(f"cupy: a step with inputs {[a.shape for a in inputs]} could not be "
+                         f"recorded as a CUDA graph ({why}); running it uncaptured")
+                return self.step(*inputs)
+        return recording.replay(inputs)
 
-    def _capture(self, inputs):
-        with cupy.cuda.using_allocator(self.pool.malloc):
-            static_inputs = [cupy.empty_like(a) for a in inputs]
-            with self.stream:
-                self.stream.begin_capture()
+    def _malloc(self, size: int):
+        memory = self.pool.malloc(size)
+        if self._owned is not None:
+            self._owned.append(memory)
+        return memory
+
+    def _on_capture_stream(self, run):
+        """``run()`` with the capture stream current and the private pool allocating,
+        after the work queued on the current stream and before the work queued there next."""
+        current = cupy.cuda.get_current_stream()
+        self.stream.wait_event(current.record())
+        with cupy.cuda.using_allocator(self._malloc), self.stream:
+            result = run()
+        current.wait_event(self.stream.record())
+        return result
+
+    def _record(self, inputs) -> _Recording:
+        def capture():
+            static = [cupy.empty_like(a) for a in inputs]
+            blocks: list = []
+            self.stream.begin_capture()
+            self._owned = blocks
+            try:
+                outputs = self.step(*static)
+            except BaseException:
+                self._owned = None
                 try:
-                    outputs = self.step(*static_inputs)
-                finally:
-                    graph = self.stream.end_capture()
-        return static_inputs, graph, outputs
+                    self.stream.end_capture()
+                except Exception:
+                    pass  # the capture is void; the step's own error says why
+                raise
+            self._owned = None
+            return _Recording(self.stream.end_capture(), static, outputs, blocks)
+        return self._on_capture_stream(capture)
+
+    def _drop(self) -> None:
+        """Forget every recording (their blocks go back to the private pool) once no
+        replay queued on the current stream can still use them."""
+        if self.graphs:
+            cupy.cuda.get_current_stream().synchronize()
+        self.graphs.clear()
+        self.warm.clear()
+
+
+# ------------------------------------------------------------- fastlenet info
+def device_facts(device: int | None = None) -> dict:
+    """What ``fastlenet info`` says about the current (or given) CUDA device, as plain
+    values: name, index and count, memory, compute capability, the CUDA runtime and
+    driver versions (CUDA's encoding, e.g. 13000 for 13.0), the driver's release (from
+    /proc, where the kernel module tells it), CuPy's and NVRTC's versions."""
+    runtime = cupy.cuda.runtime
+    index = cupy.cuda.Device().id if device is None else device
+    props = runtime.getDeviceProperties(index)
+    name = props["name"]
+    try:
+        nvrtc = "{}.{}".format(*cupy.cuda.nvrtc.getVersion())
+    except Exception:  # the backend compiled with it; only an odd CuPy lacks the call
+        nvrtc = None
+    return {"name": name.decode() if isinstance(name, bytes) else str(name), "index": index,
+            "count": runtime.getDeviceCount(), "memory_bytes": int(props["totalGlobalMem"]),
+            "compute_capability": f"{props['major']}.{props['minor']}",
+            "runtime_version": runtime.runtimeGetVersion(),
+            "driver_version": runtime.driverGetVersion(),
+            "driver_release": _driver_release(), "cupy": cupy.__version__, "nvrtc": nvrtc}
+
+
+def _driver_release() -> str | None:
+    return _release_of("/proc/driver/nvidia/version")
+
+
+def _release_of(path: str) -> str | None:
+    """The release in the NVIDIA kernel module's version file, e.g. ``580.159.04``."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text)
+    return found.group(1) if found else None
+
+
+def _cuda_version(code: int) -> str:
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+def describe_device(facts: dict) -> str:
+    """One line from :func:`device_facts`, e.g. ``NVIDIA H200 (device 0 of 1), 139.8 GiB,
+    compute capability 9.0; CUDA runtime 13.0, driver 580.159.04 (CUDA 13.0); CuPy
+    14.2.0, NVRTC 13.0``."""
+    driver = f"driver {facts['driver_release']} (CUDA {_cuda_version(facts['driver_version'])})" \
+        if facts.get("driver_release") else f"driver for CUDA {_cuda_version(facts['driver_version'])}"
+    nvrtc = f", NVRTC {facts['nvrtc']}" if facts.get("nvrtc") else ""
+    return (f"{facts['name']} (device {facts['index']} of {facts['count']}), "
+            f"{facts['memory_bytes'] / 2 ** 30:.1f} GiB, compute capability "
+            f"{facts['compute_capability']}; CUDA runtime "
+            f"{_cuda_version(facts['runtime_version'])}, {driver}; CuPy {facts['cupy']}{nvrtc}")

@@ -22,7 +22,7 @@ from ..backends.base import Array
 from ..checks import is_integer
 from ..errors import CheckpointError, ConfigError, DataError
 from .layers import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear,
-                     MaxPool2d, ReLU, Sequential, Tanh)
+                     MaxPool2d, ParameterBuffer, ReLU, Sequential, Tanh)
 
 DTYPES: tuple[str, ...] = ("float32", "float64")
 
@@ -32,7 +32,9 @@ class Model(Sequential):
 
     Attributes: ``name``, ``backend``, ``dtype`` (numpy dtype), ``input_shape`` (per
     sample, (C, H, W)), ``num_classes``, ``rng`` (the backend generator Dropout draws
-    from; save and restore it with ``backend.rng_state`` / ``set_rng_state``), ``layers``.
+    from; save and restore it with ``backend.rng_state`` / ``set_rng_state``), ``layers``,
+    ``parameter_buffer`` (every parameter's values and gradients in two contiguous
+    arrays, each Parameter a view: :class:`~fastlenet.nn.layers.ParameterBuffer`).
 
     Initial weights come from a host generator seeded with ``seed`` and the dropout
     generator from an independent stream of the same seed, so the same seed gives the
@@ -60,6 +62,9 @@ class Model(Sequential):
         self.bind(backend, dtype, np.random.default_rng(init_seq), self.rng)
         for key, param in self.named_parameters().items():
             param.name = key
+        # one contiguous array of all the weights (and one of their gradients), so an
+        # optimizer updates them in one pass
+        self.parameter_buffer = ParameterBuffer(self.parameters(), backend, dtype)
 
     def __repr__(self) -> str:
         return (f"Model('{self.name}', {self.num_parameters():,} parameters, "
