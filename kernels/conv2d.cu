@@ -62,7 +62,7 @@ __device__ void conv2d_backward_input(const T* dy, const T* w, T* dx,
     long long total = (long long)C * H * W * N;
     if (idx >= total) return;
     int n = (int)(idx % N);
-    int wx = (int)((idx / N) % W);
+    int x = (int)((idx / N) % W);  // the input column (w names the weights)
     int h = (int)((idx / ((long long)N * W)) % H);
     int c = (int)(idx / ((long long)N * W * H));
     T acc = T(0);
@@ -72,7 +72,7 @@ __device__ void conv2d_backward_input(const T* dy, const T* w, T* dx,
         int i = ti / stride;
         if (i >= OH) continue;
         for (int q = 0; q < KW; ++q) {
-            int tj = wx + pad - q;
+            int tj = x + pad - q;
             if (tj < 0 || tj % stride != 0) continue;
             int j = tj / stride;
             if (j >= OW) continue;

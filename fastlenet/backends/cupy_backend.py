@@ -275,12 +275,12 @@ class CupyBackend(Backend):
 
     # -------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
-        oh, ow = self.check_conv2d(x, w, b, stride, pad)  # the kernel reads past bad shapes
-        c, h, wd, n = x.shape
-        k, _, kh, kw = w.shape
+        OH, OW = self.check_conv2d(x, w, b, stride, pad)  # the kernel reads past bad shapes
+        C, H, W, N = x.shape
+        K, _, KH, KW = w.shape
         x, w, *bias = self._operands(x, w, *(() if b is None else (b,)))
-        y = cupy.empty((k, oh, ow, n), dtype=x.dtype)
-        dims = tuple(map(_i32, (c, h, wd, n, k, kh, kw, oh, ow, stride, pad)))
+        y = cupy.empty((K, OH, OW, N), dtype=x.dtype)
+        dims = tuple(map(_i32, (C, H, W, N, K, KH, KW, OH, OW, stride, pad)))
         self._launch("conv2d", "conv2d_forward", x.dtype, y.size,
                      (x, w, bias[0] if bias else _NULL, y) + dims)
         return y, (x, w, b is not None, dims)
@@ -300,15 +300,15 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------------------ pooling
     def _pool_dims(self, x, size: int, stride: int) -> tuple:
-        oh, ow = self.check_pool2d(x, size, stride)
-        c, h, wd, n = x.shape
-        return tuple(map(_i32, (c, h, wd, n, oh, ow, size, stride)))
+        OH, OW = self.check_pool2d(x, size, stride)
+        C, H, W, N = x.shape
+        return tuple(map(_i32, (C, H, W, N, OH, OW, size, stride)))
 
     def _maxpool(self, x, size: int, stride: int, relu: bool):
         dims = self._pool_dims(x, size, stride)
         (x,) = self._operands(x)
-        c, _, _, n, oh, ow = (int(d) for d in dims[:6])
-        y = cupy.empty((c, oh, ow, n), dtype=x.dtype)
+        C, _, _, N, OH, OW = (int(d) for d in dims[:6])
+        y = cupy.empty((C, OH, OW, N), dtype=x.dtype)
         arg = cupy.empty(y.shape, dtype=np.int32)
         self._launch("pool", "maxpool2d_forward", x.dtype, y.size,
                      (x, y, arg) + dims + (_i32(relu),))
@@ -334,8 +334,8 @@ class CupyBackend(Backend):
     def avgpool2d_forward(self, x, size: int, stride: int):
         dims = self._pool_dims(x, size, stride)
         (x,) = self._operands(x)
-        c, _, _, n, oh, ow = (int(d) for d in dims[:6])
-        y = cupy.empty((c, oh, ow, n), dtype=x.dtype)
+        C, _, _, N, OH, OW = (int(d) for d in dims[:6])
+        y = cupy.empty((C, OH, OW, N), dtype=x.dtype)
         self._launch("pool", "avgpool2d_forward", x.dtype, y.size, (x, y) + dims)
         return y, (x.shape, dims)
 
@@ -349,19 +349,19 @@ class CupyBackend(Backend):
     # ---------------------------------------------------------- dense and loss
     def linear_forward(self, x, w, b):
         self.check_linear(x, w, b)  # the kernel would read past bad shapes
-        (n_in, n), (n_out, _) = x.shape, w.shape
+        (IN, N), (OUT, _) = x.shape, w.shape
         x, w, *bias = self._operands(x, w, *(() if b is None else (b,)))
-        y = self._gemm(w, x, bias[0] if bias else None, n_out, n, n_in,
+        y = self._gemm(w, x, bias[0] if bias else None, OUT, N, IN,
                        trans_a=False, trans_b=False)
         return y, (x, w, b is not None)
 
     def linear_backward(self, dy, ctx, need_dx: bool = True):
         x, w, has_bias = ctx
         dy = self._operands(dy, x)[0]
-        (n_in, n), (n_out, _) = x.shape, w.shape
-        dw = self._gemm(dy, x, None, n_out, n_in, n, trans_a=False, trans_b=True)
+        (IN, N), (OUT, _) = x.shape, w.shape
+        dw = self._gemm(dy, x, None, OUT, IN, N, trans_a=False, trans_b=True)
         db = self._row_sum(dy) if has_bias else None
-        dx = self._gemm(w, dy, None, n_in, n, n_out, trans_a=True, trans_b=False) \
+        dx = self._gemm(w, dy, None, IN, N, OUT, trans_a=True, trans_b=False) \
             if need_dx else None
         return dx, dw, db
 
