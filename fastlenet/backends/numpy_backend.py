@@ -113,7 +113,9 @@ class NumpyBackend(HostBackend):
         _, OH, OW, _ = dy.shape
         rows = C * KH * KW
         dy2 = dy.reshape(K, OH * OW * N)
-        dwb = dy2 @ cols.T
+        # [dw | db] = dy2 @ cols.T, computed as (cols @ dy2.T).T: OpenBLAS runs this shape
+        # of the same product faster (conv2's: 0.60 -> 0.37 ms on the 2-core Zen 5)
+        dwb = (cols @ dy2.T).T
         dw = np.ascontiguousarray(dwb[:, :rows]).reshape(w_shape)
         db = np.ascontiguousarray(dwb[:, rows]) if has_bias else None
         if not need_dx:
