@@ -109,22 +109,22 @@ class Augmenter:
         coeffs = self._affine(H, W, N, dtype)
         displacement = None
         if s.elastic:
-            displacement = self.backend.xp.empty((2, H, W, N), dtype=dtype)
-            self._displacement(displacement[0])
-            self._displacement(displacement[1])
+            displacement = self._displacement(H, W, N, dtype)
         out = self.backend.warp_bilinear(x, coeffs, displacement, self.background)
         if s.noise:
             out += dtype.type(self.noise_std) * self._normal((C, H, W, N), dtype)
         return out
 
     def prepare(self, dtype) -> None:
-        """Run the backend's resampling kernel once on a tiny batch (a compiling backend
-        compiles it here, not in the first timed epoch); draws no random numbers."""
-        x = self.backend.xp.zeros((1, 4, 4, 2), dtype=dtype)
-        coeffs = self.backend.xp.zeros((6, 2), dtype=dtype)
+        """Run the backend's kernels once on a tiny batch (a compiling backend compiles
+        them here, not in the first timed epoch); draws no random numbers."""
+        xp, dtype = self.backend.xp, np.dtype(dtype)
+        x, coeffs = xp.zeros((1, 4, 4, 2), dtype=dtype), xp.zeros((6, 2), dtype=dtype)
         self.backend.warp_bilinear(x, coeffs, None, self.background)
-        self.backend.warp_bilinear(x, coeffs, self.backend.xp.zeros((2, 4, 4, 2), dtype=dtype),
-                                   self.background)
+        if self.settings.elastic:
+            fields = self.backend.separable_filter(xp.zeros((2, 4, 4, 2), dtype=dtype),
+                                                   self._gaussian(4, dtype), self._gaussian(4, dtype))
+            self.backend.warp_bilinear(x, coeffs, fields, self.background)
 
     # ----------------------------------------------------------- random draws
     def _uniform(self, shape, low: float, high: float, dtype) -> Array:
@@ -162,17 +162,15 @@ class Augmenter:
         coeffs[5] = cy - coeffs[3] * u0 - coeffs[4] * v0
         return coeffs
 
-    def _displacement(self, out: Array) -> None:
-        """Fill ``out`` (H, W, N) with alpha * Gaussian-smoothed uniform noise in [-1, 1]
-        (Simard 2003). The smoothing is separable: G_H @ field along H, then along W,
-        each a matrix product with the banded Gaussian matrix of that axis."""
-        xp = self.backend.xp
-        H, W, N = out.shape
-        field = self._uniform((H, W, N), -1.0, 1.0, out.dtype)
-        gh, gw = self._gaussian(H, out.dtype), self._gaussian(W, out.dtype)
-        field = (gh @ field.reshape(H, W * N)).reshape(H, W, N)
-        xp.matmul(gw, field, out=out)  # (W, W) @ (H, W, N): along W for every row
-        out *= out.dtype.type(self.settings.elastic)
+    def _displacement(self, H: int, W: int, N: int, dtype) -> Array:
+        """alpha * Gaussian-smoothed uniform noise in [-1, 1] (Simard 2003): the x and y
+        displacements of every pixel of every image, (2, H, W, N). The smoothing is the
+        backend's separable_filter with the banded Gaussian matrix of each axis."""
+        fields = self._uniform((2, H, W, N), -1.0, 1.0, dtype)
+        out = self.backend.separable_filter(fields, self._gaussian(H, dtype),
+                                            self._gaussian(W, dtype))
+        out *= dtype.type(self.settings.elastic)
+        return out
 
     def _gaussian(self, size: int, dtype) -> Array:
         key = (size, dtype.str)

@@ -104,6 +104,21 @@ def test_bilinear_gather_matches_a_per_pixel_loop(backend, affine):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_separable_filter_is_a_matrix_product_per_image(backend, dtype):
+    """out[f, :, :, n] = gh @ a[f, :, :, n] @ gw.T, with banded and with dense filters."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((2, 9, 11, 5)).astype(dtype)
+    for gh, gw in ((gaussian_matrix(9, 2.0), gaussian_matrix(11, 1.0)),
+                   (rng.standard_normal((9, 9)), rng.standard_normal((11, 11)))):
+        want = np.einsum("ip,fpqn,jq->fijn", gh, a.astype(np.float64), gw)
+        got = to_host(backend, backend.separable_filter(backend.asarray(a), backend.asarray(gh.astype(dtype)),
+                                                        backend.asarray(gw.astype(dtype))))
+        assert got.dtype == dtype and got.shape == a.shape
+        np.testing.assert_allclose(got, want, **(dict(rtol=1e-4, atol=1e-4) if dtype == np.float32
+                                                 else dict(rtol=1e-12, atol=1e-12)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_warp_without_displacement_matches_numpy(backend, dtype):
     """A backend's own warp_bilinear (numba's fused pass) against the generic one, affine
     maps alone, on a batch like training's."""

@@ -87,7 +87,7 @@ KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backwar
            "maxpool2d_forward", "maxpool2d_backward", "relu_maxpool2d_forward",
            "relu_maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
            "linear_forward", "linear_backward", "softmax", "softmax_cross_entropy",
-           "adam_update_device", "set_scalars", "warp_bilinear")
+           "adam_update_device", "set_scalars", "separable_filter", "warp_bilinear")
 OWN_KERNELS = {
     "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
               "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
@@ -95,7 +95,8 @@ OWN_KERNELS = {
     "numba": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
               "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
               "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
-              "softmax_cross_entropy", "adam_update_device", "warp_bilinear"},
+              "softmax_cross_entropy", "adam_update_device", "separable_filter",
+              "warp_bilinear"},
     "cupy": {"conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
              "relu_maxpool2d_forward", "relu_maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward", "linear_forward", "linear_backward",
@@ -149,6 +150,8 @@ BAD_CALLS = [
      "labels must be (4,) integers"),
     (lambda be: be.softmax_cross_entropy(_zeros(be, (10, 4)), _zeros(be, 4)),
      "labels must be (4,) integers"),
+    (lambda be: be.separable_filter(_zeros(be, (2, 8, 8, 3)), _zeros(be, (8, 8)), _zeros(be, (7, 7))),
+     "do not fit maps of 8x8"),
     (lambda be: be.warp_bilinear(_zeros(be, _X), _zeros(be, (6, 3)), None, 0.0),
      "coeffs has shape (6, 3), expected (6, 2)"),
     (lambda be: be.warp_bilinear(_zeros(be, _X), _zeros(be, (6, 2)), _zeros(be, (2, 8, 8, 3)), 0.0),

@@ -358,6 +358,22 @@ class Backend(ABC):
         grad /= n
         return loss, grad
 
+    def separable_filter(self, a, gh, gw):
+        """Every map of a (F, H, W, N) filtered along H by gh (H, H) and along W by gw
+        (W, W): out[f, :, :, n] = gh @ a[f, :, :, n] @ gw.T. Returns a new array.
+
+        The augmenter's smoothing of its elastic displacement fields (gh, gw: banded
+        Gaussian matrices); here two matrix products.
+        """
+        _check_floats("separable_filter", a=(a, "(F, H, W, N)"), gh=(gh, "(H, H)"),
+                      gw=(gw, "(W, W)"))
+        F, H, W, N = a.shape
+        if tuple(gh.shape) != (H, H) or tuple(gw.shape) != (W, W):
+            raise ArrayError(f"separable_filter: filters of shape {tuple(gh.shape)} and "
+                             f"{tuple(gw.shape)} do not fit maps of {H}x{W}")
+        along_h = (gh @ a.reshape(F, H, W * N)).reshape(F, H, W, N)
+        return self.xp.matmul(gw, along_h)  # (W, W) @ (F, H, W, N): along W in every row
+
     def warp_bilinear(self, x, coeffs, displacement, background: float):
         """Every image of x (C, H, W, N) resampled at its own source points, bilinearly;
         points outside the image read ``background``. Returns a new (C, H, W, N) array.
