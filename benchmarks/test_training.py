@@ -113,7 +113,7 @@ def test_time_to_accuracy(benchmark, contender, pytestconfig, tmp_path):
     benchmark.group = "time to accuracy"
     epochs = benchmark.pedantic(train, rounds=1)
     info = benchmark.extra_info
-    defaults = TrainConfig()
+    defaults = TrainConfig().validate()
     info.update(seed=seed, recipe={key: getattr(defaults, key) for key in RECIPE_KEYS},
                 coursework_target_s=COURSEWORK_TARGET_S,
                 epochs=[{k: r[k] for k in ("epoch", "test_accuracy", "epoch_seconds", "train_seconds")}

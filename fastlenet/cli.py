@@ -26,7 +26,7 @@ from .imageprep import load_digit
 from .nn import DTYPES, MODELS, build_model
 from .optim import OPTIMIZERS, SCHEDULES
 from .sweep import run_sweep
-from .train import TrainConfig, evaluate, train
+from .train import RECIPES, TrainConfig, evaluate, train
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -61,10 +61,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     # defaults are None so that --resume can tell which options were given
     p.add_argument("--backend", choices=backends.names(), help=f"array backend (default: {d.backend})")
     p.add_argument("--model", choices=list(MODELS), help=f"model (default: {d.model})")
-    p.add_argument("--epochs", type=_int, help=f"epochs to train (default: {d.epochs})")
+    p.add_argument("--epochs", type=_int, help=f"epochs to train (default: {RECIPES[False]['epochs']}, "
+                   f"{RECIPES[True]['epochs']} with --augment)")
     p.add_argument("--batch-size", type=_int, help=f"images per step (default: {d.batch_size})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimizer (default: {d.optimizer})")
-    p.add_argument("--lr", type=_float, help=f"(peak) learning rate (default: {d.lr})")
+    p.add_argument("--lr", type=_float, help=f"(peak) learning rate (default: {RECIPES[False]['lr']}, "
+                   f"{RECIPES[True]['lr']} with --augment)")
     p.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default: {d.schedule})")
     p.add_argument("--weight-decay", type=_float, help=f"decoupled weight decay (default: {d.weight_decay})")
     p.add_argument("--label-smoothing", type=_float, help=f"label smoothing (default: {d.label_smoothing})")

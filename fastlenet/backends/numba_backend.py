@@ -582,30 +582,44 @@ def _adam_update(p, g, m, v, beta1, rest1, beta2, rest2, eps, shrink, step_size,
 def _separable_filter(a, gh, gw, tmp, out):
     """out[f, :, :, n] = gh @ a[f, :, :, n] @ gw.T for every map f and image n.
 
-    Two passes of the convolution's row step, each vectorized over the images: along H,
-    row (f, i) of tmp (W*N contiguous values) is a sum of a's rows (f, p) weighted by
-    gh[i, p]; along W, pixel (f, i, j) of out (N values) a sum of tmp's pixels (f, i, q)
-    weighted by gw[j, q].
+    Two passes of the convolution's row step, each vectorized over the images and each
+    filling two outputs per input load: along H, rows (f, i) and (f, i + 1) of tmp (W*N
+    contiguous values) are sums of a's rows (f, p) weighted by gh[i, p] and gh[i + 1, p];
+    along W, pixels (f, i, j) and (f, i, j + 1) of out (N values each) are sums of tmp's
+    pixels (f, i, q) weighted by gw[j, q] and gw[j + 1, q].
     """
     F, H, W, N = a.shape
     run = W * N
     af = a.reshape(F * H * run)
     tf = tmp.reshape(F * H * run)
     of = out.reshape(F * H * run)
-    for task in prange(F * H):
-        f = task // H
-        i = task % H
-        row = tf[task * run:(task + 1) * run]
+    row_pairs = (H + 1) // 2
+    for task in prange(F * row_pairs):
+        f = task // row_pairs
+        i = (task % row_pairs) * 2
+        row0 = tf[(f * H + i) * run:(f * H + i + 1) * run]
         for m in range(run):
-            row[m] = 0
-        _row_multiply_add(row, af, f * H * run, run, gh[i])
+            row0[m] = 0
+        if i + 1 < H:
+            row1 = tf[(f * H + i + 1) * run:(f * H + i + 2) * run]
+            for m in range(run):
+                row1[m] = 0
+            _row_multiply_add2(row0, row1, af, f * H * run, run, gh[i], gh[i + 1])
+        else:
+            _row_multiply_add(row0, af, f * H * run, run, gh[i])
     for task in prange(F * H):
-        trow = tf[task * run:(task + 1) * run]
-        for j in range(W):
-            pixel = of[task * run + j * N:task * run + (j + 1) * N]
+        row = tf[task * run:(task + 1) * run]
+        for j in range(0, W, 2):
+            pixel0 = of[task * run + j * N:task * run + (j + 1) * N]
             for n in range(N):
-                pixel[n] = 0
-            _row_multiply_add(pixel, trow, 0, N, gw[j])
+                pixel0[n] = 0
+            if j + 1 < W:
+                pixel1 = of[task * run + (j + 1) * N:task * run + (j + 2) * N]
+                for n in range(N):
+                    pixel1[n] = 0
+                _row_multiply_add2(pixel0, pixel1, row, 0, N, gw[j], gw[j + 1])
+            else:
+                _row_multiply_add(pixel0, row, 0, N, gw[j])
 
 
 def _warp_bilinear(padded, coeffs, displacement, out):
