@@ -3,11 +3,12 @@
 Every training batch gets fresh random transforms, drawn from the augmenter's own seeded
 generator on the backend's device, so a run is reproducible and ``--resume`` continues
 the same stream (the generator's state travels in the checkpoint). The whole batch is
-transformed at once: the random draws and the smoothing of the elastic fields are
-``backend.xp`` array operations, and the resampling is the backend kernel
-``warp_bilinear`` (base.Backend's generic version is the definition: one sampling grid
-per image built by broadcasting, then a bilinear gather; the numba backend fuses the
-grid and the gather into one parallel pass).
+transformed at once: the random draws are ``backend.xp`` operations, the smoothing of
+the elastic fields is the backend kernel ``separable_filter`` and the resampling the
+kernel ``warp_bilinear``. base.Backend's generic versions are the definitions (matrix
+products; one sampling grid per image built by broadcasting, then a bilinear gather);
+the numba backend runs both as its own parallel loops, building the grid and gathering
+in one pass, with no BLAS call.
 
 Batches are in the trainer's layout, ``(C, H, W, N)``, normalised. Each output pixel
 (row i, column j) of image n reads the input at
@@ -45,16 +46,18 @@ class AugmentSettings:
     shear factor in [-shear, shear]; elastic: displacement scale alpha in pixels (fields
     smoothed with sigma = ELASTIC_SIGMA); noise: std of additive Gaussian noise in pixel
     intensity (the range black to white is 1). The defaults suit handwritten digits:
-    no flips (a mirrored 2 is not a 2), small rotations (a 6 turned far is a 9), and an
-    elastic alpha milder than Simard's 34, as it comes on top of the affine maps.
+    no flips (a mirrored 2 is not a 2), small rotations (a 6 turned far is a 9). Elastic
+    distortion and noise are off by default: on validation accuracy (4 seeds, LeNet-5,
+    30 and 40 epochs) noise 0.02 lowered it, and elastic alpha 16 did not raise it while
+    costing more than the rest of the augmentation (README, Augmentation).
     """
 
     shift: float = 2.0
     rotate: float = 10.0
     scale: float = 0.1
     shear: float = 0.2
-    elastic: float = 16.0
-    noise: float = 0.02
+    elastic: float = 0.0
+    noise: float = 0.0
 
     def check(self, option=lambda name: name) -> None:
         """Raise ConfigError naming the first bad setting; ``option(name)`` spells its name."""

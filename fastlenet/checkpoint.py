@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset, load_dataset, preprocess
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .nn import MODELS, build_model
 
 FORMAT = "fastlenet-checkpoint"
@@ -54,6 +54,38 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_file(path: str | os.PathLike, data: bytes | str, option: str = "--out") -> Path:
+    """Write bytes, or text as UTF-8, atomically; returns the path. ConfigError (one line
+    naming ``option``, the command-line option that chose the place) when it cannot be
+    written there."""
+    path = Path(path)
+    try:
+        with atomic_open(path, "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose another "
+                          f"output path with {option}") from None
+    return path
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file a path names: a run folder means its ``last.npz``."""
+    path = Path(path)
+    return path / "last.npz" if path.is_dir() else path
+
+
+def output_beside(checkpoint: str | os.PathLike, out: str | os.PathLike | None,
+                  suffix: str) -> Path:
+    """Where a file made from a checkpoint goes: ``out``, or by default beside the
+    checkpoint, its stem plus ``suffix`` (RUN/best.npz -> RUN/best<suffix>). ConfigError
+    when that is the checkpoint itself, which writing would destroy."""
+    source = checkpoint_file(checkpoint)
+    path = Path(out) if out is not None else source.with_name(source.stem + suffix)
+    if path.exists() and source.exists() and path.resolve() == source.resolve():
+        raise ConfigError(f"{path} is the checkpoint itself; choose another output path with -o")
+    return path
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -86,9 +118,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
     Raises CheckpointError with one line for a missing, truncated or foreign file.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.npz"
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass a .npz written by "
                               "'fastlenet train' or its run folder")

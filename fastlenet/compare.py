@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import write_file
 from .errors import RunFolderError
 from .runs import (NOT_SETTINGS, TARGETS, Column, Run, load_run, log_axis, new_figure,
                    percent_axis, plot_accuracy_over_time, png_bytes, require_matplotlib,
-                   run_style, running_mean, setting_text, target_columns, write_bytes,
+                   run_style, running_mean, setting_text, target_columns,
                    write_tables)
 
 _COLUMNS = [Column("run", "run"), Column("model", "model"), Column("backend", "backend"),
@@ -62,7 +63,7 @@ def compare_runs(paths: list[str | Path], out: str | Path = "comparison") -> Com
     markdown = write_tables(folder / "compare", _COLUMNS, rows)
     labels = [f"{name} ({detail})" if detail else name
               for name, detail in zip(names, _differences(runs))]
-    figure_path = write_bytes(folder / "compare.png", png_bytes(plot_comparison(runs, labels)))
+    figure_path = write_file(folder / "compare.png", png_bytes(plot_comparison(runs, labels)))
     return Comparison(markdown, rows, folder / "compare.md", folder / "compare.csv", figure_path)
 
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from . import imageprep
-from .checkpoint import load_model
+from .checkpoint import load_model, output_beside, write_file
 from .errors import ConfigError
-from .export import steps, write_bytes
+from .export import steps
 from .nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Model, ReLU,
                  ReLUMaxPool2d, Sigmoid, Tanh)
 
@@ -103,20 +103,13 @@ def render_page(model: Model, meta: dict) -> str:
     return page
 
 
-def default_output(checkpoint: str | os.PathLike) -> Path:
-    """Beside the checkpoint: RUN/best.npz -> RUN/best-demo.html."""
-    path = Path(checkpoint)
-    path = path / "last.npz" if path.is_dir() else path
-    return path.with_name(path.stem + "-demo.html")
-
-
 def write_demo(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None
                ) -> tuple[Path, Model, dict]:
     """Write the page for a checkpoint (or run folder); returns ``(path, model, meta)``."""
     model, meta = load_model(checkpoint, backend="numpy")
-    out = Path(out) if out is not None else default_output(checkpoint)
-    write_bytes(out, render_page(model, meta).encode("utf-8"))
+    out = output_beside(checkpoint, out, "-demo.html")  # RUN/best.npz -> RUN/best-demo.html
+    write_file(out, render_page(model, meta), option="-o")
     return out, model, meta
 
 
-__all__ = ["page_model", "render_page", "write_demo", "default_output"]
+__all__ = ["page_model", "render_page", "write_demo"]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .checkpoint import atomic_open, load_model
+from .checkpoint import load_model, output_beside, write_file
 from .errors import ConfigError, FastLeNetError
 from .nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Model,
                  ReLU, ReLUMaxPool2d, Sequential, Sigmoid, Tanh)
@@ -229,17 +229,6 @@ def to_onnx(model: Model, *, mean: float | None = None, std: float | None = None
 
 
 # ------------------------------------------------------------------ files
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` atomically; ConfigError with one line when the place is unwritable."""
-    path = Path(path)
-    try:
-        with atomic_open(path) as f:
-            f.write(data)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose another "
-                          "output path with -o") from None
-
-
 def resolve_format(fmt: str | None, out: str | os.PathLike | None) -> str:
     """``fmt`` checked; when None, "npz" for an output path ending in .npz, else "onnx"."""
     if fmt is None:
@@ -249,39 +238,29 @@ def resolve_format(fmt: str | None, out: str | os.PathLike | None) -> str:
     return fmt
 
 
-def default_output(checkpoint: str | os.PathLike, fmt: str) -> Path:
-    """Beside the checkpoint: RUN/best.npz -> RUN/best.onnx or RUN/best-torch.npz."""
-    path = Path(checkpoint)
-    path = path / "last.npz" if path.is_dir() else path
-    return path.with_name(path.stem + (".onnx" if fmt == "onnx" else "-torch.npz"))
-
-
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None,
                       fmt: str | None = None) -> tuple[Path, Model, dict]:
     """Export a checkpoint (or run folder) as ONNX or PyTorch-named weights.
 
     fmt: "onnx" or "npz", or None for :func:`resolve_format`'s choice.
-    out: by default beside the checkpoint (:func:`default_output`).
+    out: by default beside the checkpoint: RUN/best.npz -> RUN/best.onnx or RUN/best-torch.npz.
     Returns ``(path written, model, checkpoint meta)``.
     """
     fmt = resolve_format(fmt, out)
     if fmt == "onnx":
         _onnx()  # before loading anything: say at once what is missing
     model, meta = load_model(checkpoint, backend="numpy")
-    out = Path(out) if out is not None else default_output(checkpoint, fmt)
-    source = Path(checkpoint) / "last.npz" if Path(checkpoint).is_dir() else Path(checkpoint)
-    if out.exists() and source.exists() and out.resolve() == source.resolve():
-        raise ConfigError(f"{out} is the checkpoint itself; choose another output path with -o")
+    out = output_beside(checkpoint, out, ".onnx" if fmt == "onnx" else "-torch.npz")
     if fmt == "onnx":
         proto = to_onnx(model, mean=meta["mean"], std=meta["std"],
                         class_names=meta.get("class_names"), dataset=meta.get("dataset"))
-        write_bytes(out, proto.SerializeToString())
+        write_file(out, proto.SerializeToString(), option="-o")
     else:
         buffer = io.BytesIO()
         np.savez(buffer, **torch_state_dict(model))
-        write_bytes(out, buffer.getvalue())
+        write_file(out, buffer.getvalue(), option="-o")
     return out, model, meta
 
 
 __all__ = ["FORMATS", "OPSET", "Step", "steps", "torch_state_dict", "torch_source", "to_onnx",
-           "export_checkpoint", "resolve_format", "default_output", "write_bytes", "preprocessing_text"]
+           "export_checkpoint", "resolve_format", "preprocessing_text"]

@@ -43,11 +43,9 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, get_backend
+from .backends.base import FLOAT_DTYPES, window_out_size
 from .checks import is_integer, is_real
 from .errors import ArrayError
-
-FLOAT_DTYPES = ("float32", "float64")
-
 
 @dataclass
 class Context:
@@ -73,7 +71,7 @@ def _array(op: str, name: str, a, backend: Backend, ndim: int, expected: str):
                          f"{type(a).__name__}")
     if a.ndim != ndim:
         raise ArrayError(f"{op}: {name} must have {ndim} axes {expected}, got shape {_shape(a)}")
-    if np.dtype(a.dtype).name not in FLOAT_DTYPES:
+    if np.dtype(a.dtype) not in FLOAT_DTYPES:
         raise ArrayError(f"{op}: {name} must be float32 or float64, got {a.dtype}; "
                          f"convert it with {name}.astype(np.float32)")
     return backend.asarray(a)
@@ -92,13 +90,14 @@ def _window(op: str, what: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _fits(op: str, h: int, w: int, window: int, stride: int, pad: int) -> tuple[int, int]:
-    oh, ow = (h + 2 * pad - window) // stride + 1, (w + 2 * pad - window) // stride + 1
-    if oh < 1 or ow < 1:
-        raise ArrayError(f"{op}: a {window}x{window} window with padding {pad} does not fit "
-                         f"an input of {h}x{w}; the input must be at least "
-                         f"{window - 2 * pad}x{window - 2 * pad}")
-    return oh, ow
+def _fits(op: str, H: int, W: int, window: int, stride: int, pad: int) -> tuple[int, int]:
+    """(OH, OW) of a window sliding over H x W (the backends' window_out_size)."""
+    try:
+        return window_out_size(H, window, stride, pad), window_out_size(W, window, stride, pad)
+    except ArrayError:
+        raise ArrayError(f"{op}: a {window}x{window} window with stride {stride} and padding "
+                         f"{pad} does not fit an input of {H}x{W}; the input must be at least "
+                         f"{window - 2 * pad}x{window - 2 * pad}") from None
 
 
 def _gradient(op: str, dy, ctx: Context):
@@ -190,11 +189,15 @@ def max_pool2d(x, size: int, *, stride: int | None = None, backend="auto"):
     return _pool_forward("max_pool2d", "maxpool2d_forward", x, size, stride, backend)
 
 
+def _pool_backward(op: str, kernel, dy, ctx: Context):
+    dy = _gradient(op, dy, ctx)
+    dx = getattr(ctx.backend, kernel)(_batch_last(ctx.backend, dy), ctx.kernel_ctx)
+    return _batch_first(ctx.backend, dx)
+
+
 def max_pool2d_backward(dy, ctx: Context):
     """dy: (N, C, OH, OW) -> dx: (N, C, H, W)."""
-    dy = _gradient("max_pool2d", dy, ctx)
-    dx = ctx.backend.maxpool2d_backward(_batch_last(ctx.backend, dy), ctx.kernel_ctx)
-    return _batch_first(ctx.backend, dx)
+    return _pool_backward("max_pool2d", "maxpool2d_backward", dy, ctx)
 
 
 def avg_pool2d(x, size: int, *, stride: int | None = None, backend="auto"):
@@ -204,9 +207,7 @@ def avg_pool2d(x, size: int, *, stride: int | None = None, backend="auto"):
 
 def avg_pool2d_backward(dy, ctx: Context):
     """dy: (N, C, OH, OW) -> dx: (N, C, H, W)."""
-    dy = _gradient("avg_pool2d", dy, ctx)
-    dx = ctx.backend.avgpool2d_backward(_batch_last(ctx.backend, dy), ctx.kernel_ctx)
-    return _batch_first(ctx.backend, dx)
+    return _pool_backward("avg_pool2d", "avgpool2d_backward", dy, ctx)
 
 
 # ------------------------------------------------------------------ dense

@@ -224,12 +224,13 @@ class Optimizer:
                         f"parameter is {p.data.dtype}{list(p.data.shape)}; the checkpoint belongs "
                         "to another model")
                 host[key] = array
-        new_state, new_flat = self._zero_slots(slot_names)
-        for pname, slots in new_state.items():
+        if {slot for slots in self.state.values() for slot in slots} != set(slot_names):
+            self.state, self.flat_state = self._zero_slots(slot_names)
+        # else the same arrays are filled, in place: a recorded step (a CUDA graph) holds them
+        for pname, slots in self.state.items():
             for slot, device in slots.items():
                 # copy into arrays the optimizer owns: asarray may alias the caller's dict
                 device[...] = self.backend.asarray(host[f"{pname}.{slot}"])
-        self.state, self.flat_state = new_state, new_flat
         self.step_count = step
         for name, value in hyper.items():
             setattr(self, name, value)
@@ -273,7 +274,8 @@ class SGD(Optimizer):
         return self.lr, 1.0 - self.lr * self.weight_decay
 
     def _update_flat(self) -> None:
-        lr, decay = self._scalars[0], self._scalars[1]
+        # 0-d views (not scalars copied out): a recorded step reads them anew each replay
+        lr, decay = self._scalars[0, ...], self._scalars[1, ...]
         self._apply(self.buffer.data, self.buffer.grad, self.flat_state.get("momentum_buffer"),
                     lr, decay)
 

@@ -34,13 +34,13 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .checkpoint import load_model, load_test_set
+from .checkpoint import load_model, load_test_set, write_file
 from .checks import is_integer
 from .errors import ConfigError, RunFolderError
-from .nn import AvgPool2d, Conv2d, MaxPool2d
+from .nn import AvgPool2d, Conv2d, MaxPool2d, ReLUMaxPool2d
 from .runs import (NOT_SETTINGS, TARGETS, Run, confusion_matrix, load_run, log_axis, new_figure,
                    per_class_accuracy, percent_axis, png_bytes, require_matplotlib, running_mean,
-                   setting_text, write_bytes)
+                   setting_text)
 
 MISTAKES_GRID = (4, 8)  # rows, columns of misclassified.png
 MAPS_PER_ROW = 16  # feature maps per row of feature_maps.png
@@ -273,7 +273,7 @@ def feature_maps(model, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
     try:
         for index, layer in enumerate(model.layers):
             x = layer.forward(x)
-            if isinstance(layer, (Conv2d, MaxPool2d, AvgPool2d)):
+            if isinstance(layer, (Conv2d, MaxPool2d, AvgPool2d, ReLUMaxPool2d)):
                 maps = backend.to_numpy(backend.from_batch_last(x))[0]
                 found.append((f"layer {index}: {layer!r}", maps))
     finally:
@@ -406,9 +406,9 @@ def make_report(run: str | Path, out: str | Path | None = None, *, backend: str 
     images, figures = {}, {}
     for stem in FIGURES:
         images[stem] = png_bytes(makers[stem]())
-        figures[stem] = write_bytes(folder / f"{stem}.png", images[stem])
+        figures[stem] = write_file(folder / f"{stem}.png", images[stem])
     page = _html_page(run, summary, images, dataset.name, model.backend.name)
-    html_path = write_bytes(folder / "report.html", page)
+    html_path = write_file(folder / "report.html", page)
     log(f"report of {run.path}: best.npz scores {accuracy:.2%} on the {dataset.name} test set; "
         f"{len(figures)} figures and {html_path}")
     return Report(folder, html_path, figures, summary, accuracy)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_open
+from .checkpoint import write_file
 from .checks import is_real
 from .errors import FastLeNetError, RunFolderError
 
@@ -218,16 +218,9 @@ def write_tables(stem: Path, columns: list[Column], rows: list[dict],
     """Write ``<stem>.md`` (with ``# heading`` above the table when given) and
     ``<stem>.csv``, each atomically; return the Markdown table."""
     table = markdown_table(columns, rows)
-    write_bytes(stem.with_suffix(".md"), (f"# {heading}\n\n" if heading else "") + table + "\n")
-    write_bytes(stem.with_suffix(".csv"), csv_table(columns, rows))
+    write_file(stem.with_suffix(".md"), (f"# {heading}\n\n" if heading else "") + table + "\n")
+    write_file(stem.with_suffix(".csv"), csv_table(columns, rows))
     return table
-
-
-def write_bytes(path: Path, data: bytes | str) -> Path:
-    """Write bytes, or text as UTF-8, atomically."""
-    with atomic_open(path, "wb") as f:
-        f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
-    return path
 
 
 # ------------------------------------------------------------------ figures

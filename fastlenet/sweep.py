@@ -30,10 +30,11 @@ from typing import Callable
 import fastlenet
 
 from . import __version__, runs
+from .checkpoint import write_file
 from .checks import is_integer
 from .errors import ConfigError, FastLeNetError, RunFolderError
 from .runs import (PLOTS_HINT, TARGETS, Column, load_run, new_figure, plot_accuracy_over_time,
-                   png_bytes, raw_text, require_matplotlib, target_columns, write_bytes)
+                   png_bytes, raw_text, require_matplotlib, target_columns)
 from .train import TrainConfig, option_name
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -241,4 +242,4 @@ def plot(path: Path, rows: list[dict], out: Path) -> None:
              title="Last-epoch test accuracy")
     bars.invert_yaxis()
     bars.tick_params(axis="y", labelsize=8)
-    write_bytes(path, png_bytes(fig))
+    write_file(path, png_bytes(fig))

@@ -325,6 +325,33 @@ def test_no_kernel_of_a_training_step_takes_a_host_value_that_changes(plain, mon
     assert {"adam_update_f32" if optimizer == "adam" else "gemm_f32", "uniform_f32"} <= names
 
 
+def test_sgd_reads_its_per_step_scalars_from_the_device(plain, monkeypatch):
+    """SGD's update is CuPy element-wise maths, not one of the project's kernels, so the
+    launch log above cannot see it: its learning rate and decay must be the optimizer's
+    device scalars (views of ``_scalars``), never host floats a recording would bake in."""
+    backend = plain
+    step = _training_step(backend, optimizer="momentum")
+    seen = []
+    real_apply = type(step.optimizer)._apply
+
+    def spy(self, p, g, buf, lr, decay):
+        seen.append((lr, decay))
+        return real_apply(self, p, g, buf, lr, decay)
+    monkeypatch.setattr(type(step.optimizer), "_apply", spy)
+    idx = backend.asarray(np.arange(16))
+    for lr in (1e-3, 4e-3):
+        step.optimizer.lr = lr
+        step(idx)
+    scalars = step.optimizer._scalars
+    # the first step, before any gradient, runs per parameter with host floats; the
+    # second is one flat update
+    per_parameter = len(step.model.parameters())
+    assert len(seen) == per_parameter + 1
+    assert all(isinstance(value, float) for call in seen[:per_parameter] for value in call)
+    for value in seen[-1]:
+        assert not isinstance(value, (float, np.generic)) and np.shares_memory(value, scalars)
+
+
 def test_the_signature_names_every_host_value_a_recording_bakes_in(plain):
     backend = plain
     step = _training_step(backend)
@@ -353,3 +380,21 @@ def test_the_signature_names_every_host_value_a_recording_bakes_in(plain):
     step.optimizer.lr = 5e-2  # read from the device: the recording stays valid
     step(idx)
     assert step.signature() == base
+
+
+def test_the_signature_reaches_layers_inside_nested_sequentials():
+    """A Dropout or BatchNorm inside a nested Sequential bakes its values into a recording
+    too, so changing them must change the signature."""
+    from fastlenet.nn import Sequential
+    from fastlenet.train import _settings
+
+    model = Model([Conv2d(1, 2, 5), Sequential(BatchNorm(2), ReLU(), MaxPool2d(2)), Flatten(),
+                   Sequential(Dropout(0.25), Linear(2 * 14 * 14, 10))], name="nested",
+                  backend="numpy")
+    base = _settings(model)
+    model.layers[3].layers[0].p = 0.5
+    assert _settings(model) != base
+    model.layers[3].layers[0].p = 0.25
+    assert _settings(model) == base
+    model.layers[1].layers[0].momentum = 0.3
+    assert _settings(model) != base

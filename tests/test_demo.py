@@ -78,6 +78,12 @@ def test_demo_command_writes_the_page_and_reports_errors(zoo_checkpoints, tmp_pa
     assert main(["demo", str(zoo_checkpoints["lenet5"]), "-o", str(blocker / "digit.html")]) == 2
     assert_one_line_error(capsys.readouterr().err, "cannot write", "choose another output path")
 
+    checkpoint = tmp_path / "copy.npz"  # never written over by the page
+    checkpoint.write_bytes(zoo_checkpoints["lenet5"].read_bytes())
+    assert main(["demo", str(checkpoint), "-o", str(checkpoint)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "is the checkpoint itself")
+    assert checkpoint.read_bytes() == zoo_checkpoints["lenet5"].read_bytes()
+
 
 # ------------------------------------------------------------------ in a browser
 def _browser_paths():

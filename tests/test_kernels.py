@@ -398,6 +398,22 @@ def test_linear_matches_numpy(candidate, shape, dtype):
     _agree(_both(candidate, run), dtype)
 
 
+@pytest.mark.parametrize("kind", ["max", "relu_max"])
+def test_pooling_keeps_nans_as_numpy_does(candidate, kind):
+    """A NaN (a diverged weight) must win its window and reach the loss, where training
+    stops, on every backend: never become a 0 that trains on silently."""
+    x = np.zeros((1, 4, 4, 5), dtype=np.float32)
+    x[0, 1, 1, 0] = np.nan  # last in its window
+    x[0, 0, 0, 1] = np.nan  # first in its window
+    x[0, 2, 2, 2] = -np.nan  # a window of negatives and a NaN
+    x[0, 2:4, 2:4, 2] -= 1
+    x[0, :, :, 3] = np.nan  # every value
+    (y, want), = _both(candidate, lambda be: (getattr(be, f"{kind}pool2d_forward")(be.asarray(x), 2, 2)[0],))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    assert np.isnan(y[0, 0, 0, :2]).all() and np.isnan(y[0, 1, 1, 2]) and np.isnan(y[..., 3]).all()
+    np.testing.assert_array_equal(y, want)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
 @pytest.mark.parametrize("N", [1, 7, 130])

@@ -352,7 +352,32 @@ def test_one_pass_over_a_models_buffer_equals_one_update_per_parameter(backend, 
     # every parameter is a view of the buffer; the gaps between them stay zero
     data = backend.to_numpy(model.parameter_buffer.data)
     inside = np.zeros(data.shape, bool)
-    for offset, p in zip(model.parameter_buffer.offsets, model.parameters()):
+    buffer = model.parameter_buffer
+    for offset, p in zip(buffer.offsets, model.parameters()):
         inside[offset:offset + p.data.size] = True
-        assert p.data.base is not None
+        assert np.shares_memory(backend.to_numpy(p.data), backend.to_numpy(buffer.data))
+        assert np.shares_memory(backend.to_numpy(p.grad), backend.to_numpy(buffer.grad))
     assert not data[~inside].any()
+
+
+@pytest.mark.parametrize("kind", ["adam", "momentum"])
+def test_load_state_dict_fills_the_slots_in_place(backend, kind):
+    """A recorded step (a CUDA graph) holds the optimizer's slot arrays: loading a state
+    must write into them, not replace them."""
+    from fastlenet.nn import build_model
+
+    model = build_model("lenet5", backend)
+    opt = make_optimizer(kind, model.parameters(), backend, lr=1e-3)
+    for p in model.parameters():
+        p.grad = backend.xp.ones_like(p.data)
+    opt.step()
+    saved = opt.state_dict()
+    before = {(pname, slot): array for pname, slots in opt.state.items() for slot, array in slots.items()}
+    flat_before = dict(opt.flat_state)
+    fresh = make_optimizer(kind, model.parameters(), backend, lr=1e-3)
+    opt.load_state_dict(fresh.state_dict())  # zeros
+    opt.load_state_dict(saved)
+    for (pname, slot), array in before.items():
+        assert opt.state[pname][slot] is array
+        np.testing.assert_array_equal(backend.to_numpy(array), saved[f"{pname}.{slot}"])
+    assert all(opt.flat_state[slot] is array for slot, array in flat_before.items())

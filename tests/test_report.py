@@ -243,6 +243,10 @@ def test_broken_run_folders_are_one_line(tiny_runs, tmp_path, capsys):
     one_line_error(capsys, ["report", str(broken)], "no finished epoch")
     history.write_text(json.dumps({"steps": [], "epochs": [{"epoch": 1}]}))
     one_line_error(capsys, ["compare", str(broken)], "lacks a valid step")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    one_line_error(capsys, ["compare", str(run), "--out", str(blocker / "cmp")], "cannot write",
+                   "--out")
     (broken / "config.json").write_text("[1, 2]")
     one_line_error(capsys, ["report", str(broken)], "config.json")
     one_line_error(capsys, ["report", str(run), "--seed", "-1"], "--seed")

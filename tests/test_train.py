@@ -9,7 +9,7 @@ import pytest
 from fastlenet.checkpoint import load_checkpoint, load_model, save_checkpoint
 from fastlenet.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fastlenet.nn import build_model
-from fastlenet.train import TrainConfig, Trainer, TrainingState, evaluate, train
+from fastlenet.train import RECIPES, TrainConfig, Trainer, TrainingState, evaluate, train
 
 
 def tiny_config(tiny_dir, **kw):
@@ -97,6 +97,21 @@ def test_training_state_round_trips_through_checkpoint_meta(backend):
         fresh().restore({k: v for k, v in meta.items() if k != "step"})
     with pytest.raises(ValueError):
         fresh().restore({**meta, "history": []})
+
+
+def test_epochs_and_lr_default_to_the_recipe_of_the_augment_setting(tiny_dir, tmp_path):
+    for augment in (False, True):
+        config = TrainConfig(augment=augment).validate()
+        assert (config.epochs, config.lr) == (RECIPES[augment]["epochs"], RECIPES[augment]["lr"])
+    assert RECIPES[True] != RECIPES[False]
+    given = TrainConfig(augment=True, epochs=3, lr=1e-3).validate()  # given values win
+    assert (given.epochs, given.lr) == (3, 1e-3)
+    # a run records the values it used, so a resume keeps them
+    train(tiny_config(tiny_dir, epochs=None, lr=None, augment=True, train_limit=128),
+          out=tmp_path / "r", log=None, on_epoch_end=lambda record: True)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (saved["epochs"], saved["lr"]) == (RECIPES[True]["epochs"], RECIPES[True]["lr"])
+    assert load_checkpoint(tmp_path / "r").meta["config"]["epochs"] == RECIPES[True]["epochs"]
 
 
 def test_target_accuracy_stops_early(tiny_dir, tmp_path):

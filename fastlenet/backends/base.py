@@ -50,7 +50,7 @@ def window_out_size(size: int, window: int, stride: int, pad: int = 0) -> int:
 def _check_floats(op: str, **arrays) -> None:
     """Each named array (or None) must have the dimensions its layout names, e.g.
     ``x=(x, "(C, H, W, N)")``, and all must share one of FLOAT_DTYPES."""
-    dtype = None
+    first = None  # (name, dtype) of the first array given
     for name, (a, layout) in arrays.items():
         if a is None:
             continue
@@ -60,11 +60,11 @@ def _check_floats(op: str, **arrays) -> None:
         if a.dtype not in FLOAT_DTYPES:
             raise ArrayError(f"{op}: {name} is {a.dtype}; the kernels take float32 or float64 "
                              "arrays (convert with .astype)")
-        if dtype is None:
-            dtype = a.dtype
-        elif a.dtype != dtype:
-            raise ArrayError(f"{op}: {name} is {a.dtype} but x is {dtype}; convert the arrays "
-                             "to one dtype")
+        if first is None:
+            first = name, a.dtype
+        elif a.dtype != first[1]:
+            raise ArrayError(f"{op}: {name} is {a.dtype} but {first[0]} is {first[1]}; convert "
+                             "the arrays to one dtype")
 
 
 def _check_window_options(op: str, size_name: str, size, stride, pad) -> None:
@@ -223,6 +223,15 @@ class Backend(ABC):
             raise ArrayError(f"warp_bilinear: displacement has shape "
                              f"{tuple(displacement.shape)}, expected (2, {H}, {W}, {N})")
 
+    def check_separable_filter(self, a, gh, gw) -> None:
+        """ArrayError unless a is (F, H, W, N), gh (H, H) and gw (W, W), one dtype."""
+        _check_floats("separable_filter", a=(a, "(F, H, W, N)"), gh=(gh, "(H, H)"),
+                      gw=(gw, "(W, W)"))
+        _, H, W, _ = a.shape
+        if tuple(gh.shape) != (H, H) or tuple(gw.shape) != (W, W):
+            raise ArrayError(f"separable_filter: filters of shape {tuple(gh.shape)} and "
+                             f"{tuple(gw.shape)} do not fit maps of {H}x{W}")
+
     def check_adam(self, p, g, m, v) -> None:
         """ArrayError unless g, m, v have p's shape and dtype, and p, m, v (updated in
         place) are C-contiguous: a flattened copy would be updated instead."""
@@ -365,12 +374,8 @@ class Backend(ABC):
         The augmenter's smoothing of its elastic displacement fields (gh, gw: banded
         Gaussian matrices); here two matrix products.
         """
-        _check_floats("separable_filter", a=(a, "(F, H, W, N)"), gh=(gh, "(H, H)"),
-                      gw=(gw, "(W, W)"))
+        self.check_separable_filter(a, gh, gw)
         F, H, W, N = a.shape
-        if tuple(gh.shape) != (H, H) or tuple(gw.shape) != (W, W):
-            raise ArrayError(f"separable_filter: filters of shape {tuple(gh.shape)} and "
-                             f"{tuple(gw.shape)} do not fit maps of {H}x{W}")
         along_h = (gh @ a.reshape(F, H, W * N)).reshape(F, H, W, N)
         return self.xp.matmul(gw, along_h)  # (W, W) @ (F, H, W, N): along W in every row
 

@@ -18,14 +18,15 @@ sums vectorize): neither lets a NaN or an infinity vanish, so a diverging run is
 caught by the trainer's loss check.
 
 Threads: Numba's workers and OpenBLAS's both spin while idle, and on a 2-core machine
-the two pools fighting cost 7x (PERF_NOTES.md lever 1). So this backend calls no BLAS:
+the two pools fighting made an epoch 7x slower (measured). So this backend calls no BLAS:
 the linear layers' products are its own small GEMM kernel (``_gemm_nt``), which also
 runs on both cores where one-thread BLAS would use one.
 
 Memory ownership is as in the NumPy backend: every array a kernel returns or keeps in a
-ctx is freshly allocated, so a ctx stays valid until its backward. The one reused
-buffer, the zero-margined copy of dy the input gradient reads (one per shape seen),
-never leaves the call that fills it.
+ctx is freshly allocated, so a ctx stays valid until its backward. Two buffers are kept
+per shape seen and never leave the call that uses them: the zero-margined copy of dy the
+input gradient reads, and the field of zeros warp_bilinear reads when an augmentation has
+no elastic displacement.
 """
 
 from __future__ import annotations
@@ -61,12 +62,13 @@ def _jit(func):
 # ms, its weight gradient 0.37 -> 0.21 ms and its input gradient 0.33 -> 0.23 ms per
 # batch of 128 (four at a time ran slower: too few registers left for the loads).
 
-def _row_multiply_add(out, src, base, N, wrow):
-    """out[m] += sum_q wrow[q] * src[base + q*N + m] for every m < len(out).
+def _row_multiply_add(out, src, base, step, wrow):
+    """out[m] += sum_q wrow[q] * src[base + q*step + m] for every m < len(out).
 
     The stride-1 convolution's inner step: for one input row and one kernel row, the
     output row's (j, n) values and the inputs they need are contiguous runs, so the
-    row is updated by whole-run multiply-adds, five kernel columns q at a time: the five
+    row is updated by whole-run multiply-adds (``step`` = N apart, one kernel column q to
+    the next), five kernel columns q at a time: the five
     weights sit in registers and each pass reads ``out`` once for five products. (A
     window sum per output value with the window unrolled ran 1.6-2.8x slower: its
     weights were reloaded for every vector of images.) Slices rather than offset
@@ -77,23 +79,23 @@ def _row_multiply_add(out, src, base, N, wrow):
     q = 0
     while q + 5 <= KW:
         w0, w1, w2, w3, w4 = wrow[q], wrow[q + 1], wrow[q + 2], wrow[q + 3], wrow[q + 4]
-        x0 = src[base + q * N:base + q * N + run]
-        x1 = src[base + (q + 1) * N:base + (q + 1) * N + run]
-        x2 = src[base + (q + 2) * N:base + (q + 2) * N + run]
-        x3 = src[base + (q + 3) * N:base + (q + 3) * N + run]
-        x4 = src[base + (q + 4) * N:base + (q + 4) * N + run]
+        x0 = src[base + q * step:base + q * step + run]
+        x1 = src[base + (q + 1) * step:base + (q + 1) * step + run]
+        x2 = src[base + (q + 2) * step:base + (q + 2) * step + run]
+        x3 = src[base + (q + 3) * step:base + (q + 3) * step + run]
+        x4 = src[base + (q + 4) * step:base + (q + 4) * step + run]
         for m in range(run):
             out[m] += w0 * x0[m] + w1 * x1[m] + w2 * x2[m] + w3 * x3[m] + w4 * x4[m]
         q += 5
     while q < KW:
         w0 = wrow[q]
-        x0 = src[base + q * N:base + q * N + run]
+        x0 = src[base + q * step:base + q * step + run]
         for m in range(run):
             out[m] += w0 * x0[m]
         q += 1
 
 
-def _row_multiply_add2(out0, out1, src, base, N, wrow0, wrow1):
+def _row_multiply_add2(out0, out1, src, base, step, wrow0, wrow1):
     """The same step for two output rows that read the same inputs with their own weights
     (out0 with wrow0, out1 with wrow1): each input loaded feeds both."""
     run = out0.shape[0]
@@ -102,11 +104,11 @@ def _row_multiply_add2(out0, out1, src, base, N, wrow0, wrow1):
     while q + 5 <= KW:
         a0, a1, a2, a3, a4 = wrow0[q], wrow0[q + 1], wrow0[q + 2], wrow0[q + 3], wrow0[q + 4]
         b0, b1, b2, b3, b4 = wrow1[q], wrow1[q + 1], wrow1[q + 2], wrow1[q + 3], wrow1[q + 4]
-        x0 = src[base + q * N:base + q * N + run]
-        x1 = src[base + (q + 1) * N:base + (q + 1) * N + run]
-        x2 = src[base + (q + 2) * N:base + (q + 2) * N + run]
-        x3 = src[base + (q + 3) * N:base + (q + 3) * N + run]
-        x4 = src[base + (q + 4) * N:base + (q + 4) * N + run]
+        x0 = src[base + q * step:base + q * step + run]
+        x1 = src[base + (q + 1) * step:base + (q + 1) * step + run]
+        x2 = src[base + (q + 2) * step:base + (q + 2) * step + run]
+        x3 = src[base + (q + 3) * step:base + (q + 3) * step + run]
+        x4 = src[base + (q + 4) * step:base + (q + 4) * step + run]
         for m in range(run):
             v0, v1, v2, v3, v4 = x0[m], x1[m], x2[m], x3[m], x4[m]
             out0[m] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4
@@ -114,7 +116,7 @@ def _row_multiply_add2(out0, out1, src, base, N, wrow0, wrow1):
         q += 5
     while q < KW:
         a0, b0 = wrow0[q], wrow1[q]
-        x0 = src[base + q * N:base + q * N + run]
+        x0 = src[base + q * step:base + q * step + run]
         for m in range(run):
             out0[m] += a0 * x0[m]
             out1[m] += b0 * x0[m]
@@ -327,8 +329,8 @@ def _conv2d_backward_weights_strided(xpad, dy, stride, dw, db):
 
 # ----------------------------------------------------------------- dense layers
 def _gemm_nt(a, b, bias, out):
-    """out[r, s] = bias[r] + sum_k a[r, k] * b[s, k]: A @ B.T with both operands' rows
-    contiguous along k (bias of length 0: none).
+    """out[r, s] = bias[r] + sum_k a[r, k] * b[s, k] for k < L: A @ B.T with both
+    operands' rows contiguous along the summed axis (bias of length 0: none).
 
     The linear layers' three products, each given as rows that are contiguous along the
     summed axis: y = w @ x is gemm_nt(w, x.T), dx = w.T @ dy is gemm_nt(w.T, dy.T) and
@@ -336,7 +338,7 @@ def _gemm_nt(a, b, bias, out):
     dot products that share every load (4 rows of a, 4 of b: 8 loads for 16
     multiply-adds), which LLVM vectorizes along k; blocks at the edges sum one at a time.
     """
-    R, K = a.shape
+    R, L = a.shape
     S = b.shape[0]
     zero = out.dtype.type(0)
     blocks = (S + 3) // 4
@@ -348,7 +350,7 @@ def _gemm_nt(a, b, bias, out):
             b0, b1, b2, b3 = b[s0], b[s0 + 1], b[s0 + 2], b[s0 + 3]
             c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
             c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
-            for k in range(K):
+            for k in range(L):
                 x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
                 y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
                 c00 += x0 * y0
@@ -378,7 +380,7 @@ def _gemm_nt(a, b, bias, out):
             for r in range(r0, min(r0 + 4, R)):
                 for s in range(s0, min(s0 + 4, S)):
                     acc = zero
-                    for k in range(K):
+                    for k in range(L):
                         acc += a[r, k] * b[s, k]
                     out[r, s] = acc
         if bias.shape[0] > 0:
@@ -435,7 +437,8 @@ def _maxpool2d_forward(x, size, stride, relu, y, arg):
                         arow[n] = t if take else arow[n]
             if relu:
                 for n in range(N):
-                    alive = yrow[n] > 0
+                    # a NaN stays alive, so it reaches the loss, as in the other backends
+                    alive = (yrow[n] > 0) | (yrow[n] != yrow[n])
                     arow[n] = arow[n] if alive else dead
                     yrow[n] = yrow[n] if alive else 0
 
@@ -857,13 +860,10 @@ class NumbaBackend(HostBackend):
         return dx
 
     def separable_filter(self, a, gh, gw):
+        self.check_separable_filter(a, gh, gw)
         a = np.ascontiguousarray(a)
-        F, H, W, N = a.shape
-        if gh.shape != (H, H) or gw.shape != (W, W) or a.dtype not in (np.float32, np.float64):
-            return super().separable_filter(a, gh, gw)  # which names the problem
         tmp, out = np.empty_like(a), np.empty_like(a)
-        _KERNELS["separable_filter"](a, np.ascontiguousarray(gh, dtype=a.dtype),
-                                     np.ascontiguousarray(gw, dtype=a.dtype), tmp, out)
+        _KERNELS["separable_filter"](a, np.ascontiguousarray(gh), np.ascontiguousarray(gw), tmp, out)
         return out
 
     def warp_bilinear(self, x, coeffs, displacement, background: float):
