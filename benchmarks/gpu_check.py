@@ -178,14 +178,6 @@ def cupy_tests(check: Check, stage: Stage) -> None:
                            "cupy and not cpu"], 180, skips_fail=False)
 
 
-def seconds_to(epochs: list[dict], target: float) -> float | None:
-    """Training seconds until the first epoch whose test accuracy reached ``target``."""
-    for record in epochs:
-        if record["test_accuracy"] >= target:
-            return record["train_seconds"]
-    return None
-
-
 def train(check: Check, stage: Stage) -> None:
     run_dir = check.scratch / "default-run"
     done = check.run(stage, [check.python, "-m", "fastlenet", "train", "--backend", "cupy",
@@ -195,11 +187,13 @@ def train(check: Check, stage: Stage) -> None:
         stage.status = "failed"
         stage.note = stage.note or "training did not finish (see train.log)"
         return
-    metrics = json.loads(metrics_path.read_text())
-    epochs = json.loads((run_dir / "history.json").read_text())["epochs"]
-    to_99 = seconds_to(epochs, 0.99)
+    from fastlenet.runs import load_run  # installed by now
+
+    run = load_run(run_dir)
+    metrics, epochs = run.metrics, run.epochs
+    to_97, to_99 = ((run.time_to(t) or (None,))[0] for t in (0.97, 0.99))
     stage.figures = {"test_accuracy": metrics["test_accuracy"], "train_seconds": metrics["train_seconds"],
-                     "seconds_to_99": to_99, "seconds_to_97": seconds_to(epochs, 0.97),
+                     "seconds_to_99": to_99, "seconds_to_97": to_97,
                      "epochs": [{k: r[k] for k in ("epoch", "test_accuracy", "epoch_seconds",
                                                    "train_seconds")} for r in epochs]}
     stage.status = "passed"

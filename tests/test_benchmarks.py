@@ -309,10 +309,14 @@ def test_gpu_check_records_a_failed_stage_and_goes_on(tmp_path):
 
 
 def test_gpu_check_targets_read_the_figures():
-    from benchmarks.gpu_check import Stage, seconds_to, targets
+    from benchmarks.gpu_check import Stage, targets
+    from fastlenet.runs import Run
 
-    epochs = [{"test_accuracy": 0.985, "train_seconds": 0.4}, {"test_accuracy": 0.991, "train_seconds": 0.8}]
-    assert seconds_to(epochs, 0.99) == 0.8 and seconds_to(epochs, 0.995) is None
+    # the time to 99% gpu_check reports is the run folder's (fastlenet.runs)
+    epochs = [{"epoch": 1, "test_accuracy": 0.985, "train_seconds": 0.4},
+              {"epoch": 2, "test_accuracy": 0.991, "train_seconds": 0.8}]
+    run = Run(Path("."), {}, {"steps": [], "epochs": epochs})
+    assert run.time_to(0.99) == (0.8, 2) and run.time_to(0.995) is None
     lines = targets({"train": Stage("train", figures={"test_accuracy": 0.991, "seconds_to_99": 1.6}),
                      "bench": Stage("bench", figures={"epoch_cupy_vs_torch-cuda": 0.41,
                                                       "epoch_cupy_vs_torch-cuda-graphs": 1.2})})
