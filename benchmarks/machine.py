@@ -31,6 +31,35 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+# vector instruction sets worth naming with a figure (PyTorch's oneDNN and LLVM use the
+# widest the CPU has, and speed ratios differ by 2-3x between AVX2 and AVX-512 machines)
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
+
+
+def cpu_details() -> dict:
+    """CPU family and model numbers, the vector instruction sets of VECTOR_FLAGS the CPU
+    has, and LLVM's name for it (the target Numba compiles for), where known."""
+    details: dict = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key in ("cpu family", "model") and key not in details:
+                    details[key] = value
+                elif key == "flags":
+                    have = set(value.split())
+                    details["vector_features"] = [flag for flag in VECTOR_FLAGS if flag in have]
+                    break
+    except OSError:
+        pass
+    try:
+        import llvmlite.binding as llvm
+        details["llvm_cpu"] = llvm.get_host_cpu_name()
+    except Exception:  # llvmlite absent or too old: no name
+        pass
+    return details
+
+
 def usable_cores() -> int:
     """Cores this process may run on (the affinity mask, where the OS has one)."""
     try:
@@ -83,6 +112,7 @@ def describe() -> dict:
     setup (pytest-benchmark warns when a compared run's machine description differs)."""
     return {
         "cpu": cpu_model(),
+        "cpu_details": cpu_details(),
         "cores": usable_cores(),
         "gpus": gpus(),
         "os": platform.platform(),

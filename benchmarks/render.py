@@ -141,7 +141,13 @@ def machine_section(results: Results) -> str:
                      f"thread{'' if b.get('num_threads') == 1 else 's'})"
                      for b in m.get("blas", [])) or "unknown"
     gpus = "; GPU: " + "; ".join(m["gpus"]) if m.get("gpus") else ""
-    lines = [f"Machine: {m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores{gpus}; BLAS: {blas}.",
+    d = m.get("cpu_details", {})
+    cpu = m.get("cpu", "unknown CPU")
+    about = [f"family {d['cpu family']} model {d['model']}" if "cpu family" in d else "",
+             f"LLVM target {d['llvm_cpu']}" if "llvm_cpu" in d else "",
+             " ".join(f.upper() for f in d.get("vector_features", []))]
+    cpu += f" ({'; '.join(a for a in about if a)})" if any(about) else ""
+    lines = [f"Machine: {cpu}, {m.get('cores', '?')} cores{gpus}; BLAS: {blas}.",
              f"Software: {libs or 'unknown'}."]
     when = c.get("date", "an unknown date")
     load = c.get("load_average_at_start")
