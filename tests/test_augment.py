@@ -15,6 +15,7 @@ from helpers import write_tiny_mnist
 MEAN, STD = 0.13, 0.31
 BACKGROUND = -MEAN / STD
 OFF = AugmentSettings(shift=0, rotate=0, scale=0, shear=0, elastic=0, noise=0)
+ALL_ON = AugmentSettings(elastic=16.0, noise=0.02)  # the defaults plus the two that are off
 
 
 def digits(n, c=1, seed=0):
@@ -31,8 +32,8 @@ def to_host(backend, a):
 
 def test_same_seed_same_batches_other_seed_or_batch_differs(backend):
     x = backend.asarray(digits(16))
-    first, again = (Augmenter(backend, AugmentSettings(), MEAN, STD, seed=5) for _ in range(2))
-    other = Augmenter(backend, AugmentSettings(), MEAN, STD, seed=6)
+    first, again = (Augmenter(backend, ALL_ON, MEAN, STD, seed=5) for _ in range(2))
+    other = Augmenter(backend, ALL_ON, MEAN, STD, seed=6)
     a1, a2 = to_host(backend, first(x)), to_host(backend, first(x))
     np.testing.assert_array_equal(a1, to_host(backend, again(x)))
     np.testing.assert_array_equal(a2, to_host(backend, again(x)))
@@ -49,7 +50,7 @@ def test_same_seed_same_batches_other_seed_or_batch_differs(backend):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_shape_and_dtype_are_kept_for_any_batch(backend, n, dtype):
     x = backend.asarray(digits(n, c=2).astype(dtype))
-    y = Augmenter(backend, AugmentSettings(), MEAN, STD)(x)
+    y = Augmenter(backend, ALL_ON, MEAN, STD)(x)
     assert type(y) is type(x) and y.shape == x.shape and y.dtype == x.dtype
     assert np.isfinite(to_host(backend, y)).all()
 
@@ -201,7 +202,8 @@ def test_augmented_digits_stay_recognisable(augmented_run):
 
     clean, augmented = accuracy(OFF), accuracy(AugmentSettings())
     turned = accuracy(AugmentSettings(**{**vars(OFF), "rotate": 180}))
-    # measured: 92.8% clean, 86.7% augmented, 34.4% turned (3,000 images, 5 epochs, seed 0)
+    # measured: 93.0% clean, 88.8% augmented, 34.8% turned (3,000 images, 5 epochs, seed 0,
+    # the default augmentation: affine maps only)
     assert clean > 0.9
     assert augmented > clean - 0.10, (clean, augmented)
     assert turned < augmented - 0.2, (augmented, turned)
