@@ -377,8 +377,8 @@ class ReLUMaxPool2d(_Pool2d):
                                     {} if self.stride == self.size else {"stride": self.stride})
 
     def describe(self, in_shape):
-        _, params, connections = MaxPool2d(self.size, self.stride).describe(in_shape)
-        return repr(self), params, connections + math.prod(in_shape)  # + the ReLU's
+        kind, params, connections = super().describe(in_shape)
+        return kind, params, connections + math.prod(in_shape)  # + the ReLU's
 
     def forward(self, x):
         y, self._ctx = self.backend.relu_maxpool2d_forward(x, self.size, self.stride)
