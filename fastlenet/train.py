@@ -276,11 +276,11 @@ class TrainingStep:
         self.optimizer.prepare_step()
         if self.augmenter is None:
             return self._run(idx)[0]
-        xb = self.augmenter(self.backend.to_batch_last(self.x[idx]))
+        xb = self.augmenter(self.backend.to_batch_last(self.x, idx))
         return self._run(xb, self.y[idx])[0]
 
     def _from_indices(self, idx):
-        return self._from_batch(self.backend.to_batch_last(self.x[idx]), self.y[idx])
+        return self._from_batch(self.backend.to_batch_last(self.x, idx), self.y[idx])
 
     def _from_batch(self, xb, yb):
         """Forward, loss, backward and update on xb (C, H, W, B) with labels yb (B,);

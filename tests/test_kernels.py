@@ -53,11 +53,26 @@ def test_batch_last_round_trip(backend, shape):
     _check(backend, backend.from_batch_last(xb), x, np.float32)
 
 
+@pytest.mark.parametrize("shape", [(9, 1, 4, 4), (40, 3, 2, 5), (11, 7)])
+def test_batch_last_gathers_by_index(backend, shape):
+    """to_batch_last(x, index) is to_batch_last(x[index]): any order, repeats, negative
+    indices counted from the end, an empty batch; an index past the end is an error."""
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    for index in ([3, 0, 0, 8], [-1, 2, -9], list(range(8, -1, -1)), []):
+        idx = backend.asarray(np.array(index, dtype=np.int64))
+        xb = backend.to_batch_last(backend.asarray(x), idx)
+        _check(backend, xb, np.moveaxis(x[index], 0, -1), np.float32)
+    with pytest.raises(IndexError):
+        backend.to_batch_last(backend.asarray(x), backend.asarray(np.array([0, len(x)])))
+
+
 # ----------------------------------------------------------------- convolution
 # (C, H, W, N, K, KH, KW, stride, pad): odd batches, non-square inputs and kernels,
-# strides 1-3, paddings 0-2, kernels 1-5, one LeNet-like layer.
+# strides 1-3, paddings 0-2, kernels 1-5, one LeNet-like layer, and one whose output is
+# narrower than its kernel (no input column is reached by every kernel column).
 CONV_CASES = [
     (1, 7, 7, 1, 2, 1, 1, 1, 0),
+    (3, 6, 3, 5, 2, 3, 5, 1, 1),
     (3, 8, 6, 3, 4, 3, 3, 1, 1),
     (2, 9, 7, 7, 3, 3, 3, 2, 1),
     (2, 9, 10, 3, 2, 5, 5, 3, 2),

@@ -155,10 +155,16 @@ class Backend(ABC):
         """
         out[...] = values
 
-    def to_batch_last(self, x_nchw: Array) -> Array:
-        """``(N, C, H, W)`` -> contiguous ``(C, H, W, N)``; ``(N, F)`` -> ``(F, N)``."""
+    def to_batch_last(self, x_nchw: Array, index: Array | None = None) -> Array:
+        """``(N, C, H, W)`` -> contiguous ``(C, H, W, N)``; ``(N, F)`` -> ``(F, N)``. With
+        ``index`` (a 1-d integer array on the device), the samples ``x_nchw[index]``, in
+        that order: a training batch gathered from the training set, which a backend may
+        read in place instead of copying it out first."""
         xp = self.xp
-        return xp.ascontiguousarray(xp.moveaxis(xp.asarray(x_nchw), 0, -1))
+        x = xp.asarray(x_nchw)
+        if index is not None:
+            x = x[index]
+        return xp.ascontiguousarray(xp.moveaxis(x, 0, -1))
 
     def from_batch_last(self, x: Array) -> Array:
         """Inverse of :meth:`to_batch_last`."""

@@ -28,6 +28,8 @@ before the backward, which the layers of fastlenet.nn never do.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -72,10 +74,12 @@ class HostBackend(Backend):
 class NumpyBackend(HostBackend):
     name = "numpy"
 
-    def to_batch_last(self, x_nchw):
+    def to_batch_last(self, x_nchw, index=None):
         x = np.asarray(x_nchw)
+        if index is not None:
+            x = x[index]
         N = x.shape[0]
-        flat = x.reshape(N, -1)
+        flat = x.reshape(N, math.prod(x.shape[1:]))
         out = np.empty((flat.shape[1], N), dtype=x.dtype)
         # The one loop over samples in this backend, in blocks of 8: a transposing copy
         # reads one side with a large stride, and NumPy's plain one ran
