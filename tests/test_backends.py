@@ -86,7 +86,7 @@ def test_softmax_is_stable_and_matches_the_loss_gradient(backend):
 KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backward",
            "maxpool2d_forward", "maxpool2d_backward", "relu_maxpool2d_forward",
            "relu_maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
-           "linear_forward", "linear_backward", "softmax", "softmax_cross_entropy",
+           "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward", "linear_forward", "linear_backward", "softmax", "softmax_cross_entropy",
            "adam_update_device", "set_scalars", "separable_filter", "warp_bilinear")
 OWN_KERNELS = {
     "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
@@ -96,7 +96,7 @@ OWN_KERNELS = {
               "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
               "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
               "softmax_cross_entropy", "adam_update_device", "separable_filter",
-              "warp_bilinear"},
+              "warp_bilinear", "conv2d_relu_maxpool2d_forward"},
     "cupy": {"conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
              "relu_maxpool2d_forward", "relu_maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward", "linear_forward", "linear_backward",

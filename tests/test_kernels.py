@@ -380,6 +380,46 @@ def test_conv2d_on_random_shapes_matches_numpy(candidate, seed, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", range(12))
+def test_conv_relu_maxpool_on_random_shapes_matches_numpy(candidate, seed, dtype):
+    """The fused conv + ReLU + max-pool against the NumPy backend's chain of the three:
+    random convolutions (strided ones take the chained path), windows of 1-3 with
+    leftover rows and columns, gaps and overlaps, odd channel counts; the input is small
+    integers, so the convolution's outputs tie and the ReLU zeroes whole windows."""
+    rng = np.random.default_rng(300 + seed)
+    x_shape, w_shape, stride, pad = _random_conv_case(rng)
+    if seed % 2:
+        stride = 1  # the fused path, in half the cases
+    OH, OW = ((n + 2 * pad - k) // stride + 1 for n, k in zip(x_shape[1:3], w_shape[2:]))
+    size = int(rng.integers(1, min(OH, OW, 3) + 1))
+    pool_stride = size if seed % 4 < 3 else int(rng.integers(1, 4))
+    x, w = _ties(rng, x_shape, dtype), _ties(rng, w_shape, dtype)
+    b = _ties(rng, w_shape[0], dtype) if seed % 3 else None
+    need_dx = seed % 5 != 1
+
+    def run(be):
+        y, ctx = be.conv2d_relu_maxpool2d_forward(
+            be.asarray(x), be.asarray(w), None if b is None else be.asarray(b), stride, pad,
+            size, pool_stride)
+        dy = _normal(np.random.default_rng(seed + 200), y.shape, dtype)
+        return (y, *be.conv2d_relu_maxpool2d_backward(be.asarray(dy), ctx, need_dx=need_dx))
+
+    _agree(_both(candidate, run), dtype)
+
+
+def test_conv_relu_maxpool_keeps_nans(candidate):
+    """A NaN weight makes NaN outputs on every backend, never zeros that train on."""
+    rng = np.random.default_rng(5)
+    x = _normal(rng, (2, 8, 8, 5), np.float32)
+    w = _normal(rng, (3, 2, 3, 3), np.float32)
+    w[1, 0, 1, 1] = np.nan
+    (y, want), = _both(candidate, lambda be: (
+        be.conv2d_relu_maxpool2d_forward(be.asarray(x), be.asarray(w), None, 1, 0, 2, 2)[0],))
+    assert np.isnan(want[1]).all() and np.isnan(y[1]).all()
+    np.testing.assert_allclose(y, want, **_tol(np.float32))  # NaNs where NumPy has them
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["max", "relu_max", "avg"])
 @pytest.mark.parametrize("seed", range(10))
 def test_pooling_on_random_shapes_matches_numpy(candidate, seed, kind, dtype):

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from fastlenet.errors import ConfigError
-from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
-                          ReLU, ReLUMaxPool2d, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh)
+from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Conv2dReLUMaxPool2d, Dropout, Flatten,
+                          Linear, MaxPool2d, ReLU, ReLUMaxPool2d, Sequential, Sigmoid,
+                          SoftmaxCrossEntropy, Tanh)
 from fastlenet.nn.init import glorot_uniform, he_normal, lecun_normal
 
 
@@ -310,6 +311,65 @@ def test_relu_maxpool_layer_on_its_own(backend):
                                   backend.to_numpy(pair.forward(backend.asarray(x))))
     assert fused.describe((6, 28, 28)) == ("ReLU+MaxPool2d(2)", 0, 4_704 + 4_704)
     assert repr(ReLUMaxPool2d(3, stride=2)) == "ReLU+MaxPool2d(3, stride=2)"
+
+
+@pytest.mark.parametrize("pool", [MaxPool2d(2), MaxPool2d(3, stride=2)])
+def test_fused_conv_relu_maxpool_matches_the_three_layers(backend, monkeypatch, pool):
+    """Sequential(Conv2d, ReLU, MaxPool2d) runs as one Conv2dReLUMaxPool2d step: the same
+    output, input gradient and parameter gradients as the three layers one by one, with
+    ties and windows the ReLU zeroes (small integers), and no input gradient for a model's
+    first layer."""
+    rng = np.random.default_rng(21)
+    x = rng.integers(-2, 3, size=(2, 9, 8, 5)).astype(np.float64)
+    calls = []
+    fused_forward = backend.conv2d_relu_maxpool2d_forward
+    monkeypatch.setattr(backend, "conv2d_relu_maxpool2d_forward",
+                        lambda *args: calls.append(1) or fused_forward(*args))
+    fused = bind(Sequential(Conv2d(2, 3, 2, padding=1), ReLU(), pool), backend, seed=4)
+    assert [type(step) for step in fused.plan] == [Conv2dReLUMaxPool2d]
+    for layer in fused.layers[:1]:  # integer weights: exact ties in the conv's output
+        layer.weight.data[...] = backend.asarray(rng.integers(-1, 2, size=layer.weight.shape))
+    chain = [bind(layer, backend) for layer in (Conv2d(2, 3, 2, padding=1), ReLU(), pool)]
+    for name in ("weight", "bias"):
+        getattr(chain[0], name).data[...] = getattr(fused.layers[0], name).data
+
+    y_fused = fused.forward(backend.asarray(x))
+    assert calls, "Sequential did not fuse Conv2d + ReLU + MaxPool2d"
+    y = backend.asarray(x)
+    for layer in chain:
+        y = layer.forward(y)
+    np.testing.assert_allclose(backend.to_numpy(y_fused), backend.to_numpy(y), rtol=1e-12)
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    dx_fused = fused.backward(dy)
+    dx = dy
+    for layer in reversed(chain):
+        dx = layer.backward(dx)
+    np.testing.assert_allclose(backend.to_numpy(dx_fused), backend.to_numpy(dx), rtol=1e-12)
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(backend.to_numpy(getattr(fused.layers[0], name).grad),
+                                   backend.to_numpy(getattr(chain[0], name).grad), rtol=1e-12)
+    fused.need_dx = False  # a model's first layer: weights' gradients only
+    fused.forward(backend.asarray(x))
+    assert fused.backward(dy) is None
+
+
+def test_fused_conv_relu_maxpool_gradients(backend):
+    x = np.random.default_rng(22).standard_normal((2, 7, 6, 3))
+    model = bind(Sequential(Conv2d(2, 3, 3, padding=1), ReLU(), MaxPool2d(2)), backend, seed=5)
+    assert isinstance(model.plan[0], Conv2dReLUMaxPool2d)
+    check_backward(backend, model, x)
+
+
+def test_conv_relu_maxpool_step_describes_itself():
+    conv = Conv2d(1, 6, 5)
+    step = Conv2dReLUMaxPool2d(conv, 2, 2)
+    assert repr(step) == "Conv2d(1, 6, 5)+ReLU+MaxPool2d(2)"
+    assert step.output_shape((1, 32, 32)) == (6, 14, 14)
+    # the convolution's parameters and connections, and the ReLU's and the pool's
+    assert step.describe((1, 32, 32)) == (repr(step), 156, 122_304 + 4_704 + 4_704)
+    # a conv, ReLU and max-pool not in a row are not fused; the ReLU + max-pool still is
+    plan = Sequential(Conv2d(1, 2, 3), Tanh(), ReLU(), MaxPool2d(2)).plan
+    assert [type(step) for step in plan] == [Conv2d, Tanh, ReLUMaxPool2d]
 
 
 def test_fused_relu_maxpool_gradients(backend):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fastlenet.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError
-from fastlenet.nn import (MODELS, Conv2d, Flatten, Linear, MaxPool2d, Model, ReLU, ReLUMaxPool2d,
-                          SoftmaxCrossEntropy, build_model)
+from fastlenet.nn import (MODELS, Conv2d, Conv2dReLUMaxPool2d, Flatten, Linear, Model,
+                          ReLUMaxPool2d, SoftmaxCrossEntropy, build_model)
 
 
 def images(n, seed=0):
@@ -41,19 +41,25 @@ def test_lenet5_summary():
 
 
 def test_the_executed_plan_is_visible():
-    """lenet5's two ReLU + max-pool pairs run as two ReLUMaxPool2d steps; every other step
-    is the layer as written, and the summary says which layers run fused."""
+    """lenet5's two conv + ReLU + max-pool blocks run as two Conv2dReLUMaxPool2d steps,
+    holding the model's own Conv2d layers; every other step is the layer as written, and
+    the summary says which layers run fused."""
     model = build_model("lenet5")
-    assert len(model.layers) == 12 and len(model.plan) == 10
-    fused = [step for step in model.plan if isinstance(step, ReLUMaxPool2d)]
-    assert [repr(step) for step in fused] == ["ReLU+MaxPool2d(2)"] * 2
-    assert [i for i in sorted(model.fused)] == [1, 2, 4, 5]
-    assert all(isinstance(model.layers[i], (ReLU, MaxPool2d)) for i in model.fused)
-    assert [s for s in model.plan if not isinstance(s, ReLUMaxPool2d)] == \
+    assert len(model.layers) == 12 and len(model.plan) == 8
+    fused = [step for step in model.plan if isinstance(step, Conv2dReLUMaxPool2d)]
+    assert [repr(step) for step in fused] == ["Conv2d(1, 6, 5)+ReLU+MaxPool2d(2)",
+                                              "Conv2d(6, 16, 5)+ReLU+MaxPool2d(2)"]
+    assert [step.conv for step in fused] == [model.layers[0], model.layers[3]]
+    assert [i for i in sorted(model.fused)] == [0, 1, 2, 3, 4, 5]
+    assert [s for s in model.plan if not isinstance(s, Conv2dReLUMaxPool2d)] == \
         [layer for i, layer in enumerate(model.layers) if i not in model.fused]
     text = model.summary_text().splitlines()
-    assert text[1].endswith("runs as") and text[-1].endswith("10 steps")
-    assert [line.split()[0] for line in text if line.endswith("fused")] == ["1", "2", "4", "5"]
+    assert text[1].endswith("runs as") and text[-1].endswith("8 steps")
+    assert [line.split()[0] for line in text if line.endswith("fused")] == ["0", "3"]
+    assert [line.split()[0] for line in text if line.endswith("(same step)")] == ["1", "2", "4", "5"]
+    # a model with batch norm between conv and ReLU keeps the ReLU + max-pool pair only
+    steps = [type(step) for step in build_model("compact").plan]
+    assert Conv2dReLUMaxPool2d not in steps and ReLUMaxPool2d in steps
 
 
 @pytest.mark.parametrize("name", list(MODELS))

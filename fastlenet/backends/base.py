@@ -312,6 +312,25 @@ class Backend(ABC):
         pool_ctx, y = ctx
         return self.maxpool2d_backward(dy * (y > 0), pool_ctx)
 
+    def conv2d_relu_maxpool2d_forward(self, x, w, b, stride: int, pad: int, size: int,
+                                      pool_stride: int):
+        """``maxpool(relu(conv2d(x)))`` (LeNet-5's conv blocks) as one call: a backend may
+        compute it without storing the convolution's output. This one chains the three.
+
+        x: (C, H, W, N), w: (K, C, KH, KW), b: (K,) or None -> y: (K, PH, PW, N), the
+        max-pool of ``size x size`` windows with ``pool_stride`` over the (K, OH, OW, N)
+        convolution output.
+        """
+        conv, conv_ctx = self.conv2d_forward(x, w, b, stride, pad)
+        y, pool_ctx = self.relu_maxpool2d_forward(conv, size, pool_stride)
+        return y, (conv_ctx, pool_ctx)
+
+    def conv2d_relu_maxpool2d_backward(self, dy, ctx, need_dx: bool = True):
+        """dy: (K, PH, PW, N) -> (dx or None, dw, db or None), as conv2d_backward."""
+        conv_ctx, pool_ctx = ctx
+        return self.conv2d_backward(self.relu_maxpool2d_backward(dy, pool_ctx), conv_ctx,
+                                    need_dx=need_dx)
+
     def linear_forward(self, x, w, b):
         """y = w @ x + b[:, None]; x: (IN, N), w: (OUT, IN), b: (OUT,) or None -> (OUT, N)."""
         self.check_linear(x, w, b)

@@ -353,7 +353,8 @@ class _Pool2d(Layer):
 class MaxPool2d(_Pool2d):
     """Max over each window; the gradient goes to the first maximum (PyTorch's rule).
 
-    Directly after a ReLU inside a Sequential, the pair runs as one ReLUMaxPool2d.
+    Directly after a ReLU inside a Sequential, the pair runs as one ReLUMaxPool2d (and
+    with the Conv2d before that ReLU, as one Conv2dReLUMaxPool2d).
     """
 
     def forward(self, x):
@@ -386,6 +387,46 @@ class ReLUMaxPool2d(_Pool2d):
 
     def backward(self, dy):
         return self.backend.relu_maxpool2d_backward(dy, self._ctx)
+
+
+class Conv2dReLUMaxPool2d(Layer):
+    """``MaxPool2d(size, stride)(ReLU()(conv(x)))``: a Conv2d and the ReLU and max-pool
+    that follow it (LeNet-5's conv blocks) as one backend call each way, which a backend
+    may run without storing the convolution's output (the Numba backend does).
+
+    It holds the Conv2d itself, not a copy: the parameters, their gradients and
+    ``need_dx`` are the convolution's. Sequential runs every such triple as one of these.
+    """
+
+    def __init__(self, conv: Conv2d, size: int, stride: int):
+        super().__init__()
+        self.conv = conv
+        self.pool = ReLUMaxPool2d(size, stride)  # its shape logic and name
+        self._ctx = None
+
+    def __repr__(self) -> str:
+        return f"{self.conv!r}+{self.pool!r}"
+
+    def output_shape(self, in_shape):
+        return self.pool.output_shape(self.conv.output_shape(in_shape))
+
+    def describe(self, in_shape):
+        _, params, conv_connections = self.conv.describe(in_shape)
+        pool_connections = self.pool.describe(self.conv.output_shape(in_shape))[2]
+        return repr(self), params, conv_connections + pool_connections
+
+    def forward(self, x):
+        conv = self.conv
+        y, self._ctx = self.backend.conv2d_relu_maxpool2d_forward(
+            x, conv.weight.data, conv._bias_data(), conv.stride, conv.padding,
+            self.pool.size, self.pool.stride)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = self.backend.conv2d_relu_maxpool2d_backward(dy, self._ctx,
+                                                                 need_dx=self.conv.need_dx)
+        self.conv._store_grads(dw, db)
+        return dx
 
 
 class AvgPool2d(_Pool2d):
@@ -667,8 +708,9 @@ class Sequential(Layer):
 
     ``layers`` is the architecture as written, and what indexing, iteration and parameter
     names follow (``"<index>.<attribute>"``: ``"0.weight"``, ``"8.running_mean"``).
-    ``plan`` is what forward and backward run: the same layer objects, except that a ReLU
-    directly followed by a MaxPool2d runs as one :class:`ReLUMaxPool2d`; ``Model``'s
+    ``plan`` is what forward and backward run: the same layer objects, except that a
+    Conv2d, ReLU and MaxPool2d in a row run as one :class:`Conv2dReLUMaxPool2d`, and any
+    other ReLU directly followed by a MaxPool2d as one :class:`ReLUMaxPool2d`; ``Model``'s
     summary shows it. With ``need_dx = False`` the first parameterised layer computes no
     input gradient and backward stops there.
     """
@@ -681,18 +723,22 @@ class Sequential(Layer):
                                   "not a Layer")
         self.layers = list(layers)
         self.plan: list[Layer] = []
-        self.fused: dict[int, ReLUMaxPool2d] = {}  # layer index -> the step it runs in
+        self.fused: dict[int, Layer] = {}  # layer index -> the fused step it runs in
         i = 0
         while i < len(self.layers):
-            pair = self.layers[i:i + 2]
-            if len(pair) == 2 and type(pair[0]) is ReLU and type(pair[1]) is MaxPool2d:
-                step = ReLUMaxPool2d(pair[1].size, pair[1].stride)
-                self.fused.update({i: step, i + 1: step})
-                i += 2
+            kinds = [type(layer) for layer in self.layers[i:i + 3]]
+            if kinds == [Conv2d, ReLU, MaxPool2d]:
+                pool = self.layers[i + 2]
+                step, width = Conv2dReLUMaxPool2d(self.layers[i], pool.size, pool.stride), 3
+            elif kinds[:2] == [ReLU, MaxPool2d]:
+                pool = self.layers[i + 1]
+                step, width = ReLUMaxPool2d(pool.size, pool.stride), 2
             else:
-                step = self.layers[i]
-                i += 1
+                step, width = self.layers[i], 1
+            if width > 1:
+                self.fused.update({i + j: step for j in range(width)})
             self.plan.append(step)
+            i += width
         self._first_trainable = next((i for i, layer in enumerate(self.layers)
                                       if layer.num_parameters()), None)
         self._need_dx = True

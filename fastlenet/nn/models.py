@@ -176,14 +176,20 @@ class Model(Sequential):
 
     def summary_text(self) -> str:
         """The summary as an aligned table with totals. Its last column says where the
-        executed plan differs from the layers as written (a fused ReLU + max-pool)."""
+        executed plan differs from the layers as written (a fused conv + ReLU + max-pool)."""
         rows = self.summary()
         table = [("layer", "kind", "output shape", "parameters", "connections", "runs as"),
                  ("", "input", str(self.input_shape), "", "", "")]
         for r in rows:
             step = self.fused.get(r["index"])
+            if step is None:
+                runs_as = ""
+            elif self.fused.get(r["index"] - 1) is step:
+                runs_as = "  (same step)"
+            else:
+                runs_as = f"{step!r}, fused"
             table.append((str(r["index"]), r["kind"], str(r["output_shape"]), f"{r['params']:,}",
-                          f"{r['connections']:,}", "" if step is None else f"{step!r}, fused"))
+                          f"{r['connections']:,}", runs_as))
         table.append(("", "total", "", f"{sum(r['params'] for r in rows):,}",
                       f"{sum(r['connections'] for r in rows):,}", f"{len(self.plan)} steps"))
         widths = [max(len(row[c]) for row in table) for c in range(6)]
