@@ -18,6 +18,7 @@ The LeNet-5 shapes at batch N (what the model runs):
 | conv1 | (1, 32, 32, N) | (6, 1, 5, 5) | (6, 28, 28, N); no input gradient (first layer) |
 | conv2 | (6, 14, 14, N) | (16, 6, 5, 5) | (16, 10, 10, N) |
 | pool1, pool2 | (6, 28, 28, N), (16, 10, 10, N) | 2x2 windows, stride 2 | (6, 14, 14, N), (16, 5, 5, N) |
+| conv block (conv1, conv2) | conv1's, conv2's | and the pool after it | (6, 14, 14, N), (16, 5, 5, N): conv + ReLU + max-pool, the step the model runs forward |
 | fc1, fc2, fc3 | (400, N), (120, N), (84, N) | (120, 400), (84, 120), (10, 84) | (120, N), (84, N), (10, N) |
 | loss | logits (10, N), labels (N,) | | loss and dlogits (10, N) |
 | adam | every LeNet-5 parameter and its gradient (61,706 values) | | |
@@ -188,6 +189,13 @@ class BackendCases:
         _, ctx = be.conv2d_forward(x, w, b, 1, 0)
         return self._timed(lambda: be.conv2d_backward(dy, ctx, need_dx)), self._host
 
+    def conv2d_relu_maxpool2d_forward(self, x, w, b):
+        be = self.backend
+        x, w, b = self._device(x, w, b)
+        return (self._timed(lambda: be.conv2d_relu_maxpool2d_forward(x, w, b, 1, 0, POOL_SIZE,
+                                                                     POOL_SIZE)),
+                lambda out: self._host(out[:1]))
+
     def maxpool2d_forward(self, x):
         be = self.backend
         (x,) = self._device(x)
@@ -297,6 +305,12 @@ class TorchCases:
             dx, dw, db = out
             return ([self._chwn(dx)] if need_dx else []) + [self._host(dw), self._host(db)]
         return self._timed(call), fetch
+
+    def conv2d_relu_maxpool2d_forward(self, x, w, b):
+        torch, conv = self.torch, self.torch.nn.functional.conv2d
+        x, w, b = self._nchw(x), self._tensor(w), self._tensor(b)
+        return (self._timed(lambda: self._pool(torch.relu(conv(x, w, b)))),
+                lambda out: [self._chwn(out[0])])
 
     def _pool(self, x):
         return self.torch.ops.aten.max_pool2d_with_indices(x, [POOL_SIZE] * 2, [POOL_SIZE] * 2)

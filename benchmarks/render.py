@@ -137,9 +137,13 @@ def machine_section(results: Results) -> str:
     m, c = results.machine, results.conditions
     versions = m.get("versions", {})
     libs = ", ".join(f"{k} {v}" for k, v in versions.items())
-    blas = "; ".join(f"{b.get('name')} {b.get('version')} ({b.get('num_threads')} "
-                     f"thread{'' if b.get('num_threads') == 1 else 's'})"
+    blas = "; ".join(f"{b.get('name')} {b.get('version')}"
+                     + (f" {b['architecture']} kernels" if b.get("architecture") else "")
+                     + f" ({b.get('num_threads')} thread{'' if b.get('num_threads') == 1 else 's'})"
                      for b in m.get("blas", [])) or "unknown"
+    kernel_variables = m.get("kernel_variables") or {}
+    if kernel_variables:
+        blas += "; set: " + ", ".join(f"{k}={v}" for k, v in kernel_variables.items())
     gpus = "; GPU: " + "; ".join(m["gpus"]) if m.get("gpus") else ""
     d = m.get("cpu_details", {})
     cpu = m.get("cpu", "unknown CPU")
@@ -272,7 +276,8 @@ def memory_section(results: Results) -> str | None:
                            "first step, warm", "start to first step"], rows)
 
 
-OP_ORDER = ("conv2d_forward", "conv2d_backward", "relu_maxpool2d_forward",
+OP_ORDER = ("conv2d_relu_maxpool2d_forward", "conv2d_forward", "conv2d_backward",
+            "relu_maxpool2d_forward",
             "relu_maxpool2d_backward", "maxpool2d_forward", "maxpool2d_backward",
             "linear_forward", "linear_backward", "softmax_cross_entropy", "adam_update")
 

@@ -58,6 +58,15 @@ def test_conv2d_backward(benchmark, contender, batch, layer):
     measure(benchmark, contender, "conv2d_backward", layer, conv_inputs(layer, batch), batch)
 
 
+@pytest.mark.parametrize("layer", CONVS)
+def test_conv2d_relu_maxpool2d_forward(benchmark, contender, batch, layer):
+    """A conv block forward, as the model runs it: the convolution, ReLU and 2x2 max-pool
+    as one call (fastlenet's numba backend never stores the convolution's output;
+    PyTorch runs its three ops)."""
+    x, w, b, _, _ = conv_inputs(layer, batch)
+    measure(benchmark, contender, "conv2d_relu_maxpool2d_forward", layer, (x, w, b), batch)
+
+
 @pytest.mark.parametrize("layer", POOLS)
 def test_maxpool2d_forward(benchmark, contender, batch, layer):
     x, _ = pool_inputs(layer, batch)
