@@ -208,7 +208,7 @@ def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
                 if size == 2:
                     _pool_window_2x2(rows[2 * kk], rows[2 * kk + 1], j2 * 2 * N, N, yrow, arow)
                 else:
-                    _pool_window(rows[kk * size:(kk + 1) * size], j2 * size * N, N, yrow, arow)
+                    _pool_window(rows[kk * size:(kk + 1) * size], j2 * size * N, N, yrow, arow, True)
 
 
 def _take(v, best):
@@ -245,11 +245,17 @@ def _pool_window_2x2(top, bottom, start, N, yrow, arow):
         arow[n] = t if alive else 4
 
 
-def _pool_window(rows, start, N, yrow, arow):
-    """The same for a size x size window (size = len(rows)), one position at a time."""
+def _pool_window(rows, start, N, yrow, arow, relu):
+    """One size x size window of every image (size = len(rows)), its columns beginning at
+    ``start`` in each of ``rows``: yrow = the max, arow = the offset p*size + q of the first
+    maximum in row-major order (a strict '>' keeps the earlier one on ties; a NaN wins and
+    stays, so it reaches the loss). With ``relu`` yrow = max(max, 0), and windows whose max
+    is <= 0 get the offset size*size, which the backward routes nowhere. One window
+    position at a time, each a pass over the images."""
     size = rows.shape[0]
+    first = rows[0, start:start + N]
     for n in range(N):
-        yrow[n] = rows[0, start + n]
+        yrow[n] = first[n]
         arow[n] = 0
     for p in range(size):
         for q in range(size):
@@ -257,17 +263,18 @@ def _pool_window(rows, start, N, yrow, arow):
                 continue
             t = p * size + q
             xrow = rows[p, start + q * N:start + (q + 1) * N]
-            for n in range(N):
+            for n in range(N):  # branch-free: selects vectorize, branches did not
                 v = xrow[n]
                 best = yrow[n]
                 take = _take(v, best)
                 yrow[n] = v if take else best
                 arow[n] = t if take else arow[n]
-    dead = size * size
-    for n in range(N):
-        alive = (yrow[n] > 0) | (yrow[n] != yrow[n])
-        arow[n] = arow[n] if alive else dead
-        yrow[n] = yrow[n] if alive else 0
+    if relu:
+        dead = size * size
+        for n in range(N):
+            alive = (yrow[n] > 0) | (yrow[n] != yrow[n])
+            arow[n] = arow[n] if alive else dead
+            yrow[n] = yrow[n] if alive else 0
 
 
 _take = numba.njit(**_OPTIONS)(_take)
@@ -518,44 +525,20 @@ def _row_sums(a, out):
 # (``x[c, r, col]``, N contiguous values), which Numba vectorizes.
 
 def _maxpool2d_forward(x, size, stride, relu, y, arg):
-    """y[c, i, j, n] = max of the window at (i*s, j*s); arg = offset p*size + q of its
-    first maximum in row-major order (a strict '>' keeps the earlier one on ties; a NaN
-    wins and stays, so it reaches the loss). With ``relu`` the output is max(y, 0) and
-    windows whose max is <= 0 get the offset size*size, which the backward routes nowhere.
+    """y[c, i, j, n] = max of the window at (i*s, j*s) and arg its first maximum's offset,
+    as _pool_window defines them (with ``relu``, of the ReLU's output). x contiguous.
 
     One task per output row (c, i).
     """
     C, OH, OW, N = y.shape
-    dead = size * size
+    H, W = x.shape[1], x.shape[2]
+    planes = x.reshape(C, H, W * N)
     for task in prange(C * OH):
         c = task // OH
         i = task % OH
+        rows = planes[c, i * stride:i * stride + size]
         for j in range(OW):
-            yrow = y[c, i, j]
-            arow = arg[c, i, j]
-            first = x[c, i * stride, j * stride]
-            for n in range(N):
-                yrow[n] = first[n]
-                arow[n] = 0
-            for p in range(size):
-                for q in range(size):
-                    if p == 0 and q == 0:
-                        continue
-                    t = p * size + q
-                    xrow = x[c, i * stride + p, j * stride + q]
-                    for n in range(N):
-                        v = xrow[n]
-                        best = yrow[n]
-                        # branch-free (selects vectorize, branches did not)
-                        take = (v > best) | ((v != v) & (best == best))
-                        yrow[n] = v if take else best
-                        arow[n] = t if take else arow[n]
-            if relu:
-                for n in range(N):
-                    # a NaN stays alive, so it reaches the loss, as in the other backends
-                    alive = (yrow[n] > 0) | (yrow[n] != yrow[n])
-                    arow[n] = arow[n] if alive else dead
-                    yrow[n] = yrow[n] if alive else 0
+            _pool_window(rows, j * stride * N, N, y[c, i, j], arg[c, i, j], relu)
 
 
 def _maxpool2d_backward(dy, arg, size, dx):
