@@ -107,6 +107,13 @@ def gpus() -> list[str]:
     return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
 
 
+# environment variables that choose which kernels run: OPENBLAS_CORETYPE=Haswell (set on
+# the development machines) keeps OpenBLAS to its AVX2 kernels on an AVX-512 CPU
+KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_VERBOSE", "NUMBA_CPU_NAME",
+                    "NUMBA_CPU_FEATURES", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
+                    "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES")
+
+
 def describe() -> dict:
     """The machine and software, as a JSON-ready dict; the same for every run of one
     setup (pytest-benchmark warns when a compared run's machine description differs)."""
@@ -120,16 +127,10 @@ def describe() -> dict:
         "versions": versions(),
         "thread_variables": {k: v for k, v in sorted(os.environ.items())
                              if k.endswith("_NUM_THREADS") or k == "NUMBA_THREADING_LAYER"},
-        # variables that choose which kernels run: OPENBLAS_CORETYPE=Haswell (set on the
-        # development machines) keeps OpenBLAS to its AVX2 kernels on an AVX-512 CPU
         "kernel_variables": {k: v for k, v in sorted(os.environ.items())
                              if k in KERNEL_VARIABLES},
     }
 
-
-KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_VERBOSE", "NUMBA_CPU_NAME",
-                    "NUMBA_CPU_FEATURES", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
-                    "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES")
 
 
 def load_average() -> list[float] | None:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from fastlenet.errors import ConfigError
-from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Conv2dReLUMaxPool2d, Dropout, Flatten,
-                          Linear, MaxPool2d, ReLU, ReLUMaxPool2d, Sequential, Sigmoid,
-                          SoftmaxCrossEntropy, Tanh)
+from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
+                          ReLU, ReLUMaxPool2d, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh)
+from fastlenet.nn.layers import Conv2dReLUMaxPool2d
 from fastlenet.nn.init import glorot_uniform, he_normal, lecun_normal
 
 
@@ -327,8 +327,8 @@ def test_fused_conv_relu_maxpool_matches_the_three_layers(backend, monkeypatch, 
                         lambda *args: calls.append(1) or fused_forward(*args))
     fused = bind(Sequential(Conv2d(2, 3, 2, padding=1), ReLU(), pool), backend, seed=4)
     assert [type(step) for step in fused.plan] == [Conv2dReLUMaxPool2d]
-    for layer in fused.layers[:1]:  # integer weights: exact ties in the conv's output
-        layer.weight.data[...] = backend.asarray(rng.integers(-1, 2, size=layer.weight.shape))
+    conv = fused.layers[0]  # integer weights: exact ties in the conv's output
+    conv.weight.data[...] = backend.asarray(rng.integers(-1, 2, size=conv.weight.shape))
     chain = [bind(layer, backend) for layer in (Conv2d(2, 3, 2, padding=1), ReLU(), pool)]
     for name in ("weight", "bias"):
         getattr(chain[0], name).data[...] = getattr(fused.layers[0], name).data
@@ -370,6 +370,9 @@ def test_conv_relu_maxpool_step_describes_itself():
     # a conv, ReLU and max-pool not in a row are not fused; the ReLU + max-pool still is
     plan = Sequential(Conv2d(1, 2, 3), Tanh(), ReLU(), MaxPool2d(2)).plan
     assert [type(step) for step in plan] == [Conv2d, Tanh, ReLUMaxPool2d]
+    # Sequential makes the step itself; one written into a Sequential is refused
+    with pytest.raises(ConfigError, match="write Conv2d, ReLU\\(\\) and MaxPool2d in a row"):
+        Sequential(step, Flatten())
 
 
 def test_fused_relu_maxpool_gradients(backend):

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from fastlenet.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError
-from fastlenet.nn import (MODELS, Conv2d, Conv2dReLUMaxPool2d, Flatten, Linear, Model,
-                          ReLUMaxPool2d, SoftmaxCrossEntropy, build_model)
+from fastlenet.nn import (MODELS, Conv2d, Flatten, Linear, Model, ReLUMaxPool2d,
+                          SoftmaxCrossEntropy, build_model)
+from fastlenet.nn.layers import Conv2dReLUMaxPool2d
 
 
 def images(n, seed=0):

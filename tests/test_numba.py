@@ -123,6 +123,10 @@ def test_pure_python_copy_gives_the_same_results(tmp_path):
         dx, dw, db = be.conv2d_backward(y, ctx)
         p, pctx = be.relu_maxpool2d_forward(y, 2, 2)
         out = [y, dx, dw, db, p, be.relu_maxpool2d_backward(p, pctx)]
+        for size in (2, 3):  # the conv block's 2x2 path and its general one
+            block, bctx = be.conv2d_relu_maxpool2d_forward(x, w, w[0, 0, 0], 1, 1, size, size)
+            out += [block, *be.conv2d_relu_maxpool2d_backward(block, bctx)]
+        out.append(be.to_batch_last(x, np.array([1, -2, 0, 1])))
         np.savez(OUT, *out)
     """
     results = []
@@ -134,3 +138,20 @@ def test_pure_python_copy_gives_the_same_results(tmp_path):
             results.append([saved[key] for key in sorted(saved.files)])
     for plain, compiled in zip(*results):
         _close(plain, compiled)
+
+
+def test_input_gradient_after_another_kernel_width_of_the_same_widened_width():
+    """The zero-margined copy of dy is kept per shape; a convolution with another kernel
+    width whose dy widens to the same width must not find the first one's values in its
+    margins (a 1x4 kernel on 8 output columns, then 1x6 on 4: both widen to 14)."""
+    nb, npb = backends.get_backend("numba"), backends.get_backend("numpy")
+    rng = np.random.default_rng(1)
+
+    def dx(be, x, w):
+        y, ctx = be.conv2d_forward(x, w, None, 1, 0)
+        return be.conv2d_backward(np.ones_like(y), ctx)[0]
+
+    x4, w4 = rng.standard_normal((1, 3, 11, 2)), rng.standard_normal((1, 1, 1, 4))
+    x6, w6 = rng.standard_normal((1, 3, 9, 2)), rng.standard_normal((1, 1, 1, 6))
+    dx(nb, x4, w4)
+    _close(dx(nb, x6, w6), dx(npb, x6, w6))

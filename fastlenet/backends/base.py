@@ -67,7 +67,9 @@ def _check_floats(op: str, **arrays) -> None:
                              "the arrays to one dtype")
 
 
-def _check_window_options(op: str, size_name: str, size, stride, pad) -> None:
+def check_window_options(op: str, size_name: str, size, stride, pad) -> None:
+    """ArrayError unless the window size and stride are integers >= 1 and the padding an
+    integer >= 0, naming ``op`` and the option."""
     for name, value, low in ((size_name, size, 1), ("stride", stride, 1), ("pad", pad, 0)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ArrayError(f"{op}: {name} must be an integer >= {low}, got {value!r}")
@@ -159,7 +161,10 @@ class Backend(ABC):
         """``(N, C, H, W)`` -> contiguous ``(C, H, W, N)``; ``(N, F)`` -> ``(F, N)``. With
         ``index`` (a 1-d integer array on the device), the samples ``x_nchw[index]``, in
         that order: a training batch gathered from the training set, which a backend may
-        read in place instead of copying it out first."""
+        read in place instead of copying it out first. Negative indices count from the end;
+        an index past the end raises IndexError on the host backends and is not checked on
+        cupy (CuPy wraps it around; checking would read the index back to the host in every
+        training step)."""
         xp = self.xp
         x = xp.asarray(x_nchw)
         if index is not None:
@@ -181,7 +186,7 @@ class Backend(ABC):
         (C, H, W, N), w not (K, C, KH, KW), b not (K,) or None, the dtypes differ, the
         channels differ or the window does not fit."""
         _check_floats("conv2d", x=(x, "(C, H, W, N)"), w=(w, "(K, C, KH, KW)"), b=(b, "(K,)"))
-        _check_window_options("conv2d", "kernel", w.shape[2], stride, pad)
+        check_window_options("conv2d", "kernel", w.shape[2], stride, pad)
         C, H, W, _ = x.shape
         K, WC, KH, KW = w.shape
         if WC != C:
@@ -194,7 +199,7 @@ class Backend(ABC):
         """(OH, OW) of pooling x (C, H, W, N) with ``size x size`` windows; ArrayError
         when x is not a float (C, H, W, N) array or the window does not fit."""
         _check_floats("pool2d", x=(x, "(C, H, W, N)"))
-        _check_window_options("pool2d", "size", size, stride, 0)
+        check_window_options("pool2d", "size", size, stride, 0)
         _, H, W, _ = x.shape
         return window_out_size(H, size, stride), window_out_size(W, size, stride)
 

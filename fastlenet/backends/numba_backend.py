@@ -4,8 +4,8 @@ Arrays are NumPy arrays in the batch-innermost layout of ``base.py`` ((C, H, W, 
 feature maps), so every innermost loop below runs over images, contiguous in memory,
 and LLVM turns it into SIMD code over the batch. Outer loops are ``prange`` over
 disjoint outputs (output rows, channels or channel pairs): no two threads ever write the
-same element, so there are no races and no atomics; weight gradients are per-(k, c)
-reductions each owned by one thread.
+same element, so there are no races and no atomics; weight gradients are reductions
+per (pair of output channels, input channel, kernel row), each owned by one thread.
 
 Every kernel is first a plain Python function (``_conv2d_forward`` ...) and then
 wrapped with ``njit``: with ``NUMBA_DISABLE_JIT=1`` the same names are the plain
@@ -38,7 +38,7 @@ import numpy as np
 from numba import prange
 
 from ..errors import ArrayError
-from .base import window_out_size
+from .base import check_window_options, window_out_size
 from .numpy_backend import HostBackend
 
 # FMA contraction and reassociated (vectorized) sums only: no nnan/ninf, see above.
@@ -191,6 +191,7 @@ def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
     K, PH, PW, N = y.shape
     C, HP, WP = xpad.shape[0], xpad.shape[1], xpad.shape[2]
     run = (WP - w.shape[3] + 1) * N  # one convolution output row
+    cols = PW * size * N  # the part of it the windows cover
     xf = xpad.reshape(C * HP * WP * N)
     pairs = (K + 1) // 2
     for task in prange(PH * pairs):
@@ -200,7 +201,8 @@ def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
         # rows[kk * size + r]: convolution row i2*size + r of channel k + kk
         rows = np.empty((2 * size, run), dtype=y.dtype)
         for r in range(size):
-            _conv_row_pair(rows[r], rows[size + r], both, xf, w, b, k, i2 * size + r, HP, WP, N)
+            _conv_row_pair(rows[r, :cols], rows[size + r, :cols], both, xf, w, b, k, i2 * size + r,
+                           HP, WP, N)
         for kk in range(2 if both else 1):
             for j2 in range(PW):
                 yrow = y[k + kk, i2, j2]
@@ -208,7 +210,8 @@ def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
                 if size == 2:
                     _pool_window_2x2(rows[2 * kk], rows[2 * kk + 1], j2 * 2 * N, N, yrow, arow)
                 else:
-                    _pool_window(rows[kk * size:(kk + 1) * size], j2 * size * N, N, yrow, arow, True)
+                    _pool_window(rows[kk * size:(kk + 1) * size], j2 * size * N, N, yrow, arow,
+                                 True)
 
 
 def _take(v, best):
@@ -350,11 +353,12 @@ def _conv2d_backward_weights(xpad, dy, dw, db):
 
     One task per (pair of output channels k, k + 1; input channel c; kernel row p): each
     owns two rows of KW weights of dw, so the sum over the batch needs neither partial
-    buffers nor atomics. (With a task per (k, c) pair, conv1 had 3 tasks, split 2:1 over two
-    threads: splitting over p too took its weight gradient from 0.150 to 0.124 ms per
-    batch of 128 on the 2-core Zen 5; conv2's is unchanged.) With stride 1, for fixed (i, p, q) the (j, n) pairs of dy and of x are both
-    one contiguous run of OW*N values, so each term is a dot product of two runs; five q
-    of both channels (ten sums) share every load of x and of the two dy rows. The last
+    buffers nor atomics. (With a task per (k, c) pair, conv1 had 3 tasks, split 2:1 over
+    two threads: splitting over p too took its weight gradient from 0.150 to 0.124 ms per
+    batch of 128 on the 2-core Zen 5; conv2's is unchanged.) With stride 1, for fixed
+    (i, p, q) the (j, n) pairs of dy and of x are both one contiguous run of OW*N values,
+    so each term is a dot product of two runs; five q of both channels (ten sums) share
+    every load of x and of the two dy rows. The last
     channel of an odd K, and the columns left over, go one at a time.
     """
     K, OH, OW, N = dy.shape
@@ -808,8 +812,11 @@ _KERNELS = {
 
 
 class NumbaBackend(HostBackend):
-    """NumPy arrays, Numba kernels. Every kernel of a training step is its own; softmax
-    (inference only) and from_batch_last are the generic ones of base.Backend."""
+    """NumPy arrays, Numba kernels. Every kernel of a training step is its own, except
+    the conv block's backward, base.Backend's chain of this backend's max-pool and
+    convolution backwards (and its forward where the convolution is strided or the
+    windows overlap or leave gaps); softmax (inference only) and from_batch_last are the
+    generic ones of base.Backend."""
 
     name = "numba"
 
@@ -823,7 +830,9 @@ class NumbaBackend(HostBackend):
         The buffer never leaves the call that fills it (it is not kept in any ctx)."""
         K, OH, OW, N = dy.shape
         shape = (K, OH, OW + 2 * margin, N)
-        key = (shape, dy.dtype.str)
+        # the margin is in the key: another kernel width with the same widened width
+        # would find a buffer whose margins hold its own dy
+        key = ("widened", shape, margin, dy.dtype.str)
         if key not in self._buffers:
             self._buffers[key] = np.zeros(shape, dtype=dy.dtype)
         wide = self._buffers[key]
@@ -831,11 +840,12 @@ class NumbaBackend(HostBackend):
         return wide
 
     def prepare(self, dtype) -> str | None:
-        """Compile (or load from Numba's disk cache) the kernels of a LeNet-5 training step
-        for ``dtype`` by running each once on a tiny input; the first call per dtype says
-        so when it compiled. Kernels LeNet-5 does not use (a convolution or max-pool on its
-        own, average pooling, strided convolutions) compile on first use, keeping the
-        first run's wait short: 8.1 s cold on the 2-core Zen 5, 10.3 s with those two."""
+        """Compile (or load from Numba's disk cache) the kernels of a training step of any
+        zoo model for ``dtype`` by running each once on a tiny input; the first call per
+        dtype says so when it compiled (9.9-10.3 s cold on the 2-core Zen 5; about 8 s for
+        LeNet-5's own kernels, the rest for the plain convolution and max-pool that
+        ``compact`` runs). The rarer kernels (average pooling, strided convolutions)
+        compile on first use."""
         dtype = np.dtype(dtype)
         if dtype.name in self._prepared:
             return None
@@ -856,6 +866,8 @@ class NumbaBackend(HostBackend):
         self.to_batch_last(x)
         pooled, ctx = self.conv2d_relu_maxpool2d_forward(x, w, w[:, 0, 0, 0].copy(), 1, 1, 2, 2)
         self.conv2d_relu_maxpool2d_backward(pooled, ctx)
+        y, ctx = self.conv2d_forward(x, w, None, 1, 1)  # models with BatchNorm after a conv
+        pooled, ctx = self.relu_maxpool2d_forward(y, 2, 2)
         y, ctx = self.linear_forward(x.reshape(-1, 3), rng.standard_normal((5, 72)).astype(dtype),
                                      rng.standard_normal(5).astype(dtype))
         self.linear_backward(y, ctx)
@@ -929,9 +941,10 @@ class NumbaBackend(HostBackend):
 
     def conv2d_relu_maxpool2d_forward(self, x, w, b, stride: int, pad: int, size: int,
                                       pool_stride: int):
+        OH, OW = self.check_conv2d(x, w, b, stride, pad)
+        check_window_options("pool2d", "size", size, pool_stride, 0)
         if stride != 1 or pool_stride != size:  # overlapping or gapped windows: chained
             return super().conv2d_relu_maxpool2d_forward(x, w, b, stride, pad, size, pool_stride)
-        OH, OW = self.check_conv2d(x, w, b, stride, pad)
         K, N = w.shape[0], x.shape[3]
         PH, PW = window_out_size(OH, size, size), window_out_size(OW, size, size)
         xpad = _padded(x, pad, pad, pad, pad)

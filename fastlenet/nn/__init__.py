@@ -27,15 +27,14 @@ zoo; initialisers live in :mod:`fastlenet.nn.init`.
 """
 
 from .init import INITIALIZERS, glorot_uniform, he_normal, lecun_normal
-from .layers import (AvgPool2d, BatchNorm, Conv2d, Conv2dReLUMaxPool2d, Dropout, Flatten, Layer,
-                     Linear, MaxPool2d, Parameter, ReLU, ReLUMaxPool2d, Sequential, Sigmoid,
-                     SoftmaxCrossEntropy, Tanh)
+from .layers import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d,
+                     Parameter, ReLU, ReLUMaxPool2d, Sequential, Sigmoid, SoftmaxCrossEntropy,
+                     Tanh)
 from .models import DTYPES, MODELS, Model, build_model
 
 __all__ = [
     "Parameter", "Layer", "Sequential",
-    "Conv2d", "MaxPool2d", "AvgPool2d", "ReLUMaxPool2d", "Conv2dReLUMaxPool2d", "Linear", "ReLU",
-    "Tanh", "Sigmoid",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "ReLUMaxPool2d", "Linear", "ReLU", "Tanh", "Sigmoid",
     "Flatten",
     "Dropout", "BatchNorm", "SoftmaxCrossEntropy",
     "Model", "MODELS", "DTYPES", "build_model",

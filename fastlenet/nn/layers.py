@@ -395,13 +395,15 @@ class Conv2dReLUMaxPool2d(Layer):
     may run without storing the convolution's output (the Numba backend does).
 
     It holds the Conv2d itself, not a copy: the parameters, their gradients and
-    ``need_dx`` are the convolution's. Sequential runs every such triple as one of these.
+    ``need_dx`` are the convolution's. Only Sequential makes these, from a Conv2d, ReLU and
+    MaxPool2d written in a row (it binds the Conv2d as one of its layers); write those
+    three, not this.
     """
 
-    def __init__(self, conv: Conv2d, size: int, stride: int):
+    def __init__(self, conv: Conv2d, size: int, pool_stride: int):
         super().__init__()
         self.conv = conv
-        self.pool = ReLUMaxPool2d(size, stride)  # its shape logic and name
+        self.pool = ReLUMaxPool2d(size, pool_stride)  # its shape logic and name
         self._ctx = None
 
     def __repr__(self) -> str:
@@ -721,6 +723,10 @@ class Sequential(Layer):
             if not isinstance(layer, Layer):
                 raise ConfigError(f"Sequential: item {i} is a {type(layer).__name__}, "
                                   "not a Layer")
+            if isinstance(layer, Conv2dReLUMaxPool2d):
+                raise ConfigError(f"Sequential: item {i} is a Conv2dReLUMaxPool2d, which "
+                                  "Sequential makes itself; write Conv2d, ReLU() and "
+                                  "MaxPool2d in a row instead")
         self.layers = list(layers)
         self.plan: list[Layer] = []
         self.fused: dict[int, Layer] = {}  # layer index -> the fused step it runs in

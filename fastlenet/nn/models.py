@@ -176,7 +176,8 @@ class Model(Sequential):
 
     def summary_text(self) -> str:
         """The summary as an aligned table with totals. Its last column says where the
-        executed plan differs from the layers as written (a fused conv + ReLU + max-pool)."""
+        executed plan differs from the layers as written (a conv + ReLU + max-pool, or a
+        ReLU + max-pool, run as one step)."""
         rows = self.summary()
         table = [("layer", "kind", "output shape", "parameters", "connections", "runs as"),
                  ("", "input", str(self.input_shape), "", "", "")]
