@@ -190,8 +190,7 @@ def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
     """
     K, PH, PW, N = y.shape
     C, HP, WP = xpad.shape[0], xpad.shape[1], xpad.shape[2]
-    run = (WP - w.shape[3] + 1) * N  # one convolution output row
-    cols = PW * size * N  # the part of it the windows cover
+    cols = PW * size * N  # the part of a convolution output row the windows cover
     xf = xpad.reshape(C * HP * WP * N)
     pairs = (K + 1) // 2
     for task in prange(PH * pairs):
@@ -199,10 +198,9 @@ def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
         k = (task % pairs) * 2
         both = k + 1 < K
         # rows[kk * size + r]: convolution row i2*size + r of channel k + kk
-        rows = np.empty((2 * size, run), dtype=y.dtype)
+        rows = np.empty((2 * size, cols), dtype=y.dtype)
         for r in range(size):
-            _conv_row_pair(rows[r, :cols], rows[size + r, :cols], both, xf, w, b, k, i2 * size + r,
-                           HP, WP, N)
+            _conv_row_pair(rows[r], rows[size + r], both, xf, w, b, k, i2 * size + r, HP, WP, N)
         for kk in range(2 if both else 1):
             for j2 in range(PW):
                 yrow = y[k + kk, i2, j2]
@@ -216,7 +214,7 @@ def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
 
 def _take(v, best):
     """Whether a window's running maximum ``best`` gives way to ``v``: v is larger, or a
-    NaN (which then stays), as in _maxpool2d_forward."""
+    NaN (which then stays). The rule of every max-pool here."""
     return (v > best) | ((v != v) & (best == best))
 
 
@@ -866,8 +864,8 @@ class NumbaBackend(HostBackend):
         self.to_batch_last(x)
         pooled, ctx = self.conv2d_relu_maxpool2d_forward(x, w, w[:, 0, 0, 0].copy(), 1, 1, 2, 2)
         self.conv2d_relu_maxpool2d_backward(pooled, ctx)
-        y, ctx = self.conv2d_forward(x, w, None, 1, 1)  # models with BatchNorm after a conv
-        pooled, ctx = self.relu_maxpool2d_forward(y, 2, 2)
+        # a convolution and a max-pool on their own: models with BatchNorm between them
+        self.relu_maxpool2d_forward(self.conv2d_forward(x, w, None, 1, 1)[0], 2, 2)
         y, ctx = self.linear_forward(x.reshape(-1, 3), rng.standard_normal((5, 72)).astype(dtype),
                                      rng.standard_normal(5).astype(dtype))
         self.linear_backward(y, ctx)
@@ -894,16 +892,13 @@ class NumbaBackend(HostBackend):
     # --------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
         OH, OW = self.check_conv2d(x, w, b, stride, pad)
-        K, N = w.shape[0], x.shape[3]
-        xpad = _padded(x, pad, pad, pad, pad)
-        w = np.ascontiguousarray(w)
-        bias = np.ascontiguousarray(b) if b is not None else np.zeros(K, dtype=x.dtype)
-        y = np.empty((K, OH, OW, N), dtype=x.dtype)
+        xpad, w, bias, ctx = _conv_operands(x, w, b, stride, pad)
+        y = np.empty((w.shape[0], OH, OW, x.shape[3]), dtype=x.dtype)
         if stride == 1:
             _KERNELS["conv2d_forward"](xpad, w, bias, y)
         else:
             _KERNELS["conv2d_forward_strided"](xpad, w, bias, stride, y)
-        return y, (xpad, w, x.shape, stride, pad, b is not None)
+        return y, ctx
 
     def conv2d_backward(self, dy, ctx, need_dx: bool = True):
         xpad, w, x_shape, stride, pad, has_bias = ctx
@@ -947,14 +942,11 @@ class NumbaBackend(HostBackend):
             return super().conv2d_relu_maxpool2d_forward(x, w, b, stride, pad, size, pool_stride)
         K, N = w.shape[0], x.shape[3]
         PH, PW = window_out_size(OH, size, size), window_out_size(OW, size, size)
-        xpad = _padded(x, pad, pad, pad, pad)
-        w = np.ascontiguousarray(w)
-        bias = np.ascontiguousarray(b) if b is not None else np.zeros(K, dtype=x.dtype)
+        xpad, w, bias, conv_ctx = _conv_operands(x, w, b, stride, pad)
         y = np.empty((K, PH, PW, N), dtype=x.dtype)
         arg = np.empty((K, PH, PW, N), dtype=np.int32)
         _KERNELS["conv2d_relu_maxpool2d_forward"](xpad, w, bias, size, y, arg)
         # the contexts conv2d_backward and maxpool2d_backward read, as the chain's
-        conv_ctx = (xpad, w, x.shape, stride, pad, b is not None)
         return y, (conv_ctx, (arg, (K, OH, OW, N), size, size))
 
     # ------------------------------------------------------------------- pooling
@@ -1088,6 +1080,15 @@ def _rows(a):
     out[:, :K] = a
     out[:, K:] = 0
     return out
+
+
+def _conv_operands(x, w, b, stride: int, pad: int):
+    """A convolution's kernel operands: x padded, w contiguous and the bias (zeros when
+    the layer has none); and the ctx conv2d_backward reads."""
+    xpad = _padded(x, pad, pad, pad, pad)
+    w = np.ascontiguousarray(w)
+    bias = np.ascontiguousarray(b) if b is not None else np.zeros(w.shape[0], dtype=x.dtype)
+    return xpad, w, bias, (xpad, w, x.shape, stride, pad, b is not None)
 
 
 def _padded(x, top: int, bottom: int, left: int, right: int):
