@@ -17,13 +17,20 @@
 //       so the result is deterministic): it sums over the (k, p, q) whose tap lands on
 //       (h, w): h = i*stride - pad + p for an output row i in [0, OH), likewise w.
 //       dx[c,h,w,n] = sum_{k,p,q} w[k,c,p,q] * dy[k, i, j, n]
-//   conv2d_backward_weight_{f32,f64}  BLOCK (k, c, p, q) of dw: a dw element sums
-//       OH*OW*N products, too many for one thread, so a block of WEIGHT_THREADS threads
-//       strides over (i, j, n) (n fastest, coalesced) and reduces its partial sums in
-//       shared memory in a fixed order (deterministic).
+//   conv2d_backward_weight_{f32,f64}  BLOCK (s, k, c, p, q): a dw element sums
+//       OH*OW*N products, too many for one thread and, for a layer with few weights
+//       (conv1: 150), too few elements to fill a GPU with one block each. So the output
+//       rows are cut into S slices of `rows` rows; block (s, element) sums its slice's
+//       (i, j, n) terms with WEIGHT_THREADS threads (j, n flattened, n fastest, coalesced)
+//       and reduces them in shared memory in a fixed order into part[s, element]. The
+//       blocks of (s, k, 0, 0, 0) also sum their slice of dy[k] into part[s, K*C*KH*KW + k],
+//       the bias gradient's partial (the tap may fall in the padding; dy still counts).
 //       dw[k,c,p,q] = sum_{i,j,n} dy[k,i,j,n] * x[c, i*stride-pad+p, j*stride-pad+q, n]
-// The bias gradient db[k] = sum_{i,j,n} dy[k,i,j,n] is row_sum in dense.cu.
-// Every flat index is computed in long long; every thread checks it is in range.
+//       db[k]       = sum_{i,j,n} dy[k,i,j,n]
+//   conv2d_sum_slices_{f32,f64}       thread e of (dw, db): sums part[0..S, e] in order
+//       (deterministic) into dw, or db for the last K (skipped when db is null).
+// Every index that can pass 2**31 (into x, y, dy, dx, part) is computed in long long;
+// every thread checks it is in range.
 
 #define WEIGHT_THREADS 256
 
@@ -86,36 +93,62 @@ __device__ void conv2d_backward_input(const T* dy, const T* w, T* dx,
 }
 
 template <typename T>
-__device__ void conv2d_backward_weight(const T* dy, const T* x, T* dw,
+__device__ void conv2d_backward_weight(const T* dy, const T* x, T* part,
                                        int C, int H, int W, int N, int K, int KH, int KW,
-                                       int OH, int OW, int stride, int pad) {
+                                       int OH, int OW, int stride, int pad, int rows) {
     __shared__ T partial[WEIGHT_THREADS];
-    long long widx = blockIdx.x;  // one block per dw element
-    long long wtotal = (long long)K * C * KH * KW;
-    if (widx >= wtotal) return;   // uniform across the block: no __syncthreads skipped by some
-    int q = (int)(widx % KW);
-    int p = (int)((widx / KW) % KH);
-    int c = (int)((widx / ((long long)KW * KH)) % C);
-    int k = (int)(widx / ((long long)KW * KH * C));
-    long long terms = (long long)OH * OW * N;
-    T acc = T(0);
-    for (long long e = threadIdx.x; e < terms; e += blockDim.x) {
-        int n = (int)(e % N);
-        int j = (int)((e / N) % OW);
-        int i = (int)(e / ((long long)N * OW));
+    __shared__ T bias_partial[WEIGHT_THREADS];
+    int wtotal = K * C * KH * KW;
+    int widx = (int)(blockIdx.x % wtotal);  // the same in every thread: no
+    int s = (int)(blockIdx.x / wtotal);     // __syncthreads is skipped by some
+    int q = widx % KW;
+    int p = (widx / KW) % KH;
+    int c = (widx / (KW * KH)) % C;
+    int k = widx / (KW * KH * C);
+    bool bias = c == 0 && p == 0 && q == 0;
+    int i0 = s * rows, i1 = min(OH, i0 + rows);
+    int terms = OW * N;  // per output row
+    T acc = T(0), bias_acc = T(0);
+    for (int i = i0; i < i1; ++i) {
         int ih = i * stride - pad + p;
-        int iw = j * stride - pad + q;
-        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-        acc += dy[(((long long)k * OH + i) * OW + j) * N + n]
-             * x[(((long long)c * H + ih) * W + iw) * N + n];
+        bool row_in = ih >= 0 && ih < H;
+        if (!row_in && !bias) continue;
+        const T* dy_row = dy + ((long long)k * OH + i) * OW * N;
+        const T* x_row = x + ((long long)c * H + ih) * W * N;
+        for (int e = threadIdx.x; e < terms; e += blockDim.x) {
+            int j = e / N;
+            int n = e - j * N;
+            T g = dy_row[e];
+            int iw = j * stride - pad + q;
+            if (row_in && iw >= 0 && iw < W) acc += g * x_row[(long long)iw * N + n];
+            bias_acc += g;
+        }
     }
     partial[threadIdx.x] = acc;
+    bias_partial[threadIdx.x] = bias_acc;
     __syncthreads();
     for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        if (threadIdx.x < half) {
+            partial[threadIdx.x] += partial[threadIdx.x + half];
+            bias_partial[threadIdx.x] += bias_partial[threadIdx.x + half];
+        }
         __syncthreads();
     }
-    if (threadIdx.x == 0) dw[widx] = partial[0];
+    if (threadIdx.x == 0) {
+        long long row = (long long)s * (wtotal + K);
+        part[row + widx] = partial[0];
+        if (bias) part[row + wtotal + k] = bias_partial[0];
+    }
+}
+
+template <typename T>
+__device__ void conv2d_sum_slices(const T* part, T* dw, T* db, int wtotal, int K, int S) {
+    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= wtotal + K || (e >= wtotal && db == nullptr)) return;
+    T acc = T(0);
+    for (int s = 0; s < S; ++s) acc += part[(long long)s * (wtotal + K) + e];
+    if (e < wtotal) dw[e] = acc;
+    else db[e - wtotal] = acc;
 }
 
 #define CONV_DIMS int C, int H, int W, int N, int K, int KH, int KW, int OH, int OW, \
@@ -138,12 +171,21 @@ extern "C" __global__ void conv2d_backward_input_f64(const double* dy, const dou
                                                      CONV_DIMS) {
     conv2d_backward_input<double>(dy, w, dx, CONV_ARGS);
 }
-// Launch with blockDim.x == WEIGHT_THREADS (a power of two) and one block per dw element.
-extern "C" __global__ void conv2d_backward_weight_f32(const float* dy, const float* x, float* dw,
-                                                      CONV_DIMS) {
-    conv2d_backward_weight<float>(dy, x, dw, CONV_ARGS);
+// Launch with blockDim.x == WEIGHT_THREADS (a power of two) and S * K*C*KH*KW blocks,
+// S = ceil(OH / rows); part holds S * (K*C*KH*KW + K) values.
+extern "C" __global__ void conv2d_backward_weight_f32(const float* dy, const float* x, float* part,
+                                                      CONV_DIMS, int rows) {
+    conv2d_backward_weight<float>(dy, x, part, CONV_ARGS, rows);
 }
-extern "C" __global__ void conv2d_backward_weight_f64(const double* dy, const double* x, double* dw,
-                                                      CONV_DIMS) {
-    conv2d_backward_weight<double>(dy, x, dw, CONV_ARGS);
+extern "C" __global__ void conv2d_backward_weight_f64(const double* dy, const double* x,
+                                                      double* part, CONV_DIMS, int rows) {
+    conv2d_backward_weight<double>(dy, x, part, CONV_ARGS, rows);
+}
+extern "C" __global__ void conv2d_sum_slices_f32(const float* part, float* dw, float* db,
+                                                 int wtotal, int K, int S) {
+    conv2d_sum_slices<float>(part, dw, db, wtotal, K, S);
+}
+extern "C" __global__ void conv2d_sum_slices_f64(const double* part, double* dw, double* db,
+                                                 int wtotal, int K, int S) {
+    conv2d_sum_slices<double>(part, dw, db, wtotal, K, S);
 }

@@ -349,6 +349,40 @@ def cuda_backend(request):
     return load_cuda_backend(request.param)
 
 
+@pytest.mark.parametrize("blocks", [1, 40, 1024, 10 ** 6])
+@pytest.mark.parametrize("shape", [
+    # C, H, N, K, KH, stride, pad, bias
+    (1, 12, 5, 3, 5, 1, 0, True),    # conv1-like: few weights, many slices
+    (2, 9, 3, 4, 3, 2, 1, True),     # a stride, and bias blocks whose tap is in the padding
+    (3, 7, 1, 2, 3, 1, 2, False),    # taps wholly in the padding for the edge rows; no bias
+])
+def test_weight_gradient_slices_sum_to_numpys(cuda_backend, monkeypatch, blocks, shape):
+    """The conv weight gradient cuts the output rows into slices (about WEIGHT_BLOCKS
+    blocks) and sums them in a second kernel: one slice, several with an uneven last one,
+    and one row each must all give NumPy's dw and db."""
+    from fastlenet.backends import cupy_backend, get_backend
+
+    C, H, N, K, KH, stride, pad, bias = shape
+    monkeypatch.setattr(cupy_backend, "WEIGHT_BLOCKS", blocks)
+    rng = np.random.default_rng(blocks + H)
+    x = rng.standard_normal((C, H, H, N))
+    w = rng.standard_normal((K, C, KH, KH))
+    b = rng.standard_normal(K) if bias else None
+    reference = get_backend("numpy")
+    y, ctx = reference.conv2d_forward(x, w, b, stride, pad)
+    dy = rng.standard_normal(y.shape)
+    want = reference.conv2d_backward(dy, ctx)
+    dev = cuda_backend
+    _, dctx = dev.conv2d_forward(dev.asarray(x), dev.asarray(w),
+                                 None if b is None else dev.asarray(b), stride, pad)
+    got = dev.conv2d_backward(dev.asarray(dy), dctx)
+    for name, g, r in zip(("dx", "dw", "db"), got, want):
+        if r is None:
+            assert g is None, name
+        else:
+            np.testing.assert_allclose(dev.to_numpy(g), r, rtol=1e-11, atol=1e-12, err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_generator_is_uniform_and_its_state_restores(cuda_backend, dtype):
     rng = cuda_backend.default_rng(7)

@@ -55,6 +55,8 @@ THREADS = 256  # threads per block of the one-thread-per-element kernels
 # Must equal WEIGHT_THREADS / ROW_THREADS in conv2d.cu / dense.cu: those kernels reduce
 # in shared memory sized for exactly this many threads.
 REDUCE_THREADS = 256
+# the conv weight gradient cuts its sums into slices until it has about this many blocks
+WEIGHT_BLOCKS = 1024
 
 # NVRTC options per source file. The element-wise update and the loss follow the
 # generic NumPy maths operation by operation, so no multiply-add may be contracted.
@@ -288,10 +290,19 @@ class CupyBackend(Backend):
     def conv2d_backward(self, dy, ctx, need_dx: bool = True):
         x, w, has_bias, dims = ctx
         dy = self._operands(dy, x)[0]
+        K, OH, wtotal = int(w.shape[0]), int(dy.shape[1]), int(w.size)
+        # the weight gradient's blocks: S slices of `rows` output rows per weight, enough
+        # of them to fill the device when the layer has few weights (kernels/conv2d.cu)
+        rows = _ceil_div(OH, min(OH, _ceil_div(WEIGHT_BLOCKS, wtotal)))
+        slices = _ceil_div(OH, rows)
+        part = cupy.empty(slices * (wtotal + K), dtype=x.dtype)
+        self._launch_blocks("conv2d", "conv2d_backward_weight", x.dtype, slices * wtotal,
+                            (dy, x, part) + dims + (_i32(rows),))
         dw = cupy.empty(w.shape, dtype=x.dtype)
-        self._launch_blocks("conv2d", "conv2d_backward_weight", x.dtype, w.size,
-                            (dy, x, dw) + dims)
-        db = self._row_sum(dy.reshape(dy.shape[0], -1)) if has_bias else None
+        db = cupy.empty(K, dtype=x.dtype) if has_bias else None
+        self._launch("conv2d", "conv2d_sum_slices", x.dtype, wtotal + K,
+                     (part, dw, _NULL if db is None else db, _i32(wtotal), _i32(K),
+                      _i32(slices)))
         if not need_dx:
             return None, dw, db
         dx = cupy.empty(x.shape, dtype=x.dtype)
