@@ -287,7 +287,7 @@ class TrainingStep:
         reads nothing back to the host, returns ``(loss,)``."""
         logits = self.model.forward(xb)
         loss = self.loss_fn.forward(logits, yb)
-        self.correct += (logits.argmax(axis=0) == yb).sum()
+        self.backend.count_correct(logits, yb, self.correct)
         self.model.backward(self.loss_fn.backward())
         self.optimizer.update()
         return (loss,)

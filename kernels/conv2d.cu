@@ -11,7 +11,10 @@
 // Kernels and their thread-to-element maps (one thread per output element; n is the
 // fastest index, so neighbouring threads of a warp touch neighbouring addresses of x,
 // y and dy, and all read the same weight):
-//   conv2d_forward_{f32,f64}          thread (k, i, j, n) of y:
+//   conv2d_forward_{f32,f64}          thread (g, i, j, n): the outputs y[k, i, j, n] of a
+//       group of `group` (at most CONV_GROUP) output channels k = g*group + kk, so that
+//       each x value it loads serves them all (conv1 has one input channel: without
+//       groups, six threads loaded every x value). Each output sums in the same order:
 //       y[k,i,j,n] = b[k] + sum_{c,p,q} w[k,c,p,q] * x[c, i*stride-pad+p, j*stride-pad+q, n]
 //   conv2d_backward_input_{f32,f64}   thread (c, h, w, n) of dx, a gather (no atomics,
 //       so the result is deterministic): it sums over the (k, p, q) whose tap lands on
@@ -34,18 +37,26 @@
 
 #define WEIGHT_THREADS 256
 
+#define CONV_GROUP 8
+
 template <typename T>
 __device__ void conv2d_forward(const T* x, const T* w, const T* b, T* y,
                                int C, int H, int W, int N, int K, int KH, int KW,
-                               int OH, int OW, int stride, int pad) {
+                               int OH, int OW, int stride, int pad, int group) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long total = (long long)K * OH * OW * N;
+    int groups = (K + group - 1) / group;
+    long long total = (long long)groups * OH * OW * N;
     if (idx >= total) return;
     int n = (int)(idx % N);
     int j = (int)((idx / N) % OW);
     int i = (int)((idx / ((long long)N * OW)) % OH);
-    int k = (int)(idx / ((long long)N * OW * OH));
-    T acc = b != nullptr ? b[k] : T(0);
+    int k0 = (int)(idx / ((long long)N * OW * OH)) * group;
+    int kn = min(group, K - k0);
+    long long w_step = (long long)C * KH * KW;  // from one output channel's weights to the next
+    T acc[CONV_GROUP];
+#pragma unroll
+    for (int kk = 0; kk < CONV_GROUP; ++kk)
+        acc[kk] = kk < kn && b != nullptr ? b[k0 + kk] : T(0);
     for (int c = 0; c < C; ++c) {
         for (int p = 0; p < KH; ++p) {
             int ih = i * stride - pad + p;
@@ -53,12 +64,17 @@ __device__ void conv2d_forward(const T* x, const T* w, const T* b, T* y,
             for (int q = 0; q < KW; ++q) {
                 int iw = j * stride - pad + q;
                 if (iw < 0 || iw >= W) continue;
-                acc += w[(((long long)k * C + c) * KH + p) * KW + q]
-                     * x[(((long long)c * H + ih) * W + iw) * N + n];
+                T v = x[(((long long)c * H + ih) * W + iw) * N + n];
+                const T* wk = w + (((long long)k0 * C + c) * KH + p) * KW + q;
+#pragma unroll
+                for (int kk = 0; kk < CONV_GROUP; ++kk)
+                    if (kk < kn) acc[kk] += wk[kk * w_step] * v;
             }
         }
     }
-    y[idx] = acc;
+#pragma unroll
+    for (int kk = 0; kk < CONV_GROUP; ++kk)
+        if (kk < kn) y[((((long long)k0 + kk) * OH + i) * OW + j) * N + n] = acc[kk];
 }
 
 template <typename T>
@@ -155,13 +171,14 @@ __device__ void conv2d_sum_slices(const T* part, T* dw, T* db, int wtotal, int K
                   int stride, int pad
 #define CONV_ARGS C, H, W, N, K, KH, KW, OH, OW, stride, pad
 
+// Launch with one thread per (group, i, j, n), group in [1, CONV_GROUP].
 extern "C" __global__ void conv2d_forward_f32(const float* x, const float* w, const float* b,
-                                              float* y, CONV_DIMS) {
-    conv2d_forward<float>(x, w, b, y, CONV_ARGS);
+                                              float* y, CONV_DIMS, int group) {
+    conv2d_forward<float>(x, w, b, y, CONV_ARGS, group);
 }
 extern "C" __global__ void conv2d_forward_f64(const double* x, const double* w, const double* b,
-                                              double* y, CONV_DIMS) {
-    conv2d_forward<double>(x, w, b, y, CONV_ARGS);
+                                              double* y, CONV_DIMS, int group) {
+    conv2d_forward<double>(x, w, b, y, CONV_ARGS, group);
 }
 extern "C" __global__ void conv2d_backward_input_f32(const float* dy, const float* w, float* dx,
                                                      CONV_DIMS) {

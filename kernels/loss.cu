@@ -3,7 +3,7 @@
 // Layouts (C-contiguous, batch innermost):
 //   z      (K, N)  logits, one column per sample
 //   labels (N)     int64 classes in [0, K)
-//   loss   (N)     per-sample loss; the backend takes its mean (a CuPy reduction)
+//   loss   (N)     per-sample loss; loss_mean takes their mean
 //   grad   (K, N)  dloss/dz of the MEAN loss
 // With smoothing s the target is q = (1 - s) * onehot + s / K; keep = 1 - s and
 // spread = s / K come from the host (computed in double, as the NumPy backend does).
@@ -13,10 +13,23 @@
 // Subtracting m keeps exp finite for logits of any size. Compiled with --fmad=false, so
 // the products round as the NumPy backend's do.
 //
-// Thread-to-element map: one thread per sample n (column of z); it loops over the K
-// classes three times (max, sums, gradient). K is the number of classes (10 for MNIST),
-// so a column is cheap and the loop needs no cooperation between threads. A label
-// outside [0, K) gives a NaN loss and gradient column (the trainer stops on a NaN loss).
+// Kernels and their thread-to-element maps:
+//   softmax_cross_entropy_{f32,f64}  one thread per sample n (column of z); it loops over
+//       the K classes three times (max, sums, gradient). K is the number of classes (10
+//       for MNIST), so a column is cheap and the loop needs no cooperation between
+//       threads. A label outside [0, K) gives a NaN loss and gradient column (the trainer
+//       stops on a NaN loss).
+//   loss_mean_{f32,f64}     ONE block of LOSS_THREADS threads: out[0] = mean of loss (N),
+//       the threads striding over it and reducing in shared memory in a fixed order
+//       (deterministic). N = 0 gives 0/0, a NaN, as NumPy's mean of nothing.
+//   count_correct_{f32,f64} ONE block of LOSS_THREADS threads: correct[0] += the number
+//       of columns n whose largest logit is at row labels[n]. The largest is the first
+//       on ties, and a NaN counts as the largest, as NumPy's argmax has them.
+// These two replace CuPy reductions in the training step: CuPy compiles a reduction the
+// first time it meets its types, seconds of NVRTC inside the first epoch on a cold cache,
+// while these compile with the module, when the backend starts.
+
+#define LOSS_THREADS 256
 
 template <typename T>
 __device__ void softmax_cross_entropy(const T* z, const long long* labels, T* loss, T* grad,
@@ -50,6 +63,46 @@ __device__ void softmax_cross_entropy(const T* z, const long long* labels, T* lo
     }
 }
 
+template <typename T>
+__device__ void loss_mean(const T* loss, T* out, int N) {
+    __shared__ T partial[LOSS_THREADS];
+    T acc = T(0);
+    for (int n = threadIdx.x; n < N; n += blockDim.x) acc += loss[n];
+    partial[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = partial[0] / T(N);
+}
+
+template <typename T>
+__device__ void count_correct(const T* z, const long long* labels, long long* correct,
+                              int K, int N) {
+    __shared__ long long partial[LOSS_THREADS];
+    long long count = 0;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {
+        int best = 0;
+        T top = z[n];
+        for (int k = 1; k < K; ++k) {
+            T v = z[(long long)k * N + n];
+            if (top == top && (v > top || v != v)) {  // a NaN once found stays the largest
+                top = v;
+                best = k;
+            }
+        }
+        count += labels[n] == best;
+    }
+    partial[threadIdx.x] = count;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) correct[0] += partial[0];
+}
+
 extern "C" __global__ void softmax_cross_entropy_f32(const float* z, const long long* labels,
                                                      float* loss, float* grad, int K, int N,
                                                      double keep, double spread) {
@@ -59,4 +112,19 @@ extern "C" __global__ void softmax_cross_entropy_f64(const double* z, const long
                                                      double* loss, double* grad, int K, int N,
                                                      double keep, double spread) {
     softmax_cross_entropy<double>(z, labels, loss, grad, K, N, keep, spread);
+}
+// Launch loss_mean and count_correct as ONE block of LOSS_THREADS (a power of two) threads.
+extern "C" __global__ void loss_mean_f32(const float* loss, float* out, int N) {
+    loss_mean<float>(loss, out, N);
+}
+extern "C" __global__ void loss_mean_f64(const double* loss, double* out, int N) {
+    loss_mean<double>(loss, out, N);
+}
+extern "C" __global__ void count_correct_f32(const float* z, const long long* labels,
+                                             long long* correct, int K, int N) {
+    count_correct<float>(z, labels, correct, K, N);
+}
+extern "C" __global__ void count_correct_f64(const double* z, const long long* labels,
+                                             long long* correct, int K, int N) {
+    count_correct<double>(z, labels, correct, K, N);
 }

@@ -87,7 +87,7 @@ KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backwar
            "maxpool2d_forward", "maxpool2d_backward", "relu_maxpool2d_forward",
            "relu_maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
            "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward", "linear_forward",
-           "linear_backward", "softmax", "softmax_cross_entropy",
+           "linear_backward", "softmax", "softmax_cross_entropy", "count_correct",
            "adam_update_device", "set_scalars", "separable_filter", "warp_bilinear")
 OWN_KERNELS = {
     "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
@@ -101,7 +101,7 @@ OWN_KERNELS = {
     "cupy": {"conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
              "relu_maxpool2d_forward", "relu_maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward", "linear_forward", "linear_backward",
-             "softmax_cross_entropy", "adam_update_device", "set_scalars"},
+             "softmax_cross_entropy", "count_correct", "adam_update_device", "set_scalars"},
 }
 
 

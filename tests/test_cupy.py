@@ -117,7 +117,8 @@ def test_every_kernel_file_is_used_by_the_backend():
     assert sorted(cupy_backend.KERNELS) == [path.stem for path in KERNEL_FILES]
 
 
-@pytest.mark.parametrize("stem, define", [("conv2d", "WEIGHT_THREADS"), ("dense", "ROW_THREADS")])
+@pytest.mark.parametrize("stem, define", [("conv2d", "WEIGHT_THREADS"), ("dense", "ROW_THREADS"),
+                                          ("loss", "LOSS_THREADS")])
 def test_reduction_blocks_fit_their_shared_arrays(stem, define):
     """The launcher's block size must be the power of two the shared arrays are sized for."""
     cupy_backend = _cupy_module()
@@ -349,6 +350,14 @@ def cuda_backend(request):
     return load_cuda_backend(request.param)
 
 
+def _set_constant(monkeypatch, backend, name, value):
+    """Set a module constant of the backend's own module: the emulated backend's module
+    (tests/host_cuda.py) is a copy, not fastlenet.backends.cupy_backend."""
+    namespace = type(backend).conv2d_forward.__globals__
+    assert name in namespace, name
+    monkeypatch.setitem(namespace, name, value)
+
+
 @pytest.mark.parametrize("blocks", [1, 40, 1024, 10 ** 6])
 @pytest.mark.parametrize("shape", [
     # C, H, N, K, KH, stride, pad, bias
@@ -360,10 +369,10 @@ def test_weight_gradient_slices_sum_to_numpys(cuda_backend, monkeypatch, blocks,
     """The conv weight gradient cuts the output rows into slices (about WEIGHT_BLOCKS
     blocks) and sums them in a second kernel: one slice, several with an uneven last one,
     and one row each must all give NumPy's dw and db."""
-    from fastlenet.backends import cupy_backend, get_backend
+    from fastlenet.backends import get_backend
 
     C, H, N, K, KH, stride, pad, bias = shape
-    monkeypatch.setattr(cupy_backend, "WEIGHT_BLOCKS", blocks)
+    _set_constant(monkeypatch, cuda_backend, "WEIGHT_BLOCKS", blocks)
     rng = np.random.default_rng(blocks + H)
     x = rng.standard_normal((C, H, H, N))
     w = rng.standard_normal((K, C, KH, KH))
@@ -381,6 +390,61 @@ def test_weight_gradient_slices_sum_to_numpys(cuda_backend, monkeypatch, blocks,
             assert g is None, name
         else:
             np.testing.assert_allclose(dev.to_numpy(g), r, rtol=1e-11, atol=1e-12, err_msg=name)
+
+
+def test_conv_group_fits_the_kernels_register_array():
+    cupy_backend = _cupy_module()
+    text = (ROOT / "kernels" / "conv2d.cu").read_text(encoding="utf-8")
+    assert 1 <= cupy_backend.CONV_GROUP <= int(re.search(r"#define CONV_GROUP (\d+)", text).group(1))
+
+
+@pytest.mark.parametrize("group, threads", [(8, 0), (8, 10 ** 9), (4, 0), (3, 0), (8, 300)])
+@pytest.mark.parametrize("shape", [
+    # C, H, N, K, KH, stride, pad, bias
+    (1, 12, 5, 6, 5, 1, 0, True),    # conv1-like: one group of six channels, or six of one
+    (3, 9, 3, 11, 3, 2, 1, True),    # an uneven last group
+    (2, 6, 2, 2, 3, 1, 2, False),    # fewer channels than a group; no bias
+])
+def test_conv_forward_channel_groups_match_numpy(cuda_backend, monkeypatch, group, threads,
+                                                 shape):
+    """The conv forward's threads compute groups of output channels (fewer, down to one,
+    where that leaves too few threads): every grouping must give NumPy's output."""
+    from fastlenet.backends import get_backend
+
+    C, H, N, K, KH, stride, pad, bias = shape
+    _set_constant(monkeypatch, cuda_backend, "CONV_GROUP", group)
+    _set_constant(monkeypatch, cuda_backend, "CONV_THREADS", threads)
+    rng = np.random.default_rng(K + H)
+    x, w = rng.standard_normal((C, H, H, N)), rng.standard_normal((K, C, KH, KH))
+    b = rng.standard_normal(K) if bias else None
+    want = get_backend("numpy").conv2d_forward(x, w, b, stride, pad)[0]
+    dev = cuda_backend
+    got = dev.conv2d_forward(dev.asarray(x), dev.asarray(w), None if b is None else dev.asarray(b),
+                             stride, pad)[0]
+    np.testing.assert_allclose(dev.to_numpy(got), want, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("threads, min_chunk", [(1, 16), (10 ** 6, 16), (10 ** 6, 1), (10 ** 6, 7)])
+@pytest.mark.parametrize("IN, N, OUT", [(40, 9, 6), (5, 3, 2), (1, 4, 3)])
+def test_matrix_product_splits_sum_to_numpys(cuda_backend, monkeypatch, threads, min_chunk,
+                                             IN, N, OUT):
+    """The linear layer's products split their inner dimension (of any length, uneven
+    last chunk included) when they have few outputs: all three of the layer's products,
+    with and without splits, must give NumPy's results."""
+    from fastlenet.backends import get_backend
+
+    _set_constant(monkeypatch, cuda_backend, "GEMM_THREADS", threads)
+    _set_constant(monkeypatch, cuda_backend, "GEMM_MIN_CHUNK", min_chunk)
+    rng = np.random.default_rng(IN + N)
+    x, w, b = rng.standard_normal((IN, N)), rng.standard_normal((OUT, IN)), rng.standard_normal(OUT)
+    dy = rng.standard_normal((OUT, N))
+    reference, dev = get_backend("numpy"), cuda_backend
+    y, ctx = reference.linear_forward(x, w, b)
+    want = (y, *reference.linear_backward(dy, ctx))
+    y, ctx = dev.linear_forward(dev.asarray(x), dev.asarray(w), dev.asarray(b))
+    got = (y, *dev.linear_backward(dev.asarray(dy), ctx))
+    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+        np.testing.assert_allclose(dev.to_numpy(g), r, rtol=1e-12, atol=1e-13, err_msg=name)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -486,7 +486,7 @@ def test_pooling_keeps_nans_as_numpy_does(candidate, kind):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
-@pytest.mark.parametrize("N", [1, 7, 130])
+@pytest.mark.parametrize("N", [1, 7, 130, 600])
 def test_softmax_cross_entropy_matches_numpy(candidate, N, smoothing, dtype):
     rng = np.random.default_rng(N)
     logits = (20 * rng.standard_normal((10, N))).astype(dtype)
@@ -497,6 +497,32 @@ def test_softmax_cross_entropy_matches_numpy(candidate, N, smoothing, dtype):
     assert loss.shape == () and loss.dtype == dtype
     np.testing.assert_allclose(float(loss), float(want_loss), **_tol(dtype))
     _agree([grads], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 7, 130, 600])
+def test_count_correct_adds_argmax_hits_as_numpy(candidate, N, dtype):
+    """The training step's count of correct predictions: argmax's choice (the first of
+    ties, a NaN before any number) against the labels, added to a device counter."""
+    rng = np.random.default_rng(N + 1)
+    logits = rng.integers(-2, 3, size=(10, N)).astype(dtype)  # many ties
+    logits[:, ::5] = rng.standard_normal((10, len(range(0, N, 5))))
+    logits[rng.integers(0, 10, size=N // 7), rng.integers(0, N, size=N // 7)] = np.nan
+    labels = logits.argmax(axis=0)
+    labels[::3] = rng.integers(0, 10, size=len(range(0, N, 3)))
+    want = 5 + 2 * int((logits.argmax(axis=0) == labels).sum())
+    assert 0 < want - 5 < 2 * N or N == 1
+    correct = candidate.xp.full((), 5, dtype=np.int64)
+    for _ in range(2):
+        candidate.count_correct(candidate.asarray(logits), candidate.asarray(labels), correct)
+    assert int(candidate.to_numpy(correct)) == want
+
+
+def test_count_correct_rejects_a_counter_of_another_kind(backend):
+    logits, labels = backend.asarray(np.zeros((10, 4))), backend.asarray(np.zeros(4, np.int64))
+    for counter in (backend.xp.zeros((), dtype=np.float64), backend.xp.zeros(1, dtype=np.int64)):
+        with pytest.raises(ValueError, match="count_correct: the count must be a 0-d int64"):
+            backend.count_correct(logits, labels, counter)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -397,6 +397,16 @@ class Backend(ABC):
         grad /= n
         return loss, grad
 
+    def count_correct(self, logits, labels, correct) -> None:
+        """Add to ``correct`` (a 0-d int64 array on the device) how many columns of logits
+        (K, N) have their largest value in the row of their label (N,): argmax's choice,
+        the first of ties, a NaN before any number. Reads nothing back to the host."""
+        self.check_loss(logits, labels)
+        if correct.shape != () or correct.dtype != np.int64:
+            raise ArrayError(f"count_correct: the count must be a 0-d int64 array, got "
+                             f"{correct.dtype}{list(correct.shape)}")
+        correct += (logits.argmax(axis=0) == labels).sum()
+
     def separable_filter(self, a, gh, gw):
         """Every map of a (F, H, W, N) filtered along H by gh (H, H) and along W by gw
         (W, W): out[f, :, :, n] = gh @ a[f, :, :, n] @ gw.T. Returns a new array.

@@ -52,11 +52,24 @@ from ..kernels import sources
 from .base import Backend
 
 THREADS = 256  # threads per block of the one-thread-per-element kernels
-# Must equal WEIGHT_THREADS / ROW_THREADS in conv2d.cu / dense.cu: those kernels reduce
-# in shared memory sized for exactly this many threads.
+# Must equal WEIGHT_THREADS / ROW_THREADS / LOSS_THREADS in conv2d.cu / dense.cu / loss.cu:
+# those kernels reduce in shared memory sized for exactly this many threads.
 REDUCE_THREADS = 256
-# the conv weight gradient cuts its sums into slices until it has about this many blocks
+# Launch shapes, chosen by measurement on an H200 (recorded LeNet-5 step at batch 128;
+# benchmarks/results/2026-11-30-nvidia-h200-gpu-check-3/launch-constant-variants.log):
+# the conv weight gradient cuts its sums into slices until it has about WEIGHT_BLOCKS
+# blocks (1,024: 459 us a step; 256: 480; 4,096: 462);
 WEIGHT_BLOCKS = 1024
+# a matrix product with fewer outputs than GEMM_THREADS splits its inner dimension into
+# chunks (of at least GEMM_MIN_CHUNK products) until it has about that many threads
+# (unsplit: 509 us; 131,072: 459; 524,288: 460);
+GEMM_THREADS = 131072
+GEMM_MIN_CHUNK = 16
+# the conv forward's threads each compute up to CONV_GROUP output channels (at most
+# CONV_GROUP in conv2d.cu), fewer while that leaves fewer than CONV_THREADS threads
+# (one channel each: 495 us; 131,072: 459; 32,768: 375-380; always up to 8: 379-382).
+CONV_GROUP = 8
+CONV_THREADS = 32768
 
 # NVRTC options per source file. The element-wise update and the loss follow the
 # generic NumPy maths operation by operation, so no multiply-add may be contracted.
@@ -69,11 +82,12 @@ INSTALL_HINT = ("pip install 'fastlenet[cupy-cuda12]' (or [cupy-cuda13] for a CU
 # The kernels each file must define (each in an _f32 and an _f64 version, except the
 # counter update); the backend fetches them by these names.
 KERNELS: dict[str, tuple[str, ...]] = {
-    "conv2d": ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"),
+    "conv2d": ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+               "conv2d_sum_slices"),
     "pool": ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward"),
-    "dense": ("gemm", "row_sum"),
-    "loss": ("softmax_cross_entropy",),
+    "dense": ("gemm", "sum_splits", "row_sum"),
+    "loss": ("softmax_cross_entropy", "loss_mean", "count_correct"),
     "adam": ("adam_update",),
     "scalars": ("set_scalars",),
     "random": ("uniform", "normal"),
@@ -226,11 +240,20 @@ class CupyBackend(Backend):
         return out
 
     def _gemm(self, a, b, bias, m: int, n: int, kd: int, trans_a: bool, trans_b: bool):
-        """(M, N) = op(a) @ op(b) (+ bias[:, None]); see kernels/dense.cu."""
+        """(M, N) = op(a) @ op(b) (+ bias[:, None]); see kernels/dense.cu. The inner
+        dimension is split when the product has fewer than about GEMM_THREADS outputs."""
         out = cupy.empty((m, n), dtype=a.dtype)
-        self._launch("dense", "gemm", a.dtype, m * n,
-                     (a, b, _NULL if bias is None else bias, out, _i32(m), _i32(n), _i32(kd),
-                      _i32(trans_a), _i32(trans_b)))
+        splits = max(1, min(_ceil_div(kd, GEMM_MIN_CHUNK), _ceil_div(GEMM_THREADS, m * n or 1)))
+        chunk = _ceil_div(kd, splits) if kd else 1
+        splits = _ceil_div(kd, chunk) if kd else 1
+        target = out if splits == 1 else cupy.empty((splits, m, n), dtype=a.dtype)
+        self._launch("dense", "gemm", a.dtype, splits * m * n,
+                     (a, b, _NULL if bias is None or splits > 1 else bias, target, _i32(m),
+                      _i32(n), _i32(kd), _i32(trans_a), _i32(trans_b), _i32(chunk)))
+        if splits > 1:
+            self._launch("dense", "sum_splits", a.dtype, m * n,
+                         (target, _NULL if bias is None else bias, out, _i32(splits), _i32(m),
+                          _i32(n)))
         return out
 
     # ----------------------------------------------------------- device helpers
@@ -283,8 +306,14 @@ class CupyBackend(Backend):
         x, w, *bias = self._operands(x, w, *(() if b is None else (b,)))
         y = cupy.empty((K, OH, OW, N), dtype=x.dtype)
         dims = tuple(map(_i32, (C, H, W, N, K, KH, KW, OH, OW, stride, pad)))
-        self._launch("conv2d", "conv2d_forward", x.dtype, y.size,
-                     (x, w, bias[0] if bias else _NULL, y) + dims)
+        # a thread computes `group` output channels: the most (up to CONV_GROUP) that
+        # still leave about CONV_THREADS threads
+        positions, group = OH * OW * N, CONV_GROUP
+        while group > 1 and _ceil_div(K, group) * positions < CONV_THREADS:
+            group //= 2
+        group = min(group, K)
+        self._launch("conv2d", "conv2d_forward", x.dtype, _ceil_div(K, group) * positions,
+                     (x, w, bias[0] if bias else _NULL, y) + dims + (_i32(group),))
         return y, (x, w, b is not None, dims)
 
     def conv2d_backward(self, dy, ctx, need_dx: bool = True):
@@ -386,7 +415,20 @@ class CupyBackend(Backend):
         self._launch("loss", "softmax_cross_entropy", logits.dtype, n,
                      (logits, labels, per_sample, grad, _i32(k), _i32(n),
                       np.float64(1.0 - label_smoothing), np.float64(label_smoothing / k)))
-        return per_sample.mean(), grad
+        loss = cupy.empty((), dtype=logits.dtype)
+        self._launch_blocks("loss", "loss_mean", logits.dtype, 1, (per_sample, loss, _i32(n)))
+        return loss, grad
+
+    def count_correct(self, logits, labels, correct) -> None:
+        self.check_loss(logits, labels)
+        if correct.shape != () or correct.dtype != np.int64 or not correct.flags.c_contiguous:
+            raise ArrayError(f"count_correct: the count must be a 0-d int64 array, got "
+                             f"{correct.dtype}{list(correct.shape)}")
+        (logits,) = self._operands(logits)
+        labels = cupy.ascontiguousarray(labels, dtype=np.int64)
+        k, n = logits.shape
+        self._launch_blocks("loss", "count_correct", logits.dtype, 1,
+                            (logits, labels, correct, _i32(k), _i32(n)))
 
     def adam_update_device(self, p, g, m, v, factors, *, beta1: float, beta2: float,
                            eps: float, weight_decay: float) -> None:
