@@ -8,9 +8,9 @@
 //   dy like y, dx like x, dw like w.
 // Padding is implicit: a tap that falls outside the input reads zero and is skipped.
 //
-// Kernels and their thread-to-element maps (one thread per output element; n is the
-// fastest index, so neighbouring threads of a warp touch neighbouring addresses of x,
-// y and dy, and all read the same weight):
+// Kernels and their thread-to-element maps (n is the fastest index, so neighbouring
+// threads of a warp touch neighbouring addresses of x, y and dy, and all read the same
+// weight):
 //   conv2d_forward_{f32,f64}          thread (g, i, j, n): the outputs y[k, i, j, n] of a
 //       group of `group` (at most CONV_GROUP) output channels k = g*group + kk, so that
 //       each x value it loads serves them all (conv1 has one input channel: without

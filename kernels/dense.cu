@@ -8,8 +8,9 @@
 //            op(B) is (KD, N): B is stored (KD, N), or (N, KD) when trans_b != 0
 //            The linear layer (x, dy: (F, N) batch innermost; w: (OUT, IN)) uses it as
 //            y = w @ x + b,  dx = w.T @ dy (trans_a),  dw = dy @ x.T (trans_b).
-//   row_sum: out (R) = sum over the L columns of a (R, L) matrix; the bias gradients:
-//            linear db = row_sum(dy (OUT, N)), conv db = row_sum(dy (K, OH*OW*N)).
+//   row_sum: out (R) = sum over the L columns of a (R, L) matrix: the linear layer's bias
+//            gradient db = row_sum(dy (OUT, N)). (The conv's is folded into its weight
+//            gradient, conv2d.cu.)
 //
 // Kernels and their thread-to-element maps:
 //   gemm_{f32,f64}     one thread per element (s, m, n) of out (S, M, N), n fastest

@@ -358,7 +358,7 @@ def _set_constant(monkeypatch, backend, name, value):
     monkeypatch.setitem(namespace, name, value)
 
 
-@pytest.mark.parametrize("blocks", [1, 40, 1024, 10 ** 6])
+@pytest.mark.parametrize("blocks", [1, 40, 200, 1024, 10 ** 6])
 @pytest.mark.parametrize("shape", [
     # C, H, N, K, KH, stride, pad, bias
     (1, 12, 5, 3, 5, 1, 0, True),    # conv1-like: few weights, many slices
@@ -390,6 +390,24 @@ def test_weight_gradient_slices_sum_to_numpys(cuda_backend, monkeypatch, blocks,
             assert g is None, name
         else:
             np.testing.assert_allclose(dev.to_numpy(g), r, rtol=1e-11, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("C, K", [(0, 3), (2, 0)])
+def test_conv_without_input_or_output_channels_matches_numpy(cuda_backend, C, K):
+    """No weights: nothing to slice or group; the bias gradient and dx as NumPy's."""
+    from fastlenet.backends import get_backend
+
+    rng = np.random.default_rng(C + K)
+    x, w, b = rng.standard_normal((C, 6, 6, 3)), rng.standard_normal((K, C, 3, 3)), rng.standard_normal(K)
+    reference, dev = get_backend("numpy"), cuda_backend
+    y, ctx = reference.conv2d_forward(x, w, b, 1, 1)
+    dy = rng.standard_normal(y.shape)
+    want = (y, *reference.conv2d_backward(dy, ctx))
+    y, ctx = dev.conv2d_forward(dev.asarray(x), dev.asarray(w), dev.asarray(b), 1, 1)
+    got = (y, *dev.conv2d_backward(dev.asarray(dy), ctx))
+    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+        assert dev.to_numpy(g).shape == r.shape, name
+        np.testing.assert_allclose(dev.to_numpy(g), r, rtol=1e-12, atol=1e-13, err_msg=name)
 
 
 def test_conv_group_fits_the_kernels_register_array():

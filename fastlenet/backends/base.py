@@ -216,7 +216,10 @@ class Backend(ABC):
         """ArrayError unless logits is (K, N) float and labels (N,) integer. (The label
         values are not read here: that would wait for the device.)"""
         _check_floats("softmax_cross_entropy", logits=(logits, "(K, N)"))
-        N = logits.shape[1]
+        K, N = logits.shape
+        if K < 1:
+            raise ArrayError("softmax_cross_entropy: logits have no classes (K = 0); "
+                             "the last layer needs at least one output")
         if tuple(labels.shape) != (N,) or labels.dtype.kind not in "iu":
             raise ArrayError(f"softmax_cross_entropy: labels must be ({N},) integers for "
                              f"{N} columns of logits, got {labels.dtype}{list(labels.shape)}")

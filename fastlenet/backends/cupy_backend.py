@@ -17,8 +17,9 @@ thread-to-element map. The linear layers use dense.cu's GEMM, not cuBLAS, so tha
 :meth:`CupyBackend.capture_step` can record a whole forward and backward pass in a CUDA
 graph (CuPy cannot capture cuBLAS calls); captured and uncaptured steps then run the
 same kernels and give the same bits. The remaining small element-wise operations of the
-layers (``backend.xp`` maths: ReLU masks, BatchNorm, the loss mean, argmax) are CuPy's
-own kernels.
+layers (``backend.xp`` maths: ReLU masks, BatchNorm, dropout) are CuPy's own kernels;
+the training step's reductions (the loss mean, the count of correct predictions) are the
+project's, compiled when the backend starts rather than by CuPy inside the first steps.
 
 The module imports with CuPy installed even on a machine without a GPU (the kernel
 sources can then still be compiled to PTX, which the tests do); constructing the
@@ -311,7 +312,7 @@ class CupyBackend(Backend):
         positions, group = OH * OW * N, CONV_GROUP
         while group > 1 and _ceil_div(K, group) * positions < CONV_THREADS:
             group //= 2
-        group = min(group, K)
+        group = max(1, min(group, K))
         self._launch("conv2d", "conv2d_forward", x.dtype, _ceil_div(K, group) * positions,
                      (x, w, bias[0] if bias else _NULL, y) + dims + (_i32(group),))
         return y, (x, w, b is not None, dims)
@@ -320,6 +321,11 @@ class CupyBackend(Backend):
         x, w, has_bias, dims = ctx
         dy = self._operands(dy, x)[0]
         K, OH, wtotal = int(w.shape[0]), int(dy.shape[1]), int(w.size)
+        if wtotal == 0:  # no weights (no input or no output channels): nothing to slice
+            dw = cupy.empty(w.shape, dtype=x.dtype)
+            db = None if not has_bias else \
+                self._row_sum(dy.reshape(K, -1)) if K else cupy.empty(0, dtype=x.dtype)
+            return (cupy.zeros(x.shape, dtype=x.dtype) if need_dx else None), dw, db
         # the weight gradient's blocks: S slices of `rows` output rows per weight, enough
         # of them to fill the device when the layer has few weights (kernels/conv2d.cu)
         rows = _ceil_div(OH, min(OH, _ceil_div(WEIGHT_BLOCKS, wtotal)))
@@ -421,7 +427,7 @@ class CupyBackend(Backend):
 
     def count_correct(self, logits, labels, correct) -> None:
         self.check_loss(logits, labels)
-        if correct.shape != () or correct.dtype != np.int64 or not correct.flags.c_contiguous:
+        if correct.shape != () or correct.dtype != np.int64:
             raise ArrayError(f"count_correct: the count must be a 0-d int64 array, got "
                              f"{correct.dtype}{list(correct.shape)}")
         (logits,) = self._operands(logits)
