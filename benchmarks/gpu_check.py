@@ -20,6 +20,9 @@ one runs; the whole stays within ``--budget`` seconds, later stages getting what
   memcheck, racecheck, synccheck
                compute-sanitizer on a short training run, where the tool is installed
   cupy-tests   the kernel, layer, model and optimizer tests on the cupy backend
+  kernels      ``python -m benchmarks.gpu_kernels --sweep --ncu``: a recorded step's time
+               for settings of the cupy backend's launch constants, and every kernel's
+               time under Nsight Compute, fastlenet's and PyTorch's (into bench.log)
 
 OUTDIR receives at most 8 files (what the device tool brings back): summary.txt (short,
 last), results.json (every stage and figure), info.log, tests.log, train.log, bench.log,
@@ -227,6 +230,23 @@ def bench(check: Check, stage: Stage) -> None:
             f"{k} {v:.3g}" for k, v in figures.items() if k.startswith("epoch"))
 
 
+def kernels(check: Check, stage: Stage) -> None:
+    json_path = check.scratch / "kernels.json"
+    done = check.run(stage, [check.python, "-m", "benchmarks.gpu_kernels", "--sweep", "--ncu",
+                             "--json", str(json_path)], "bench.log", 240)
+    figures = json.loads(json_path.read_text()) if json_path.exists() else {}
+    sweep = figures.get("sweep_us_per_step", {})
+    ours = figures.get("ncu_cupy")
+    stage.figures = {"sweep_us_per_step": sweep, "ncu": figures.get("ncu"),
+                     "ncu_us_per_step": {k[4:]: round(sum(r["us_per_step"] for r in v), 1)
+                                         for k, v in figures.items()
+                                         if k.startswith("ncu_") and isinstance(v, list)},
+                     "ncu_top_cupy_kernels": ours[:8] if ours else None}
+    stage.status = "passed" if done is not None and done.returncode == 0 and sweep else "failed"
+    if not stage.note:
+        stage.note = ", ".join(f"{k} {v:.0f} us" for k, v in sweep.items()) or "see bench.log"
+
+
 def sanitizer(tool: str):
     def body(check: Check, stage: Stage) -> None:
         program = shutil.which("compute-sanitizer")
@@ -290,7 +310,8 @@ def report(check: Check, install: str) -> int:
 
 
 GPU_STAGES = {"info": info, "gpu-tests": gpu_tests, "train": train, "bench": bench,
-              **{tool: sanitizer(tool) for tool in SANITIZERS}, "cupy-tests": cupy_tests}
+              **{tool: sanitizer(tool) for tool in SANITIZERS}, "cupy-tests": cupy_tests,
+              "kernels": kernels}
 
 
 def main(argv: list[str] | None = None) -> int:

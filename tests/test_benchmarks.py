@@ -284,10 +284,10 @@ def test_gpu_check_without_a_gpu_says_so_writes_its_summary_and_fails(tmp_path):
     assert summary[0] == "fastlenet GPU check: FAILED: device"
     assert summary[2].startswith("FAILED      device") and "no CUDA device" in summary[2]
     assert all(line.startswith("NOT RUN") and line.endswith("not run: no CUDA device")
-               for line in summary[3:11])
+               for line in summary[3:12])
     assert "  epoch <= 0.5x PyTorch CUDA eager: not measured" in summary
     results = json.loads((out / "results.json").read_text())
-    assert results["failed"] == ["device"] and len(results["stages"]) == 9
+    assert results["failed"] == ["device"] and len(results["stages"]) == 10
     assert _outputs_fit_the_device_tool(out) == ["info.log", "results.json", "summary.txt"]
 
 
@@ -307,6 +307,45 @@ def test_gpu_check_records_a_failed_stage_and_goes_on(tmp_path):
     assert "backend 'cupy' is not usable here" in (out / "train.log").read_text()
     assert results["memcheck"]["status"] in ("unavailable", "failed")
     _outputs_fit_the_device_tool(out)
+
+
+def test_gpu_kernels_sums_ncus_launches_per_kernel_and_step():
+    from benchmarks.gpu_kernels import format_kernels, ncu_kernels
+
+    header = '"ID","Kernel Name","Grid Size","Metric Name","Metric Unit","Metric Value"'
+    rows = [f'"{i}","{name}","({grid}, 1, 1)","gpu__time_duration.sum","ns","{ns}"'
+            for i, (name, grid, ns) in enumerate([("gemm_f32", 60, "1,500"), ("conv", 800, "40,000"),
+                                                   ("gemm_f32", 60, "2,500"), ("gemm_f32", 188, "900"),
+                                                   ("conv", 800, "44,000")])]
+    text = "==PROF== Connected to process\n" + "\n".join([header, *rows]) + "\n"
+    kernels = ncu_kernels(text, steps=2)
+    assert [(k["kernel"], k["grid"], k["launches_per_step"], k["us_per_step"]) for k in kernels] == [
+        ("conv", "(800, 1, 1)", 1.0, 42.0), ("gemm_f32", "(60, 1, 1)", 1.0, 2.0),
+        ("gemm_f32", "(188, 1, 1)", 0.5, 0.45)]
+    assert format_kernels(kernels).splitlines()[0] == "44.5 us of kernels per step, 2 launches"
+    assert ncu_kernels("no CSV here\n") == []
+
+
+def test_gpu_kernels_reads_a_recorded_ncu_file():
+    """The committed H200 profile: the figures its README quotes."""
+    from benchmarks.gpu_kernels import ncu_kernels
+
+    folder = ROOT / "benchmarks" / "results" / "2026-11-30-nvidia-h200-gpu-check-3"
+    ours = ncu_kernels((folder / "ncu-step-kernels.csv").read_text())
+    assert round(sum(k["us_per_step"] for k in ours)) == 517
+    assert (ours[0]["kernel"], ours[0]["grid"], round(ours[0]["us_per_step"])) == \
+        ("conv2d_forward_f32", "(800, 1, 1)", 134)
+    torch = ncu_kernels((folder / "ncu-step-kernels-torch-cuda-graphs.csv").read_text())
+    assert round(sum(k["us_per_step"] for k in torch)) == 583
+    assert sum(k["launches_per_step"] for k in torch) == 85
+
+
+def test_gpu_kernels_needs_something_to_run(capsys):
+    from benchmarks.gpu_kernels import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2 and "say what to run: --sweep, --ncu or both" in capsys.readouterr().err
 
 
 def test_gpu_check_targets_read_the_figures():
