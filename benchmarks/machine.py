@@ -132,7 +132,6 @@ def describe() -> dict:
     }
 
 
-
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages: other work on the machine skews the figures."""
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None

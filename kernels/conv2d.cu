@@ -30,8 +30,8 @@
 //       the bias gradient's partial (the tap may fall in the padding; dy still counts).
 //       dw[k,c,p,q] = sum_{i,j,n} dy[k,i,j,n] * x[c, i*stride-pad+p, j*stride-pad+q, n]
 //       db[k]       = sum_{i,j,n} dy[k,i,j,n]
-//   conv2d_sum_slices_{f32,f64}       thread e of (dw, db): sums part[0..S, e] in order
-//       (deterministic) into dw, or db for the last K (skipped when db is null).
+//       dense.cu's sum_splits then adds the S slices in order (deterministic) into one
+//       (K*C*KH*KW + K) array, dw followed by db.
 // Every index that can pass 2**31 (into x, y, dy, dx, part) is computed in long long;
 // every thread checks it is in range.
 
@@ -157,16 +157,6 @@ __device__ void conv2d_backward_weight(const T* dy, const T* x, T* part,
     }
 }
 
-template <typename T>
-__device__ void conv2d_sum_slices(const T* part, T* dw, T* db, int wtotal, int K, int S) {
-    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= wtotal + K || (e >= wtotal && db == nullptr)) return;
-    T acc = T(0);
-    for (int s = 0; s < S; ++s) acc += part[(long long)s * (wtotal + K) + e];
-    if (e < wtotal) dw[e] = acc;
-    else db[e - wtotal] = acc;
-}
-
 #define CONV_DIMS int C, int H, int W, int N, int K, int KH, int KW, int OH, int OW, \
                   int stride, int pad
 #define CONV_ARGS C, H, W, N, K, KH, KW, OH, OW, stride, pad
@@ -197,12 +187,4 @@ extern "C" __global__ void conv2d_backward_weight_f32(const float* dy, const flo
 extern "C" __global__ void conv2d_backward_weight_f64(const double* dy, const double* x,
                                                       double* part, CONV_DIMS, int rows) {
     conv2d_backward_weight<double>(dy, x, part, CONV_ARGS, rows);
-}
-extern "C" __global__ void conv2d_sum_slices_f32(const float* part, float* dw, float* db,
-                                                 int wtotal, int K, int S) {
-    conv2d_sum_slices<float>(part, dw, db, wtotal, K, S);
-}
-extern "C" __global__ void conv2d_sum_slices_f64(const double* part, double* dw, double* db,
-                                                 int wtotal, int K, int S) {
-    conv2d_sum_slices<double>(part, dw, db, wtotal, K, S);
 }

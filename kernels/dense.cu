@@ -22,7 +22,8 @@
 //                      each a short chain. With S = 1, out is C itself (bias added);
 //                      else out is scratch and sum_splits finishes.
 //   sum_splits_{f32,f64}  one thread per element (m, n) of C: the S partial sums of
-//                      part (S, M, N) in order (deterministic), plus bias[m].
+//                      part (S, M, N) in order (deterministic), plus bias[m]. The conv
+//                      weight gradient's slices (conv2d.cu) are summed by it too, M = 1.
 //   row_sum_{f32,f64}  one BLOCK of ROW_THREADS threads per row: the threads stride over
 //                      the row (coalesced) and reduce in shared memory in a fixed order
 //                      (deterministic).

@@ -63,18 +63,26 @@ __device__ void softmax_cross_entropy(const T* z, const long long* labels, T* lo
     }
 }
 
+// The sum of every thread's `value` over a block of LOSS_THREADS threads, through `shared`
+// (LOSS_THREADS elements), in a fixed order (deterministic); the result is thread 0's.
+template <typename S>
+__device__ S block_sum(S value, S* shared) {
+    shared[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) shared[threadIdx.x] += shared[threadIdx.x + half];
+        __syncthreads();
+    }
+    return shared[0];
+}
+
 template <typename T>
 __device__ void loss_mean(const T* loss, T* out, int N) {
     __shared__ T partial[LOSS_THREADS];
     T acc = T(0);
     for (int n = threadIdx.x; n < N; n += blockDim.x) acc += loss[n];
-    partial[threadIdx.x] = acc;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[0] = partial[0] / T(N);
+    T sum = block_sum(acc, partial);
+    if (threadIdx.x == 0) out[0] = sum / T(N);
 }
 
 template <typename T>
@@ -94,13 +102,8 @@ __device__ void count_correct(const T* z, const long long* labels, long long* co
         }
         count += labels[n] == best;
     }
-    partial[threadIdx.x] = count;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) correct[0] += partial[0];
+    long long total = block_sum(count, partial);
+    if (threadIdx.x == 0) correct[0] += total;
 }
 
 extern "C" __global__ void softmax_cross_entropy_f32(const float* z, const long long* labels,

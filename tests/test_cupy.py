@@ -358,6 +358,30 @@ def _set_constant(monkeypatch, backend, name, value):
     monkeypatch.setitem(namespace, name, value)
 
 
+def _agree_with_numpy(dev, run, names, rtol=1e-12, atol=1e-13):
+    """``run(backend)`` -> a tuple of arrays (or None) on that backend, from host inputs
+    it converts with ``backend.asarray``: the cupy backend's must equal the NumPy
+    backend's, None where it is None, shape for shape."""
+    from fastlenet.backends import get_backend
+
+    want, got = run(get_backend("numpy")), run(dev)
+    for name, g, r in zip(names, got, want, strict=True):
+        if r is None:
+            assert g is None, name
+        else:
+            assert dev.to_numpy(g).shape == r.shape, name
+            np.testing.assert_allclose(dev.to_numpy(g), r, rtol=rtol, atol=atol, err_msg=name)
+
+
+def _conv_backward(x, w, b, dy, stride, pad):
+    """A run for _agree_with_numpy: the convolution's output and its three gradients."""
+    def run(be):
+        y, ctx = be.conv2d_forward(be.asarray(x), be.asarray(w),
+                                   None if b is None else be.asarray(b), stride, pad)
+        return (y, *be.conv2d_backward(be.asarray(dy), ctx))
+    return run
+
+
 @pytest.mark.parametrize("blocks", [1, 40, 200, 1024, 10 ** 6])
 @pytest.mark.parametrize("shape", [
     # C, H, N, K, KH, stride, pad, bias
@@ -369,45 +393,25 @@ def test_weight_gradient_slices_sum_to_numpys(cuda_backend, monkeypatch, blocks,
     """The conv weight gradient cuts the output rows into slices (about WEIGHT_BLOCKS
     blocks) and sums them in a second kernel: one slice, several with an uneven last one,
     and one row each must all give NumPy's dw and db."""
-    from fastlenet.backends import get_backend
-
     C, H, N, K, KH, stride, pad, bias = shape
     _set_constant(monkeypatch, cuda_backend, "WEIGHT_BLOCKS", blocks)
     rng = np.random.default_rng(blocks + H)
     x = rng.standard_normal((C, H, H, N))
     w = rng.standard_normal((K, C, KH, KH))
     b = rng.standard_normal(K) if bias else None
-    reference = get_backend("numpy")
-    y, ctx = reference.conv2d_forward(x, w, b, stride, pad)
-    dy = rng.standard_normal(y.shape)
-    want = reference.conv2d_backward(dy, ctx)
-    dev = cuda_backend
-    _, dctx = dev.conv2d_forward(dev.asarray(x), dev.asarray(w),
-                                 None if b is None else dev.asarray(b), stride, pad)
-    got = dev.conv2d_backward(dev.asarray(dy), dctx)
-    for name, g, r in zip(("dx", "dw", "db"), got, want):
-        if r is None:
-            assert g is None, name
-        else:
-            np.testing.assert_allclose(dev.to_numpy(g), r, rtol=1e-11, atol=1e-12, err_msg=name)
+    OH = (H + 2 * pad - KH) // stride + 1
+    dy = rng.standard_normal((K, OH, OH, N))
+    _agree_with_numpy(cuda_backend, _conv_backward(x, w, b, dy, stride, pad),
+                      ("y", "dx", "dw", "db"), rtol=1e-11, atol=1e-12)
 
 
 @pytest.mark.parametrize("C, K", [(0, 3), (2, 0)])
 def test_conv_without_input_or_output_channels_matches_numpy(cuda_backend, C, K):
     """No weights: nothing to slice or group; the bias gradient and dx as NumPy's."""
-    from fastlenet.backends import get_backend
-
     rng = np.random.default_rng(C + K)
     x, w, b = rng.standard_normal((C, 6, 6, 3)), rng.standard_normal((K, C, 3, 3)), rng.standard_normal(K)
-    reference, dev = get_backend("numpy"), cuda_backend
-    y, ctx = reference.conv2d_forward(x, w, b, 1, 1)
-    dy = rng.standard_normal(y.shape)
-    want = (y, *reference.conv2d_backward(dy, ctx))
-    y, ctx = dev.conv2d_forward(dev.asarray(x), dev.asarray(w), dev.asarray(b), 1, 1)
-    got = (y, *dev.conv2d_backward(dev.asarray(dy), ctx))
-    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
-        assert dev.to_numpy(g).shape == r.shape, name
-        np.testing.assert_allclose(dev.to_numpy(g), r, rtol=1e-12, atol=1e-13, err_msg=name)
+    dy = rng.standard_normal((K, 6, 6, 3))
+    _agree_with_numpy(cuda_backend, _conv_backward(x, w, b, dy, 1, 1), ("y", "dx", "dw", "db"))
 
 
 def test_conv_group_fits_the_kernels_register_array():
@@ -427,19 +431,15 @@ def test_conv_forward_channel_groups_match_numpy(cuda_backend, monkeypatch, grou
                                                  shape):
     """The conv forward's threads compute groups of output channels (fewer, down to one,
     where that leaves too few threads): every grouping must give NumPy's output."""
-    from fastlenet.backends import get_backend
-
     C, H, N, K, KH, stride, pad, bias = shape
     _set_constant(monkeypatch, cuda_backend, "CONV_GROUP", group)
     _set_constant(monkeypatch, cuda_backend, "CONV_THREADS", threads)
     rng = np.random.default_rng(K + H)
     x, w = rng.standard_normal((C, H, H, N)), rng.standard_normal((K, C, KH, KH))
     b = rng.standard_normal(K) if bias else None
-    want = get_backend("numpy").conv2d_forward(x, w, b, stride, pad)[0]
-    dev = cuda_backend
-    got = dev.conv2d_forward(dev.asarray(x), dev.asarray(w), None if b is None else dev.asarray(b),
-                             stride, pad)[0]
-    np.testing.assert_allclose(dev.to_numpy(got), want, rtol=1e-12, atol=1e-13)
+    _agree_with_numpy(cuda_backend, lambda be: be.conv2d_forward(
+        be.asarray(x), be.asarray(w), None if b is None else be.asarray(b), stride, pad)[:1],
+        ("y",))
 
 
 @pytest.mark.parametrize("threads, min_chunk", [(1, 16), (10 ** 6, 16), (10 ** 6, 1), (10 ** 6, 7)])
@@ -449,20 +449,17 @@ def test_matrix_product_splits_sum_to_numpys(cuda_backend, monkeypatch, threads,
     """The linear layer's products split their inner dimension (of any length, uneven
     last chunk included) when they have few outputs: all three of the layer's products,
     with and without splits, must give NumPy's results."""
-    from fastlenet.backends import get_backend
-
     _set_constant(monkeypatch, cuda_backend, "GEMM_THREADS", threads)
     _set_constant(monkeypatch, cuda_backend, "GEMM_MIN_CHUNK", min_chunk)
     rng = np.random.default_rng(IN + N)
     x, w, b = rng.standard_normal((IN, N)), rng.standard_normal((OUT, IN)), rng.standard_normal(OUT)
     dy = rng.standard_normal((OUT, N))
-    reference, dev = get_backend("numpy"), cuda_backend
-    y, ctx = reference.linear_forward(x, w, b)
-    want = (y, *reference.linear_backward(dy, ctx))
-    y, ctx = dev.linear_forward(dev.asarray(x), dev.asarray(w), dev.asarray(b))
-    got = (y, *dev.linear_backward(dev.asarray(dy), ctx))
-    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
-        np.testing.assert_allclose(dev.to_numpy(g), r, rtol=1e-12, atol=1e-13, err_msg=name)
+
+    def run(be):
+        y, ctx = be.linear_forward(be.asarray(x), be.asarray(w), be.asarray(b))
+        return (y, *be.linear_backward(be.asarray(dy), ctx))
+
+    _agree_with_numpy(cuda_backend, run, ("y", "dx", "dw", "db"))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

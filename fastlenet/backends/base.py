@@ -224,6 +224,14 @@ class Backend(ABC):
             raise ArrayError(f"softmax_cross_entropy: labels must be ({N},) integers for "
                              f"{N} columns of logits, got {labels.dtype}{list(labels.shape)}")
 
+    def check_count(self, logits, labels, correct) -> None:
+        """ArrayError unless count_correct's logits and labels pass check_loss and correct
+        is a 0-d int64 array."""
+        self.check_loss(logits, labels)
+        if correct.shape != () or correct.dtype != np.int64:
+            raise ArrayError(f"count_correct: the count must be a 0-d int64 array, got "
+                             f"{correct.dtype}{list(correct.shape)}")
+
     def check_warp(self, x, coeffs, displacement) -> None:
         """ArrayError unless x is (C, H, W, N), coeffs (6, N) and displacement
         (2, H, W, N) or None, all of one float dtype."""
@@ -404,10 +412,7 @@ class Backend(ABC):
         """Add to ``correct`` (a 0-d int64 array on the device) how many columns of logits
         (K, N) have their largest value in the row of their label (N,): argmax's choice,
         the first of ties, a NaN before any number. Reads nothing back to the host."""
-        self.check_loss(logits, labels)
-        if correct.shape != () or correct.dtype != np.int64:
-            raise ArrayError(f"count_correct: the count must be a 0-d int64 array, got "
-                             f"{correct.dtype}{list(correct.shape)}")
+        self.check_count(logits, labels, correct)
         correct += (logits.argmax(axis=0) == labels).sum()
 
     def separable_filter(self, a, gh, gw):

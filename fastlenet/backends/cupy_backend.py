@@ -83,8 +83,7 @@ INSTALL_HINT = ("pip install 'fastlenet[cupy-cuda12]' (or [cupy-cuda13] for a CU
 # The kernels each file must define (each in an _f32 and an _f64 version, except the
 # counter update); the backend fetches them by these names.
 KERNELS: dict[str, tuple[str, ...]] = {
-    "conv2d": ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
-               "conv2d_sum_slices"),
+    "conv2d": ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"),
     "pool": ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward"),
     "dense": ("gemm", "sum_splits", "row_sum"),
@@ -244,9 +243,9 @@ class CupyBackend(Backend):
         """(M, N) = op(a) @ op(b) (+ bias[:, None]); see kernels/dense.cu. The inner
         dimension is split when the product has fewer than about GEMM_THREADS outputs."""
         out = cupy.empty((m, n), dtype=a.dtype)
-        splits = max(1, min(_ceil_div(kd, GEMM_MIN_CHUNK), _ceil_div(GEMM_THREADS, m * n or 1)))
-        chunk = _ceil_div(kd, splits) if kd else 1
-        splits = _ceil_div(kd, chunk) if kd else 1
+        wanted = max(1, min(_ceil_div(kd, GEMM_MIN_CHUNK), _ceil_div(GEMM_THREADS, m * n or 1)))
+        chunk = max(1, _ceil_div(kd, wanted))
+        splits = max(1, _ceil_div(kd, chunk))  # as the kernel counts them
         target = out if splits == 1 else cupy.empty((splits, m, n), dtype=a.dtype)
         self._launch("dense", "gemm", a.dtype, splits * m * n,
                      (a, b, _NULL if bias is None or splits > 1 else bias, target, _i32(m),
@@ -322,22 +321,22 @@ class CupyBackend(Backend):
         dy = self._operands(dy, x)[0]
         K, OH, wtotal = int(w.shape[0]), int(dy.shape[1]), int(w.size)
         if wtotal == 0:  # no weights (no input or no output channels): nothing to slice
-            dw = cupy.empty(w.shape, dtype=x.dtype)
-            db = None if not has_bias else \
-                self._row_sum(dy.reshape(K, -1)) if K else cupy.empty(0, dtype=x.dtype)
-            return (cupy.zeros(x.shape, dtype=x.dtype) if need_dx else None), dw, db
+            db = self._row_sum(dy.reshape(K, dy.size // K if K else 0)) if has_bias else None
+            dx = cupy.zeros(x.shape, dtype=x.dtype) if need_dx else None
+            return dx, cupy.empty(w.shape, dtype=x.dtype), db
         # the weight gradient's blocks: S slices of `rows` output rows per weight, enough
-        # of them to fill the device when the layer has few weights (kernels/conv2d.cu)
+        # of them to fill the device when the layer has few weights (kernels/conv2d.cu);
+        # dense.cu's sum_splits adds the slices into dw followed by db
         rows = _ceil_div(OH, min(OH, _ceil_div(WEIGHT_BLOCKS, wtotal)))
         slices = _ceil_div(OH, rows)
         part = cupy.empty(slices * (wtotal + K), dtype=x.dtype)
         self._launch_blocks("conv2d", "conv2d_backward_weight", x.dtype, slices * wtotal,
                             (dy, x, part) + dims + (_i32(rows),))
-        dw = cupy.empty(w.shape, dtype=x.dtype)
-        db = cupy.empty(K, dtype=x.dtype) if has_bias else None
-        self._launch("conv2d", "conv2d_sum_slices", x.dtype, wtotal + K,
-                     (part, dw, _NULL if db is None else db, _i32(wtotal), _i32(K),
-                      _i32(slices)))
+        grads = cupy.empty(wtotal + K, dtype=x.dtype)
+        self._launch("dense", "sum_splits", x.dtype, wtotal + K,
+                     (part, _NULL, grads, _i32(slices), _i32(1), _i32(wtotal + K)))
+        dw = grads[:wtotal].reshape(w.shape)
+        db = grads[wtotal:] if has_bias else None
         if not need_dx:
             return None, dw, db
         dx = cupy.empty(x.shape, dtype=x.dtype)
@@ -426,10 +425,7 @@ class CupyBackend(Backend):
         return loss, grad
 
     def count_correct(self, logits, labels, correct) -> None:
-        self.check_loss(logits, labels)
-        if correct.shape != () or correct.dtype != np.int64:
-            raise ArrayError(f"count_correct: the count must be a 0-d int64 array, got "
-                             f"{correct.dtype}{list(correct.shape)}")
+        self.check_count(logits, labels, correct)
         (logits,) = self._operands(logits)
         labels = cupy.ascontiguousarray(labels, dtype=np.int64)
         k, n = logits.shape
