@@ -70,8 +70,10 @@ def test_batch_last_gathers_by_index(backend, shape):
 
 # ----------------------------------------------------------------- convolution
 # (C, H, W, N, K, KH, KW, stride, pad): odd batches, non-square inputs and kernels,
-# strides 1-3, paddings 0-2, kernels 1-5, one LeNet-like layer, and one whose output is
-# narrower than its kernel (no input column is reached by every kernel column).
+# strides 1-3, paddings 0-2, kernels 1-5, one LeNet-like layer, one whose output is
+# narrower than its kernel (no input column is reached by every kernel column), and the
+# NumPy backend's weight gradient with one output row per product (K > 24) and with
+# groups of rows whose last group is shorter (stride 1 and 2).
 CONV_CASES = [
     (1, 7, 7, 1, 2, 1, 1, 1, 0),
     (3, 6, 3, 5, 2, 3, 5, 1, 1),
@@ -82,6 +84,9 @@ CONV_CASES = [
     (2, 8, 7, 7, 3, 3, 5, 2, 0),
     (4, 5, 5, 3, 2, 3, 3, 3, 1),
     (1, 12, 12, 3, 6, 5, 5, 1, 0),
+    (2, 7, 6, 3, 25, 3, 3, 2, 1),
+    (2, 11, 9, 3, 6, 5, 3, 1, 0),
+    (1, 15, 6, 2, 8, 3, 3, 2, 0),
 ]
 
 
