@@ -73,7 +73,8 @@ def test_batch_last_gathers_by_index(backend, shape):
 # strides 1-3, paddings 0-2, kernels 1-5, one LeNet-like layer, one whose output is
 # narrower than its kernel (no input column is reached by every kernel column), and the
 # NumPy backend's weight gradient with one output row per product (K > 24) and with
-# groups of rows whose last group is shorter (stride 1 and 2).
+# groups of rows whose last group is shorter (stride 1 and 2), with an input row no
+# window reaches, and with a stride larger than the kernel.
 CONV_CASES = [
     (1, 7, 7, 1, 2, 1, 1, 1, 0),
     (3, 6, 3, 5, 2, 3, 5, 1, 1),
@@ -87,6 +88,8 @@ CONV_CASES = [
     (2, 7, 6, 3, 25, 3, 3, 2, 1),
     (2, 11, 9, 3, 6, 5, 3, 1, 0),
     (1, 15, 6, 2, 8, 3, 3, 2, 0),
+    (1, 16, 6, 2, 8, 3, 3, 2, 0),
+    (1, 13, 5, 2, 6, 1, 1, 3, 0),
 ]
 
 
@@ -140,12 +143,50 @@ def test_conv2d_contexts_stay_valid_across_calls(backend):
             _check(backend, actual, expected, np.float64)
 
 
+def test_conv2d_on_strided_views(backend):
+    """x and dy as views with negative, gapped and transposed strides, padding 0 (the
+    NumPy backend then reads x in place) and 1: the same values as contiguous copies."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((9, 3, 10, 2 * 8))  # (W, C, H, 2N)
+    x = base.transpose(1, 2, 0, 3)[:, ::-1, :, ::2]  # (C, H, W, N) = (3, 10, 9, 8)
+    w, b = rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
+    for stride, pad in ((1, 0), (2, 0), (2, 1)):
+        x_c = np.ascontiguousarray(x)
+        y, ctx = backend.conv2d_forward(backend.asarray(x), backend.asarray(w),
+                                        backend.asarray(b), stride, pad)
+        _check(backend, y, ref.conv2d_forward(x_c, w, b, stride, pad), np.float64)
+        dy = rng.standard_normal(y.shape[::-1]).T  # (K, OH, OW, N), Fortran order
+        for actual, expected in zip(backend.conv2d_backward(backend.asarray(dy), ctx),
+                                    ref.conv2d_backward(np.ascontiguousarray(dy), x_c, w,
+                                                        stride, pad)):
+            _check(backend, actual, expected, np.float64)
+
+
+@pytest.mark.parametrize("C, K, N", [(0, 3, 2), (2, 0, 2), (2, 3, 0)])
+def test_conv2d_with_nothing_to_compute(backend, C, K, N):
+    """No input channels, no output channels or no images: empty arrays of the right
+    shapes, and zeros where a sum has no terms (y is the bias, dw and db are zero)."""
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((C, 6, 5, N)), rng.standard_normal((K, C, 3, 3)), \
+        rng.standard_normal(K)
+    y, ctx = backend.conv2d_forward(backend.asarray(x), backend.asarray(w),
+                                    backend.asarray(b), 1, 1)
+    _check(backend, y, ref.conv2d_forward(x, w, b, 1, 1), np.float64)
+    dy = rng.standard_normal(tuple(y.shape))
+    for actual, expected in zip(backend.conv2d_backward(backend.asarray(dy), ctx),
+                                ref.conv2d_backward(dy, x, w, 1, 1)):
+        _check(backend, actual, expected, np.float64)
+
+
 def test_conv2d_rejects_bad_shapes(backend):
     x = backend.asarray(np.zeros((3, 6, 6, 2)))
     with pytest.raises(ValueError, match="channels"):
         backend.conv2d_forward(x, backend.asarray(np.zeros((4, 2, 3, 3))), None, 1, 0)
     with pytest.raises(ValueError, match="does not fit"):
         backend.conv2d_forward(x, backend.asarray(np.zeros((4, 3, 9, 9))), None, 1, 1)
+    for kernel, name in (((0, 3), "kernel height"), ((3, 0), "kernel width")):
+        with pytest.raises(ValueError, match=f"{name} must be an integer >= 1"):
+            backend.conv2d_forward(x, backend.asarray(np.zeros((4, 3, *kernel))), None, 1, 0)
 
 
 # --------------------------------------------------------------------- pooling

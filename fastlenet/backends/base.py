@@ -186,9 +186,10 @@ class Backend(ABC):
         (C, H, W, N), w not (K, C, KH, KW), b not (K,) or None, the dtypes differ, the
         channels differ or the window does not fit."""
         _check_floats("conv2d", x=(x, "(C, H, W, N)"), w=(w, "(K, C, KH, KW)"), b=(b, "(K,)"))
-        check_window_options("conv2d", "kernel", w.shape[2], stride, pad)
         C, H, W, _ = x.shape
         K, WC, KH, KW = w.shape
+        check_window_options("conv2d", "kernel height", KH, stride, pad)
+        check_window_options("conv2d", "kernel width", KW, stride, pad)
         if WC != C:
             raise ArrayError(f"conv2d: input has {C} channels, weights expect {WC}")
         if b is not None and tuple(b.shape) != (K,):

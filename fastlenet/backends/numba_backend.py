@@ -910,6 +910,8 @@ class NumbaBackend(HostBackend):
             _KERNELS["conv2d_backward_weights"](xpad, dy, dw, db)
         else:
             _KERNELS["conv2d_backward_weights_strided"](xpad, dy, stride, dw, db)
+        if C == 0 and has_bias:  # the kernels sum db in their channel-0 tasks: none here
+            _KERNELS["row_sums"](dy.reshape(K, -1), db)
         db = db if has_bias else None
         if not need_dx:
             return None, dw, db

@@ -1,22 +1,29 @@
-"""The NumPy backend: im2col/col2im with the batch innermost, and BLAS GEMMs.
+"""The NumPy backend: im2col along the width (MEC) and col2im with the batch innermost,
+and BLAS GEMMs.
 
 This is the reference every other backend is tested against, so it stays plain:
 no Python loop over pixels, only over the few kernel offsets (at most KH*KW iterations,
-each moving a whole (C, OH, OW, N) block), and over samples only in ``to_batch_last``,
-in blocks of 8 (measured faster than NumPy's one transposing copy).
+each moving a whole (C, OH, OW, N) block) and over output rows (one GEMM each, or one
+per group of rows), and over samples only in ``to_batch_last``, in blocks of 8 (measured
+faster than NumPy's one transposing copy).
 
 Convolution as one GEMM per output row (x: (C, H, W, N), w: (K, C, KH, KW)), im2col
 lowered along the width only (Cho and Brand's MEC, "Memory-efficient Convolution", 2017):
-    rows[r, c, q, j, n] = xpad[c, r, j*s + q, n]            (H + 2*pad, C, KW, OW, N)
+    rows[r, c, q, j, n] = xpad[c, r, j*s + q, n]       ((OH-1)*s + KH, C, KW, OW, N)
     a[i] = rows[i*s : i*s + KH] as one matrix    ((p, c, q), (j, n)): KH*C*KW x OW*N
     a[i] is im2col's block for output row i, and the a[i] of neighbouring rows share
-    memory (a view, no copy), so rows is KH times smaller than the full im2col matrix;
+    memory (a view, no copy), so rows is OH*KH / ((OH-1)*s + KH) times smaller than the
+    full im2col matrix (4.4x for conv1; about KH/s; larger when s > KH, whose gap rows
+    it copies);
     y[:, i] = w' @ a[i]     (w' is w with its columns in (p, c, q) order), plus b
-    dw' = sum_i dy[:, i] @ a[i].T,   db = sum of dy over (i, j, n)
+    dw' = sum_i dy[:, i] @ a[i].T, with the products of g neighbouring output rows done
+          as one product over the input rows they cover when K is small (the code says
+          why),   db = sum of dy over (i, j, n)
     dcols = w.T @ dy, then col2im adds each (p, q) block back into dxpad.
-On LeNet-5's training step the smaller array saved 7-19% of the whole step against one
-full im2col GEMM (2-core Zen 5, interleaved steps): the full matrix (10 MB for conv1 at
-batch 128) had left the caches by the time the backward read it again.
+On LeNet-5's training step this took 0.82 of the time of one full im2col GEMM
+(2-core Zen 5, interleaved steps): the full matrix (10 MB for conv1 at batch 128) had
+left the caches by the time the backward read it again, and conv1's thin products ran
+slowly in BLAS.
 
 Max-pool keeps the offset of each window's first maximum (the smallest unsigned type); the backward writes
 each offset's share of dy straight into dx, and the fused ReLU + max-pool marks windows
@@ -41,6 +48,10 @@ from numpy.lib.stride_tricks import as_strided
 
 from .base import Backend
 
+# the weight gradient's products take about this many (output row, channel) columns of
+# dy at once: thinner ones ran slowly in OpenBLAS (see conv2d_backward)
+WEIGHT_GRAD_COLUMNS = 24
+
 
 def _windows(x, KH: int, KW: int, stride: int, OH: int, OW: int, writeable: bool = False):
     """View v[c, p, q, i, j, n] = x[c, i*stride + p, j*stride + q, n] (read-only unless
@@ -62,7 +73,7 @@ def _row_windows(rows, KH: int, stride: int, OH: int):
     """View a[i] = rows[i*stride : i*stride + KH] as one (KH*C*KW, OW*N) matrix per output
     row i: the rows of a[i] are (p, c, q) in order and each is contiguous, so a[i] is a
     plain matrix for BLAS (the a[i] overlap: read-only)."""
-    R, C, KW, OW, N = rows.shape
+    _, C, KW, OW, N = rows.shape
     row = C * KW * OW * N
     e = rows.itemsize
     return as_strided(rows, shape=(OH, KH * C * KW, OW * N),
@@ -119,7 +130,8 @@ class NumpyBackend(HostBackend):
         # cover: only the column shifts are copied (the module docstring has the layout)
         rows = np.empty(((OH - 1) * stride + KH, C, KW, OW, N), dtype=x.dtype)
         sc, sh, sw, sn = xpad.strides
-        rows[...] = as_strided(xpad, shape=rows.shape, strides=(sh, sc, sw, sw * stride, sn))
+        rows[...] = as_strided(xpad, shape=rows.shape, strides=(sh, sc, sw, sw * stride, sn),
+                               writeable=False)
         a = _row_windows(rows, KH, stride, OH)
         wmat = w.transpose(0, 2, 1, 3).reshape(K, KH * C * KW)  # columns in (p, c, q) order
         y = np.empty((K, OH, OW, N), dtype=x.dtype)
@@ -136,14 +148,13 @@ class NumpyBackend(HostBackend):
         _, OH, OW, _ = dy.shape
         R = C * KW
         # dw' = sum_i dy[:, i] @ a[i].T. With few output channels each product is too thin
-        # for BLAS to run well (conv1's: 6 x 25 from a reduction of 3,584), so g output rows
-        # go into one product, P = A @ [dy[:, i0]; ...; dy[:, i0+g-1]].T, against the input
-        # rows A all g windows cover, and row t's block is P[(t*stride + p, c, q), (t, k)]:
-        # 1.6x the multiply-adds for conv1 (g = 4), in half the time (2-core Zen 5, OpenBLAS)
-        g = max(1, min(OH, 24 // max(K, 1)))
+        # for BLAS to run well (conv1's at batch 128: 6 x 25 from a reduction of 3,584), so
+        # g output rows go into one product, P = A @ [dy[:, i0]; ...; dy[:, i0+g-1]].T,
+        # against the input rows A that the g windows cover, and row t's block is
+        # P[(t*stride + p, c, q), (t, k)]: for conv1 (g = 4) 1.6x the multiply-adds in half
+        # the time (2-core Zen 5, OpenBLAS); conv2 (K = 16, g = 1) ran fastest ungrouped
+        g = max(1, min(OH, WEIGHT_GRAD_COLUMNS // max(K, 1)))
         dy_rows = dy.reshape(K, OH, OW * N).transpose(1, 0, 2)  # dy_rows[i] = dy[:, i]
-        if g > 1:
-            dy_rows = np.ascontiguousarray(dy_rows)
         dw = np.zeros((KH, R, K), dtype=dy.dtype)
         for i0 in range(0, OH, g):
             n = min(g, OH - i0)
@@ -154,8 +165,7 @@ class NumpyBackend(HostBackend):
             for t in range(n):
                 dw += P[t * stride:t * stride + KH, :, t]
         dw = np.ascontiguousarray(dw.reshape(KH, C, KW, K).transpose(3, 1, 0, 2))
-        # einsum's sum over a contiguous row ran 3x faster than ndarray.sum's pairwise one
-        db = np.einsum("km->k", dy.reshape(K, OH * OW * N)) if has_bias else None
+        db = dy.reshape(K, OH * OW * N).sum(axis=1) if has_bias else None
         if not need_dx:
             return None, dw, db
         # dcols[(c, p, q), (i, j, n)] = sum_k w[k, c, p, q] dy[k, i, j, n]; each (p, q)
