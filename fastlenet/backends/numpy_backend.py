@@ -20,7 +20,7 @@ lowered along the width only (Cho and Brand's MEC, "Memory-efficient Convolution
           as one product over the input rows they cover when K is small (the code says
           why),   db = sum of dy over (i, j, n)
     dcols = w.T @ dy, then col2im adds each (p, q) block back into dxpad.
-On LeNet-5's training step this took 0.82 of the time of one full im2col GEMM
+On LeNet-5's training step this took 0.74-0.82 of the time of one full im2col GEMM
 (2-core Zen 5, interleaved steps): the full matrix (10 MB for conv1 at batch 128) had
 left the caches by the time the backward read it again, and conv1's thin products ran
 slowly in BLAS.
