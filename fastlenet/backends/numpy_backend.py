@@ -69,17 +69,6 @@ def _pool_views(x, size: int, stride: int, OH: int, OW: int, writeable: bool = F
     return [v[:, p, q] for p in range(size) for q in range(size)]
 
 
-def _row_windows(rows, KH: int, stride: int, OH: int):
-    """View a[i] = rows[i*stride : i*stride + KH] as one (KH*C*KW, OW*N) matrix per output
-    row i: the rows of a[i] are (p, c, q) in order and each is contiguous, so a[i] is a
-    plain matrix for BLAS (the a[i] overlap: read-only)."""
-    _, C, KW, OW, N = rows.shape
-    row = C * KW * OW * N
-    e = rows.itemsize
-    return as_strided(rows, shape=(OH, KH * C * KW, OW * N),
-                      strides=(stride * row * e, OW * N * e, e), writeable=False)
-
-
 class HostBackend(Backend):
     """What the CPU backends share: NumPy arrays on the host and NumPy's generators.
     Kernels are each backend's own (tests/test_backends.py lists who implements what)."""
@@ -132,11 +121,13 @@ class NumpyBackend(HostBackend):
         sc, sh, sw, sn = xpad.strides
         rows[...] = as_strided(xpad, shape=rows.shape, strides=(sh, sc, sw, sw * stride, sn),
                                writeable=False)
-        a = _row_windows(rows, KH, stride, OH)
-        wmat = w.transpose(0, 2, 1, 3).reshape(K, KH * C * KW)  # columns in (p, c, q) order
+        R = C * KW
+        wmat = w.transpose(0, 2, 1, 3).reshape(K, KH * R)  # columns in (p, c, q) order
         y = np.empty((K, OH, OW, N), dtype=x.dtype)
-        # y[:, i] = wmat @ a[i], one GEMM per output row, written in place
-        np.matmul(wmat, a, out=y.reshape(K, OH, OW * N).transpose(1, 0, 2))
+        for i in range(OH):  # y[:, i] = wmat @ a[i], written in place
+            top = i * stride
+            np.matmul(wmat, rows[top:top + KH].reshape(KH * R, OW * N),
+                      out=y[:, i].reshape(K, OW * N))
         if b is not None:
             y += b.reshape(K, 1, 1, 1)
         return y, (rows, w, x.shape, stride, pad, b is not None)
