@@ -17,7 +17,7 @@ kernel's C signature, so a launcher passing an ``int64`` where the kernel takes 
 ``int``, or arguments in the wrong order, fails here instead of reading garbage on a GPU.
 
 Streams and CUDA graphs are emulated too, for the bookkeeping of the backend's graph
-capture (``_CapturedStep``): a ``Stream`` that is current inside ``with``, records events
+capture (``CapturedStep``): a ``Stream`` that is current inside ``with``, records events
 and captures; while a stream captures, RawModule launches are recorded instead of run
 (as CUDA does), and a ``Graph`` replays the recorded launches with the arguments they
 were recorded with (arrays by reference, scalars by value: what a real graph bakes in).
@@ -333,22 +333,32 @@ def make_module() -> types.ModuleType:
 
 
 def load_module(cupy_module: types.ModuleType | None = None) -> types.ModuleType:
-    """fastlenet.backends.cupy_backend executed on a stand-in ``cupy`` (the real module,
-    and sys.modules, are untouched)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("fastlenet.backends.cupy_backend")
-    backend_module = importlib.util.module_from_spec(spec)
-    saved = sys.modules.get("cupy")
+    """fastlenet.backends.cupy_backend, and the CUDA-graph module it imports
+    (fastlenet.backends.cuda_graph), executed on a stand-in ``cupy``; the real modules,
+    and sys.modules, are left as they were."""
+    names = ("cupy", "fastlenet.backends.cuda_graph")
+    saved = {name: sys.modules.get(name) for name in names}
     sys.modules["cupy"] = cupy_module or make_module()
     try:
-        spec.loader.exec_module(backend_module)
+        # the copy cupy_backend's `from .cuda_graph import ...` then finds
+        sys.modules["fastlenet.backends.cuda_graph"] = _execute("fastlenet.backends.cuda_graph")
+        return _execute("fastlenet.backends.cupy_backend")
     finally:
-        if saved is None:
-            del sys.modules["cupy"]
-        else:
-            sys.modules["cupy"] = saved
-    return backend_module
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def _execute(name: str) -> types.ModuleType:
+    """A fresh copy of the module ``name``, run now and registered nowhere."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_backend(capture: bool = False):

@@ -9,6 +9,7 @@ import pytest
 from conftest import load_backend
 from fastlenet import backends
 from fastlenet.backends.base import Backend
+from fastlenet.backends.reference import ReferenceBackend
 from fastlenet.errors import ArrayError, BackendUnavailableError
 
 
@@ -80,9 +81,9 @@ def test_softmax_is_stable_and_matches_the_loss_gradient(backend):
 
 # ------------------------------------------------- who implements which kernel
 # Every kernel of the interface, and, for each backend, the ones its own class (or a
-# class of its own module) implements. The rest it inherits from base.Backend's generic
-# versions: a visible choice here, so a backend cannot lose a kernel of its own unnoticed
-# (its tests against the NumPy backend would pass trivially on the inherited copy).
+# class of its own module) implements. The rest it inherits from the reference: a
+# visible choice here, so a backend cannot lose a kernel of its own unnoticed (its tests
+# against the reference would pass trivially on the inherited copy).
 KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backward",
            "maxpool2d_forward", "maxpool2d_backward", "relu_maxpool2d_forward",
            "relu_maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
@@ -90,9 +91,8 @@ KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backwar
            "linear_backward", "softmax", "softmax_cross_entropy", "count_correct",
            "adam_update_device", "set_scalars", "separable_filter", "warp_bilinear")
 OWN_KERNELS = {
-    "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
-              "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
-              "avgpool2d_forward", "avgpool2d_backward"},
+    "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "relu_maxpool2d_forward",
+              "relu_maxpool2d_backward"},
     "numba": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
               "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
               "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
@@ -115,6 +115,14 @@ def test_each_backend_lists_the_kernels_it_implements_itself(name):
            if next(c for c in cls.__mro__ if kernel in vars(c)).__module__ == module_name}
     assert own == OWN_KERNELS[name]
     assert set(OWN_KERNELS) == set(backends._REGISTRY)  # a new backend gets a row here
+
+
+def test_the_reference_implements_every_kernel_itself():
+    """Every kernel but set_scalars (base.Backend's, a plain copy on the host) is the
+    reference's own, so nothing a backend inherits comes from anywhere else."""
+    owners = {kernel: next(c for c in ReferenceBackend.__mro__ if kernel in vars(c))
+              for kernel in KERNELS}
+    assert {k for k, c in owners.items() if c is not ReferenceBackend} == {"set_scalars"}
 
 
 # --------------------------------------------------------- bad arguments, every backend

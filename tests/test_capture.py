@@ -1,6 +1,6 @@
 """Recording a training step as a CUDA graph, without a GPU.
 
-The cupy backend's ``_CapturedStep`` runs here on the host emulation of tests/host_cuda.py:
+The cupy backend's ``CapturedStep`` runs here on the host emulation of tests/host_cuda.py:
 its CUDA kernels compiled for the CPU, and streams and graphs emulated (a capturing
 stream records RawModule launches; a graph replays them with the arguments recorded:
 arrays by reference, scalars by value, as a real graph bakes them in). The steps used
@@ -90,7 +90,7 @@ def test_replays_equal_plain_steps_as_the_scalars_change(emulated, dtype):
     results = []
     for capture in (False, True):
         step, factors, state = _adam_step(backend, dtype=dtype)
-        run = module._CapturedStep(step, lambda: (), log=Log()) if capture else step
+        run = module.CapturedStep(step, lambda: (), log=Log()) if capture else step
         _run(backend, run, factors, grads, lrs)
         results.append([a.copy() for a in state])
         if capture:
@@ -117,7 +117,7 @@ def test_a_host_value_baked_into_a_recording_is_caught(emulated):
         def baking(g, step=step, factors=factors):
             backend.set_scalars(factors, adam_factors(next(lr_now), 0.9, 0.999, 0.01, next(t_now)))
             return step(g)
-        run = module._CapturedStep(baking, lambda: (), log=Log()) if capture else baking
+        run = module.CapturedStep(baking, lambda: (), log=Log()) if capture else baking
         _run(backend, run, factors, grads, lrs, bake_lr_in_step=True)
         results.append(state[0].copy())
     assert not np.array_equal(results[0], results[1])
@@ -132,7 +132,7 @@ def test_warm_up_runs_on_the_capture_stream_with_the_private_pool(emulated):
                      host_cuda._capturing))
         return (backend.xp.empty(3, dtype=np.float32),)
 
-    captured = module._CapturedStep(step, lambda: (), log=Log())
+    captured = module.CapturedStep(step, lambda: (), log=Log())
     default = host_cuda.Stream.current
     waited = len(captured.stream.waited)
     for _ in range(3):
@@ -157,7 +157,7 @@ def test_every_block_allocated_while_recording_is_held_by_the_recording(emulated
         backend.set_scalars(out, [1.0, 2.0, 3.0, 4.0])
         return (out,)
 
-    captured = module._CapturedStep(step, lambda: (), log=Log())
+    captured = module.CapturedStep(step, lambda: (), log=Log())
     x = backend.asarray(np.zeros(2, np.float32))
     captured(x)
     before = captured.pool.allocations
@@ -174,7 +174,7 @@ def test_a_changed_signature_drops_the_recordings_and_records_anew(emulated):
     _, module, backend = emulated
     step, factors, state = _adam_step(backend)
     key = ["train"]
-    captured = module._CapturedStep(step, lambda: tuple(key), log=Log())
+    captured = module.CapturedStep(step, lambda: tuple(key), log=Log())
     g = backend.asarray(np.ones(37, np.float32))
     backend.set_scalars(factors, adam_factors(1e-3, 0.9, 0.999, 0.01, 1))
     for _ in range(3):
@@ -194,7 +194,7 @@ def test_a_none_signature_runs_the_step_as_python(emulated):
     def step(x):
         calls.append(host_cuda.Stream.current)
         return (x,)
-    captured = module._CapturedStep(step, lambda: None, log=Log())
+    captured = module.CapturedStep(step, lambda: None, log=Log())
     for _ in range(3):
         captured(backend.asarray(np.zeros(1, np.float32)))
     assert calls == [host_cuda.Stream.current] * 3 and not captured.graphs
@@ -216,7 +216,7 @@ def test_a_failed_recording_keeps_its_own_error_and_runs_that_shape_uncaptured(e
         return (x * 2,)
 
     log = Log()
-    captured = module._CapturedStep(step, lambda: (), log=log)
+    captured = module.CapturedStep(step, lambda: (), log=log)
     real_end = captured.stream.end_capture
 
     def end_capture():  # a void capture's own error, which must not hide the step's
@@ -243,7 +243,7 @@ def test_an_error_of_the_step_itself_still_raises(emulated):
         if broken[0]:
             raise ValueError("the step's own bug")
         return (x,)
-    captured = module._CapturedStep(step, lambda: (), log=Log())
+    captured = module.CapturedStep(step, lambda: (), log=Log())
     x = backend.asarray(np.zeros(2, np.float32))
     captured(x)
     broken[0] = True
@@ -256,7 +256,7 @@ def test_an_error_of_the_step_itself_still_raises(emulated):
 def test_restoring_the_generator_reaches_a_recorded_draw(emulated, dtype):
     _, module, backend = emulated
     rng = backend.default_rng(11)
-    captured = module._CapturedStep(lambda x: (rng.random(x.shape, dtype=dtype),), lambda: (),
+    captured = module.CapturedStep(lambda x: (rng.random(x.shape, dtype=dtype),), lambda: (),
                                     log=Log())
     x = backend.asarray(np.zeros(5, dtype))
     first = [captured(x)[0].copy() for _ in range(3)]  # warm-up, recording, replay

@@ -346,7 +346,7 @@ def cupy_backend():
 @pytest.fixture(scope="module", params=["on-cpu", pytest.param("device", marks=pytest.mark.gpu)])
 def cuda_backend(request):
     """The cupy backend with its kernels run on the CPU (tests/host_cuda.py), and on the GPU.
-    (Its kernels against the NumPy backend: test_kernels.py's random-shape tests.)"""
+    (Its kernels against the reference: test_kernels.py's random-shape tests.)"""
     return load_cuda_backend(request.param)
 
 
@@ -525,11 +525,11 @@ def test_captured_steps_equal_uncaptured_steps(cupy_backend, tiny_dir, tmp_path,
     as one graph gives the bits of the same step run as plain calls. 1,000 images in
     batches of 64: two recordings (15 full batches, one of 40)."""
     config = tiny_config(tiny_dir, epochs=2, model=model, backend="cupy", augment=augment)
-    from fastlenet.backends.cupy_backend import _CapturedStep
+    from fastlenet.backends.cuda_graph import CapturedStep
 
     captured = Trainer(config, out=tmp_path / "captured", log=None)
     recorder = captured._step._run
-    assert isinstance(recorder, _CapturedStep)
+    assert isinstance(recorder, CapturedStep)
     captured.run()
     assert len(recorder.graphs) == 2 and not recorder.uncapturable
     monkeypatch.setattr(cupy_backend, "capture_step", lambda step, signature=None: step)

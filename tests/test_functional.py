@@ -1,6 +1,6 @@
 """fastlenet.functional: every op and its backward on NCHW arrays, on every backend.
 
-Forward and backward match the naive loops of tests/reference.py (float32, the
+Forward and backward match the naive loops of tests/naive.py (float32, the
 layouts converted by hand); every backward matches a central finite difference of
 sum(g * op(inputs)) along a random direction (float64); results are views that the next
 op takes without a copy; and bad input gets one line naming the expected shape.
@@ -9,7 +9,7 @@ op takes without a copy; and bad input gets one line naming the expected shape.
 import numpy as np
 import pytest
 
-import reference
+import naive
 from fastlenet import functional as F
 from fastlenet.errors import ArrayError
 
@@ -19,7 +19,7 @@ def host(backend, a):
 
 
 def bl(a):
-    """NCHW (or (N, F)) -> the batch-last layout of tests/reference.py."""
+    """NCHW (or (N, F)) -> the batch-last layout of tests/naive.py."""
     return np.ascontiguousarray(np.moveaxis(a, 0, -1))
 
 
@@ -39,7 +39,7 @@ def close(actual, expected, dtype):
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
 
 
-# ------------------------------------------------------------- against the references
+# ----------------------------------------------------------- against the naive loops
 @pytest.mark.parametrize("stride,padding,bias", [(1, 0, True), (1, 2, False), (2, 1, True)])
 def test_conv2d_matches_the_reference(backend, stride, padding, bias):
     rng = np.random.default_rng(0)
@@ -47,12 +47,12 @@ def test_conv2d_matches_the_reference(backend, stride, padding, bias):
     w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32) if bias else None
     y, ctx = F.conv2d(x, w, b, stride=stride, padding=padding, backend=backend.name)
-    expected = nchw(reference.conv2d_forward(bl(x), w, b, stride, padding))
+    expected = nchw(naive.conv2d_forward(bl(x), w, b, stride, padding))
     assert y.shape == expected.shape
     close(host(backend, y), expected, np.float32)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, dw, db = F.conv2d_backward(dy, ctx)
-    rdx, rdw, rdb = reference.conv2d_backward(bl(dy), bl(x), w, stride, padding)
+    rdx, rdw, rdb = naive.conv2d_backward(bl(dy), bl(x), w, stride, padding)
     close(host(backend, dx), nchw(rdx), np.float32)
     close(host(backend, dw), rdw, np.float32)
     if bias:
@@ -71,16 +71,16 @@ def test_pooling_matches_the_reference(backend, op, size, stride):
     y, ctx = forward(x, size, stride=stride, backend=backend.name)
     s = size if stride is None else stride
     if op == "max":
-        expected = reference.maxpool2d_forward(bl(x), size, s)[0]
+        expected = naive.maxpool2d_forward(bl(x), size, s)[0]
     else:
-        expected = reference.avgpool2d_forward(bl(x), size, s)
+        expected = naive.avgpool2d_forward(bl(x), size, s)
     close(host(backend, y), nchw(expected), np.float32)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = backward(dy, ctx)
     if op == "max":
-        expected_dx = reference.maxpool2d_backward(bl(dy), bl(x), size, s)
+        expected_dx = naive.maxpool2d_backward(bl(dy), bl(x), size, s)
     else:
-        expected_dx = reference.avgpool2d_backward(bl(dy), bl(x).shape, size, s)
+        expected_dx = naive.avgpool2d_backward(bl(dy), bl(x).shape, size, s)
     close(host(backend, dx), nchw(expected_dx), np.float32)
 
 
@@ -91,10 +91,10 @@ def test_linear_matches_the_reference(backend, bias):
     w = rng.standard_normal((3, 7)).astype(np.float32)
     b = rng.standard_normal(3).astype(np.float32) if bias else None
     y, ctx = F.linear(x, w, b, backend=backend.name)
-    close(host(backend, y), reference.linear_forward(x.T, w, b).T, np.float32)
+    close(host(backend, y), naive.linear_forward(x.T, w, b).T, np.float32)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx, dw, db = F.linear_backward(dy, ctx)
-    rdx, rdw, rdb = reference.linear_backward(dy.T, x.T, w)
+    rdx, rdw, rdb = naive.linear_backward(dy.T, x.T, w)
     close(host(backend, dx), rdx.T, np.float32)
     close(host(backend, dw), rdw, np.float32)
     if bias:
@@ -117,7 +117,7 @@ def test_softmax_cross_entropy_matches_the_reference(backend, smoothing):
     z = (5 * rng.standard_normal((6, 10))).astype(np.float32)
     labels = rng.integers(0, 10, 6)
     loss, dz = F.softmax_cross_entropy(z, labels, label_smoothing=smoothing, backend=backend.name)
-    rloss, rdz = reference.softmax_cross_entropy(z.T.astype(np.float64), labels, smoothing)
+    rloss, rdz = naive.softmax_cross_entropy(z.T.astype(np.float64), labels, smoothing)
     close(float(host(backend, loss)), rloss, np.float32)
     assert dz.shape == z.shape
     close(host(backend, dz), rdz.T, np.float32)

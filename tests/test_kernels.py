@@ -1,26 +1,34 @@
-"""Every backend kernel against the naive loops of tests/reference.py, against the NumPy
+"""Every backend kernel against the naive loops of tests/naive.py, against the reference
 backend on random shapes, and live against PyTorch.
 
-One test body per kernel; the ``backend`` fixture (conftest.py) runs it on every usable
-backend. Forward and backward are checked in float64 (tight tolerance: only summation
+One test body per kernel; the ``backend`` fixture runs it on every usable backend and on
+the reference (fastlenet/backends/reference.py). Forward and backward are checked in float64 (tight tolerance: only summation
 order differs) and in float32 (float32 tolerance, against the float64 reference of the
 same inputs). Max-pool is also fed deliberate ties: the gradient must go to the first
 maximum in row-major window order, as in PyTorch.
 
-The random-shape tests hold every other backend to the NumPy backend (the reference):
-numba, cupy with its CUDA kernels run on the CPU (tests/host_cuda.py), and cupy on a CUDA
-device (marker ``gpu``).
+The random-shape tests hold every backend to the reference: numpy, numba, cupy with its
+CUDA kernels run on the CPU (tests/host_cuda.py), and cupy on a CUDA device (marker
+``gpu``).
 """
 
 import numpy as np
 import pytest
 
-import reference as ref
+import naive as ref
 from conftest import load_backend
 from fastlenet import backends
-from fastlenet.backends.base import Backend, adam_factors
+from fastlenet.backends.base import adam_factors
+from fastlenet.backends.reference import ReferenceBackend
 
 DTYPES = [np.float64, np.float32]
+REFERENCE = ReferenceBackend()
+
+
+@pytest.fixture(params=[*backends.usable(), "reference"])
+def backend(request):
+    """Every usable backend, and the reference that the random-shape tests hold them to."""
+    return REFERENCE if request.param == "reference" else backends.get_backend(request.param)
 
 
 def _tol(dtype):
@@ -293,8 +301,8 @@ def test_softmax_cross_entropy_matches_reference(backend, smoothing, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_adam_update_matches_the_generic_definition(backend, weight_decay, dtype):
-    """A backend's own Adam update must compute the generic maths of base.Backend."""
+def test_adam_update_matches_the_reference_definition(backend, weight_decay, dtype):
+    """A backend's own Adam update must compute the reference's maths."""
     rng = np.random.default_rng(5)
     shape = (6, 1, 5, 5)
     p, m = _normal(rng, shape, dtype), 0.1 * _normal(rng, shape, dtype)
@@ -305,9 +313,9 @@ def test_adam_update_matches_the_generic_definition(backend, weight_decay, dtype
         want = [backend.asarray(a.copy()) for a in (p, m, v)]
         factors = backend.asarray(adam_factors(hyper["lr"], 0.9, 0.999, weight_decay, step),
                                   dtype=dtype)
-        Backend.adam_update_device(backend, want[0], backend.asarray(g), want[1], want[2],
-                                   factors, beta1=0.9, beta2=0.999, eps=1e-8,
-                                   weight_decay=weight_decay)
+        ReferenceBackend.adam_update_device(backend, want[0], backend.asarray(g), want[1],
+                                            want[2], factors, beta1=0.9, beta2=0.999, eps=1e-8,
+                                            weight_decay=weight_decay)
         got = [backend.asarray(a.copy()) for a in (p, m, v)]
         backend.adam_update(got[0], backend.asarray(g), got[1], got[2], step=step, **hyper)
         for actual, expected in zip(got, want):
@@ -373,21 +381,20 @@ def test_pool_matches_torch(backend, kind, size, stride):
     _check(backend, dx, np.moveaxis(xt.grad.numpy(), 0, -1), np.float64)
 
 
-# ------------------------------------------- every backend against the NumPy backend
-@pytest.fixture(scope="module", params=["numba", "cupy-on-cpu",
+# ------------------------------------------------ every backend against the reference
+@pytest.fixture(scope="module", params=["numpy", "numba", "cupy-on-cpu",
                                         pytest.param("cupy", marks=pytest.mark.gpu)])
 def candidate(request):
-    """A backend held to the NumPy backend; skipped, saying why, where it cannot run."""
+    """A backend held to the reference; skipped, saying why, where it cannot run."""
     return load_backend(request.param)
 
 
 def _both(candidate, call):
-    """``call(backend)`` on the candidate and on the NumPy backend, as host arrays (None
-    stays None): ``[(got, want), ...]``."""
-    numpy_backend = backends.get_backend("numpy")
-    got, want = call(candidate), call(numpy_backend)
+    """``call(backend)`` on the candidate and on the reference, as host arrays (None stays
+    None): ``[(got, want), ...]``."""
+    got, want = call(candidate), call(REFERENCE)
     host = lambda b, a: None if a is None else b.to_numpy(a)
-    return [(host(candidate, g), host(numpy_backend, w)) for g, w in zip(got, want)]
+    return [(host(candidate, g), host(REFERENCE, w)) for g, w in zip(got, want)]
 
 
 def _agree(pairs, dtype):
@@ -411,7 +418,7 @@ def _random_conv_case(rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", range(12))
-def test_conv2d_on_random_shapes_matches_numpy(candidate, seed, dtype):
+def test_conv2d_on_random_shapes_matches_the_reference(candidate, seed, dtype):
     rng = np.random.default_rng(seed)
     x_shape, w_shape, stride, pad = _random_conv_case(rng)
     x, w = _normal(rng, x_shape, dtype), _normal(rng, w_shape, dtype)
@@ -429,8 +436,8 @@ def test_conv2d_on_random_shapes_matches_numpy(candidate, seed, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", range(12))
-def test_conv_relu_maxpool_on_random_shapes_matches_numpy(candidate, seed, dtype):
-    """The fused conv + ReLU + max-pool against the NumPy backend's chain of the three:
+def test_conv_relu_maxpool_on_random_shapes_matches_the_reference(candidate, seed, dtype):
+    """The fused conv + ReLU + max-pool against the reference's chain of the three:
     random convolutions (strided ones take the chained path), windows of 1-3 with
     leftover rows and columns, gaps and overlaps, odd channel counts; the input is small
     integers, so the convolution's outputs tie and the ReLU zeroes whole windows."""
@@ -459,8 +466,8 @@ def test_conv_relu_maxpool_on_random_shapes_matches_numpy(candidate, seed, dtype
 
 def test_conv_relu_maxpool_keeps_nans(candidate):
     """A NaN weight makes NaN outputs on every backend, never zeros that train on, and
-    NaN in every gradient where NumPy has one (where exactly differs: 0 * NaN is NaN, and
-    the backends multiply different zeros)."""
+    NaN in every gradient where the reference has one (where exactly differs: 0 * NaN is
+    NaN, and the backends multiply different zeros)."""
     rng = np.random.default_rng(5)
     x = _normal(rng, (2, 8, 8, 5), np.float32)
     w = _normal(rng, (3, 2, 3, 3), np.float32)
@@ -474,7 +481,7 @@ def test_conv_relu_maxpool_keeps_nans(candidate):
     pairs = _both(candidate, run)
     (y, want), *grads = pairs
     assert np.isnan(want[1]).all() and np.isnan(y[1]).all()
-    np.testing.assert_allclose(y, want, **_tol(np.float32))  # NaNs where NumPy has them
+    np.testing.assert_allclose(y, want, **_tol(np.float32))  # NaNs where the reference has
     for got, want in grads:  # dx and dw (no bias here)
         if want is not None:
             assert np.isnan(got).any() == np.isnan(want).any()
@@ -483,7 +490,7 @@ def test_conv_relu_maxpool_keeps_nans(candidate):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["max", "relu_max", "avg"])
 @pytest.mark.parametrize("seed", range(10))
-def test_pooling_on_random_shapes_matches_numpy(candidate, seed, kind, dtype):
+def test_pooling_on_random_shapes_matches_the_reference(candidate, seed, kind, dtype):
     rng = np.random.default_rng(100 + seed)
     size, stride = int(rng.integers(1, 4)), int(rng.integers(1, 4))
     C, N = int(rng.integers(1, 5)), int(rng.choice([1, 3, 7, 33, 130]))
@@ -501,7 +508,7 @@ def test_pooling_on_random_shapes_matches_numpy(candidate, seed, kind, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(400, 130, 120), (7, 1, 3), (84, 33, 10), (5, 2, 1)])
-def test_linear_matches_numpy(candidate, shape, dtype):
+def test_linear_matches_the_reference(candidate, shape, dtype):
     IN, N, OUT = shape
     rng = np.random.default_rng(IN)
     x, w, b = _normal(rng, (IN, N), dtype), _normal(rng, (OUT, IN), dtype), _normal(rng, OUT, dtype)
@@ -515,7 +522,7 @@ def test_linear_matches_numpy(candidate, shape, dtype):
 
 
 @pytest.mark.parametrize("kind", ["max", "relu_max"])
-def test_pooling_keeps_nans_as_numpy_does(candidate, kind):
+def test_pooling_keeps_nans_as_the_reference_does(candidate, kind):
     """A NaN (a diverged weight) must win its window and reach the loss, where training
     stops, on every backend: never become a 0 that trains on silently."""
     x = np.zeros((1, 4, 4, 5), dtype=np.float32)
@@ -533,7 +540,7 @@ def test_pooling_keeps_nans_as_numpy_does(candidate, kind):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
 @pytest.mark.parametrize("N", [1, 7, 130, 600])
-def test_softmax_cross_entropy_matches_numpy(candidate, N, smoothing, dtype):
+def test_softmax_cross_entropy_matches_the_reference(candidate, N, smoothing, dtype):
     rng = np.random.default_rng(N)
     logits = (20 * rng.standard_normal((10, N))).astype(dtype)
     labels = rng.integers(0, 10, size=N)
@@ -547,7 +554,7 @@ def test_softmax_cross_entropy_matches_numpy(candidate, N, smoothing, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N", [1, 7, 130, 600])
-def test_count_correct_adds_argmax_hits_as_numpy(candidate, N, dtype):
+def test_count_correct_adds_argmax_hits_as_the_reference(candidate, N, dtype):
     """The training step's count of correct predictions: argmax's choice (the first of
     ties, a NaN before any number) against the labels, added to a device counter."""
     rng = np.random.default_rng(N + 1)
@@ -572,7 +579,7 @@ def test_count_correct_rejects_a_counter_of_another_kind(backend):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_adam_update_matches_numpy(candidate, dtype):
+def test_adam_update_matches_the_reference(candidate, dtype):
     """Five steps of each backend's own update from the same start and gradients. (m and v
     cancel, and numba contracts multiply-adds: float64 needs 1e-12, not bit equality.)"""
     rng = np.random.default_rng(9)

@@ -3,7 +3,7 @@ NaN propagation, the compile notice, the debuggable pure-Python copy, and BLAS t
 left as found.
 
 (Every kernel test of test_kernels.py also runs on numba: against the naive references
-through the backend fixture, and against the NumPy backend on random shapes.)
+through the backend fixture, and against the reference backend on random shapes.)
 """
 
 import json
@@ -114,7 +114,7 @@ def test_pure_python_copy_gives_the_same_results(tmp_path):
     debuggable copy); it must compute what the compiled kernels compute."""
     code = """
         import numpy as np
-        from fastlenet.backends.numba_backend import NumbaBackend
+        from fastlenet.backends.numba.backend import NumbaBackend
         be = NumbaBackend()
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)

@@ -3,7 +3,8 @@
 A backend is a module under ``fastlenet.backends`` holding one :class:`Backend`
 subclass; adding one is a new module and one entry in ``_REGISTRY``. Backend modules
 import their optional dependencies at the top, so an uninstalled dependency shows up here
-as an ImportError that :func:`get_backend` quotes.
+as an ImportError that :func:`get_backend` quotes. Every backend's kernels are tested
+against :class:`~fastlenet.backends.reference.ReferenceBackend`, which is not registered.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .base import Backend
 # name -> (module, class), fastest first: ``auto`` takes the first one usable here.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "cupy": ("fastlenet.backends.cupy_backend", "CupyBackend"),
-    "numba": ("fastlenet.backends.numba_backend", "NumbaBackend"),
+    "numba": ("fastlenet.backends.numba.backend", "NumbaBackend"),
     "numpy": ("fastlenet.backends.numpy_backend", "NumpyBackend"),
 }
 

@@ -1,4 +1,4 @@
-"""The backend interface: every kernel a layer may call, with its shapes.
+"""The backend interface: every kernel a layer may call, with its shapes and maths.
 
 Layout
 ------
@@ -6,15 +6,14 @@ Activations keep the batch innermost. A feature map is ``(C, H, W, N)`` and a fe
 vector batch is ``(F, N)``, C-contiguous. With the batch innermost every slice an
 im2col copies is a long contiguous run, a convolution is one GEMM whose output is
 already in the next layer's layout, flattening before the fully connected layers is a
-free reshape, and CPU loops vectorize over images (measured on the 2-core development
-machine: the single largest layout effect for both NumPy and Numba kernels).
+free reshape, and CPU loops vectorize over images (docs/performance.md, Layout).
 Weights keep the conventional PyTorch shapes: conv ``(K, C, KH, KW)``, linear
 ``(OUT, IN)``. ``to_batch_last`` / ``from_batch_last`` convert NCHW arrays at the edges.
 
-A backend subclasses :class:`Backend`, implements the abstract methods (a subclass
-missing one cannot be instantiated, so the registry reports it as unusable), and may
-override the generic ones (fused ops, the Adam update) with faster versions; the maths
-of the generic versions is the definition the overrides are tested against.
+:class:`Backend` holds the abstract kernels, each with its formula, and the argument
+checks every backend runs first. :class:`~fastlenet.backends.reference.ReferenceBackend`
+computes every kernel with plain array maths: the reference the other backends are
+tested against, and what they inherit for the kernels they do not write themselves.
 
 ``ctx`` values returned by a forward kernel are opaque to callers: they hold whatever
 that backend's backward needs and are passed back unchanged.
@@ -157,6 +156,7 @@ class Backend(ABC):
         """
         out[...] = values
 
+    @abstractmethod
     def to_batch_last(self, x_nchw: Array, index: Array | None = None) -> Array:
         """``(N, C, H, W)`` -> contiguous ``(C, H, W, N)``; ``(N, F)`` -> ``(F, N)``. With
         ``index`` (a 1-d integer array on the device), the samples ``x_nchw[index]``, in
@@ -165,16 +165,12 @@ class Backend(ABC):
         an index past the end raises IndexError on the host backends and is not checked on
         cupy (CuPy wraps it around; checking would read the index back to the host in every
         training step)."""
-        xp = self.xp
-        x = xp.asarray(x_nchw)
-        if index is not None:
-            x = x[index]
-        return xp.ascontiguousarray(xp.moveaxis(x, 0, -1))
+        raise NotImplementedError
 
+    @abstractmethod
     def from_batch_last(self, x: Array) -> Array:
-        """Inverse of :meth:`to_batch_last`."""
-        xp = self.xp
-        return xp.ascontiguousarray(xp.moveaxis(x, -1, 0))
+        """Inverse of :meth:`to_batch_last` (without the gather)."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------- argument checks
     # Every backend calls these at the top of its kernels, so a bad call gets the same
@@ -295,13 +291,42 @@ class Backend(ABC):
 
         OH = (H - size) // stride + 1. The backward sends each window's gradient to one
         position: the first maximum in row-major window order, as PyTorch does (a mask
-        ``x == max`` would send it to every tie, and ReLU makes many ties at 0).
+        ``x == max`` would send it to every tie, and ReLU makes many ties at 0). A NaN
+        counts as the maximum, so it reaches the loss.
         """
         raise NotImplementedError
 
     @abstractmethod
     def maxpool2d_backward(self, dy, ctx):
         """dy: (C, OH, OW, N) -> dx: (C, H, W, N); overlapping windows accumulate."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def relu_maxpool2d_forward(self, x, size: int, stride: int):
+        """``maxpool(relu(x))``; x: (C, H, W, N) -> y: (C, OH, OW, N). The two commute,
+        so a backend may pool first and apply the ReLU to a quarter of the values."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def relu_maxpool2d_backward(self, dy, ctx):
+        """dy: (C, OH, OW, N) -> dx: (C, H, W, N); zero where the pooled max was <= 0."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def conv2d_relu_maxpool2d_forward(self, x, w, b, stride: int, pad: int, size: int,
+                                      pool_stride: int):
+        """``maxpool(relu(conv2d(x)))`` (LeNet-5's conv blocks) as one call, so a backend
+        may compute it without storing the convolution's output.
+
+        x: (C, H, W, N), w: (K, C, KH, KW), b: (K,) or None -> y: (K, PH, PW, N), the
+        max-pool of ``size x size`` windows with ``pool_stride`` over the (K, OH, OW, N)
+        convolution output.
+        """
+        raise NotImplementedError
+
+    @abstractmethod
+    def conv2d_relu_maxpool2d_backward(self, dy, ctx, need_dx: bool = True):
+        """dy: (K, PH, PW, N) -> (dx or None, dw, db or None), as conv2d_backward."""
         raise NotImplementedError
 
     @abstractmethod
@@ -314,120 +339,56 @@ class Backend(ABC):
         """dy: (C, OH, OW, N) -> dx: (C, H, W, N); each window gets dy / size**2."""
         raise NotImplementedError
 
-    # ------------------------------------------------ generic ops (overridable)
-    def relu_maxpool2d_forward(self, x, size: int, stride: int):
-        """``maxpool(relu(x))``, computed as ``relu(maxpool(x))``: the two commute, and
-        pooling first applies the ReLU to a quarter of the values.
-
-        x: (C, H, W, N) -> y: (C, OH, OW, N).
-        """
-        y, pool_ctx = self.maxpool2d_forward(x, size, stride)  # which checks x
-        return self.xp.maximum(y, 0, out=y), (pool_ctx, y)
-
-    def relu_maxpool2d_backward(self, dy, ctx):
-        """dy: (C, OH, OW, N) -> dx: (C, H, W, N); zero where the pooled max was <= 0."""
-        pool_ctx, y = ctx
-        return self.maxpool2d_backward(dy * (y > 0), pool_ctx)
-
-    def conv2d_relu_maxpool2d_forward(self, x, w, b, stride: int, pad: int, size: int,
-                                      pool_stride: int):
-        """``maxpool(relu(conv2d(x)))`` (LeNet-5's conv blocks) as one call: a backend may
-        compute it without storing the convolution's output. This one chains the three.
-
-        x: (C, H, W, N), w: (K, C, KH, KW), b: (K,) or None -> y: (K, PH, PW, N), the
-        max-pool of ``size x size`` windows with ``pool_stride`` over the (K, OH, OW, N)
-        convolution output.
-        """
-        conv, conv_ctx = self.conv2d_forward(x, w, b, stride, pad)
-        y, pool_ctx = self.relu_maxpool2d_forward(conv, size, pool_stride)
-        return y, (conv_ctx, pool_ctx)
-
-    def conv2d_relu_maxpool2d_backward(self, dy, ctx, need_dx: bool = True):
-        """dy: (K, PH, PW, N) -> (dx or None, dw, db or None), as conv2d_backward."""
-        conv_ctx, pool_ctx = ctx
-        return self.conv2d_backward(self.relu_maxpool2d_backward(dy, pool_ctx), conv_ctx,
-                                    need_dx=need_dx)
-
+    # ------------------------------------------------------------------- dense
+    @abstractmethod
     def linear_forward(self, x, w, b):
         """y = w @ x + b[:, None]; x: (IN, N), w: (OUT, IN), b: (OUT,) or None -> (OUT, N)."""
-        self.check_linear(x, w, b)
-        y = w @ x
-        if b is not None:
-            y += b[:, None]
-        return y, (x, w, b is not None)
+        raise NotImplementedError
 
+    @abstractmethod
     def linear_backward(self, dy, ctx, need_dx: bool = True):
-        """dy: (OUT, N) -> (dx (IN, N) or None, dw = dy @ x.T, db = sum_n dy or None)."""
-        x, w, has_bias = ctx
-        dw = dy @ x.T
-        db = dy.sum(axis=1) if has_bias else None
-        dx = w.T @ dy if need_dx else None
-        return dx, dw, db
+        """dy: (OUT, N) -> (dx = w.T @ dy (IN, N) or None, dw = dy @ x.T, db = sum_n dy or None)."""
+        raise NotImplementedError
 
+    # -------------------------------------------------------------------- loss
+    @abstractmethod
     def softmax(self, logits):
         """Class probabilities, column by column; logits (K, N) -> (K, N).
 
         softmax_k(z) = exp(z_k - max z) / sum_j exp(z_j - max z): the shift keeps exp
         finite and cancels in the ratio.
         """
-        _, exp, sum_exp = self._shifted_exp(logits)
-        exp /= sum_exp
-        return exp
+        raise NotImplementedError
 
-    def _shifted_exp(self, logits):
-        """(z - max z, exp(z - max z), its column sums (1, N)) for logits z (K, N)."""
-        shifted = logits - logits.max(axis=0, keepdims=True)
-        exp = self.xp.exp(shifted)
-        return shifted, exp, exp.sum(axis=0, keepdims=True)
-
+    @abstractmethod
     def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
         """Mean softmax cross-entropy over the batch and its gradient.
 
         logits: (K, N) float; labels: (N,) integer classes in [0, K).
         With smoothing s the target is q = (1 - s) * onehot + s / K.
-        loss = mean_n [ logsumexp_k(z[:, n]) - sum_k q[k, n] z[k, n] ], computed by
-        subtracting the column max first, so it stays finite for |z| up to 1e4 and more.
+        loss = mean_n [ logsumexp_k(z[:, n]) - sum_k q[k, n] z[k, n] ], computed from
+        z - max z, so it stays finite for |z| up to 1e4 and more.
         dlogits = (softmax(z) - q) / N.
         Returns ``(loss, dlogits)``: loss is a 0-d array on the device (no host sync).
         """
-        self.check_loss(logits, labels)
-        xp = self.xp
-        k, n = logits.shape
-        shifted, exp, sum_exp = self._shifted_exp(logits)
-        log_sum_exp = xp.log(sum_exp)
-        cols = xp.arange(n)
-        # sum_k q_k (z_k - m) - log_sum_exp = -(cross entropy of q against softmax)
-        target_logit = (1.0 - label_smoothing) * shifted[labels, cols]
-        if label_smoothing:
-            target_logit = target_logit + (label_smoothing / k) * shifted.sum(axis=0)
-        loss = (log_sum_exp[0] - target_logit).mean()
-        grad = exp
-        grad /= sum_exp  # softmax(z), in place
-        if label_smoothing:
-            grad -= label_smoothing / k
-        grad[labels, cols] -= 1.0 - label_smoothing
-        grad /= n
-        return loss, grad
+        raise NotImplementedError
 
+    @abstractmethod
     def count_correct(self, logits, labels, correct) -> None:
         """Add to ``correct`` (a 0-d int64 array on the device) how many columns of logits
         (K, N) have their largest value in the row of their label (N,): argmax's choice,
         the first of ties, a NaN before any number. Reads nothing back to the host."""
-        self.check_count(logits, labels, correct)
-        correct += (logits.argmax(axis=0) == labels).sum()
+        raise NotImplementedError
 
+    # ------------------------------------------------------------ augmentation
+    @abstractmethod
     def separable_filter(self, a, gh, gw):
         """Every map of a (F, H, W, N) filtered along H by gh (H, H) and along W by gw
-        (W, W): out[f, :, :, n] = gh @ a[f, :, :, n] @ gw.T. Returns a new array.
+        (W, W): out[f, :, :, n] = gh @ a[f, :, :, n] @ gw.T. Returns a new array (the
+        augmenter smooths its elastic displacement fields with banded Gaussian gh, gw)."""
+        raise NotImplementedError
 
-        The augmenter's smoothing of its elastic displacement fields (gh, gw: banded
-        Gaussian matrices); here two matrix products.
-        """
-        self.check_separable_filter(a, gh, gw)
-        F, H, W, N = a.shape
-        along_h = (gh @ a.reshape(F, H, W * N)).reshape(F, H, W, N)
-        return self.xp.matmul(gw, along_h)  # (W, W) @ (F, H, W, N): along W in every row
-
+    @abstractmethod
     def warp_bilinear(self, x, coeffs, displacement, background: float):
         """Every image of x (C, H, W, N) resampled at its own source points, bilinearly;
         points outside the image read ``background``. Returns a new (C, H, W, N) array.
@@ -436,50 +397,10 @@ class Backend(ABC):
             sx = coeffs[0, n] j + coeffs[1, n] i + coeffs[2, n] + displacement[0, i, j, n]
             sy = coeffs[3, n] j + coeffs[4, n] i + coeffs[5, n] + displacement[1, i, j, n]
         (coeffs (6, N): an affine map per image; displacement (2, H, W, N) or None).
-        The image gets a one-pixel border of background and the coordinates are clipped
-        into it, so every corner of every point is a valid index and no mask is needed.
         """
-        self.check_warp(x, coeffs, displacement)
-        xp = self.xp
-        C, H, W, N = x.shape
-        dtype = x.dtype
-        j = xp.arange(W, dtype=dtype)[None, :, None]
-        i = xp.arange(H, dtype=dtype)[:, None, None]
-        fx = coeffs[0] * j + coeffs[1] * i + coeffs[2]  # (H, W, N)
-        fy = coeffs[3] * j + coeffs[4] * i + coeffs[5]
-        if displacement is not None:
-            fx += displacement[0]
-            fy += displacement[1]
-        padded = xp.full((C, H + 2, W + 2, N), dtype.type(background), dtype=dtype)
-        padded[:, 1:-1, 1:-1] = x
-        padded = padded.reshape(C, -1)
-        # Padded coordinates: the image spans [1, W], the border 0 and W + 1. Computed in
-        # place, as these (H, W, N) arrays are the largest temporaries of a batch.
-        fx += 1
-        fy += 1
-        xp.clip(fx, 0, W + 1, out=fx)
-        xp.clip(fy, 0, H + 1, out=fy)
-        x0, y0 = xp.floor(fx), xp.floor(fy)
-        xp.minimum(x0, W, out=x0)
-        xp.minimum(y0, H, out=y0)
-        fx -= x0
-        fy -= y0
-        y0 *= W + 2  # the pixel's offset in a padded image, exact in floats
-        y0 += x0
-        index = y0.astype(np.intp)
-        index *= N
-        index += xp.arange(N)
-        row = (W + 2) * N  # index step of one row down
-        top = xp.take(padded, index, axis=1)
-        top += fx * (xp.take(padded, index + N, axis=1) - top)
-        index += row
-        bottom = xp.take(padded, index, axis=1)
-        bottom += fx * (xp.take(padded, index + N, axis=1) - bottom)
-        bottom -= top
-        bottom *= fy
-        top += bottom
-        return top
+        raise NotImplementedError
 
+    # --------------------------------------------------------------- optimizer
     def adam_update(self, p, g, m, v, *, lr: float, beta1: float, beta2: float,
                     eps: float, weight_decay: float, step: int) -> None:
         """One AdamW step, in place on p, m, v (all the same shape and dtype).
@@ -495,6 +416,7 @@ class Backend(ABC):
         self.adam_update_device(p, g, m, v, factors, beta1=beta1, beta2=beta2, eps=eps,
                                 weight_decay=weight_decay)
 
+    @abstractmethod
     def adam_update_device(self, p, g, m, v, factors, *, beta1: float, beta2: float,
                            eps: float, weight_decay: float) -> None:
         """:meth:`adam_update` with the per-step values read from the device array
@@ -504,28 +426,7 @@ class Backend(ABC):
         replays it unchanged while the host writes new factors before each replay.
         ``weight_decay`` only says whether to apply the decay factor.
         """
-        self.check_adam(p, g, m, v)
-        xp = self.xp
-        decay, step_size, bias2 = factors[0], factors[1], factors[2]
-        # one scratch array, each operation in place: on a model's whole parameter buffer
-        # (250 KB in float32) NumPy's temporaries would each be a fresh mapping of pages
-        # (measured: 298 us against 61 us for LeNet-5); the operations and their rounding
-        # are those of the formula
-        scratch = xp.multiply(g, 1.0 - beta1)
-        m *= beta1
-        m += scratch
-        xp.multiply(g, g, out=scratch)
-        scratch *= 1.0 - beta2
-        v *= beta2
-        v += scratch
-        if weight_decay:
-            p *= decay
-        xp.divide(v, bias2, out=scratch)
-        xp.sqrt(scratch, out=scratch)
-        scratch += eps
-        xp.divide(m, scratch, out=scratch)
-        scratch *= step_size
-        p -= scratch
+        raise NotImplementedError
 
 
 def adam_factors(lr: float, beta1: float, beta2: float, weight_decay: float,

@@ -16,10 +16,11 @@ Each file's header gives its layouts (batch innermost, as every backend) and its
 thread-to-element map. The linear layers use dense.cu's GEMM, not cuBLAS, so that
 :meth:`CupyBackend.capture_step` can record a whole forward and backward pass in a CUDA
 graph (CuPy cannot capture cuBLAS calls); captured and uncaptured steps then run the
-same kernels and give the same bits. The remaining small element-wise operations of the
-layers (``backend.xp`` maths: ReLU masks, BatchNorm, dropout) are CuPy's own kernels;
-the training step's reductions (the loss mean, the count of correct predictions) are the
-project's, compiled when the backend starts rather than by CuPy inside the first steps.
+same kernels and give the same bits. What has no kernel here (the fused conv block's
+chain, the augmenter's warp and smoothing, the layers' small element-wise maths) is the
+reference's array maths run by CuPy (``xp = cupy``); the training step's reductions (the
+loss mean, the count of correct predictions) are the project's, compiled when the backend
+starts rather than by CuPy inside the first steps. docs/cuda.md has the measurements.
 
 The module imports with CuPy installed even on a machine without a GPU (the kernel
 sources can then still be compiled to PTX, which the tests do); constructing the
@@ -28,15 +29,14 @@ training run calls that loads a CUDA library lazily (CuPy's own kernels, a cuBLA
 product), so the registry reports the backend as unusable, with the cause, when any of
 it fails, instead of the run failing mid-training.
 
-Memory ownership: as in the NumPy backend, every array a kernel returns or keeps in a
-ctx is allocated by that call; a ctx may also hold the caller's input and weights,
-which the layers never change before the backward.
+Memory ownership: as in the reference, every array a kernel returns or keeps in a ctx
+is allocated by that call; a ctx may also hold the caller's input and weights, which the
+layers never change before the backward.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -50,25 +50,23 @@ except ImportError as exc:
 
 from ..errors import ArrayError
 from ..kernels import sources
-from .base import Backend
+from .cuda_graph import CapturedStep, first_line
+from .reference import ReferenceBackend
 
 THREADS = 256  # threads per block of the one-thread-per-element kernels
 # Must equal WEIGHT_THREADS / ROW_THREADS / LOSS_THREADS in conv2d.cu / dense.cu / loss.cu:
 # those kernels reduce in shared memory sized for exactly this many threads.
 REDUCE_THREADS = 256
-# Launch shapes, chosen by measurement on an H200 (recorded LeNet-5 step at batch 128;
-# benchmarks/results/2026-11-30-nvidia-h200-gpu-check-3/launch-constant-variants.log):
-# the conv weight gradient cuts its sums into slices until it has about WEIGHT_BLOCKS
-# blocks (1,024: 459 us a step; 256: 480; 4,096: 462);
+# Launch shapes, chosen by the recorded step's time (docs/cuda.md, Launch constants;
+# benchmarks/gpu_kernels.py sweeps them): the conv weight gradient cuts its sums into
+# slices until it has about WEIGHT_BLOCKS blocks;
 WEIGHT_BLOCKS = 1024
 # a matrix product with fewer outputs than GEMM_THREADS splits its inner dimension into
-# chunks (of at least GEMM_MIN_CHUNK products) until it has about that many threads
-# (unsplit: 509 us; 131,072: 459; 524,288: 460);
+# chunks (of at least GEMM_MIN_CHUNK products) until it has about that many threads;
 GEMM_THREADS = 131072
 GEMM_MIN_CHUNK = 16
 # the conv forward's threads each compute up to CONV_GROUP output channels (at most
-# CONV_GROUP in conv2d.cu), fewer while that leaves fewer than CONV_THREADS threads
-# (one channel each: 495 us; 131,072: 459; 32,768: 375-380; always up to 8: 379-382).
+# CONV_GROUP in conv2d.cu), fewer while that leaves fewer than CONV_THREADS threads.
 CONV_GROUP = 8
 CONV_THREADS = 32768
 
@@ -145,7 +143,7 @@ class PhiloxGenerator:
         return out
 
 
-class CupyBackend(Backend):
+class CupyBackend(ReferenceBackend):
     name = "cupy"
     xp = cupy
 
@@ -165,7 +163,7 @@ class CupyBackend(Backend):
                 module.compile()  # now, so a missing or broken NVRTC makes the backend unusable
             except Exception as exc:
                 raise RuntimeError(f"NVRTC cannot compile kernels/{stem}.cu "
-                                   f"({_first_line(exc)}); {INSTALL_HINT}") from exc
+                                   f"({first_line(exc)}); {INSTALL_HINT}") from exc
             self._modules[stem] = module
         self._compile_seconds = time.perf_counter() - tick
         self._functions = {}
@@ -186,7 +184,7 @@ class CupyBackend(Backend):
                 run()
                 cupy.cuda.get_current_stream().synchronize()
             except Exception as exc:
-                raise RuntimeError(f"CuPy cannot run {what} here ({_first_line(exc)}); "
+                raise RuntimeError(f"CuPy cannot run {what} here ({first_line(exc)}); "
                                    f"{INSTALL_HINT}") from exc
 
     def prepare(self, dtype) -> str | None:
@@ -296,7 +294,7 @@ class CupyBackend(Backend):
         try:
             return describe_device(device_facts())
         except Exception as exc:  # info must still print the rest
-            return f"a CUDA device whose properties could not be read ({_first_line(exc)})"
+            return f"a CUDA device whose properties could not be read ({first_line(exc)})"
 
     # -------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
@@ -447,136 +445,7 @@ class CupyBackend(Backend):
     def capture_step(self, step, signature=lambda: ()):
         if cupy.cuda.runtime.is_hip:  # CuPy has no graph capture on ROCm
             return step
-        return _CapturedStep(step, signature)
-
-
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
-
-
-def _print_line(message: str) -> None:
-    print(f"fastlenet: {message}", file=sys.stderr, flush=True)
-
-
-class _Recording:
-    """One CUDA graph of a step: its static inputs, its outputs, and every memory block
-    allocated while it was recorded (the graph reads and writes them on every replay,
-    so they are never handed back to the pool while the graph lives)."""
-
-    def __init__(self, graph, inputs: list, outputs: tuple, blocks: list):
-        self.graph, self.inputs, self.outputs, self.blocks = graph, inputs, outputs, blocks
-
-    def replay(self, inputs) -> tuple:
-        stream = cupy.cuda.get_current_stream()
-        for static, new in zip(self.inputs, inputs):
-            static[...] = new
-        self.graph.launch(stream)
-        return self.outputs
-
-
-class _CapturedStep:
-    """``step(*inputs)`` recorded once per input signature in a CUDA graph, then replayed.
-
-    For each new (shape, dtype) signature of the inputs: the first call runs ``step``
-    normally but on the capture stream with the private memory pool (CuPy compiles its
-    own kernels, and the pool's free list of that stream fills with the blocks the
-    recording then reuses: CuPy's pool keeps one free list per stream); the second call
-    records it on the capture stream into a graph, with static copies of the inputs;
-    every call from then on copies its inputs into those static arrays and replays the
-    graph on the current stream, returning the outputs recorded (overwritten by the next
-    call, so a caller keeps a copy of what it keeps). Work on the capture stream is
-    ordered after the current stream's earlier work and before its later work by events.
-
-    Memory: every block allocated while recording is held by its recording until the
-    recording is dropped, as PyTorch's graph pools do, so no block the graph uses is
-    ever free: not for another array, and not for the pool's ``free_all_blocks`` (which
-    CuPy's out-of-memory retry calls) to hand back to the driver.
-
-    Host values: ``signature()`` (see ``Backend.capture_step``) is read before every call;
-    when it changes, every recording is dropped and the next calls record anew; when it
-    is None, the call runs as plain Python.
-
-    Failures: an error while recording ends the capture, keeps the step's own error
-    (not the void capture's), prints one line naming it, and runs that input shape
-    uncaptured from then on (a genuine error of the step then raises from that run).
-    """
-
-    def __init__(self, step, signature, log=_print_line):
-        self.step = step
-        self.signature = signature
-        self.log = log
-        self.pool = cupy.cuda.MemoryPool()
-        self.stream = cupy.cuda.Stream(non_blocking=True)
-        self.warm: set = set()          # input shapes run once on the capture stream
-        self.graphs: dict = {}          # input shapes -> _Recording
-        self.uncapturable: dict = {}    # input shapes -> why recording failed
-        self._signature = None          # the signature the recordings were made with
-        self._owned: list | None = None  # while recording: every block allocated
-
-    def __call__(self, *inputs):
-        signature = self.signature()
-        shapes = tuple((a.shape, a.dtype.str) for a in inputs)
-        if signature is None or shapes in self.uncapturable:
-            return self.step(*inputs)
-        if signature != self._signature:
-            self._drop()
-            self._signature = signature
-        recording = self.graphs.get(shapes)
-        if recording is None:
-            if shapes not in self.warm:
-                self.warm.add(shapes)
-                return self._on_capture_stream(lambda: self.step(*inputs))
-            try:
-                recording = self.graphs[shapes] = self._record(inputs)
-            except Exception as exc:
-                self.uncapturable[shapes] = why = _first_line(exc)
-                self.log(f"cupy: a step with inputs {[a.shape for a in inputs]} could not be "
-                         f"recorded as a CUDA graph ({why}); running it uncaptured")
-                return self.step(*inputs)
-        return recording.replay(inputs)
-
-    def _malloc(self, size: int):
-        memory = self.pool.malloc(size)
-        if self._owned is not None:
-            self._owned.append(memory)
-        return memory
-
-    def _on_capture_stream(self, run):
-        """``run()`` with the capture stream current and the private pool allocating,
-        after the work queued on the current stream and before the work queued there next."""
-        current = cupy.cuda.get_current_stream()
-        self.stream.wait_event(current.record())
-        with cupy.cuda.using_allocator(self._malloc), self.stream:
-            result = run()
-        current.wait_event(self.stream.record())
-        return result
-
-    def _record(self, inputs) -> _Recording:
-        def capture():
-            static = [cupy.empty_like(a) for a in inputs]
-            blocks: list = []
-            self.stream.begin_capture()
-            self._owned = blocks
-            try:
-                outputs = self.step(*static)
-            except BaseException:
-                self._owned = None
-                try:
-                    self.stream.end_capture()
-                except Exception:
-                    pass  # the capture is void; the step's own error says why
-                raise
-            self._owned = None
-            return _Recording(self.stream.end_capture(), static, outputs, blocks)
-        return self._on_capture_stream(capture)
-
-    def _drop(self) -> None:
-        """Forget every recording (their blocks go back to the private pool) once no
-        replay queued on the current stream can still use them."""
-        if self.graphs:
-            cupy.cuda.get_current_stream().synchronize()
-        self.graphs.clear()
-        self.warm.clear()
+        return CapturedStep(step, signature)
 
 
 # ------------------------------------------------------------- fastlenet info

@@ -1,6 +1,5 @@
-"""Naive loop references for the backend kernels: the oracles of tests/test_kernels.py.
-
-Each function is the definition of its kernel written as plainly as possible: a Python
+"""Naive loops, the oracles of every backend's kernels (tests/test_kernels.py) and of
+fastlenet.functional: each kernel's definition written as plainly as possible, a Python
 loop over every output position, the window read straight from the (padded) input.
 Only the batch axis N is vectorised (every array is batch-last, ``(C, H, W, N)`` or
 ``(F, N)``, as in ``fastlenet/backends/base.py``), so small shapes run in milliseconds.

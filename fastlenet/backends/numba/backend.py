@@ -1,0 +1,299 @@
+"""The Numba backend's launchers: argument checks, output arrays and the calls into the
+kernels of conv2d.py, pool.py, dense.py, loss.py, adam.py, augment.py and layout.py.
+
+Memory ownership is as in the reference: every array a kernel returns or keeps in a ctx
+is freshly allocated, so a ctx stays valid until its backward. Two buffers are kept per
+shape seen and never leave the call that uses them: the zero-margined copy of dy the
+input gradient reads, and the field of zeros warp_bilinear reads when an augmentation has
+no elastic displacement.
+
+Threads: Numba's workers and BLAS's both spin while idle, and on a small machine the two
+pools fight over the cores (docs/performance.md), so this backend calls no BLAS.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ...errors import ArrayError
+from ..base import check_window_options, window_out_size
+from ..reference import ReferenceBackend
+from . import adam, augment, conv2d, dense, jit, layout, loss, pool
+
+
+class NumbaBackend(ReferenceBackend):
+    """NumPy arrays, Numba kernels. Every kernel of a training step is its own, except
+    the conv block's backward, the reference's chain of this backend's max-pool and
+    convolution backwards (and its forward where the convolution is strided or the
+    windows overlap or leave gaps); softmax (inference only) and from_batch_last are the
+    reference's."""
+
+    name = "numba"
+
+    def __init__(self):
+        self._prepared: set[str] = set()
+        self._buffers: dict[tuple, np.ndarray] = {}
+
+    def _widened(self, dy, margin: int):
+        """dy (K, OH, OW, N) with ``margin`` columns of zeros each side, in a buffer kept
+        per shape: its margins are zeroed once, and only the middle is rewritten each call.
+        The buffer never leaves the call that fills it (it is not kept in any ctx)."""
+        K, OH, OW, N = dy.shape
+        shape = (K, OH, OW + 2 * margin, N)
+        # the margin is in the key: another kernel width with the same widened width
+        # would find a buffer whose margins hold its own dy
+        key = ("widened", shape, margin, dy.dtype.str)
+        if key not in self._buffers:
+            self._buffers[key] = np.zeros(shape, dtype=dy.dtype)
+        wide = self._buffers[key]
+        wide[:, :, margin:margin + OW] = dy
+        return wide
+
+    def prepare(self, dtype) -> str | None:
+        """Compile (or load from Numba's disk cache) the kernels of a training step of any
+        zoo model for ``dtype`` by running each once on a tiny input; the first call per
+        dtype says so when it compiled. The rarer kernels (average pooling, strided
+        convolutions) compile on first use."""
+        dtype = np.dtype(dtype)
+        if dtype.name in self._prepared:
+            return None
+        tick = time.perf_counter()
+        misses_before = jit.cache_misses()
+        self._exercise(dtype)
+        self._prepared.add(dtype.name)
+        if jit.cache_misses() == misses_before:
+            return None
+        return (f"numba: compiled the {dtype.name} kernels in {time.perf_counter() - tick:.1f} s "
+                "(first run only; later runs load them from Numba's cache)")
+
+    def _exercise(self, dtype) -> None:
+        """One call of every kernel, with argument types the real calls use."""
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 6, 6, 3)).astype(dtype)
+        w = rng.standard_normal((2, 2, 3, 3)).astype(dtype)
+        self.to_batch_last(x)
+        pooled, ctx = self.conv2d_relu_maxpool2d_forward(x, w, w[:, 0, 0, 0].copy(), 1, 1, 2, 2)
+        self.conv2d_relu_maxpool2d_backward(pooled, ctx)
+        # a convolution and a max-pool on their own: models with BatchNorm between them
+        self.relu_maxpool2d_forward(self.conv2d_forward(x, w, None, 1, 1)[0], 2, 2)
+        y, ctx = self.linear_forward(x.reshape(-1, 3), rng.standard_normal((5, 72)).astype(dtype),
+                                     rng.standard_normal(5).astype(dtype))
+        self.linear_backward(y, ctx)
+        logits = rng.standard_normal((3, 4)).astype(dtype)
+        self.softmax_cross_entropy(logits, np.arange(4) % 3, 0.1)
+        p = rng.standard_normal(5).astype(dtype)
+        self.adam_update(p, p.copy(), np.zeros_like(p), np.zeros_like(p), lr=1e-3, beta1=0.9,
+                         beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+
+    def to_batch_last(self, x_nchw, index=None):
+        x = np.ascontiguousarray(x_nchw)
+        M = x.shape[0]
+        if index is None:
+            index = np.arange(M)
+        index = np.asarray(index)
+        if index.ndim != 1 or index.dtype.kind not in "iu":
+            raise ArrayError(f"to_batch_last: index must be a 1-d integer array, got "
+                             f"{index.dtype} of shape {index.shape}")
+        N = len(index)
+        out = np.empty((x.size // max(M, 1), N), dtype=x.dtype)
+        layout.batch_last(x.reshape(M, -1), index.astype(np.int64, copy=False), out)
+        return out.reshape(*x.shape[1:], N)
+
+    # --------------------------------------------------------------- convolution
+    def conv2d_forward(self, x, w, b, stride: int, pad: int):
+        OH, OW = self.check_conv2d(x, w, b, stride, pad)
+        xpad, w, bias, ctx = _conv_operands(x, w, b, stride, pad)
+        y = np.empty((w.shape[0], OH, OW, x.shape[3]), dtype=x.dtype)
+        if stride == 1:
+            conv2d.conv2d_forward(xpad, w, bias, y)
+        else:
+            conv2d.conv2d_forward_strided(xpad, w, bias, stride, y)
+        return y, ctx
+
+    def conv2d_backward(self, dy, ctx, need_dx: bool = True):
+        xpad, w, x_shape, stride, pad, has_bias = ctx
+        dy = np.ascontiguousarray(dy)
+        K, C, KH, KW = w.shape
+        dw = np.empty_like(w)
+        db = np.empty(K if has_bias else 0, dtype=dy.dtype)
+        if stride == 1:
+            conv2d.conv2d_backward_weight(xpad, dy, dw, db)
+        else:
+            conv2d.conv2d_backward_weight_strided(xpad, dy, stride, dw, db)
+        if C == 0 and has_bias:  # the kernels sum db in their channel-0 tasks: none here
+            dense.row_sum(dy.reshape(K, -1), db)
+        db = db if has_bias else None
+        if not need_dx:
+            return None, dw, db
+        _, OH, OW, N = dy.shape
+        if stride > 1:
+            # the gradient of a strided convolution is that of a stride-1 one whose dy
+            # is spread out with zeros between the outputs
+            spread = np.zeros((K, (OH - 1) * stride + 1, (OW - 1) * stride + 1, N), dtype=dy.dtype)
+            spread[:, ::stride, ::stride] = dy
+            dy = spread
+        dy_wide = self._widened(dy, KW - 1)
+        w_flipped = np.ascontiguousarray(w[:, :, :, ::-1])
+        _, H, W, _ = x_shape
+        # rows and columns no window reached (stride > 1 leftovers) get no gradient
+        covered = (C, dy.shape[1] + KH - 1, dy.shape[2] + KW - 1, N)
+        dxpad = np.empty(covered, dtype=dy.dtype)
+        conv2d.conv2d_backward_input(dy_wide, w_flipped, dxpad)
+        HC, WC = min(covered[1] - pad, H), min(covered[2] - pad, W)
+        if HC == H and WC == W:
+            return np.ascontiguousarray(dxpad[:, pad:pad + H, pad:pad + W]), dw, db
+        dx = np.zeros(x_shape, dtype=dy.dtype)
+        dx[:, :HC, :WC] = dxpad[:, pad:pad + HC, pad:pad + WC]
+        return dx, dw, db
+
+    def conv2d_relu_maxpool2d_forward(self, x, w, b, stride: int, pad: int, size: int,
+                                      pool_stride: int):
+        OH, OW = self.check_conv2d(x, w, b, stride, pad)
+        check_window_options("pool2d", "size", size, pool_stride, 0)
+        if stride != 1 or pool_stride != size:  # overlapping or gapped windows: chained
+            return super().conv2d_relu_maxpool2d_forward(x, w, b, stride, pad, size, pool_stride)
+        K, N = w.shape[0], x.shape[3]
+        PH, PW = window_out_size(OH, size, size), window_out_size(OW, size, size)
+        xpad, w, bias, conv_ctx = _conv_operands(x, w, b, stride, pad)
+        y = np.empty((K, PH, PW, N), dtype=x.dtype)
+        arg = np.empty((K, PH, PW, N), dtype=np.int32)
+        conv2d.conv2d_relu_maxpool2d_forward(xpad, w, bias, size, y, arg)
+        # the contexts conv2d_backward and maxpool2d_backward read, as the chain's
+        return y, (conv_ctx, (arg, (K, OH, OW, N), size, size))
+
+    # ------------------------------------------------------------------- pooling
+    def _maxpool(self, x, size: int, stride: int, relu: bool):
+        OH, OW = self.check_pool2d(x, size, stride)
+        x = np.ascontiguousarray(x)
+        C, _, _, N = x.shape
+        y = np.empty((C, OH, OW, N), dtype=x.dtype)
+        # int32 offsets, as wide as the float32 values they are selected with: with uint8
+        # the selects do not vectorize
+        arg = np.empty((C, OH, OW, N), dtype=np.int32)
+        pool.maxpool2d_forward(x, size, stride, relu, y, arg)
+        return y, (arg, x.shape, size, stride)
+
+    def maxpool2d_forward(self, x, size: int, stride: int):
+        return self._maxpool(x, size, stride, relu=False)
+
+    def relu_maxpool2d_forward(self, x, size: int, stride: int):
+        return self._maxpool(x, size, stride, relu=True)
+
+    def maxpool2d_backward(self, dy, ctx):
+        arg, x_shape, size, stride = ctx
+        dy = np.ascontiguousarray(dy)
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        _, H, W, _ = x_shape
+        if stride == size and H == dy.shape[1] * size and W == dy.shape[2] * size:
+            pool.maxpool2d_backward(dy, arg, size, dx)
+        else:
+            pool.maxpool2d_backward_general(dy, arg, size, stride, dx)
+        return dx
+
+    def relu_maxpool2d_backward(self, dy, ctx):
+        return self.maxpool2d_backward(dy, ctx)
+
+    def avgpool2d_forward(self, x, size: int, stride: int):
+        OH, OW = self.check_pool2d(x, size, stride)
+        x = np.ascontiguousarray(x)
+        C, _, _, N = x.shape
+        y = np.empty((C, OH, OW, N), dtype=x.dtype)
+        pool.avgpool2d_forward(x, size, stride, y)
+        return y, (x.shape, size, stride)
+
+    def avgpool2d_backward(self, dy, ctx):
+        x_shape, size, stride = ctx
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        pool.avgpool2d_backward(np.ascontiguousarray(dy), size, stride, dx)
+        return dx
+
+    def separable_filter(self, a, gh, gw):
+        self.check_separable_filter(a, gh, gw)
+        a = np.ascontiguousarray(a)
+        tmp, out = np.empty_like(a), np.empty_like(a)
+        augment.separable_filter(a, np.ascontiguousarray(gh), np.ascontiguousarray(gw), tmp, out)
+        return out
+
+    def warp_bilinear(self, x, coeffs, displacement, background: float):
+        self.check_warp(x, coeffs, displacement)
+        C, H, W, N = x.shape
+        if displacement is None:  # one kernel for both: a field of zeros, kept per shape
+            key = ("no displacement", x.shape, x.dtype.str)
+            if key not in self._buffers:
+                self._buffers[key] = np.zeros((2, H, W, N), dtype=x.dtype)
+            displacement = self._buffers[key]
+        padded = np.empty((C, H + 2, W + 2, N), dtype=x.dtype)
+        padded[:, 0], padded[:, -1], padded[:, 1:-1, 0], padded[:, 1:-1, -1] = (background,) * 4
+        padded[:, 1:-1, 1:-1] = x
+        out = np.empty(x.shape, dtype=x.dtype)
+        augment.warp_bilinear(padded, np.ascontiguousarray(coeffs),
+                              np.ascontiguousarray(displacement), out)
+        return out
+
+    # ------------------------------------------------------- linear, loss, Adam
+    def _gemm_nt(self, a, b, bias=None):
+        """a @ b.T (+ bias[:, None]) for a (R, K), b (S, K): a new (R, S) array."""
+        out = np.empty((a.shape[0], b.shape[0]), dtype=a.dtype)
+        dense.gemm_nt(dense.padded_rows(a), dense.padded_rows(b),
+                      np.zeros(0, a.dtype) if bias is None else np.ascontiguousarray(bias), out)
+        return out
+
+    def linear_forward(self, x, w, b):
+        self.check_linear(x, w, b)
+        # x.T copied to rows: far fewer values than the product's multiply-adds
+        return self._gemm_nt(w, x.T, b), (x, w, b is not None)
+
+    def linear_backward(self, dy, ctx, need_dx: bool = True):
+        x, w, has_bias = ctx
+        dy = np.ascontiguousarray(dy)
+        dw = self._gemm_nt(dy, x)
+        db = None
+        if has_bias:
+            db = np.empty(dy.shape[0], dtype=dy.dtype)
+            dense.row_sum(dy, db)
+        dx = self._gemm_nt(w.T, dy.T) if need_dx else None
+        return dx, dw, db
+
+    def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
+        self.check_loss(logits, labels)
+        logits = np.ascontiguousarray(logits)
+        losses = np.empty(logits.shape[1], dtype=np.float64)
+        grad = np.empty_like(logits)
+        loss.softmax_cross_entropy(logits, np.ascontiguousarray(labels, dtype=np.int64),
+                                   float(label_smoothing), losses, grad)
+        return np.asarray(losses.mean(), dtype=logits.dtype), grad
+
+    def adam_update_device(self, p, g, m, v, factors, *, beta1: float, beta2: float,
+                           eps: float, weight_decay: float) -> None:
+        self.check_adam(p, g, m, v)
+        # The factors live in host memory here, so they are read and passed as scalars:
+        # the reciprocal 1 / bias2 computed in the kernel made LLVM divide per element.
+        # Constants in float64, then in the parameters' dtype, so float32 runs in float32
+        # as the reference update does.
+        f = p.dtype.type
+        decay, step_size, bias2 = (float(x) for x in factors)
+        adam.adam_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
+                         v.reshape(-1), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2),
+                         f(eps), f(decay if weight_decay else 1.0), f(step_size), f(1.0 / bias2))
+
+
+def _conv_operands(x, w, b, stride: int, pad: int):
+    """A convolution's kernel operands: x padded, w contiguous and the bias (zeros when
+    the layer has none); and the ctx conv2d_backward reads."""
+    xpad = _padded(x, pad, pad, pad, pad)
+    w = np.ascontiguousarray(w)
+    bias = np.ascontiguousarray(b) if b is not None else np.zeros(w.shape[0], dtype=x.dtype)
+    return xpad, w, bias, (xpad, w, x.shape, stride, pad, b is not None)
+
+
+def _padded(x, top: int, bottom: int, left: int, right: int):
+    """x (C, H, W, N) as a contiguous array with rows of zeros above and below and
+    columns of zeros left and right."""
+    if not (top or bottom or left or right):
+        return np.ascontiguousarray(x)
+    C, H, W, N = x.shape
+    out = np.zeros((C, H + top + bottom, W + left + right, N), dtype=x.dtype)
+    out[:, top:top + H, left:left + W] = x
+    return out
