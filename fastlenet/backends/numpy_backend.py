@@ -96,7 +96,7 @@ class NumpyBackend(ReferenceBackend):
                 dw += P[t * stride:t * stride + KH, :, t]
         dw = np.ascontiguousarray(dw.reshape(KH, C, KW, K).transpose(3, 1, 0, 2))
         db = dy.reshape(K, OH * OW * N).sum(axis=1) if has_bias else None
-        dx = self.conv2d_input_gradient(dy, w, x_shape, stride, pad) if need_dx else None
+        dx = self._conv2d_input_gradient(dy, w, x_shape, stride, pad) if need_dx else None
         return dx, dw, db
 
     # ------------------------------------------------------------------- pooling

@@ -92,7 +92,7 @@ class ReferenceBackend(Backend):
         dy2 = dy.reshape(K, OH * OW * N)
         dw = (dy2 @ cols.T).reshape(w.shape)
         db = dy2.sum(axis=1) if has_bias else None
-        dx = self.conv2d_input_gradient(dy, w, x_shape, stride, pad) if need_dx else None
+        dx = self._conv2d_input_gradient(dy, w, x_shape, stride, pad) if need_dx else None
         return dx, dw, db
 
     def _padded(self, x, pad: int):
@@ -104,7 +104,7 @@ class ReferenceBackend(Backend):
         xpad[:, pad:pad + H, pad:pad + W, :] = x
         return xpad
 
-    def conv2d_input_gradient(self, dy, w, x_shape, stride: int, pad: int):
+    def _conv2d_input_gradient(self, dy, w, x_shape, stride: int, pad: int):
         """dx (C, H, W, N) of a convolution from dy (K, OH, OW, N) and w (K, C, KH, KW):
         dcols = w.T @ dy, then col2im adds each kernel offset's block back onto the input
         positions it was read from."""
