@@ -10,9 +10,12 @@ import shutil
 
 import pytest
 
-from fastlenet import backends
+# before its first import: the shared checks in helpers.py report failures as a test's do
+pytest.register_assert_rewrite("helpers")
 
-from helpers import skip_unless_cuda_device, write_tiny_mnist
+from fastlenet import backends  # noqa: E402
+
+from helpers import skip_unless_cuda_device, write_tiny_mnist  # noqa: E402
 
 
 @pytest.fixture(params=backends.usable())

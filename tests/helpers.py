@@ -1,8 +1,11 @@
-"""Small MNIST-format datasets cut from the bundled MNIST, for quick end-to-end runs."""
+"""What several test files share: a tiny MNIST cut, the CUDA-device check, the command
+run as a user runs it, and its one-line errors."""
 
 import glob
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from fastlenet.data import FILES, load_dataset, write_idx
 
 
+# ------------------------------------------------------------------ data
 def write_tiny_mnist(folder: Path, n_train: int = 1200, n_test: int = 300) -> Path:
     """Write the first ``n_train`` / ``n_test`` MNIST images and labels as IDX files."""
     mnist = load_dataset("mnist")
@@ -21,6 +25,7 @@ def write_tiny_mnist(folder: Path, n_train: int = 1200, n_test: int = 300) -> Pa
     return folder
 
 
+# -------------------------------------------------------------- backends
 def cuda_device_present() -> bool:
     """Whether this machine has an NVIDIA GPU, whatever CuPy makes of it: the driver lists
     one (/proc/driver/nvidia/gpus, /dev/nvidiaN), or ``nvidia-smi -L`` does."""
@@ -42,3 +47,33 @@ def skip_unless_cuda_device(why: str) -> None:
     if cuda_device_present():
         pytest.fail(f"this machine has an NVIDIA GPU, but {why}")
     pytest.skip(why)
+
+
+# ---------------------------------------------------------- the command
+# A user error is "fastlenet: error: MESSAGE" (what main reports), or argparse's one line
+# for a subcommand's bad option, which names the subcommand and points at its --help
+_USAGE_ERROR = re.compile(r"fastlenet (\w+): error: .+ \(see 'fastlenet \1 --help'\)")
+
+
+def run_cli(*args):
+    """Run the installed command in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "fastlenet", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *fragments):
+    """A user error as the command reports it: one line on stderr holding every fragment,
+    no traceback, in one of the command's two forms (``_USAGE_ERROR``). ``result`` is a
+    finished :func:`run_cli` process, whose exit status must be 2, or the stderr text of
+    an in-process ``main`` call."""
+    if isinstance(result, subprocess.CompletedProcess):
+        assert result.returncode == 2, result.stderr
+        stderr = result.stderr
+    else:
+        stderr = result
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("fastlenet: error: ") or _USAGE_ERROR.fullmatch(lines[0]), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

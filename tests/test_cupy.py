@@ -31,8 +31,7 @@ from fastlenet.errors import BackendUnavailableError
 from fastlenet.train import TrainConfig, Trainer, evaluate, train
 
 from conftest import load_cuda_backend
-from helpers import skip_unless_cuda_device
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, skip_unless_cuda_device
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_FILES = sorted(ROOT.glob("kernels/*.cu"))

@@ -30,8 +30,8 @@ from fastlenet.demo import page_model, render_page
 from fastlenet.imageprep import digit_from_array, to_grayscale
 from fastlenet.nn import MODELS
 
+from helpers import assert_one_line_error
 from strokes import strokes
-from test_export import assert_one_line_error
 
 DIGITS = (0, 1, 2, 3)  # MNIST test images 7, 2, 1, 0
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -19,12 +19,7 @@ from fastlenet.export import OPSET, steps, to_onnx, torch_source, torch_state_di
 from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Model,
                           MODELS, ReLU, ReLUMaxPool2d, Sequential, Sigmoid, Tanh)
 
-
-def assert_one_line_error(stderr: str, *fragments):
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastlenet: error: "), stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from helpers import assert_one_line_error
 
 
 def logits_of(model, x):
