@@ -1,7 +1,8 @@
-"""What several test files share: a tiny MNIST cut, the CUDA-device check, the command
-run as a user runs it, and its one-line errors."""
+"""What several test files share: a tiny MNIST cut, the backends to test (and the
+CUDA-device check), the command run as a user runs it, and its one-line errors."""
 
 import glob
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fastlenet import backends
 from fastlenet.data import FILES, load_dataset, write_idx
 
 
@@ -47,6 +49,38 @@ def skip_unless_cuda_device(why: str) -> None:
     if cuda_device_present():
         pytest.fail(f"this machine has an NVIDIA GPU, but {why}")
     pytest.skip(why)
+
+
+def load_backend(name: str):
+    """A backend by registry name, or ``"cupy-on-cpu"``: the cupy backend with its CUDA
+    kernels run on the CPU; a skip saying why where it cannot run here."""
+    if name == "cupy-on-cpu":
+        return load_cuda_backend("on-cpu")
+    if name == "cupy":
+        return load_cuda_backend("device")
+    why = backends.status()[name]
+    if why is not None:
+        pytest.skip(why)
+    return backends.get_backend(name)
+
+
+def load_cuda_backend(where: str):
+    """The cupy backend with its CUDA kernels run ``"on-cpu"`` (tests/host_cuda.py: the
+    real .cu sources compiled with g++) or on a CUDA ``"device"``; a skip naming what is
+    missing otherwise."""
+    if where == "device":
+        why = backends.status()["cupy"]
+        if why is not None:
+            skip_unless_cuda_device(why)  # a GPU here with a backend that fails: a failure
+        return backends.get_backend("cupy")
+    if shutil.which("g++") is None:
+        pytest.skip("no host C++ compiler (g++) to run the CUDA kernels on the CPU")
+    if importlib.util.find_spec("fastlenet.kernels") is None:
+        pytest.skip("fastlenet.kernels is not importable (see "
+                    "test_every_kernel_source_ships_in_the_package)")
+    import host_cuda
+
+    return host_cuda.load_backend()
 
 
 # ---------------------------------------------------------- the command
