@@ -1,5 +1,5 @@
-"""What several test files share: a tiny MNIST cut, the backends to test (and the
-CUDA-device check), the command run as a user runs it, and its one-line errors."""
+"""What several test files share: a tiny MNIST cut, backends to test, the command run as
+a user runs it, its one-line errors, and a model with every exportable layer."""
 
 import glob
 import importlib.util
@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastlenet import backends
 from fastlenet.data import FILES, load_dataset, write_idx
+from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Model,
+                          ReLU, ReLUMaxPool2d, Sequential, Sigmoid, Tanh)
 
 
 # ------------------------------------------------------------------ data
@@ -111,3 +114,18 @@ def assert_one_line_error(result, *fragments):
     assert lines[0].startswith("fastlenet: error: ") or _USAGE_ERROR.fullmatch(lines[0]), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------ models
+def custom_model():
+    """Every exportable layer, the options the zoo does not use, a nested Sequential."""
+    model = Model([Conv2d(1, 4, 3, stride=2, padding=1, bias=False), BatchNorm(4), Sigmoid(),
+                   AvgPool2d(3, stride=2), Conv2d(4, 6, 3, padding=1), Tanh(), MaxPool2d(3, stride=2),
+                   Conv2d(6, 6, 1), ReLUMaxPool2d(2, stride=1), Flatten(), Dropout(0.3),
+                   Linear(6 * 2 * 2, 12, bias=False), BatchNorm(12), Sequential(ReLU(), Linear(12, 5))],
+                  name="custom", backend="numpy", seed=3)
+    rng = np.random.default_rng(0)
+    state = {k: v + 0.1 * rng.standard_normal(v.shape).astype(v.dtype) if "running_var" not in k
+             else rng.uniform(0.5, 2.0, v.shape).astype(v.dtype) for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    return model.eval()
