@@ -18,8 +18,8 @@ import pytest
 
 from fastlenet import backends
 
-from . import lenet, machine
-from .ops import TORCH_CONTENDERS, torch_unavailable
+from . import lenet, machine, torch_contenders
+from .torch_contenders import TORCH_CONTENDERS, torch_unavailable
 
 BATCH_SIZES = "64,128,256,1024"
 _LOAD_AT_START = pytest.StashKey[list]()
@@ -52,7 +52,7 @@ def pytest_configure(config):
         value = config.getoption(option)
         if value is not None and value < least:
             raise pytest.UsageError(f"{option} must be at least {least}, got {value}")
-    lenet.torch_threads = config.getoption("--torch-threads")
+    torch_contenders.torch_threads = config.getoption("--torch-threads")
     config.addinivalue_line("markers", "long: a benchmark of a minute or more (full epochs, "
                                        "training to 99%, memory and startup processes); "
                                        "deselect with -m 'not long'")

@@ -33,8 +33,7 @@ from fastlenet.nn import SoftmaxCrossEntropy, build_model
 from fastlenet.optim import Adam, make_schedule
 from fastlenet.train import TrainConfig, Trainer, TrainingStep
 
-from .machine import usable_cores
-from .ops import TORCH_CONTENDERS
+from .torch_contenders import TORCH_CONTENDERS, import_torch, set_up_torch_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "lenet5"
@@ -42,27 +41,6 @@ BATCH = 128
 LR = 1e-3
 COURSEWORK_TARGET_S = 420.0  # the coursework: > 97% test accuracy in under 7 minutes
 ACCURACY_TARGETS = (0.97, 0.99)
-
-
-# threads PyTorch may use: one per usable core unless set (the suite's --torch-threads)
-torch_threads: int | None = None
-
-
-def import_torch():
-    """torch, set to ``torch_threads`` threads (default: one per usable core)."""
-    import torch
-
-    torch.set_num_threads(torch_threads or usable_cores())
-    return torch
-
-
-def set_up_torch_cuda(torch) -> None:
-    """PyTorch on a GPU as fastlenet computes: float32 arithmetic (PyTorch's default runs
-    convolutions in TF32 on recent GPUs, which rounds to 10-bit mantissas), and cuDNN
-    picking its fastest algorithm per shape (what a tuned PyTorch user sets)."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
 
 
 def torch_lenet5():

@@ -35,29 +35,9 @@ from fastlenet.nn import build_model
 from fastlenet.nn.layers import Parameter
 from fastlenet.optim import Adam
 
-TORCH = "torch"
-TORCH_CUDA = "torch-cuda"                # eager PyTorch on a CUDA device
-TORCH_CUDA_GRAPHS = "torch-cuda-graphs"  # each training step one CUDA graph replay
-# PyTorch contender -> (device, whole training steps replayed as CUDA graphs)
-TORCH_CONTENDERS = {TORCH: ("cpu", False), TORCH_CUDA: ("cuda", False),
-                    TORCH_CUDA_GRAPHS: ("cuda", True)}
+from .torch_contenders import TORCH_CONTENDERS, TORCH_CUDA, import_torch, set_up_torch_cuda
+
 REFERENCE = "numpy"  # the backend every contender's results are checked against
-
-
-def torch_unavailable(contender: str) -> str | None:
-    """Why the PyTorch contender ``contender`` cannot run here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return ("PyTorch is not installed, so there is no reference figure; "
-                "python -m pip install torch==2.13.0")
-    if TORCH_CONTENDERS[contender][0] == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            return (f"{contender} needs a CUDA device, and PyTorch {torch.__version__} sees "
-                    "none (torch.cuda.is_available() is False)")
-    return None
 
 # name -> (C, H, W, K, kernel, need_dx): the model's two convolutions
 CONVS = {"conv1": (1, 32, 32, 6, 5, False), "conv2": (6, 14, 14, 16, 5, True)}
@@ -252,12 +232,10 @@ class TorchCases:
     kernels its autograd calls in a LeNet-5 training step (``convolution_backward``,
     ``max_pool2d_with_indices`` and its backward, ``threshold_backward`` for the ReLU,
     the matrix products of ``addmm``'s backward), and ``torch.optim.Adam``; on the CPU
-    or on a CUDA device (float32 arithmetic there: see ``lenet.set_up_torch_cuda``),
+    or on a CUDA device (float32 arithmetic there: see ``torch_contenders.set_up_torch_cuda``),
     where each call synchronizes the device, as fastlenet's do."""
 
     def __init__(self, device: str = "cpu"):
-        from .lenet import import_torch, set_up_torch_cuda
-
         self.torch = import_torch()
         self.device = self.torch.device(device)
         if self.device.type == "cuda":

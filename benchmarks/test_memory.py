@@ -22,7 +22,7 @@ import sys
 import pytest
 
 from .lenet import ROOT
-from .ops import TORCH_CONTENDERS
+from .torch_contenders import TORCH_CONTENDERS
 
 # where compiled backends keep their compiled kernels: pointed at a fresh folder per
 # contender, so that "cold" really compiles and "warm" reads what "cold" wrote

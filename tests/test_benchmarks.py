@@ -111,11 +111,11 @@ def test_torch_recipe_follows_the_fastlenet_recipe(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from fastlenet.train import TrainConfig
 
-    from benchmarks import lenet
+    from benchmarks import lenet, torch_contenders
 
     monkeypatch.setattr(lenet, "TrainConfig",
                         functools.partial(TrainConfig, train_limit=512, epochs=2, val_size=500))
-    monkeypatch.setattr(lenet, "torch_threads", 1)
+    monkeypatch.setattr(torch_contenders, "torch_threads", 1)
     ours = lenet.fastlenet_recipe("numpy", 0, tmp_path / "run")
     theirs = lenet.torch_recipe(0)
     assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == [1, 2]
