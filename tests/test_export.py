@@ -108,7 +108,7 @@ def test_npz_holds_only_arrays_named_as_pytorch_names_them(zoo_checkpoints, tmp_
 @pytest.mark.parametrize("name", list(MODELS))
 def test_npz_loads_into_the_torch_lenet(zoo_checkpoints, name, tmp_path):
     torch = pytest.importorskip("torch")
-    from torch_reference import torch_twin
+    from benchmarks.torch_twins import torch_twin
 
     out = tmp_path / "w.npz"
     assert main(["export", str(zoo_checkpoints[name]), "--format", "npz", "-o", str(out)]) == 0
