@@ -11,6 +11,9 @@ whose ``ctx`` a backward needs), and returns ``(call, fetch)``:
 * ``fetch(result)`` turns that result into host NumPy arrays in fastlenet's layout, to be
   compared with the NumPy backend's.
 
+:func:`measure` runs one benchmark of a case: checked against the NumPy backend's, warmed
+up, timed (test_ops.py says how).
+
 The LeNet-5 shapes at batch N (what the model runs):
 
 | case | input | weights | output |
@@ -26,6 +29,7 @@ The LeNet-5 shapes at batch N (what the model runs):
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import numpy as np
@@ -48,6 +52,8 @@ POOL_SIZE = 2
 LINEARS = {"fc1": (400, 120), "fc2": (120, 84), "fc3": (84, 10)}
 CLASSES = 10
 ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
+
+WARMUP_CALLS = 3  # untimed calls between the checked first call and the timed ones
 
 # float32 results are compared with the NumPy backend's to this fraction of the
 # largest reference magnitude (reductions over 10^5-10^6 terms round differently
@@ -120,6 +126,32 @@ def assert_close(got: list, want: list, what: str) -> None:
         scale = float(np.abs(w).max()) if w.size else 0.0
         np.testing.assert_allclose(g, w, rtol=0, atol=RTOL * max(scale, 1e-30),
                                    err_msg=f"{what}: result {i} differs from the NumPy backend's")
+
+
+# ------------------------------------------------------------ one benchmark
+def measure(benchmark, contender: str, op: str, layer: str | None, args: tuple,
+            images: int | None, stateless: bool = True) -> None:
+    """Check, warm up and time ``op`` of ``contender`` on ``args``; fill extra_info."""
+    what = f"{contender} {op}" + (f" {layer}" if layer else "")
+    ref_call, ref_fetch = getattr(cases(REFERENCE), op)(*args)
+    want = ref_fetch(ref_call())
+    call, fetch = getattr(cases(contender), op)(*args)
+    start = time.perf_counter()
+    result = call()
+    first_call = time.perf_counter() - start
+    assert_close(fetch(result), want, what)
+    for _ in range(WARMUP_CALLS):
+        call()
+    benchmark.group = op + (f" {layer}" if layer else "")
+    info = benchmark.extra_info
+    info.update(op=op, layer=layer, images=images, first_call_s=first_call)
+    result = benchmark(call)
+    if stateless:  # the same inputs, so still the reference's result
+        assert_close(fetch(result), want, what + " (after timing)")
+    if benchmark.stats:  # None with --benchmark-disable
+        info["median_s"] = median = benchmark.stats.stats.median
+        if images:
+            info["images_per_second"] = images / median
 
 
 # ------------------------------------------------------------ contenders

@@ -23,7 +23,7 @@ from fastlenet.backends.numpy_backend import NumpyBackend
 
 from benchmarks import render
 from benchmarks.lenet import time_to_accuracy
-from benchmarks.ops import assert_close, conv_inputs
+from benchmarks.ops import assert_close, conv_inputs, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +65,6 @@ class _Benchmark:
 
 
 def test_op_check_catches_a_wrong_kernel(monkeypatch):
-    from benchmarks.test_ops import measure
-
     class OffByALittle(NumpyBackend):
         name = "off"
 
