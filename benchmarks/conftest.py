@@ -134,7 +134,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["conditions"] = {**machine.conditions(config.stash[_LOAD_AT_START]),
                                  "contenders": _runnable(config)}
-    # Every round's raw time made a full run's file 83 MB; the statistics (min, median,
+    # Every round's raw time makes a full run's file huge; the statistics (min, median,
     # quartiles, rounds...) stay, and they are all that render and compare read.
     for bench in output_json["benchmarks"]:
         bench["stats"].pop("data", None)

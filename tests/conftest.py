@@ -28,8 +28,8 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def zoo_checkpoints(tiny_dir, tmp_path_factory):
-    """{model name: best.npz} for every zoo model, trained 2 epochs on the tiny cut (about
-    1.5 s in all), so that exports and the demo page see weights with peaked outputs."""
+    """{model name: best.npz} for every zoo model, trained 2 epochs on the tiny cut, so
+    that exports and the demo page see weights with peaked outputs."""
     from fastlenet import TrainConfig, train
     from fastlenet.nn import MODELS
 

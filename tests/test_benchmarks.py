@@ -101,7 +101,7 @@ def test_time_to_accuracy_reads_the_first_epoch_at_the_target():
     assert time_to_accuracy(epochs, 0.995) is None
 
 
-@pytest.mark.slow  # two trainings and PyTorch's import: about 10-20 s
+@pytest.mark.slow  # two trainings and PyTorch's import
 @pytest.mark.torch
 def test_torch_recipe_follows_the_fastlenet_recipe(tmp_path, monkeypatch):
     """Same split, initial weights, order and learning rates: the same test accuracy
