@@ -18,8 +18,8 @@ import pytest
 
 from fastlenet import backends
 
-from . import lenet, machine
-from .ops import TORCH_CONTENDERS, torch_unavailable
+from . import lenet, machine, torch_contenders
+from .torch_contenders import TORCH_CONTENDERS, torch_unavailable
 
 BATCH_SIZES = "64,128,256,1024"
 _LOAD_AT_START = pytest.StashKey[list]()
@@ -52,7 +52,7 @@ def pytest_configure(config):
         value = config.getoption(option)
         if value is not None and value < least:
             raise pytest.UsageError(f"{option} must be at least {least}, got {value}")
-    lenet.torch_threads = config.getoption("--torch-threads")
+    torch_contenders.torch_threads = config.getoption("--torch-threads")
     config.addinivalue_line("markers", "long: a benchmark of a minute or more (full epochs, "
                                        "training to 99%, memory and startup processes); "
                                        "deselect with -m 'not long'")
@@ -134,7 +134,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["conditions"] = {**machine.conditions(config.stash[_LOAD_AT_START]),
                                  "contenders": _runnable(config)}
-    # Every round's raw time made a full run's file 83 MB; the statistics (min, median,
+    # Every round's raw time makes a full run's file huge; the statistics (min, median,
     # quartiles, rounds...) stay, and they are all that render and compare read.
     for bench in output_json["benchmarks"]:
         bench["stats"].pop("data", None)

@@ -72,11 +72,11 @@ def measure(contender: str, batch: int, steps: int, images: int,
     tick = time.perf_counter()
     from fastlenet.backends import status
 
-    from . import lenet
+    from . import lenet, torch_contenders
 
-    lenet.torch_threads = torch_threads
+    torch_contenders.torch_threads = torch_threads
     if contender == "torch":
-        lenet.import_torch()
+        torch_contenders.import_torch()
     elif status().get(contender, "unknown backend") is not None:  # loads every backend
         usable = [name for name, why in status().items() if why is None]
         print(f"footprint: error: cannot measure '{contender}' "

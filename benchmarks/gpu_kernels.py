@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for contender in ("cupy", "torch-cuda-graphs"):
                 if contender != "cupy":
-                    from .ops import torch_unavailable
+                    from .torch_contenders import torch_unavailable
 
                     why = torch_unavailable(contender)
                     if why:

@@ -2,7 +2,7 @@
 
 Both sides train the same model from the same initial weights (fastlenet's seeded
 initialisation, loaded into the PyTorch twin that the model tests compare against,
-``tests/torch_reference.py``), with softmax cross-entropy, Adam, batch 128, float32, on
+``torch_twins.py``), with softmax cross-entropy, Adam, batch 128, float32, on
 the same preprocessed MNIST images in the same shuffled order:
 
 * :class:`FastLeNetRun` / :class:`TorchRun`: training steps and epochs (Adam, lr 1e-3)
@@ -20,7 +20,6 @@ the same preprocessed MNIST images in the same shuffled order:
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 from pathlib import Path
@@ -33,10 +32,9 @@ from fastlenet.nn import SoftmaxCrossEntropy, build_model
 from fastlenet.optim import Adam, make_schedule
 from fastlenet.train import TrainConfig, Trainer, TrainingStep
 
-from .machine import usable_cores
-from .ops import TORCH_CONTENDERS
+from .torch_contenders import TORCH_CONTENDERS, import_torch, set_up_torch_cuda
+from .torch_twins import torch_twin
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "lenet5"
 BATCH = 128
 LR = 1e-3
@@ -44,42 +42,10 @@ COURSEWORK_TARGET_S = 420.0  # the coursework: > 97% test accuracy in under 7 mi
 ACCURACY_TARGETS = (0.97, 0.99)
 
 
-# threads PyTorch may use: one per usable core unless set (the suite's --torch-threads)
-torch_threads: int | None = None
-
-
-def import_torch():
-    """torch, set to ``torch_threads`` threads (default: one per usable core)."""
-    import torch
-
-    torch.set_num_threads(torch_threads or usable_cores())
-    return torch
-
-
-def set_up_torch_cuda(torch) -> None:
-    """PyTorch on a GPU as fastlenet computes: float32 arithmetic (PyTorch's default runs
-    convolutions in TF32 on recent GPUs, which rounds to 10-bit mantissas), and cuDNN
-    picking its fastest algorithm per shape (what a tuned PyTorch user sets)."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
-
-
-def torch_lenet5():
-    """The PyTorch LeNet-5 of the model tests (``torch_twin("lenet5")``), one definition
-    for both. Loaded by path: ``tests`` is not a package, and a ``tests`` package some
-    other distribution installed must not shadow it."""
-    spec = importlib.util.spec_from_file_location("fastlenet_torch_reference",
-                                                  ROOT / "tests" / "torch_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.torch_twin(MODEL)
-
-
 def torch_model(seed: int, dtype: str = "float32"):
     """The PyTorch twin holding fastlenet's initial weights for ``seed``."""
     torch = import_torch()
-    model = torch_lenet5().to(getattr(torch, dtype))
+    model = torch_twin(MODEL).to(getattr(torch, dtype))
     weights = build_model(MODEL, "numpy", dtype=dtype, seed=seed).state_dict()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     return model

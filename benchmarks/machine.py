@@ -32,7 +32,7 @@ def cpu_model() -> str:
 
 
 # vector instruction sets worth naming with a figure (PyTorch's oneDNN and LLVM use the
-# widest the CPU has, and speed ratios differ by 2-3x between AVX2 and AVX-512 machines)
+# widest the CPU has, so speed ratios differ between AVX2 and AVX-512 machines)
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16")
 
 

@@ -11,6 +11,9 @@ whose ``ctx`` a backward needs), and returns ``(call, fetch)``:
 * ``fetch(result)`` turns that result into host NumPy arrays in fastlenet's layout, to be
   compared with the NumPy backend's.
 
+:func:`measure` runs one benchmark of a case: checked against the NumPy backend's, warmed
+up, timed (test_ops.py says how).
+
 The LeNet-5 shapes at batch N (what the model runs):
 
 | case | input | weights | output |
@@ -26,6 +29,7 @@ The LeNet-5 shapes at batch N (what the model runs):
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import numpy as np
@@ -35,29 +39,9 @@ from fastlenet.nn import build_model
 from fastlenet.nn.layers import Parameter
 from fastlenet.optim import Adam
 
-TORCH = "torch"
-TORCH_CUDA = "torch-cuda"                # eager PyTorch on a CUDA device
-TORCH_CUDA_GRAPHS = "torch-cuda-graphs"  # each training step one CUDA graph replay
-# PyTorch contender -> (device, whole training steps replayed as CUDA graphs)
-TORCH_CONTENDERS = {TORCH: ("cpu", False), TORCH_CUDA: ("cuda", False),
-                    TORCH_CUDA_GRAPHS: ("cuda", True)}
+from .torch_contenders import TORCH_CONTENDERS, TORCH_CUDA, import_torch, set_up_torch_cuda
+
 REFERENCE = "numpy"  # the backend every contender's results are checked against
-
-
-def torch_unavailable(contender: str) -> str | None:
-    """Why the PyTorch contender ``contender`` cannot run here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return ("PyTorch is not installed, so there is no reference figure; "
-                "python -m pip install torch==2.13.0")
-    if TORCH_CONTENDERS[contender][0] == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            return (f"{contender} needs a CUDA device, and PyTorch {torch.__version__} sees "
-                    "none (torch.cuda.is_available() is False)")
-    return None
 
 # name -> (C, H, W, K, kernel, need_dx): the model's two convolutions
 CONVS = {"conv1": (1, 32, 32, 6, 5, False), "conv2": (6, 14, 14, 16, 5, True)}
@@ -68,6 +52,8 @@ POOL_SIZE = 2
 LINEARS = {"fc1": (400, 120), "fc2": (120, 84), "fc3": (84, 10)}
 CLASSES = 10
 ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
+
+WARMUP_CALLS = 3  # untimed calls between the checked first call and the timed ones
 
 # float32 results are compared with the NumPy backend's to this fraction of the
 # largest reference magnitude (reductions over 10^5-10^6 terms round differently
@@ -140,6 +126,32 @@ def assert_close(got: list, want: list, what: str) -> None:
         scale = float(np.abs(w).max()) if w.size else 0.0
         np.testing.assert_allclose(g, w, rtol=0, atol=RTOL * max(scale, 1e-30),
                                    err_msg=f"{what}: result {i} differs from the NumPy backend's")
+
+
+# ------------------------------------------------------------ one benchmark
+def measure(benchmark, contender: str, op: str, layer: str | None, args: tuple,
+            images: int | None, stateless: bool = True) -> None:
+    """Check, warm up and time ``op`` of ``contender`` on ``args``; fill extra_info."""
+    what = f"{contender} {op}" + (f" {layer}" if layer else "")
+    ref_call, ref_fetch = getattr(cases(REFERENCE), op)(*args)
+    want = ref_fetch(ref_call())
+    call, fetch = getattr(cases(contender), op)(*args)
+    start = time.perf_counter()
+    result = call()
+    first_call = time.perf_counter() - start
+    assert_close(fetch(result), want, what)
+    for _ in range(WARMUP_CALLS):
+        call()
+    benchmark.group = op + (f" {layer}" if layer else "")
+    info = benchmark.extra_info
+    info.update(op=op, layer=layer, images=images, first_call_s=first_call)
+    result = benchmark(call)
+    if stateless:  # the same inputs, so still the reference's result
+        assert_close(fetch(result), want, what + " (after timing)")
+    if benchmark.stats:  # None with --benchmark-disable
+        info["median_s"] = median = benchmark.stats.stats.median
+        if images:
+            info["images_per_second"] = images / median
 
 
 # ------------------------------------------------------------ contenders
@@ -252,12 +264,10 @@ class TorchCases:
     kernels its autograd calls in a LeNet-5 training step (``convolution_backward``,
     ``max_pool2d_with_indices`` and its backward, ``threshold_backward`` for the ReLU,
     the matrix products of ``addmm``'s backward), and ``torch.optim.Adam``; on the CPU
-    or on a CUDA device (float32 arithmetic there: see ``lenet.set_up_torch_cuda``),
+    or on a CUDA device (float32 arithmetic there: see ``torch_contenders.set_up_torch_cuda``),
     where each call synchronizes the device, as fastlenet's do."""
 
     def __init__(self, device: str = "cpu"):
-        from .lenet import import_torch, set_up_torch_cuda
-
         self.torch = import_torch()
         self.device = self.torch.device(device)
         if self.device.type == "cuda":

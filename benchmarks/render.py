@@ -20,7 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-TORCH = "torch"
+from .torch_contenders import TORCH, TORCH_CUDA, TORCH_CUDA_GRAPHS
+
 COURSEWORK_TARGET_S = 420.0
 CHART_BATCH = 128  # the per-op chart compares contenders at the model's training batch
 
@@ -124,8 +125,8 @@ def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> s
     return "\n".join(lines)
 
 
-_TORCH_NAMES = {TORCH: "PyTorch (CPU)", "torch-cuda": "PyTorch CUDA (eager)",
-                "torch-cuda-graphs": "PyTorch CUDA (graphs)"}
+_TORCH_NAMES = {TORCH: "PyTorch (CPU)", TORCH_CUDA: "PyTorch CUDA (eager)",
+                TORCH_CUDA_GRAPHS: "PyTorch CUDA (graphs)"}
 
 
 def _name(contender: str) -> str:

@@ -18,11 +18,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from .lenet import ROOT
-from .ops import TORCH_CONTENDERS
+from .torch_contenders import TORCH_CONTENDERS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # where compiled backends keep their compiled kernels: pointed at a fresh folder per
 # contender, so that "cold" really compiles and "warm" reads what "cold" wrote

@@ -11,39 +11,10 @@ layer, images per call, the first-call time, the median and images/s.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from .ops import (CONVS, LINEARS, POOLS, REFERENCE, adam_inputs, assert_close, cases,
-                  conv_inputs, linear_inputs, loss_inputs, pool_inputs)
-
-WARMUP_CALLS = 3
-
-
-def measure(benchmark, contender: str, op: str, layer: str | None, args: tuple,
-            images: int | None, stateless: bool = True) -> None:
-    """Check, warm up and time ``op`` of ``contender`` on ``args``; fill extra_info."""
-    what = f"{contender} {op}" + (f" {layer}" if layer else "")
-    ref_call, ref_fetch = getattr(cases(REFERENCE), op)(*args)
-    want = ref_fetch(ref_call())
-    call, fetch = getattr(cases(contender), op)(*args)
-    start = time.perf_counter()
-    result = call()
-    first_call = time.perf_counter() - start
-    assert_close(fetch(result), want, what)
-    for _ in range(WARMUP_CALLS):
-        call()
-    benchmark.group = op + (f" {layer}" if layer else "")
-    info = benchmark.extra_info
-    info.update(op=op, layer=layer, images=images, first_call_s=first_call)
-    result = benchmark(call)
-    if stateless:  # the same inputs, so still the reference's result
-        assert_close(fetch(result), want, what + " (after timing)")
-    if benchmark.stats:  # None with --benchmark-disable
-        info["median_s"] = median = benchmark.stats.stats.median
-        if images:
-            info["images_per_second"] = images / median
+from .ops import (CONVS, LINEARS, POOLS, adam_inputs, conv_inputs, linear_inputs, loss_inputs,
+                  measure, pool_inputs)
 
 
 @pytest.mark.parametrize("layer", CONVS)

@@ -29,7 +29,8 @@ from fastlenet.train import TrainConfig
 
 from .lenet import (ACCURACY_TARGETS, BATCH, COURSEWORK_TARGET_S, RECIPE_KEYS, fastlenet_recipe,
                     make_run, time_to_accuracy, torch_recipe)
-from .ops import REFERENCE, TORCH_CONTENDERS, TORCH_CUDA_GRAPHS, assert_close
+from .ops import REFERENCE, assert_close
+from .torch_contenders import TORCH_CONTENDERS, TORCH_CUDA_GRAPHS
 
 WARMUP_STEPS = 20
 

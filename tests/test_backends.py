@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import load_backend
+from helpers import load_backend
 from fastlenet import backends
 from fastlenet.backends.base import Backend
 from fastlenet.backends.reference import ReferenceBackend

@@ -23,7 +23,7 @@ from fastlenet.backends.numpy_backend import NumpyBackend
 
 from benchmarks import render
 from benchmarks.lenet import time_to_accuracy
-from benchmarks.ops import assert_close, conv_inputs
+from benchmarks.ops import assert_close, conv_inputs, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +65,6 @@ class _Benchmark:
 
 
 def test_op_check_catches_a_wrong_kernel(monkeypatch):
-    from benchmarks.test_ops import measure
-
     class OffByALittle(NumpyBackend):
         name = "off"
 
@@ -103,7 +101,7 @@ def test_time_to_accuracy_reads_the_first_epoch_at_the_target():
     assert time_to_accuracy(epochs, 0.995) is None
 
 
-@pytest.mark.slow  # two trainings and PyTorch's import: about 10-20 s
+@pytest.mark.slow  # two trainings and PyTorch's import
 @pytest.mark.torch
 def test_torch_recipe_follows_the_fastlenet_recipe(tmp_path, monkeypatch):
     """Same split, initial weights, order and learning rates: the same test accuracy
@@ -111,11 +109,11 @@ def test_torch_recipe_follows_the_fastlenet_recipe(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from fastlenet.train import TrainConfig
 
-    from benchmarks import lenet
+    from benchmarks import lenet, torch_contenders
 
     monkeypatch.setattr(lenet, "TrainConfig",
                         functools.partial(TrainConfig, train_limit=512, epochs=2, val_size=500))
-    monkeypatch.setattr(lenet, "torch_threads", 1)
+    monkeypatch.setattr(torch_contenders, "torch_threads", 1)
     ours = lenet.fastlenet_recipe("numpy", 0, tmp_path / "run")
     theirs = lenet.torch_recipe(0)
     assert [r["epoch"] for r in ours] == [r["epoch"] for r in theirs] == [1, 2]

@@ -11,6 +11,7 @@ import pytest
 from fastlenet.cli import main
 from fastlenet.data import load_dataset
 
+from helpers import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -20,21 +21,6 @@ def trained_run(tiny_dir, tmp_path_factory):
                  "--batch-size", "50", "--out", str(out), "--no-progress"])
     assert code == 0
     return out
-
-
-def run_cli(*args):
-    """Run the installed command in a fresh process, as a user would."""
-    return subprocess.run([sys.executable, "-m", "fastlenet", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_help_and_version():

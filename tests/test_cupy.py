@@ -30,9 +30,7 @@ from fastlenet.backends.numpy_backend import NumpyBackend
 from fastlenet.errors import BackendUnavailableError
 from fastlenet.train import TrainConfig, Trainer, evaluate, train
 
-from conftest import load_cuda_backend
-from helpers import skip_unless_cuda_device
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, load_cuda_backend, run_cli, skip_unless_cuda_device
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_FILES = sorted(ROOT.glob("kernels/*.cu"))
@@ -337,10 +335,7 @@ def test_trainer_keeps_nothing_that_the_next_captured_step_overwrites(tiny_dir, 
 @pytest.fixture
 def cupy_backend():
     """The real backend on a CUDA device; a skip giving the reason where there is none."""
-    why = _cupy_status()
-    if why is not None:
-        skip_unless_cuda_device(why)
-    return backends.get_backend("cupy")
+    return load_cuda_backend("device")
 
 
 @pytest.fixture(scope="module", params=["on-cpu", pytest.param("device", marks=pytest.mark.gpu)])

@@ -30,8 +30,8 @@ from fastlenet.demo import page_model, render_page
 from fastlenet.imageprep import digit_from_array, to_grayscale
 from fastlenet.nn import MODELS
 
+from helpers import assert_one_line_error, custom_model
 from strokes import strokes
-from test_export import assert_one_line_error
 
 DIGITS = (0, 1, 2, 3)  # MNIST test images 7, 2, 1, 0
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -206,8 +206,6 @@ def test_every_layer_kind_runs_in_the_page(browser, tmp_path):
     BatchNorm on maps and vectors, sigmoid, tanh, both poolings, the fused ReLU + max-pool,
     a nested Sequential) and five classes."""
     from selenium.webdriver.common.by import By
-
-    from test_export import custom_model
 
     model = custom_model()
     meta = {"mean": 0.13, "std": 0.31, "class_names": list("abcde"), "dataset": "custom"}

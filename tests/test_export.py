@@ -16,33 +16,13 @@ from fastlenet.checkpoint import load_model, load_test_set
 from fastlenet.cli import main
 from fastlenet.errors import ConfigError, FastLeNetError
 from fastlenet.export import OPSET, steps, to_onnx, torch_source, torch_state_dict
-from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Model,
-                          MODELS, ReLU, ReLUMaxPool2d, Sequential, Sigmoid, Tanh)
+from fastlenet.nn import MODELS, Conv2d, Flatten, Linear, Model, ReLU
 
-
-def assert_one_line_error(stderr: str, *fragments):
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastlenet: error: "), stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from helpers import assert_one_line_error, custom_model
 
 
 def logits_of(model, x):
     return np.concatenate([model.backend.to_numpy(z).T for _, z in model.batched_logits(x, 64)])
-
-
-def custom_model():
-    """Every exportable layer, the options the zoo does not use, a nested Sequential."""
-    model = Model([Conv2d(1, 4, 3, stride=2, padding=1, bias=False), BatchNorm(4), Sigmoid(),
-                   AvgPool2d(3, stride=2), Conv2d(4, 6, 3, padding=1), Tanh(), MaxPool2d(3, stride=2),
-                   Conv2d(6, 6, 1), ReLUMaxPool2d(2, stride=1), Flatten(), Dropout(0.3),
-                   Linear(6 * 2 * 2, 12, bias=False), BatchNorm(12), Sequential(ReLU(), Linear(12, 5))],
-                  name="custom", backend="numpy", seed=3)
-    rng = np.random.default_rng(0)
-    state = {k: v + 0.1 * rng.standard_normal(v.shape).astype(v.dtype) if "running_var" not in k
-             else rng.uniform(0.5, 2.0, v.shape).astype(v.dtype) for k, v in model.state_dict().items()}
-    model.load_state_dict(state)
-    return model.eval()
 
 
 # ------------------------------------------------------------------ ONNX
@@ -128,7 +108,7 @@ def test_npz_holds_only_arrays_named_as_pytorch_names_them(zoo_checkpoints, tmp_
 @pytest.mark.parametrize("name", list(MODELS))
 def test_npz_loads_into_the_torch_lenet(zoo_checkpoints, name, tmp_path):
     torch = pytest.importorskip("torch")
-    from torch_reference import torch_twin
+    from benchmarks.torch_twins import torch_twin
 
     out = tmp_path / "w.npz"
     assert main(["export", str(zoo_checkpoints[name]), "--format", "npz", "-o", str(out)]) == 0

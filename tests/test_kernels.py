@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import naive as ref
-from conftest import load_backend
+from helpers import load_backend
 from fastlenet import backends
 from fastlenet.backends.base import adam_factors
 from fastlenet.backends.reference import ReferenceBackend

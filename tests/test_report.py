@@ -20,6 +20,8 @@ from fastlenet.cli import main
 from fastlenet.compare import COMPARE_COLUMNS, compare_runs
 from fastlenet.report import FIGURES, make_report
 
+from helpers import assert_one_line_error
+
 # (width, height) in pixels of each figure of a lenet5 run; the summary's height grows
 # with its rows
 SIZES = {"curves": (1560, 600), "confusion": (1080, 912), "misclassified": (1488, 972),
@@ -217,10 +219,7 @@ def test_cli_report_passes_its_options(tiny_runs, tmp_path, monkeypatch):
 
 def one_line_error(capsys, argv, *fragments):
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("fastlenet: error: "), err
-    for fragment in fragments:
-        assert fragment in err[0], err[0]
+    assert_one_line_error(capsys.readouterr().err, *fragments)
 
 
 def test_broken_run_folders_are_one_line(tiny_runs, tmp_path, capsys):

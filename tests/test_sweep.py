@@ -8,7 +8,7 @@ import pytest
 from fastlenet.cli import main
 from fastlenet.sweep import THREAD_VARIABLES, _child_environment, run_sweep, setting_name
 
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 
 def tiny(tiny_dir):
