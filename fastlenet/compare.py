@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import write_file
+from .atomic_write import write_file
 from .errors import RunFolderError
 from .runs import (NOT_SETTINGS, TARGETS, Column, Run, load_run, log_axis, new_figure,
                    percent_axis, plot_accuracy_over_time, png_bytes, require_matplotlib,

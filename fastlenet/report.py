@@ -34,7 +34,8 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .checkpoint import load_model, load_test_set, write_file
+from .atomic_write import write_file
+from .checkpoint import load_model, load_test_set
 from .checks import is_integer
 from .errors import ConfigError, RunFolderError
 from .nn import AvgPool2d, Conv2d, MaxPool2d, ReLUMaxPool2d

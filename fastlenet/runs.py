@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import write_file
+from .atomic_write import write_file
 from .checks import is_real
 from .errors import FastLeNetError, RunFolderError
 

@@ -30,7 +30,7 @@ from typing import Callable
 import fastlenet
 
 from . import __version__, runs
-from .checkpoint import write_file
+from .atomic_write import write_file
 from .checks import is_integer
 from .errors import ConfigError, FastLeNetError, RunFolderError
 from .runs import (PLOTS_HINT, TARGETS, Column, load_run, new_figure, plot_accuracy_over_time,

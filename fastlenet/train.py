@@ -28,9 +28,10 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
+from .atomic_write import write_json
 from .augment import AugmentSettings, Augmenter
 from .backends import Backend, get_backend
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset, prepare
 from .checks import is_integer, is_real
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
