@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from .atomic_write import atomic_open
-from .data import Dataset, load_dataset, preprocess
 from .errors import CheckpointError
 from .nn import MODELS, build_model
 
@@ -109,17 +108,3 @@ def load_model(path: str | os.PathLike, backend="auto"):
     model.eval()
     return model, ckpt.meta
 
-
-def load_test_set(meta: dict, dataset: str | None = None, data_dir: str | os.PathLike | None = None
-             ) -> tuple[np.ndarray, np.ndarray, Dataset]:
-    """The test set a checkpoint's model is evaluated on, preprocessed with its constants.
-
-    By default the data the checkpoint was trained on (``meta``'s dataset and data
-    folder); ``dataset`` / ``data_dir`` choose other data, a folder alone meaning the
-    user's own. Returns ``(x (N, 1, 32, 32) float32, y (N,) int64, Dataset)``.
-    """
-    if dataset is None and data_dir is None:
-        dataset, data_dir = meta["dataset"], meta.get("config", {}).get("data_dir")
-    data = load_dataset(dataset, data_dir)
-    x = preprocess(data.test_images, meta["mean"], meta["std"])
-    return x, data.test_labels.astype(np.int64), data

@@ -17,16 +17,17 @@ from importlib import metadata
 import numpy as np
 
 from . import __version__, backends, compare, report, runs
-from .checkpoint import load_model, load_test_set
+from .checkpoint import load_model
 from .data import DATASETS, preprocess
 from .demo import write_demo
 from .export import FORMATS, export_checkpoint, resolve_format, torch_source
 from .errors import ConfigError, FastLeNetError
+from .evaluation import confusion_matrix, evaluate, load_test_set, per_class_accuracy
 from .imageprep import load_digit
 from .nn import DTYPES, MODELS, build_model
 from .optim import OPTIMIZERS, SCHEDULES
 from .sweep import run_sweep
-from .train import RECIPES, TrainConfig, evaluate, train
+from .train import RECIPES, TrainConfig, train
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -210,8 +211,8 @@ def cmd_evaluate(args) -> int:
     x, y, dataset = load_test_set(meta, args.dataset, args.data_dir)
     loss, accuracy, preds = evaluate(model, x, y, batch_size=args.batch_size)
     k = model.num_classes
-    confusion = runs.confusion_matrix(y, preds, k)
-    per_class = runs.per_class_accuracy(confusion)
+    confusion = confusion_matrix(y, preds, k)
+    per_class = per_class_accuracy(confusion)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset.name,
                           "accuracy": accuracy, "loss": loss, "per_class_accuracy": per_class.tolist(),

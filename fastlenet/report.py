@@ -35,12 +35,13 @@ import numpy as np
 
 from . import __version__
 from .atomic_write import write_file
-from .checkpoint import load_model, load_test_set
+from .checkpoint import load_model
 from .checks import is_integer
 from .errors import ConfigError, RunFolderError
+from .evaluation import confusion_matrix, load_test_set, per_class_accuracy
 from .nn import AvgPool2d, Conv2d, MaxPool2d, ReLUMaxPool2d
-from .runs import (NOT_SETTINGS, TARGETS, Run, confusion_matrix, load_run, log_axis, new_figure,
-                   per_class_accuracy, percent_axis, png_bytes, require_matplotlib, running_mean,
+from .runs import (NOT_SETTINGS, TARGETS, Run, load_run, log_axis, new_figure,
+                   percent_axis, png_bytes, require_matplotlib, running_mean,
                    setting_text)
 
 MISTAKES_GRID = (4, 8)  # rows, columns of misclassified.png

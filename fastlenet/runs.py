@@ -144,19 +144,6 @@ def setting_text(value) -> str:
     return "none" if value is None else str(value)
 
 
-# ------------------------------------------------------------------ measures
-def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
-    """(K, K) int64 counts: row = true class, column = predicted class."""
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (np.asarray(labels), np.asarray(predictions)), 1)
-    return confusion
-
-
-def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
-    """Each class's recall, (K,): correct / images of that class (0 for an absent class)."""
-    return confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-
-
 # ------------------------------------------------------------------ tables
 @dataclass(frozen=True)
 class Column:

@@ -35,6 +35,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, load_dataset, prepare
 from .checks import is_integer, is_real
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .evaluation import evaluate
 from .nn import DTYPES, MODELS, SoftmaxCrossEntropy, build_model
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 
@@ -135,28 +136,6 @@ def option_name(field: str) -> str:
     if field in {f.name for f in dataclasses.fields(AugmentSettings)}:
         field = "augment_" + field
     return "--limit" if field == "train_limit" else "--" + field.replace("_", "-")
-
-
-def evaluate(model, x, y, batch_size: int = 1000):
-    """Loss, accuracy and predictions of ``model`` (eval mode) on a host set.
-
-    x: (N, 1, 32, 32) float host array; y: (N,) int labels.
-    Returns ``(mean_loss, accuracy, predictions (N,) int64 host array)``; an empty set
-    gives NaN loss and accuracy.
-    """
-    backend = model.backend
-    if len(x) == 0:
-        return float("nan"), float("nan"), np.zeros(0, dtype=np.int64)
-    loss_fn = SoftmaxCrossEntropy(backend=backend)
-    total_loss = backend.xp.zeros((), dtype=np.float64)
-    preds = []
-    for start, logits in model.batched_logits(x, batch_size):
-        yb = backend.asarray(y[start:start + logits.shape[1]])
-        total_loss += loss_fn.forward(logits, yb) * logits.shape[1]
-        preds.append(logits.argmax(axis=0))
-    predictions = backend.to_numpy(backend.xp.concatenate(preds)).astype(np.int64)
-    loss = float(backend.to_numpy(total_loss)) / len(x)
-    return loss, float((predictions == np.asarray(y)).mean()), predictions
 
 
 def default_run_dir(config: TrainConfig, backend_name: str) -> Path:

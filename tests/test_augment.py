@@ -8,7 +8,8 @@ import pytest
 
 from fastlenet.augment import AugmentSettings, Augmenter, gaussian_matrix
 from fastlenet.errors import ConfigError
-from fastlenet.train import Trainer, TrainConfig, evaluate
+from fastlenet.evaluation import evaluate
+from fastlenet.train import Trainer, TrainConfig
 
 from helpers import write_tiny_mnist
 

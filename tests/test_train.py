@@ -8,8 +8,9 @@ import pytest
 
 from fastlenet.checkpoint import load_checkpoint, load_model, save_checkpoint
 from fastlenet.errors import CheckpointError, ConfigError, TrainingDivergedError
+from fastlenet.evaluation import evaluate
 from fastlenet.nn import build_model
-from fastlenet.train import RECIPES, TrainConfig, Trainer, TrainingState, evaluate, train
+from fastlenet.train import RECIPES, TrainConfig, Trainer, TrainingState, train
 
 
 def tiny_config(tiny_dir, **kw):
