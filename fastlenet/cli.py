@@ -16,11 +16,12 @@ from importlib import metadata
 
 import numpy as np
 
-from . import __version__, backends, compare, report, runs
+from . import __version__, backends, compare, report
 from .checkpoint import load_model
 from .data import DATASETS, preprocess
 from .demo import write_demo
 from .export import FORMATS, export_checkpoint, resolve_format, torch_source
+from .figures import require_matplotlib
 from .errors import ConfigError, FastLeNetError
 from .evaluation import confusion_matrix, evaluate, load_test_set, per_class_accuracy
 from .imageprep import load_digit
@@ -128,7 +129,7 @@ def cmd_train(args) -> int:
         _check_augment_options(given)
         config = TrainConfig(**given)
     if args.report:  # before training, so a missing matplotlib does not cost a run
-        runs.require_matplotlib()
+        require_matplotlib()
     metrics = train(config, out=args.out, resume=args.resume,
                     epochs=given.get("epochs") if args.resume else None,
                     progress=False if args.no_progress else None)
