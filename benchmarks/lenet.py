@@ -28,10 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from fastlenet.backends import get_backend
+from fastlenet.config import TrainConfig
 from fastlenet.data import load_dataset, prepare
 from fastlenet.nn import SoftmaxCrossEntropy, build_model
 from fastlenet.optim import Adam, make_schedule
-from fastlenet.train import TrainConfig, Trainer, TrainingStep
+from fastlenet.train import Trainer
+from fastlenet.training_step import TrainingStep
 
 from .machine import usable_cores
 from .ops import TORCH_CONTENDERS

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__, backends, compare, report
 from .checkpoint import load_model
+from .config import RECIPES, TrainConfig
 from .data import DATASETS, preprocess
 from .demo import write_demo
 from .export import FORMATS, export_checkpoint, resolve_format, torch_source
@@ -28,7 +29,7 @@ from .imageprep import load_digit
 from .nn import DTYPES, MODELS, build_model
 from .optim import OPTIMIZERS, SCHEDULES
 from .sweep import run_sweep
-from .train import RECIPES, TrainConfig, train
+from .train import train
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -32,12 +32,12 @@ import fastlenet
 from . import __version__, tables
 from .atomic_write import write_file
 from .checks import is_integer
+from .config import TrainConfig, option_name
 from .errors import ConfigError, FastLeNetError, RunFolderError
 from .figures import (PLOTS_HINT, new_figure, plot_accuracy_over_time, png_bytes,
                       require_matplotlib)
 from .runs import TARGETS, load_run
 from .tables import Column, raw_text, target_columns
-from .train import TrainConfig, option_name
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                     "NUMBA_NUM_THREADS")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from fastlenet.augment import AugmentSettings, Augmenter, gaussian_matrix
+from fastlenet.config import TrainConfig
 from fastlenet.errors import ConfigError
 from fastlenet.evaluation import evaluate
-from fastlenet.train import Trainer, TrainConfig
+from fastlenet.train import Trainer
 
 from helpers import write_tiny_mnist
 

@@ -27,7 +27,7 @@ from fastlenet.backends.base import adam_factors
 from fastlenet.nn import (BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Model, ReLU,
                           SoftmaxCrossEntropy)
 from fastlenet.optim import make_optimizer
-from fastlenet.train import TrainingStep
+from fastlenet.training_step import TrainingStep
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None or importlib.util.find_spec("fastlenet.kernels") is None,
@@ -386,7 +386,7 @@ def test_the_signature_reaches_layers_inside_nested_sequentials():
     """A Dropout or BatchNorm inside a nested Sequential bakes its values into a recording
     too, so changing them must change the signature."""
     from fastlenet.nn import Sequential
-    from fastlenet.train import _settings
+    from fastlenet.step_signature import layer_settings as _settings
 
     model = Model([Conv2d(1, 2, 5), Sequential(BatchNorm(2), ReLU(), MaxPool2d(2)), Flatten(),
                    Sequential(Dropout(0.25), Linear(2 * 14 * 14, 10))], name="nested",
