@@ -32,7 +32,7 @@ import numpy as np
 
 from fastlenet.backends import get_backend
 from fastlenet.nn import build_model
-from fastlenet.nn.layers import Parameter
+from fastlenet.nn.parameter import Parameter
 from fastlenet.optim import Adam
 
 TORCH = "torch"

@@ -17,7 +17,7 @@ rate of update ``k`` (counting from 0) and depends on nothing else, so a resumed
 gets the same rates by passing the restored step count.
 
 A step has a host half and a device half, ``step() = prepare_step(); update()``. For a
-model's parameters (one :class:`~fastlenet.nn.layers.ParameterBuffer`) with every
+model's parameters (one :class:`~fastlenet.nn.parameter.ParameterBuffer`) with every
 gradient set, ``prepare_step`` counts the step and writes its scalars (the learning
 rate, Adam's bias corrections) into a small device array, and ``update`` is one pass
 over the flat arrays that reads them from there: a backend can record ``update`` inside
@@ -44,7 +44,7 @@ from .backends import Backend, get_backend
 from .backends.base import adam_factors
 from .checks import is_real
 from .errors import CheckpointError, ConfigError
-from .nn.layers import ParameterBuffer
+from .nn.parameter import ParameterBuffer
 
 
 

@@ -21,8 +21,14 @@ from ..backends import Backend, get_backend
 from ..backends.base import Array
 from ..checks import is_integer
 from ..errors import CheckpointError, ConfigError, DataError
-from .layers import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear,
-                     MaxPool2d, ParameterBuffer, ReLU, Sequential, Tanh)
+from .activation import ReLU, Tanh
+from .base import Layer
+from .conv import Conv2d
+from .dense import Flatten, Linear
+from .parameter import ParameterBuffer
+from .pool import AvgPool2d, MaxPool2d
+from .regularization import BatchNorm, Dropout
+from .sequential import Sequential
 
 DTYPES: tuple[str, ...] = ("float32", "float64")
 
@@ -34,7 +40,7 @@ class Model(Sequential):
     sample, (C, H, W)), ``num_classes``, ``rng`` (the backend generator Dropout draws
     from; save and restore it with ``backend.rng_state`` / ``set_rng_state``), ``layers``,
     ``parameter_buffer`` (every parameter's values and gradients in two contiguous
-    arrays, each Parameter a view: :class:`~fastlenet.nn.layers.ParameterBuffer`).
+    arrays, each Parameter a view: :class:`~fastlenet.nn.parameter.ParameterBuffer`).
 
     Initial weights come from a host generator seeded with ``seed`` and the dropout
     generator from an independent stream of the same seed, so the same seed gives the
