@@ -7,21 +7,25 @@ the signature stays the same; what changes from step to step is read from device
 from __future__ import annotations
 
 
-def step_signature(model, loss_fn, optimizer):
-    """The host values a recorded step of ``model``, ``loss_fn`` and ``optimizer`` bakes
-    in, or None while the optimizer's update reads per-step values on the host."""
-    optimizer_key = optimizer.capture_key()
-    if optimizer_key is None:
-        return None
-    return optimizer_key, loss_fn.label_smoothing, layer_settings(model)
+def step_signature(model, loss_fn, optimizer) -> tuple:
+    """The host values a recorded step of ``model``, ``loss_fn`` and ``optimizer`` bakes in."""
+    return optimizer_settings(optimizer), loss_fn.label_smoothing, layer_settings(model)
+
+
+def optimizer_settings(optimizer) -> tuple:
+    """What an optimizer's update bakes in: its kind, its hyper-parameters but the
+    learning rate (read from the device with the other per-step scalars), and the slices
+    of the flat arrays it updates this step."""
+    hyper = optimizer.hyper_parameters()
+    return (optimizer.kind, *(v for k, v in hyper.items() if k != "lr"), optimizer.segments)
 
 
 def layer_settings(layer) -> tuple:
     """Every plain value (bool, int, float, str) a layer holds, and, for a Sequential
     (a model too), those of every layer inside it, nested ones included: train or eval
     mode, dropout rates, BatchNorm's momentum and eps, strides... Taking them all, rather
-    than a list, keeps a new layer's option from being baked into a recorded step
-    unnoticed."""
+    than a list each layer declares, keeps a new layer's option from being baked into a
+    recorded step unnoticed."""
     own = tuple(sorted((k, v) for k, v in vars(layer).items() if type(v) in (bool, int, float, str)))
     inner = tuple(layer_settings(child) for child in getattr(layer, "layers", ()))
     return type(layer).__name__, own, inner

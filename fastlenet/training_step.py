@@ -32,7 +32,8 @@ class TrainingStep:
         self._run = backend.capture_step(body, signature=self.signature)
 
     def __call__(self, idx):
-        self.optimizer.prepare_step()
+        # the backward inside the step assigns every gradient before the update reads them
+        self.optimizer.prepare_step(every_grad=True)
         if self.augmenter is None:
             return self._run(idx)[0]
         xb = self.augmenter(self.backend.to_batch_last(self.x, idx))

@@ -39,8 +39,8 @@ class Model(Sequential):
     Attributes: ``name``, ``backend``, ``dtype`` (numpy dtype), ``input_shape`` (per
     sample, (C, H, W)), ``num_classes``, ``rng`` (the backend generator Dropout draws
     from; save and restore it with ``backend.rng_state`` / ``set_rng_state``), ``layers``,
-    ``parameter_buffer`` (every parameter's values and gradients in two contiguous
-    arrays, each Parameter a view: :class:`~fastlenet.nn.parameter.ParameterBuffer`).
+    ``parameter_buffer`` (every parameter's values in one contiguous array, each
+    Parameter a view: :class:`~fastlenet.nn.parameter.ParameterBuffer`).
 
     Initial weights come from a host generator seeded with ``seed`` and the dropout
     generator from an independent stream of the same seed, so the same seed gives the
@@ -68,8 +68,7 @@ class Model(Sequential):
         self.bind(backend, dtype, np.random.default_rng(init_seq), self.rng)
         for key, param in self.named_parameters().items():
             param.name = key
-        # one contiguous array of all the weights (and one of their gradients), so an
-        # optimizer updates them in one pass
+        # one contiguous array of all the weights, so an optimizer updates them in one pass
         self.parameter_buffer = ParameterBuffer(self.parameters(), backend, dtype)
 
     def __repr__(self) -> str:

@@ -1,5 +1,4 @@
-"""Parameters: a trainable device array with its gradient, and the flat buffer that holds
-a model's parameters in one array."""
+"""Parameters: trainable device arrays, and the flat buffer that lays several out in one."""
 
 from __future__ import annotations
 
@@ -14,35 +13,17 @@ class Parameter:
 
     data: device array; grad: device array of the same shape, assigned by the owning
     layer's backward (None before the first backward); name: set by the model from the
-    layer index and attribute, e.g. ``"0.weight"``, ``"3.bias"``.
-
-    Inside a :class:`ParameterBuffer` (a model's parameters), ``data`` is a view of the
-    buffer's one contiguous array, and assigning ``grad`` copies the values into the
-    view of the buffer's gradient array, which ``grad`` then is: an optimizer updates
-    every parameter in one pass over the two arrays.
+    layer index and attribute, e.g. ``"0.weight"``, ``"3.bias"``; buffer: the
+    :class:`ParameterBuffer` whose flat array ``data`` is a view of, or None.
     """
 
-    __slots__ = ("data", "name", "buffer", "_grad", "_grad_view")
+    __slots__ = ("data", "grad", "name", "buffer")
 
     def __init__(self, data: Array, name: str = ""):
         self.data = data
+        self.grad: Array | None = None
         self.name = name
-        self.buffer: ParameterBuffer | None = None  # set by ParameterBuffer
-        self._grad: Array | None = None
-        self._grad_view: Array | None = None
-
-    @property
-    def grad(self) -> Array | None:
-        return self._grad
-
-    @grad.setter
-    def grad(self, value: Array | None) -> None:
-        if value is None or self._grad_view is None:
-            self._grad = value
-            return
-        if value is not self._grad_view:
-            self._grad_view[...] = value
-        self._grad = self._grad_view
+        self.buffer: ParameterBuffer | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -53,20 +34,19 @@ class Parameter:
 
 
 class ParameterBuffer:
-    """Parameters of one dtype moved into one contiguous device array (``data``), each
-    ``Parameter.data`` becoming a view of it, and given one contiguous gradient array
-    (``grad``) that their ``grad`` values are copied into.
+    """Parameters of one dtype moved into one contiguous device array, ``data``, each
+    ``Parameter.data`` becoming a view of it, so that an optimizer updates them all in
+    one pass over flat arrays laid out alike (one kernel launch on a GPU).
 
-    An optimizer then updates all of them in one pass over flat arrays (one kernel
-    launch on a GPU, one fused loop on the CPU) instead of one pass per parameter. Each
-    parameter starts at a multiple of ALIGN elements (the gaps stay zero in every
-    array, which the updates keep at zero), so every view starts on a 128-byte
-    boundary in float32. Checkpoints are unchanged: they read the parameters by name.
+    Each parameter starts at a multiple of ALIGN elements, so every view starts on a
+    128-byte boundary in float32; the gaps stay zero in every array laid out like
+    ``data``, and the updates keep them at zero. Checkpoints read the parameters by name,
+    so they do not see the buffer.
     """
 
     ALIGN = 32
 
-    def __init__(self, params: list[Parameter], backend: Backend, dtype):
+    def __init__(self, params: list, backend: Backend, dtype):
         self.params = list(params)
         self.backend = backend
         self.dtype = np.dtype(dtype)
@@ -75,25 +55,35 @@ class ParameterBuffer:
             self.offsets.append(end)
             end += -(-p.data.size // self.ALIGN) * self.ALIGN
         self.size = end
+        self._index = {id(p): i for i, p in enumerate(self.params)}
         self.data = self.zeros()
-        self.grad = self.zeros()
-        for p, view, grad in zip(self.params, self.views(self.data), self.views(self.grad)):
+        for p, view in zip(self.params, self.views(self.data)):
             view[...] = p.data
-            p.data, p.buffer, p._grad_view = view, self, grad
+            p.data, p.buffer = view, self
 
     def zeros(self) -> Array:
-        """A new zero flat array laid out like ``data`` (for an optimizer's moments)."""
+        """A new zero flat array laid out like ``data`` (an optimizer's moments, say)."""
         return self.backend.xp.zeros(self.size, dtype=self.dtype)
 
     def views(self, flat: Array) -> list[Array]:
         """Each parameter's part of a flat array laid out like ``data``, in its shape."""
-        return [flat[o:o + p.data.size].reshape(p.data.shape)
-                for o, p in zip(self.offsets, self.params)]
+        return [self.view(flat, p) for p in self.params]
+
+    def view(self, flat: Array, param) -> Array:
+        """``param``'s part of a flat array laid out like ``data``, in its shape."""
+        start = self.offsets[self._index[id(param)]]
+        return flat[start:start + param.data.size].reshape(param.data.shape)
+
+    def extent(self, param) -> tuple[int, int]:
+        """``(start, end)`` of ``param``'s part of a flat array, the zero gap after it
+        included, so that neighbouring parameters' extents meet."""
+        i = self._index[id(param)]
+        return self.offsets[i], (self.offsets[i + 1] if i + 1 < len(self.params) else self.size)
 
     @staticmethod
     def of(params: list) -> ParameterBuffer | None:
-        """The buffer holding exactly ``params``, in this order, or None."""
-        buffer = getattr(params[0], "buffer", None) if params else None
-        if buffer is None or len(buffer.params) != len(params):
+        """The one buffer every parameter of ``params`` lies in, or None."""
+        buffers = {id(getattr(p, "buffer", None)): getattr(p, "buffer", None) for p in params}
+        if len(buffers) != 1:
             return None
-        return buffer if all(a is b for a, b in zip(buffer.params, params)) else None
+        return next(iter(buffers.values()))
