@@ -3,7 +3,7 @@
 An optimizer updates each ``Parameter.data`` in place from its ``Parameter.grad``
 (same shape, set by the model's backward). It is written against ``backend.xp`` only,
 so one code path serves every backend; Adam's update is the backend's
-``adam_update_device`` (the reference in ``backends/base.py``, fused by other backends).
+``adam_update_device`` (the reference backend's defines it; the others fuse it).
 
 Weight decay is *decoupled* for both optimizers, as in AdamW (Loshchilov & Hutter,
 "Decoupled Weight Decay Regularization"): each step shrinks the weights,
@@ -316,7 +316,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam with bias correction and decoupled weight decay (AdamW).
 
-    The update is ``backend.adam_update_device`` (formula in ``backends/base.py``)::
+    The update is ``backend.adam_update_device``::
 
         m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
         p -= lr * wd * p
