@@ -27,10 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from fastlenet.backends import get_backend
+from fastlenet.config import TrainConfig
 from fastlenet.data import load_dataset, prepare
 from fastlenet.nn import SoftmaxCrossEntropy, build_model
 from fastlenet.optim import Adam, make_schedule
-from fastlenet.train import TrainConfig, Trainer, TrainingStep
+from fastlenet.train import Trainer
+from fastlenet.training_step import TrainingStep
 
 from .torch_contenders import TORCH_CONTENDERS, import_torch, set_up_torch_cuda
 from .torch_twins import torch_twin

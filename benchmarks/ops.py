@@ -36,7 +36,7 @@ import numpy as np
 
 from fastlenet.backends import get_backend
 from fastlenet.nn import build_model
-from fastlenet.nn.layers import Parameter
+from fastlenet.nn.parameter import Parameter
 from fastlenet.optim import Adam
 
 from .torch_contenders import TORCH_CONTENDERS, TORCH_CUDA, import_torch, set_up_torch_cuda

@@ -344,7 +344,7 @@ def chart(results: Results, path: Path) -> None:
     except ImportError:
         raise RenderError("the chart needs matplotlib (python -m pip install -e '.[bench]'); "
                           "or pass --no-chart") from None
-    from fastlenet.checkpoint import atomic_open
+    from fastlenet.atomic_write import atomic_open
 
     fig = Figure(figsize=(13, 4.8))
     left, right = fig.subplots(1, 2, width_ratios=(1, 3))
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         results = load(args.results)
         text = markdown(results)
         if args.output:
-            from fastlenet.checkpoint import atomic_open
+            from fastlenet.atomic_write import atomic_open
 
             with atomic_open(args.output, "w") as f:
                 f.write(text)

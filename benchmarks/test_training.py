@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pytest
 
-from fastlenet.train import TrainConfig
+from fastlenet.config import TrainConfig
 
 from .lenet import (ACCURACY_TARGETS, BATCH, COURSEWORK_TARGET_S, RECIPE_KEYS, fastlenet_recipe,
                     make_run, time_to_accuracy, torch_recipe)

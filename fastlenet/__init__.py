@@ -17,7 +17,9 @@ __version__ = "0.1.0"
 from .backends import get_backend  # noqa: E402
 from .errors import FastLeNetError  # noqa: E402
 from .nn import build_model  # noqa: E402
-from .train import TrainConfig, evaluate, train  # noqa: E402
+from .config import TrainConfig  # noqa: E402
+from .evaluation import evaluate  # noqa: E402
+from .train import train  # noqa: E402
 
 __all__ = ["__version__", "get_backend", "build_model", "train", "TrainConfig", "evaluate",
            "FastLeNetError"]

@@ -1,4 +1,4 @@
-"""Checkpoints and run files, written atomically and read without pickle.
+"""The checkpoint file format: saving, loading without pickle, and the model it holds.
 
 A checkpoint is an ``.npz`` archive read with ``allow_pickle=False``:
 
@@ -8,91 +8,31 @@ A checkpoint is an ``.npz`` archive read with ``allow_pickle=False``:
   the training config, epochs and steps done, RNG states, normalisation constants,
   class names and the history so far.
 
-Every write goes to a temporary file in the destination folder, is flushed to disk and
-then renamed over the target, so a crash leaves the previous file intact.
+Checkpoints are written atomically (fastlenet.atomic_write).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset, load_dataset, preprocess
-from .errors import CheckpointError, ConfigError
+from .atomic_write import atomic_open
+from .errors import CheckpointError
 from .nn import MODELS, build_model
 
 FORMAT = "fastlenet-checkpoint"
 FORMAT_VERSION = 1
 
 
-@contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_file(path: str | os.PathLike, data: bytes | str, option: str = "--out") -> Path:
-    """Write bytes, or text as UTF-8, atomically; returns the path. ConfigError (one line
-    naming ``option``, the command-line option that chose the place) when it cannot be
-    written there."""
-    path = Path(path)
-    try:
-        with atomic_open(path, "wb") as f:
-            f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose another "
-                          f"output path with {option}") from None
-    return path
-
-
 def checkpoint_file(path: str | os.PathLike) -> Path:
     """The checkpoint file a path names: a run folder means its ``last.npz``."""
     path = Path(path)
     return path / "last.npz" if path.is_dir() else path
-
-
-def output_beside(checkpoint: str | os.PathLike, out: str | os.PathLike | None,
-                  suffix: str) -> Path:
-    """Where a file made from a checkpoint goes: ``out``, or by default beside the
-    checkpoint, its stem plus ``suffix`` (RUN/best.npz -> RUN/best<suffix>). ConfigError
-    when that is the checkpoint itself, which writing would destroy."""
-    source = checkpoint_file(checkpoint)
-    path = Path(out) if out is not None else source.with_name(source.stem + suffix)
-    if path.exists() and source.exists() and path.resolve() == source.resolve():
-        raise ConfigError(f"{path} is the checkpoint itself; choose another output path with -o")
-    return path
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
 
 
 @dataclass
@@ -168,17 +108,3 @@ def load_model(path: str | os.PathLike, backend="auto"):
     model.eval()
     return model, ckpt.meta
 
-
-def load_test_set(meta: dict, dataset: str | None = None, data_dir: str | os.PathLike | None = None
-             ) -> tuple[np.ndarray, np.ndarray, Dataset]:
-    """The test set a checkpoint's model is evaluated on, preprocessed with its constants.
-
-    By default the data the checkpoint was trained on (``meta``'s dataset and data
-    folder); ``dataset`` / ``data_dir`` choose other data, a folder alone meaning the
-    user's own. Returns ``(x (N, 1, 32, 32) float32, y (N,) int64, Dataset)``.
-    """
-    if dataset is None and data_dir is None:
-        dataset, data_dir = meta["dataset"], meta.get("config", {}).get("data_dir")
-    data = load_dataset(dataset, data_dir)
-    x = preprocess(data.test_images, meta["mean"], meta["std"])
-    return x, data.test_labels.astype(np.int64), data

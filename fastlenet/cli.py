@@ -16,17 +16,20 @@ from importlib import metadata
 
 import numpy as np
 
-from . import __version__, backends, compare, report, runs
-from .checkpoint import load_model, load_test_set
+from . import __version__, backends, compare, report
+from .checkpoint import load_model
+from .config import RECIPES, TrainConfig
 from .data import DATASETS, preprocess
 from .demo import write_demo
 from .export import FORMATS, export_checkpoint, resolve_format, torch_source
+from .figures import require_matplotlib
 from .errors import ConfigError, FastLeNetError
+from .evaluation import confusion_matrix, evaluate, load_test_set, per_class_accuracy
 from .imageprep import load_digit
 from .nn import DTYPES, MODELS, build_model
 from .optim import OPTIMIZERS, SCHEDULES
 from .sweep import run_sweep
-from .train import RECIPES, TrainConfig, evaluate, train
+from .train import train
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -127,7 +130,7 @@ def cmd_train(args) -> int:
         _check_augment_options(given)
         config = TrainConfig(**given)
     if args.report:  # before training, so a missing matplotlib does not cost a run
-        runs.require_matplotlib()
+        require_matplotlib()
     metrics = train(config, out=args.out, resume=args.resume,
                     epochs=given.get("epochs") if args.resume else None,
                     progress=False if args.no_progress else None)
@@ -210,8 +213,8 @@ def cmd_evaluate(args) -> int:
     x, y, dataset = load_test_set(meta, args.dataset, args.data_dir)
     loss, accuracy, preds = evaluate(model, x, y, batch_size=args.batch_size)
     k = model.num_classes
-    confusion = runs.confusion_matrix(y, preds, k)
-    per_class = runs.per_class_accuracy(confusion)
+    confusion = confusion_matrix(y, preds, k)
+    per_class = per_class_accuracy(confusion)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset.name,
                           "accuracy": accuracy, "loss": loss, "per_class_accuracy": per_class.tolist(),

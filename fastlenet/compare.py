@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import write_file
+from .atomic_write import write_file
 from .errors import RunFolderError
-from .runs import (NOT_SETTINGS, TARGETS, Column, Run, load_run, log_axis, new_figure,
-                   percent_axis, plot_accuracy_over_time, png_bytes, require_matplotlib,
-                   run_style, running_mean, setting_text, target_columns,
-                   write_tables)
+from .figures import (log_axis, new_figure, percent_axis, plot_accuracy_over_time, png_bytes,
+                      require_matplotlib, run_style, running_mean)
+from .runs import NOT_SETTINGS, TARGETS, Run, load_run, setting_text
+from .tables import Column, target_columns, write_tables
 
 _COLUMNS = [Column("run", "run"), Column("model", "model"), Column("backend", "backend"),
             Column("optimizer", "optimizer"), Column("lr", "lr", "number"),

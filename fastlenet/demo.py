@@ -28,11 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from . import imageprep
-from .checkpoint import load_model, output_beside, write_file
+from .atomic_write import write_file
+from .checkpoint import load_model
 from .errors import ConfigError
 from .export import steps
 from .nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Model, ReLU,
                  ReLUMaxPool2d, Sigmoid, Tanh)
+from .output_path import output_beside
 
 # layer class -> the name demo.js's forward pass knows it by
 _KINDS = {Conv2d: "conv2d", MaxPool2d: "maxpool2d", AvgPool2d: "avgpool2d",

@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .checkpoint import load_model, output_beside, write_file
+from .atomic_write import write_file
+from .checkpoint import load_model
 from .errors import ConfigError, FastLeNetError
 from .nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Model,
                  ReLU, ReLUMaxPool2d, Sequential, Sigmoid, Tanh)
+from .output_path import output_beside
 
 OPSET = 13
 IR_VERSION = 7  # the IR version that came with opset 13

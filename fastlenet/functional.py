@@ -28,8 +28,7 @@ backend's device (NumPy arrays for "numpy" and "numba", CuPy arrays for "cupy").
 Threads: with "numba", limit BLAS to one thread while your network runs
 (``threadpoolctl.threadpool_limits(1, "blas")`` or ``OPENBLAS_NUM_THREADS=1``). Idle
 OpenBLAS threads left spinning by your own matrix products and Numba's workers fight
-over the cores; on a 2-core machine that made a LeNet-5 step 10-15x slower
-(examples/numpy_lenet5.py measures it).
+over the cores, and a step can run many times slower (docs/performance.md, Threads).
 
 Wrong shapes, dtypes and layouts raise :class:`fastlenet.errors.ArrayError` (also a
 ValueError and a TypeError) with one line naming the expected shape.

@@ -2,8 +2,8 @@
 
 An optimizer updates each ``Parameter.data`` in place from its ``Parameter.grad``
 (same shape, set by the model's backward). It is written against ``backend.xp`` only,
-so one code path serves every backend; Adam's update is the backend's ``adam_update``
-(generic in ``backends/base.py``, fused by faster backends).
+so one code path serves every backend; Adam's update is the backend's
+``adam_update_device`` (the reference backend's defines it; the others fuse it).
 
 Weight decay is *decoupled* for both optimizers, as in AdamW (Loshchilov & Hutter,
 "Decoupled Weight Decay Regularization"): each step shrinks the weights,
@@ -16,14 +16,16 @@ each step from a schedule made by :func:`make_schedule`, where ``schedule(k)`` i
 rate of update ``k`` (counting from 0) and depends on nothing else, so a resumed run
 gets the same rates by passing the restored step count.
 
-A step has a host half and a device half, ``step() = prepare_step(); update()``. For a
-model's parameters (one :class:`~fastlenet.nn.layers.ParameterBuffer`) with every
-gradient set, ``prepare_step`` counts the step and writes its scalars (the learning
-rate, Adam's bias corrections) into a small device array, and ``update`` is one pass
-over the flat arrays that reads them from there: a backend can record ``update`` inside
-a training step and replay it (``Backend.capture_step``) while the scalars change, as
-PyTorch's capturable Adam does. Otherwise (parameters of their own, or a gradient
-None) ``update`` goes parameter by parameter with host scalars.
+One update path, over flat arrays: the parameters lie in one
+:class:`~fastlenet.nn.parameter.ParameterBuffer` (a model's; the optimizer makes one for
+parameters of their own), and the optimizer's slots (momentum, Adam's moments) and the
+gradients it gathers are flat arrays laid out alike. A step has a host half and a device
+half, ``step() = prepare_step(); update()``: ``prepare_step`` counts the step, picks the
+parameters it updates (those with a gradient) and writes the step's scalars (the
+learning rate, Adam's bias corrections) into a small device array; ``update`` gathers
+the gradients and updates each slice of neighbouring parameters in one pass that reads
+those scalars from the device. A backend can therefore record ``update`` inside a
+training step and replay it while the scalars change, as PyTorch's capturable Adam does.
 
 Checkpoints: ``state_dict()`` returns host ``numpy`` copies keyed by
 ``"<param name>.<slot>"`` (e.g. ``"0.weight.momentum_buffer"``, ``"0.weight.exp_avg"``)
@@ -36,16 +38,15 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 
 import numpy as np
 
 from .backends import Backend, get_backend
 from .backends.base import adam_factors
 from .checks import is_real
-from .errors import CheckpointError, ConfigError
-from .nn.layers import ParameterBuffer
-
+from .errors import CheckpointError, ConfigError, FastLeNetError
+from .nn.parameter import ParameterBuffer
 
 
 # ------------------------------------------------------------------ validation
@@ -83,20 +84,37 @@ def _scalar(state: Mapping, key: str):
 
 
 # ------------------------------------------------------------------ optimizers
+def _buffer_of(params: list, backend: Backend) -> ParameterBuffer:
+    """The ParameterBuffer the parameters lie in; for parameters in none, a new one that
+    takes them in. ConfigError for parameters split between buffers, or of two dtypes."""
+    buffer = ParameterBuffer.of(params)
+    if buffer is not None:
+        return buffer
+    if any(getattr(p, "buffer", None) is not None for p in params):
+        raise ConfigError("an optimizer's parameters must all lie in one ParameterBuffer "
+                          "(one model's) or in none; give each model its own optimizer")
+    dtypes = sorted({np.dtype(p.data.dtype).name for p in params})
+    if len(dtypes) > 1:
+        raise ConfigError(f"an optimizer's parameters must share one dtype, got "
+                          f"{', '.join(dtypes)}; give each dtype its own optimizer")
+    return ParameterBuffer(params, backend, dtypes[0] if dtypes else np.float32)
+
+
 class Optimizer:
     """Base class: the parameters, ``lr``, ``weight_decay``, ``step_count`` and slots.
 
-    ``state[param.name][slot]`` is a device array shaped like ``param.data`` (a momentum
-    buffer, Adam's moments): on the flat path a view of ``flat_state[slot]``, one array
-    laid out like the parameters' buffer. Subclasses name their slots, hyper-parameters
-    and per-step scalars, and write :meth:`_update` (one parameter, host scalars) and
-    :meth:`_update_flat` (all of them, scalars read from the device).
+    ``flat_state[slot]`` is a flat device array laid out like the parameters' buffer (a
+    momentum buffer, Adam's moments) and ``state[param.name][slot]`` the parameter's view
+    of it; ``grad`` is the flat array the gradients are gathered into. ``segments`` are
+    the ``(start, end)`` slices of the flat arrays this step updates, each reading its
+    scalars from one row of a small device array. Subclasses name their slots,
+    hyper-parameters and per-step scalars, and write :meth:`_update_slice`.
     """
 
     kind: str = ""
     # extra hyper-parameters saved in the state dict: attribute name -> type
     _hyper: dict[str, type] = {}
-    # how many per-step scalars the flat update reads from the device
+    # how many per-step scalars a slice's update reads from the device
     _scalar_count: int = 0
 
     def __init__(self, params: Iterable, backend: str | Backend, lr: float,
@@ -106,14 +124,22 @@ class Optimizer:
         self.lr = _check_lr(lr)
         self.weight_decay = _check_weight_decay(weight_decay)
         self.step_count = 0
-        self.buffer = ParameterBuffer.of(self.params)
-        self.state, self.flat_state = self._zero_slots(self._slot_names(self._hyper_values()))
-        # the per-step scalars of the flat update, in the parameters' dtype
-        self._scalars = (None if self.buffer is None else
-                         self.backend.xp.zeros(self._scalar_count, dtype=self.buffer.dtype))
-        self._flat = False  # whether this step's update is the pass over the flat arrays
+        self.buffer = _buffer_of(self.params, self.backend)
+        self.state, self.flat_state = self._zero_slots(self._slot_names(self.hyper_parameters()))
+        self.grad = self.buffer.zeros()
+        self._grads = [self.buffer.view(self.grad, p) for p in self.params]
+        extents = [self.buffer.extent(p) for p in self.params]
+        # the parameters in buffer order, with their extents: neighbours merge into a slice
+        self._order = sorted(((i, *extents[i]) for i in range(len(self.params))),
+                             key=lambda entry: entry[1])
+        # one row of per-step scalars per slice, in the parameters' dtype
+        self._scalars = self.backend.xp.zeros((max(len(self.params), 1), self._scalar_count),
+                                              dtype=self.buffer.dtype)
+        self.segments: tuple[tuple[int, int], ...] = ()
+        self._updating: list[int] = []  # indices of the parameters this step updates
 
-    def _hyper_values(self) -> dict:
+    def hyper_parameters(self) -> dict:
+        """The learning rate, weight decay and the subclass's hyper-parameters, by name."""
         return {name: getattr(self, name) for name in ("lr", "weight_decay", *self._hyper)}
 
     def _slot_names(self, hyper: Mapping) -> tuple[str, ...]:
@@ -121,29 +147,23 @@ class Optimizer:
         raise NotImplementedError
 
     def _zero_slots(self, slots: tuple[str, ...]) -> tuple[dict, dict]:
-        """Zero slots: (per-parameter arrays by name and slot, flat arrays by slot)."""
-        xp = self.backend.xp
-        if self.buffer is None:
-            return {p.name: {s: xp.zeros_like(p.data) for s in slots} for p in self.params}, {}
+        """Zero slots: (per-parameter views by name and slot, flat arrays by slot)."""
         flat = {s: self.buffer.zeros() for s in slots}
-        views = {s: self.buffer.views(array) for s, array in flat.items()}
-        return {p.name: {s: views[s][i] for s in slots} for i, p in enumerate(self.params)}, flat
+        return {p.name: {s: self.buffer.view(flat[s], p) for s in slots}
+                for p in self.params}, flat
 
-    def _update(self, p, slots: dict) -> None:
-        """Update ``p.data`` (and its slots) in place from ``p.grad``, host scalars."""
+    def _step_keys(self, updating: list[int]) -> list[Hashable]:
+        """Count this step for the parameters ``updating`` (indices) and return, for each,
+        a key: parameters with equal keys share the step's scalars."""
+        return [None] * len(updating)
+
+    def _step_scalars(self, key: Hashable) -> tuple[float, ...]:
+        """The host scalars of this step for parameters of ``key``."""
         raise NotImplementedError
 
-    def _flat_possible(self) -> bool:
-        """Whether the parameters' state allows one pass over them all."""
-        return True
-
-    def _count_flat_step(self) -> tuple[float, ...]:
-        """Count a flat step (per-parameter bookkeeping) and return its scalars."""
-        raise NotImplementedError
-
-    def _update_flat(self) -> None:
-        """Update every parameter in one pass over the flat arrays, reading the step's
-        scalars from ``self._scalars``."""
+    def _update_slice(self, p, g, slots: dict, scalars) -> None:
+        """Update the flat slice ``p`` (and its ``slots``) from ``g`` in place, reading the
+        step's scalars from the device row ``scalars``."""
         raise NotImplementedError
 
     def step(self) -> None:
@@ -151,43 +171,51 @@ class Optimizer:
         self.prepare_step()
         self.update()
 
-    def prepare_step(self) -> None:
-        """The host's half of a step: count it and, on the flat path, write its scalars
-        (from ``lr`` and the step count) to the device for :meth:`update`.
+    def prepare_step(self, every_grad: bool = False) -> None:
+        """The host's half of a step: count it, pick the parameters it updates and write
+        their scalars (from ``lr`` and the step counts) to the device for :meth:`update`.
 
-        The flat path is taken when the parameters are one buffer's and every one has a
-        gradient now (in a training step: from the previous step's backward).
+        It updates the parameters that have a gradient now, or with ``every_grad`` all of
+        them: in a training step the backward that assigns every gradient runs between
+        this and :meth:`update`.
         """
         self.step_count += 1
-        self._flat = (self.buffer is not None and self._flat_possible()
-                      and all(p.grad is not None for p in self.params))
-        if self._flat:
-            self.backend.set_scalars(self._scalars, self._count_flat_step())
+        self._updating = [i for i, p in enumerate(self.params) if every_grad or p.grad is not None]
+        keys = dict(zip(self._updating, self._step_keys(self._updating)))
+        segments, segment_keys = [], []
+        for i, start, end in self._order:
+            if i not in keys:
+                continue
+            if segments and segments[-1][1] == start and segment_keys[-1] == keys[i]:
+                segments[-1] = (segments[-1][0], end)
+            else:
+                segments.append((start, end))
+                segment_keys.append(keys[i])
+        self.segments = tuple(segments)
+        for row, key in enumerate(segment_keys):
+            self.backend.set_scalars(self._scalars[row], self._step_scalars(key))
 
     def update(self) -> None:
-        """The device's half: update the parameters from their gradients. On the flat
-        path it reads nothing from the host that changes between steps, so a backend
-        may record it (see :meth:`capture_key`)."""
-        if self._flat:
-            self._update_flat()
-            return
-        for p in self.params:
-            if p.grad is not None:
-                self._update(p, self.state[p.name])
-
-    def capture_key(self):
-        """The host values :meth:`update` bakes into a recording (the constant
-        hyper-parameters), or None when it reads per-step values on the host (not the
-        flat path) and must run as Python every step."""
-        if not self._flat:
-            return None
-        return (self.kind, *(v for k, v in self._hyper_values().items() if k != "lr"))
+        """The device's half: gather the gradients and update every slice picked by
+        :meth:`prepare_step`. It reads nothing from the host that changes between steps,
+        so a backend may record it (fastlenet.step_signature names what it bakes in)."""
+        for i in self._updating:
+            p = self.params[i]
+            if p.grad is None:
+                raise FastLeNetError(f"parameter {p.name or i} has no gradient to update with; "
+                                     "a layer's backward must assign every Parameter.grad")
+            self._grads[i][...] = p.grad
+        data, grad = self.buffer.data, self.grad
+        for row, (start, end) in enumerate(self.segments):
+            self._update_slice(data[start:end], grad[start:end],
+                               {s: a[start:end] for s, a in self.flat_state.items()},
+                               self._scalars[row])
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host copies of everything :meth:`load_state_dict` needs to continue exactly."""
         out = {"optimizer": np.array(self.kind),
                "step": np.array(self.step_count, dtype=np.int64)}
-        for name, value in self._hyper_values().items():
+        for name, value in self.hyper_parameters().items():
             out[name] = np.array(value)
         for pname, slots in self.state.items():
             for slot, array in slots.items():
@@ -224,7 +252,7 @@ class Optimizer:
                         f"parameter is {p.data.dtype}{list(p.data.shape)}; the checkpoint belongs "
                         "to another model")
                 host[key] = array
-        if {slot for slots in self.state.values() for slot in slots} != set(slot_names):
+        if set(self.flat_state) != set(slot_names):
             self.state, self.flat_state = self._zero_slots(slot_names)
         # else the same arrays are filled, in place: a recorded step (a CUDA graph) holds them
         for pname, slots in self.state.items():
@@ -266,22 +294,16 @@ class SGD(Optimizer):
     def _slot_names(self, hyper: Mapping) -> tuple[str, ...]:
         return ("momentum_buffer",) if hyper["momentum"] else ()
 
-    def _update(self, p, slots: dict) -> None:
-        self._apply(p.data, p.grad, slots.get("momentum_buffer"),
-                    self.lr, 1.0 - self.lr * self.weight_decay)
-
-    def _count_flat_step(self) -> tuple[float, float]:
+    def _step_scalars(self, key) -> tuple[float, float]:
         return self.lr, 1.0 - self.lr * self.weight_decay
 
-    def _update_flat(self) -> None:
+    def _update_slice(self, p, g, slots: dict, scalars) -> None:
         # 0-d views (not scalars copied out): a recorded step reads them anew each replay
-        lr, decay = self._scalars[0, ...], self._scalars[1, ...]
-        self._apply(self.buffer.data, self.buffer.grad, self.flat_state.get("momentum_buffer"),
-                    lr, decay)
+        self._apply(p, g, slots.get("momentum_buffer"), scalars[0, ...], scalars[1, ...])
 
     def _apply(self, p, g, buf, lr, decay) -> None:
         """The update of p from g (and the momentum buffer), with lr and decay = 1 - lr*wd
-        host floats or 0-d device values of p's dtype (the same arithmetic either way)."""
+        0-d device values of p's dtype."""
         if self.momentum:
             buf *= self.momentum
             buf += g
@@ -294,14 +316,15 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam with bias correction and decoupled weight decay (AdamW).
 
-    The update is ``backend.adam_update`` (formula in ``backends/base.py``)::
+    The update is ``backend.adam_update_device``::
 
         m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
         p -= lr * wd * p
         p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
     ``t`` counts the updates of each parameter (as in PyTorch), so a parameter whose
-    grad was None on some steps still gets correctly bias-corrected moments.
+    grad was None on some steps still gets correctly bias-corrected moments: parameters
+    whose counts differ are updated in separate slices, each with its own factors.
     """
 
     kind = "adam"
@@ -322,28 +345,19 @@ class Adam(Optimizer):
     def _slot_names(self, hyper: Mapping) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def _update(self, p, slots: dict) -> None:
-        self.param_steps[p.name] += 1
-        self.backend.adam_update(p.data, p.grad, slots["exp_avg"], slots["exp_avg_sq"],
-                                 lr=self.lr, beta1=self.beta1, beta2=self.beta2,
-                                 eps=self.eps, weight_decay=self.weight_decay,
-                                 step=self.param_steps[p.name])
-
-    def _flat_possible(self) -> bool:
-        # one bias correction for all: every parameter has had the same number of updates
-        return len(set(self.param_steps.values())) <= 1
-
-    def _count_flat_step(self) -> tuple[float, float, float]:
-        for name in self.param_steps:
+    def _step_keys(self, updating: list[int]) -> list[int]:
+        names = [self.params[i].name for i in updating]
+        for name in names:
             self.param_steps[name] += 1
-        step = self.param_steps[self.params[0].name] if self.params else self.step_count
-        return adam_factors(self.lr, self.beta1, self.beta2, self.weight_decay, step)
+        return [self.param_steps[name] for name in names]
 
-    def _update_flat(self) -> None:
+    def _step_scalars(self, key: int) -> tuple[float, float, float]:
+        return adam_factors(self.lr, self.beta1, self.beta2, self.weight_decay, key)
+
+    def _update_slice(self, p, g, slots: dict, scalars) -> None:
         self.backend.adam_update_device(
-            self.buffer.data, self.buffer.grad, self.flat_state["exp_avg"],
-            self.flat_state["exp_avg_sq"], self._scalars, beta1=self.beta1, beta2=self.beta2,
-            eps=self.eps, weight_decay=self.weight_decay)
+            p, g, slots["exp_avg"], slots["exp_avg_sq"], scalars, beta1=self.beta1,
+            beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         out = super().state_dict()

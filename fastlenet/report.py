@@ -16,9 +16,8 @@ default into ``RUN/report/``:
 | ``report.html`` | one self-contained page: the summary table and every figure embedded, |
 |  | each linking its PNG |
 
-Reading run folders, and the tables and figure helpers that this module shares with
-``fastlenet compare`` (fastlenet/compare.py) and ``fastlenet sweep``, live in
-fastlenet/runs.py. Every file is written atomically.
+Run folders are read by fastlenet/runs.py and the figures drawn with the helpers of
+fastlenet/figures.py, as ``compare`` and ``sweep`` do. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -34,13 +33,15 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .checkpoint import load_model, load_test_set, write_file
+from .atomic_write import write_file
+from .checkpoint import load_model
 from .checks import is_integer
 from .errors import ConfigError, RunFolderError
+from .evaluation import confusion_matrix, load_test_set, per_class_accuracy
+from .figures import (log_axis, new_figure, percent_axis, png_bytes, require_matplotlib,
+                      running_mean)
 from .nn import AvgPool2d, Conv2d, MaxPool2d, ReLUMaxPool2d
-from .runs import (NOT_SETTINGS, TARGETS, Run, confusion_matrix, load_run, log_axis, new_figure,
-                   per_class_accuracy, percent_axis, png_bytes, require_matplotlib, running_mean,
-                   setting_text)
+from .runs import NOT_SETTINGS, TARGETS, Run, load_run, setting_text
 
 MISTAKES_GRID = (4, 8)  # rows, columns of misclassified.png
 MAPS_PER_ROW = 16  # feature maps per row of feature_maps.png

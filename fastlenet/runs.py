@@ -1,40 +1,25 @@
-"""Run folders: reading what ``fastlenet train`` wrote, and the measures, tables and the
-accuracy-over-time plot that ``report``, ``compare`` and ``sweep`` share.
+"""Run folders: reading back what ``fastlenet train`` wrote.
 
 A run folder holds ``config.json`` (the TrainConfig), ``history.json`` (one record per
 step and one per epoch), ``metrics.json`` once the run has ended, and the checkpoints.
-Everything here reads only the JSON files, so a run still in progress, or one stopped
-early, can be tabulated and plotted too.
-
-Tables are written twice, for reading (Markdown) and for analysis (CSV, raw numbers), both
-atomically. Figures are drawn with matplotlib's object API (``matplotlib.figure.Figure``,
-rendered by Agg); matplotlib is imported only when a figure is made, so ``import
-fastlenet`` does not need it, and pyplot's global state is never touched.
+Only the JSON files are read, so a run still in progress, or one stopped early, reads too.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from .checkpoint import write_file
 from .checks import is_real
-from .errors import FastLeNetError, RunFolderError
+from .errors import RunFolderError
 
 TARGETS = (0.97, 0.99)  # test accuracies whose time to reach every table reports
-PLOTS_HINT = 'pip install "fastlenet[plots]"'
 
 # config keys that never tell runs apart (in a legend, or a summary's "other settings")
 NOT_SETTINGS = {"data_dir", "log_every", "fastlenet", "target_accuracy"}
 
 
-# ------------------------------------------------------------------ reading a run
 @dataclass
 class Run:
     """A run folder as read from disk.
@@ -142,164 +127,3 @@ def _read_json(file: Path, why_missing: str):
 def setting_text(value) -> str:
     """A config value as a legend or summary shows it."""
     return "none" if value is None else str(value)
-
-
-# ------------------------------------------------------------------ measures
-def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
-    """(K, K) int64 counts: row = true class, column = predicted class."""
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (np.asarray(labels), np.asarray(predictions)), 1)
-    return confusion
-
-
-def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
-    """Each class's recall, (K,): correct / images of that class (0 for an absent class)."""
-    return confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-
-
-# ------------------------------------------------------------------ tables
-@dataclass(frozen=True)
-class Column:
-    """A table column: ``key`` of the row dicts, its Markdown ``title``, its CSV header
-    (``csv``, default the key) and how a value reads: ``kind`` "text", "number" (right
-    aligned), "percent" (a fraction shown as 98.76%) or "seconds" (one decimal)."""
-
-    key: str
-    title: str
-    kind: str = "text"
-    csv: str | None = None
-
-    def cell(self, value) -> str:
-        """The value as the Markdown table shows it; "-" for none (or NaN)."""
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "-"
-        if self.kind == "percent":
-            return f"{value:.2%}"
-        if self.kind == "seconds":
-            return f"{value:.1f}"
-        return raw_text(value)
-
-
-def raw_text(value) -> str:
-    """A value as the CSV holds it: flags as on/off, None as empty, numbers unrounded."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
-def target_columns(key: str = "seconds_to_{}", title: str = "s to {:.0%} test") -> list[Column]:
-    """One "seconds" column per accuracy target (rows fill them from :meth:`Run.time_to`)."""
-    return [Column(key.format(round(t * 100)), title.format(t), "seconds") for t in TARGETS]
-
-
-def markdown_table(columns: list[Column], rows: list[dict]) -> str:
-    """A Markdown table, numbers right-aligned; '|' inside a cell is escaped."""
-    lines = ["| " + " | ".join(c.title for c in columns) + " |",
-             "|" + "|".join("---" if c.kind == "text" else "---:" for c in columns) + "|"]
-    for row in rows:
-        cells = (c.cell(row.get(c.key)).replace("|", "\\|") for c in columns)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def csv_table(columns: list[Column], rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([c.csv or c.key for c in columns])
-    for row in rows:
-        writer.writerow([raw_text(row.get(c.key)) for c in columns])
-    return buffer.getvalue()
-
-
-def write_tables(stem: Path, columns: list[Column], rows: list[dict],
-                 heading: str | None = None) -> str:
-    """Write ``<stem>.md`` (with ``# heading`` above the table when given) and
-    ``<stem>.csv``, each atomically; return the Markdown table."""
-    table = markdown_table(columns, rows)
-    write_file(stem.with_suffix(".md"), (f"# {heading}\n\n" if heading else "") + table + "\n")
-    write_file(stem.with_suffix(".csv"), csv_table(columns, rows))
-    return table
-
-
-# ------------------------------------------------------------------ figures
-DPI = 120
-
-
-def require_matplotlib():
-    """The matplotlib module; a one-line FastLeNetError naming the extra when it is absent."""
-    try:
-        import matplotlib
-        import matplotlib.colors  # noqa: F401  (the submodules the figures use)
-        import matplotlib.figure  # noqa: F401
-        import matplotlib.ticker  # noqa: F401
-    except ImportError as exc:
-        raise FastLeNetError(f"figures need matplotlib, which is not installed ({exc}); "
-                             f"install it with: {PLOTS_HINT}") from None
-    return matplotlib
-
-
-def new_figure(figsize: tuple[float, float]):
-    return require_matplotlib().figure.Figure(figsize=figsize, dpi=DPI, layout="constrained")
-
-
-def png_bytes(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
-
-
-def percent_axis(ax) -> None:
-    """Label a y axis of accuracies in percent: "98.5%"."""
-    ax.yaxis.set_major_formatter(require_matplotlib().ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
-
-
-def log_axis(ax) -> None:
-    """A log-scale y axis labelled with plain numbers (0.1, 0.2, 0.5, 1), not powers of ten;
-    call it after plotting, as the labels depend on the data's range."""
-    ticker = require_matplotlib().ticker
-    ax.set_yscale("log")
-    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_formatter(plain)
-    low, high = ax.get_ylim()
-    if high / low < 30:  # under ~1.5 decades the powers of ten alone are too few labels
-        ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2, 3, 5)))
-        ax.yaxis.set_minor_formatter(plain)
-    else:
-        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-
-
-def running_mean(values: np.ndarray, window: int) -> np.ndarray:
-    """Mean of each ``window`` consecutive values: (n,) -> (n - window + 1,)."""
-    sums = np.cumsum(np.concatenate([[0.0], values]))
-    return (sums[window:] - sums[:-window]) / window
-
-
-def run_style(n: int) -> dict:
-    """Colour and line style of the n-th run in a figure: past ten the colours repeat,
-    dashed."""
-    return {"color": f"C{n % 10}", "ls": "-" if n < 10 else "--"}
-
-
-def plot_accuracy_over_time(ax, runs: list[Run], labels: list[str]) -> None:
-    """Test accuracy after each epoch against training time, one line per run, with the
-    accuracy targets that some run comes near as dotted lines."""
-    lowest = best = None
-    for n, (run, label) in enumerate(zip(runs, labels)):
-        accuracy = [100 * r["test_accuracy"] for r in run.epochs]
-        lowest = min(accuracy) if lowest is None else min(lowest, *accuracy)
-        best = max(accuracy) if best is None else max(best, *accuracy)
-        ax.plot([r["train_seconds"] for r in run.epochs], accuracy, marker="s", ms=5, lw=1.6,
-                label=label, **run_style(n))
-    for target in TARGETS:
-        if best is not None and 100 * target <= best + 0.5:  # a line far above every curve
-            ax.axhline(100 * target, color="gray", lw=0.8, ls=":")  # would squash them
-            ax.annotate(f"{target:.0%}", (0.01, 100 * target), xycoords=("axes fraction", "data"),
-                        ha="left", va="bottom", fontsize=8, color="gray")
-    if lowest is not None:
-        ax.set_ylim(max(lowest - 1, 0), min(100, best + 0.5) + 0.2)
-    percent_axis(ax)
-    ax.grid(alpha=0.3)
-    ax.set(xlabel="training time (s)", ylabel="test accuracy",
-           title="Test accuracy against training time")

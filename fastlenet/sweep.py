@@ -29,13 +29,15 @@ from typing import Callable
 
 import fastlenet
 
-from . import __version__, runs
-from .checkpoint import write_file
+from . import __version__, tables
+from .atomic_write import write_file
 from .checks import is_integer
+from .config import TrainConfig, option_name
 from .errors import ConfigError, FastLeNetError, RunFolderError
-from .runs import (PLOTS_HINT, TARGETS, Column, load_run, new_figure, plot_accuracy_over_time,
-                   png_bytes, raw_text, require_matplotlib, target_columns)
-from .train import TrainConfig, option_name
+from .figures import (PLOTS_HINT, new_figure, plot_accuracy_over_time, png_bytes,
+                      require_matplotlib)
+from .runs import TARGETS, load_run
+from .tables import Column, raw_text, target_columns
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                     "NUMBA_NUM_THREADS")
@@ -214,7 +216,7 @@ def _summary(row: dict) -> str:
 def write_tables(out: Path, rows: list[dict], swept: list[str], header: str) -> None:
     """sweep.md (for reading) and sweep.csv (raw numbers), each written atomically."""
     columns = [Column(field, option_name(field), csv=option_name(field)[2:]) for field in swept]
-    runs.write_tables(out / "sweep", columns + _COLUMNS, rows, heading=header)
+    tables.write_tables(out / "sweep", columns + _COLUMNS, rows, heading=header)
 
 
 def plot(path: Path, rows: list[dict], out: Path) -> None:

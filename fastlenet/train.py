@@ -1,12 +1,9 @@
-"""The training loop: batches, evaluation, history, checkpoints, early stop, progress.
+"""The training loop: epochs of steps, evaluation, history, checkpoints, early stop.
 
 It knows nothing of any particular backend: data is uploaded to the backend's device
 once, each epoch's shuffled order is uploaded as one index array, batches are gathered on
-the device, and the host reads losses back only every ``log_every`` steps. A whole step
-(batch gather, forward, loss, backward, optimizer update) is one function that the
-backend may record and replay (:class:`TrainingStep`, ``Backend.capture_step``: one CUDA
-graph replay per step on a GPU backend); the host only writes the step's learning rate
-and bias corrections to the device before it.
+the device (fastlenet.training_step), and the host reads losses back only every
+``log_every`` steps.
 
 A run folder holds ``config.json``, ``history.json`` (per step and per epoch),
 ``metrics.json``, and the checkpoints ``last.npz`` (every epoch) and ``best.npz`` (best
@@ -20,7 +17,6 @@ import dataclasses
 import math
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -28,137 +24,23 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .augment import AugmentSettings, Augmenter
-from .backends import Backend, get_backend
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
-from .data import DATASETS, load_dataset, prepare
-from .checks import is_integer, is_real
+from .atomic_write import write_json
+from .augment import Augmenter
+from .backends import get_backend
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import load_dataset, prepare
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
-from .nn import DTYPES, MODELS, SoftmaxCrossEntropy, build_model
-from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
-
-
-# The default recipes (batch 128, Adam, one-cycle schedule), one without augmentation and
-# one with: augmented images keep teaching for longer. TrainConfig's epochs and lr default
-# to one of them. The augmented one was chosen on validation accuracy only (mean over
-# seeds 0, 1, 3 and 4 of the last epoch's, on the numba backend; README, Augmentation).
-RECIPES = {False: {"epochs": 8, "lr": 5e-3}, True: {"epochs": 40, "lr": 3e-3}}
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; saved with every checkpoint.
-
-    ``epochs`` and ``lr`` left at None take the default recipe's (RECIPES), which depends
-    on ``augment``; :meth:`validate` fills them in.
-    """
-
-    model: str = "lenet5"
-    backend: str = "auto"
-    dataset: str | None = None  # None: "custom" when a data folder is given, else "mnist"
-    data_dir: str | None = None
-    epochs: int | None = None
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float | None = None
-    schedule: str = "onecycle"
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    val_size: int = 5000
-    target_accuracy: float | None = None
-    dtype: str = "float32"
-    train_limit: int | None = None  # use only this many training images (quick runs)
-    log_every: int = 20  # host reads the loss every this many steps
-    # random transforms of every training batch (fastlenet.augment); 0 turns one off
-    augment: bool = False
-    augment_shift: float = AugmentSettings.shift
-    augment_rotate: float = AugmentSettings.rotate
-    augment_scale: float = AugmentSettings.scale
-    augment_shear: float = AugmentSettings.shear
-    augment_elastic: float = AugmentSettings.elastic
-    augment_noise: float = AugmentSettings.noise
-
-    def validate(self) -> "TrainConfig":
-        """Fill in the recipe's epochs and lr where None, then raise ConfigError for the
-        first out-of-range value; return self."""
-        if not isinstance(self.augment, bool):
-            raise ConfigError(f"augment must be True or False, got {self.augment!r}")
-        for name, value in RECIPES[self.augment].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        integers = ("epochs", "batch_size", "seed", "val_size", "log_every")
-        reals = ("lr", "weight_decay", "label_smoothing")
-        for name in integers + ("train_limit",):
-            value = getattr(self, name)
-            if not (is_integer(value) or (name == "train_limit" and value is None)):
-                raise ConfigError(f"{option_name(name)} must be an integer, got {value!r}")
-        for name in reals + ("target_accuracy",):
-            value = getattr(self, name)
-            if not (is_real(value) or (name == "target_accuracy" and value is None)):
-                raise ConfigError(f"{option_name(name)} must be a finite number, got {value!r}")
-        checks = [
-            (self.model in MODELS, f"unknown model '{self.model}'; choose one of: {', '.join(MODELS)}"),
-            (self.dataset is None or self.dataset in DATASETS, f"unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS)}"),
-            (self.optimizer in OPTIMIZERS, f"unknown optimizer '{self.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}"),
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be a positive number, got {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.label_smoothing <= 1, f"--label-smoothing must be in [0, 1], got {self.label_smoothing}"),
-            (self.val_size >= 0, f"--val-size must be >= 0, got {self.val_size}"),
-            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
-            (self.target_accuracy is None or 0 < self.target_accuracy <= 1,
-             f"--target-accuracy is a fraction in (0, 1], e.g. 0.99; got {self.target_accuracy}"),
-            (self.target_accuracy is None or self.val_size > 0,
-             "--target-accuracy needs a validation split; set --val-size above 0"),
-            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype}"),
-            (self.log_every >= 1, f"log_every must be at least 1, got {self.log_every}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        self.augment_settings().check(option=option_name)
-        return self
-
-    def augment_settings(self) -> AugmentSettings:
-        """The ``augment_*`` fields as the augmenter's settings."""
-        return AugmentSettings(**{f.name: getattr(self, f"augment_{f.name}")
-                                  for f in dataclasses.fields(AugmentSettings)})
-
-
-def option_name(field: str) -> str:
-    """The command-line option of a TrainConfig field (or augment setting), e.g.
-    ``"--batch-size"``, for messages and for the sweep's child commands."""
-    if field in {f.name for f in dataclasses.fields(AugmentSettings)}:
-        field = "augment_" + field
-    return "--limit" if field == "train_limit" else "--" + field.replace("_", "-")
-
-
-def evaluate(model, x, y, batch_size: int = 1000):
-    """Loss, accuracy and predictions of ``model`` (eval mode) on a host set.
-
-    x: (N, 1, 32, 32) float host array; y: (N,) int labels.
-    Returns ``(mean_loss, accuracy, predictions (N,) int64 host array)``; an empty set
-    gives NaN loss and accuracy.
-    """
-    backend = model.backend
-    if len(x) == 0:
-        return float("nan"), float("nan"), np.zeros(0, dtype=np.int64)
-    loss_fn = SoftmaxCrossEntropy(backend=backend)
-    total_loss = backend.xp.zeros((), dtype=np.float64)
-    preds = []
-    for start, logits in model.batched_logits(x, batch_size):
-        yb = backend.asarray(y[start:start + logits.shape[1]])
-        total_loss += loss_fn.forward(logits, yb) * logits.shape[1]
-        preds.append(logits.argmax(axis=0))
-    predictions = backend.to_numpy(backend.xp.concatenate(preds)).astype(np.int64)
-    loss = float(backend.to_numpy(total_loss)) / len(x)
-    return loss, float((predictions == np.asarray(y)).mean()), predictions
+from .evaluation import evaluate
+from .nn import SoftmaxCrossEntropy, build_model
+from .optim import make_optimizer, make_schedule
+from .progress import progress_bar
+from .training_state import TrainingState
+from .training_step import TrainingStep
 
 
 def default_run_dir(config: TrainConfig, backend_name: str) -> Path:
+    """A new ``runs/<time>-<model>-<backend>`` folder name, numbered if it exists."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{stamp}-{config.model}-{backend_name}"
     path, k = base, 1
@@ -166,150 +48,6 @@ def default_run_dir(config: TrainConfig, backend_name: str) -> Path:
         k += 1
         path = base.with_name(f"{base.name}-{k}")
     return path
-
-
-class _NoBar:
-    """Stands in for tqdm when there is no terminal to draw on, or no tqdm."""
-
-    def update(self, n): pass
-
-    def set_postfix(self, **kw): pass
-
-    def close(self): pass
-
-
-def _progress_bar(total: int, desc: str, enabled: bool):
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # a declared dependency, but the numpy path runs without it
-            return _NoBar()
-        return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                    file=sys.stderr)
-    return _NoBar()
-
-
-@dataclass
-class TrainingState:
-    """What a run carries from epoch to epoch besides the weights and the optimizer's
-    moments: progress counters, the best validation accuracy, the history, and every
-    random generator (shuffling on the host; dropout and augmentation on the backend).
-
-    :meth:`to_meta` writes it into a checkpoint's meta and :meth:`restore` reads it back,
-    so a resumed run continues exactly (bitwise) where the saved one stopped.
-    """
-
-    backend: Backend
-    shuffle_rng: np.random.Generator
-    model_rng: object  # the backend generator Dropout draws from
-    augment_rng: object | None = None
-    epoch: int = 0  # epochs finished
-    step: int = 0  # optimizer updates made
-    train_seconds: float = 0.0  # training time so far, evaluation excluded
-    best_val_accuracy: float | None = None
-    best_epoch: int | None = None
-    history: dict = dataclasses.field(default_factory=lambda: {"steps": [], "epochs": []})
-
-    def record_epoch(self, record: dict) -> bool:
-        """Append an epoch's record; True when its validation accuracy is the best so far
-        (the first epoch with a validation accuracy always is)."""
-        self.history["epochs"].append(record)
-        val = record["val_accuracy"]
-        if val is None or (self.best_val_accuracy is not None and val <= self.best_val_accuracy):
-            return False
-        self.best_val_accuracy, self.best_epoch = val, record["epoch"]
-        return True
-
-    def to_meta(self) -> dict:
-        """The state as JSON-serialisable checkpoint fields."""
-        backend = self.backend
-        return {"epoch": self.epoch, "step": self.step, "train_seconds": self.train_seconds,
-                "shuffle_rng": self.shuffle_rng.bit_generator.state,
-                "model_rng": backend.rng_state(self.model_rng),
-                "augment_rng": (None if self.augment_rng is None
-                                else backend.rng_state(self.augment_rng)),
-                "best_val_accuracy": self.best_val_accuracy, "best_epoch": self.best_epoch,
-                "history": self.history}
-
-    def restore(self, meta: dict) -> None:
-        """The inverse of :meth:`to_meta`: KeyError for a missing field, TypeError or
-        ValueError for a damaged one."""
-        self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
-        self.backend.set_rng_state(self.model_rng, meta["model_rng"])
-        if self.augment_rng is not None:
-            self.backend.set_rng_state(self.augment_rng, meta["augment_rng"])
-        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
-        self.train_seconds = float(meta["train_seconds"])
-        self.best_epoch = meta["best_epoch"]
-        self.best_val_accuracy = None if self.best_epoch is None else float(meta["best_val_accuracy"])
-        self.history = meta["history"]
-        if not (isinstance(self.history, dict) and isinstance(self.history.get("steps"), list)
-                and isinstance(self.history.get("epochs"), list)):
-            raise ValueError("the history is not a dict of step and epoch lists")
-
-
-class TrainingStep:
-    """One training step on a training set held on the device, as the trainer runs it.
-
-    ``step(idx)`` takes the batch's image indices (a device integer array) and returns
-    the batch's mean loss, a 0-d device array that the next call overwrites (copy what
-    you keep); ``correct`` counts on the device the training images classified correctly
-    since it was last zeroed. The host half of the optimizer's step (``prepare_step``:
-    its counts, and its per-step scalars written to the device) runs first; then the
-    batch gather, forward, loss, backward and the optimizer's update run as one function
-    that the backend may record once and replay (``Backend.capture_step``), as long as
-    :meth:`signature`, the host values baked into it, stays the same. With an augmenter
-    the batch is gathered and transformed before that function (the augmenter's smoothing
-    is matrix products, cuBLAS calls on a GPU), which then starts at the forward pass.
-    """
-
-    def __init__(self, model, loss_fn, optimizer, x, y, augmenter=None):
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.backend = backend = model.backend
-        self.x, self.y = x, y
-        self.augmenter = augmenter
-        self.correct = backend.xp.zeros((), dtype=np.int64)
-        body = self._from_indices if augmenter is None else self._from_batch
-        self._run = backend.capture_step(body, signature=self.signature)
-
-    def __call__(self, idx):
-        self.optimizer.prepare_step()
-        if self.augmenter is None:
-            return self._run(idx)[0]
-        xb = self.augmenter(self.backend.to_batch_last(self.x, idx))
-        return self._run(xb, self.y[idx])[0]
-
-    def _from_indices(self, idx):
-        return self._from_batch(self.backend.to_batch_last(self.x, idx), self.y[idx])
-
-    def _from_batch(self, xb, yb):
-        """Forward, loss, backward and update on xb (C, H, W, B) with labels yb (B,);
-        reads nothing back to the host, returns ``(loss,)``."""
-        logits = self.model.forward(xb)
-        loss = self.loss_fn.forward(logits, yb)
-        self.backend.count_correct(logits, yb, self.correct)
-        self.model.backward(self.loss_fn.backward())
-        self.optimizer.update()
-        return (loss,)
-
-    def signature(self):
-        """The host values a recorded step bakes in, or None while the optimizer's update
-        reads per-step values on the host (the steps before every gradient exists)."""
-        optimizer = self.optimizer.capture_key()
-        if optimizer is None:
-            return None
-        return optimizer, self.loss_fn.label_smoothing, _settings(self.model)
-
-
-def _settings(layer) -> tuple:
-    """Every plain value (bool, int, float, str) a layer holds, and, for a Sequential
-    (a model too), those of every layer inside it, nested ones included: train or eval
-    mode, dropout rates, BatchNorm's momentum and eps, strides... Taking them all, rather
-    than a list, keeps a new layer's option from being baked into a recorded step
-    unnoticed."""
-    own = tuple(sorted((k, v) for k, v in vars(layer).items() if type(v) in (bool, int, float, str)))
-    inner = tuple(_settings(child) for child in getattr(layer, "layers", ()))
-    return type(layer).__name__, own, inner
 
 
 class Trainer:
@@ -432,7 +170,7 @@ class Trainer:
         loss_sum, seen = 0.0, 0
         correct = self._step.correct
         correct[...] = 0
-        bar = _progress_bar(self.steps_per_epoch, f"epoch {state.epoch}/{config.epochs}", self.progress)
+        bar = progress_bar(self.steps_per_epoch, f"epoch {state.epoch}/{config.epochs}", self.progress)
         tick = time.perf_counter()
         try:
             for start in range(0, self.n_train, config.batch_size):

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from fastlenet.augment import AugmentSettings, Augmenter, gaussian_matrix
+from fastlenet.config import TrainConfig
 from fastlenet.errors import ConfigError
-from fastlenet.train import Trainer, TrainConfig, evaluate
+from fastlenet.evaluation import evaluate
+from fastlenet.train import Trainer
 
 from helpers import write_tiny_mnist
 

@@ -107,7 +107,7 @@ def test_torch_recipe_follows_the_fastlenet_recipe(tmp_path, monkeypatch):
     """Same split, initial weights, order and learning rates: the same test accuracy
     after a short run (the recipe shortened: 512 images, 2 epochs, 500 held out)."""
     pytest.importorskip("torch")
-    from fastlenet.train import TrainConfig
+    from fastlenet.config import TrainConfig
 
     from benchmarks import lenet, torch_contenders
 

@@ -12,9 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from fastlenet.checkpoint import load_model, load_test_set
+from fastlenet.checkpoint import load_model
 from fastlenet.cli import main
 from fastlenet.errors import ConfigError, FastLeNetError
+from fastlenet.evaluation import load_test_set
 from fastlenet.export import OPSET, steps, to_onnx, torch_source, torch_state_dict
 from fastlenet.nn import MODELS, Conv2d, Flatten, Linear, Model, ReLU
 

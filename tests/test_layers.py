@@ -15,7 +15,7 @@ import pytest
 from fastlenet.errors import ConfigError
 from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
                           ReLU, ReLUMaxPool2d, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh)
-from fastlenet.nn.layers import Conv2dReLUMaxPool2d
+from fastlenet.nn.conv import Conv2dReLUMaxPool2d
 from fastlenet.nn.init import glorot_uniform, he_normal, lecun_normal
 
 

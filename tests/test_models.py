@@ -6,7 +6,7 @@ import pytest
 from fastlenet.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError
 from fastlenet.nn import (MODELS, Conv2d, Flatten, Linear, Model, ReLUMaxPool2d,
                           SoftmaxCrossEntropy, build_model)
-from fastlenet.nn.layers import Conv2dReLUMaxPool2d
+from fastlenet.nn.conv import Conv2dReLUMaxPool2d
 
 
 def images(n, seed=0):

@@ -322,10 +322,11 @@ def test_schedules_match_torch(torch, total):
 
 # ------------------------------------------------------ the flat parameter buffer
 @pytest.mark.parametrize("kind", OPTIMIZERS)
-def test_one_pass_over_a_models_buffer_equals_one_update_per_parameter(backend, kind):
+def test_one_pass_over_a_models_buffer_equals_one_over_a_buffer_it_makes(backend, kind):
     """A model's parameters live in one ParameterBuffer, and the optimizer updates them in
-    one pass (reading the step's scalars from a device array): bit for bit what it does
-    to the same parameters one by one, with the same checkpoint names and shapes."""
+    one pass (reading the step's scalars from a device array); for loose parameters it
+    makes a buffer of its own: bit for bit the same updates, with the same checkpoint
+    names and shapes."""
     from fastlenet.nn import Parameter, build_model
 
     model = build_model("lenet5", backend, seed=1)
@@ -333,7 +334,8 @@ def test_one_pass_over_a_models_buffer_equals_one_update_per_parameter(backend, 
              for p in model.parameters()]
     flat_opt = make_optimizer(kind, model.parameters(), backend, lr=3e-3, weight_decay=0.01)
     loose_opt = make_optimizer(kind, loose, backend, lr=3e-3, weight_decay=0.01)
-    assert flat_opt.buffer is model.parameter_buffer and loose_opt.buffer is None
+    assert flat_opt.buffer is model.parameter_buffer
+    assert loose_opt.buffer is not model.parameter_buffer and loose_opt.buffer.params == loose
     rng = np.random.default_rng(2)
     for step in range(4):
         for a, b in zip(model.parameters(), loose):
@@ -342,23 +344,27 @@ def test_one_pass_over_a_models_buffer_equals_one_update_per_parameter(backend, 
         flat_opt.lr = loose_opt.lr = 3e-3 / (step + 1)
         flat_opt.step()
         loose_opt.step()
-        assert flat_opt._flat and not loose_opt._flat
+        # one slice: every parameter, the gaps between them included
+        assert flat_opt.segments == loose_opt.segments == ((0, model.parameter_buffer.size),)
     for a, b in zip(model.parameters(), loose):
         np.testing.assert_array_equal(backend.to_numpy(a.data), backend.to_numpy(b.data))
     flat_state, loose_state = flat_opt.state_dict(), loose_opt.state_dict()
     assert flat_state.keys() == loose_state.keys()
     for key, value in loose_state.items():
         np.testing.assert_array_equal(flat_state[key], value, err_msg=key)
-    # every parameter is a view of the buffer; the gaps between them stay zero
+    # every parameter is a view of the buffer, and the optimizer gathered its gradient
+    # into its flat array laid out alike; the gaps between them stay zero in both
     data = backend.to_numpy(model.parameter_buffer.data)
+    grad = backend.to_numpy(flat_opt.grad)
     inside = np.zeros(data.shape, bool)
     buffer = model.parameter_buffer
     for offset, p in zip(buffer.offsets, model.parameters()):
         inside[offset:offset + p.data.size] = True
         # on the device, not through to_numpy (a copy there)
         assert backend.xp.shares_memory(p.data, buffer.data[offset:offset + p.data.size])
-        assert backend.xp.shares_memory(p.grad, buffer.grad[offset:offset + p.data.size])
-    assert not data[~inside].any()
+        np.testing.assert_array_equal(grad[offset:offset + p.data.size],
+                                      backend.to_numpy(p.grad).reshape(-1))
+    assert not data[~inside].any() and not grad[~inside].any()
 
 
 @pytest.mark.parametrize("kind", ["adam", "momentum"])
@@ -382,3 +388,50 @@ def test_load_state_dict_fills_the_slots_in_place(backend, kind):
         assert opt.state[pname][slot] is array
         np.testing.assert_array_equal(backend.to_numpy(array), saved[f"{pname}.{slot}"])
     assert all(opt.flat_state[slot] is array for slot, array in flat_before.items())
+
+
+def test_slices_split_where_a_parameter_is_skipped_or_counted_apart(backend):
+    """Neighbouring parameters updated alike form one slice of the flat arrays; one
+    without a gradient splits it, and so, for Adam, does one whose update count differs
+    (each slice reads its own bias corrections)."""
+    params = make_params(backend, [[1.0, 2.0], [3.0], [4.0, 5.0, 6.0]])
+    opt = make_optimizer("adam", params, backend, lr=0.1)
+    (a, _), (b, _), (c, end) = (opt.buffer.extent(p) for p in params)
+    run(opt, params, [[[1.0, 1.0], [1.0], [1.0, 1.0, 1.0]]])
+    assert opt.segments == ((a, end),)
+    run(opt, params, [[[1.0, 1.0], None, [1.0, 1.0, 1.0]]])
+    assert opt.segments == ((a, b), (c, end))
+    run(opt, params, [[[1.0, 1.0], [1.0], [1.0, 1.0, 1.0]]])  # counts 3, 2, 3
+    assert opt.segments == ((a, b), (b, c), (c, end))
+    sgd = make_optimizer("momentum", params, backend, lr=0.1)  # no per-parameter counts
+    run(sgd, params, [[[1.0, 1.0], [1.0], [1.0, 1.0, 1.0]]])
+    assert sgd.segments == ((a, end),)
+
+
+def build_model_parameters(backend):
+    from fastlenet.nn import build_model
+
+    return build_model("lenet5", backend).parameters()
+
+
+@pytest.mark.parametrize("mix, match", [
+    (lambda backend: build_model_parameters(backend)[:1] + make_params(backend, [[1.0]]),
+     "all lie in one ParameterBuffer"),
+    (lambda backend: make_params(backend, [[1.0]], np.float32) + make_params(backend, [[1.0]]),
+     "share one dtype, got float32, float64"),
+])
+def test_parameters_an_optimizer_cannot_lay_out_flat(backend, mix, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        make_optimizer("adam", mix(backend), backend, lr=0.1)
+    assert "\n" not in str(info.value)
+
+
+def test_an_update_without_the_gradient_it_was_prepared_for_is_one_line(backend):
+    from fastlenet.errors import FastLeNetError
+
+    params = make_params(backend, [[1.0, 2.0]])
+    opt = make_optimizer("sgd", params, backend, lr=0.1)
+    opt.prepare_step(every_grad=True)  # as a training step does, before its backward
+    with pytest.raises(FastLeNetError, match="0.weight has no gradient") as info:
+        opt.update()
+    assert "\n" not in str(info.value)

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from fastlenet.checkpoint import load_checkpoint, load_model, save_checkpoint
+from fastlenet.config import RECIPES, TrainConfig
 from fastlenet.errors import CheckpointError, ConfigError, TrainingDivergedError
+from fastlenet.evaluation import evaluate
 from fastlenet.nn import build_model
-from fastlenet.train import RECIPES, TrainConfig, Trainer, TrainingState, evaluate, train
+from fastlenet.train import Trainer, train
+from fastlenet.training_state import TrainingState
 
 
 def tiny_config(tiny_dir, **kw):

@@ -22,15 +22,22 @@ Or compose layers into a custom model::
 
 Layers work on batch-innermost arrays, (C, H, W, N) maps and (F, N) vectors, and call
 only their backend's kernels, so the same model runs on every backend. See
-:mod:`fastlenet.nn.layers` for the layer contract and :mod:`fastlenet.nn.models` for the
-zoo; initialisers live in :mod:`fastlenet.nn.init`.
+:mod:`fastlenet.nn.base` for the layer contract and :mod:`fastlenet.nn.models` for the
+zoo; the layers live by kind (conv, pool, dense, activation, regularization), beside
+parameter, sequential, loss and init.
 """
 
+from .activation import ReLU, Sigmoid, Tanh
+from .base import Layer
+from .conv import Conv2d
+from .dense import Flatten, Linear
 from .init import INITIALIZERS, glorot_uniform, he_normal, lecun_normal
-from .layers import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d,
-                     Parameter, ReLU, ReLUMaxPool2d, Sequential, Sigmoid, SoftmaxCrossEntropy,
-                     Tanh)
+from .loss import SoftmaxCrossEntropy
 from .models import DTYPES, MODELS, Model, build_model
+from .parameter import Parameter
+from .pool import AvgPool2d, MaxPool2d, ReLUMaxPool2d
+from .regularization import BatchNorm, Dropout
+from .sequential import Sequential
 
 __all__ = [
     "Parameter", "Layer", "Sequential",

@@ -1,0 +1,21 @@
+"""Where a file made from a checkpoint goes: beside it by default, never over it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .checkpoint import checkpoint_file
+from .errors import ConfigError
+
+
+def output_beside(checkpoint: str | os.PathLike, out: str | os.PathLike | None,
+                  suffix: str) -> Path:
+    """``out``, or by default the checkpoint's stem plus ``suffix`` beside it
+    (RUN/best.npz -> RUN/best<suffix>). ConfigError when that is the checkpoint itself,
+    which writing would destroy."""
+    source = checkpoint_file(checkpoint)
+    path = Path(out) if out is not None else source.with_name(source.stem + suffix)
+    if path.exists() and source.exists() and path.resolve() == source.resolve():
+        raise ConfigError(f"{path} is the checkpoint itself; choose another output path with -o")
+    return path
