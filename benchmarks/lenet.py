@@ -7,12 +7,12 @@ the same preprocessed MNIST images in the same shuffled order:
 
 * :class:`FastLeNetRun` / :class:`TorchRun`: training steps and epochs (Adam, lr 1e-3)
   over a training set held on the contender's device, for the step, epoch and memory
-  benchmarks. fastlenet's steps are the trainer's own (:class:`fastlenet.train.TrainingStep`,
+  benchmarks. fastlenet's steps are the trainer's own (:class:`fastlenet.training_step.TrainingStep`,
   so on a GPU backend one CUDA graph replay per step, as in training); PyTorch's run on
   the CPU, on a CUDA device eagerly (``torch-cuda``), or there as one CUDA graph replay per
   step (``torch-cuda-graphs``: gather, forward, loss, backward and capturable Adam);
 * :func:`fastlenet_recipe` / :func:`torch_recipe`: the full ``fastlenet train`` recipe
-  (the defaults of :class:`fastlenet.train.TrainConfig`, recorded with the results as
+  (the defaults of :class:`fastlenet.config.TrainConfig`, recorded with the results as
   ``recipe``), evaluated on the test set after every epoch, for the time to
   97% and 99% test accuracy. The PyTorch side takes the learning rate of every step from
   fastlenet's own schedule, so the two runs differ only in rounding.
@@ -104,7 +104,7 @@ class TrainingRun:
 
 class FastLeNetRun(TrainingRun):
     """fastlenet's LeNet-5, loss and Adam on one backend, the training set on its device,
-    each step the trainer's own :class:`~fastlenet.train.TrainingStep` (batch gathered
+    each step the trainer's own :class:`~fastlenet.training_step.TrainingStep` (batch gathered
     on the device; recorded and replayed as one CUDA graph on a GPU backend), its loss
     copied as the trainer keeps it."""
 

@@ -10,8 +10,8 @@ test accuracy, per contender (LeNet-5, batch 128, Adam, float32).
   the machine's drift and other users' load; ``extra_info["ratio_to_<partner>"]`` (e.g.
   ``ratio_to_torch``, ``ratio_to_torch-cuda``) is the ratio of the medians, the figure
   to quote.
-* ``test_time_to_accuracy``: the default ``fastlenet train`` recipe (12 epochs, one-cycle
-  lr 3e-3, 55,000 training images) with the real trainer, stopped at 99% test accuracy,
+* ``test_time_to_accuracy``: the default ``fastlenet train`` recipe (fastlenet.config's
+  RECIPES, without augmentation) with the real trainer, stopped at 99% test accuracy,
   and the same recipe in PyTorch; training seconds (evaluation excluded) until the test
   accuracy first reached 97% and 99%, against the coursework's 420 s.
 """

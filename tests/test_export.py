@@ -115,7 +115,7 @@ def test_npz_loads_into_the_torch_lenet(zoo_checkpoints, name, tmp_path):
     assert main(["export", str(zoo_checkpoints[name]), "--format", "npz", "-o", str(out)]) == 0
     model, meta = load_model(zoo_checkpoints[name], backend="numpy")
     x = load_test_set(meta)[0][:16]
-    # the README's recipe, into the test suite's own twin and into the printed definition
+    # the recipe of docs/cli.md (Export), into the test suite's own twin and into the printed definition
     for net in (torch_twin(name), eval(torch_source(model), {"torch": torch})):
         net.load_state_dict({k: torch.from_numpy(v) for k, v in np.load(out).items()})
         net.eval()
