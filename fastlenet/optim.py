@@ -85,14 +85,19 @@ def _scalar(state: Mapping, key: str):
 
 # ------------------------------------------------------------------ optimizers
 def _buffer_of(params: list, backend: Backend) -> ParameterBuffer:
-    """The ParameterBuffer the parameters lie in; for parameters in none, a new one that
-    takes them in. ConfigError for parameters split between buffers, or of two dtypes."""
+    """The ParameterBuffer the parameters lie in (a model's, or a part of it); for
+    parameters in none or in several, a new one that takes them in. ConfigError for
+    parameters of two dtypes, which no flat array holds, or sharing a name, which
+    would share their state (two models' "0.weight")."""
+    names = [p.name for p in params]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"an optimizer's parameters need distinct names, and "
+                          f"{len(twice)} are taken twice (e.g. '{twice[0]}', as in two "
+                          "models' parameters); give each model its own optimizer")
     buffer = ParameterBuffer.of(params)
     if buffer is not None:
         return buffer
-    if any(getattr(p, "buffer", None) is not None for p in params):
-        raise ConfigError("an optimizer's parameters must all lie in one ParameterBuffer "
-                          "(one model's) or in none; give each model its own optimizer")
     dtypes = sorted({np.dtype(p.data.dtype).name for p in params})
     if len(dtypes) > 1:
         raise ConfigError(f"an optimizer's parameters must share one dtype, got "

@@ -408,22 +408,50 @@ def test_slices_split_where_a_parameter_is_skipped_or_counted_apart(backend):
     assert sgd.segments == ((a, end),)
 
 
-def build_model_parameters(backend):
+def test_parameters_of_two_dtypes_cannot_share_an_optimizer(backend):
+    mix = make_params(backend, [[1.0]], np.float32) + make_params(backend, [[1.0], [2.0]])[1:]
+    with pytest.raises(ConfigError, match="share one dtype, got float32, float64") as info:
+        make_optimizer("adam", mix, backend, lr=0.1)
+    assert "\n" not in str(info.value)
+
+
+def test_two_models_cannot_share_an_optimizer(backend):
+    """Their parameters have the same names, under which the state would be kept once."""
     from fastlenet.nn import build_model
 
-    return build_model("lenet5", backend).parameters()
-
-
-@pytest.mark.parametrize("mix, match", [
-    (lambda backend: build_model_parameters(backend)[:1] + make_params(backend, [[1.0]]),
-     "all lie in one ParameterBuffer"),
-    (lambda backend: make_params(backend, [[1.0]], np.float32) + make_params(backend, [[1.0]]),
-     "share one dtype, got float32, float64"),
-])
-def test_parameters_an_optimizer_cannot_lay_out_flat(backend, mix, match):
-    with pytest.raises(ConfigError, match=match) as info:
-        make_optimizer("adam", mix(backend), backend, lr=0.1)
+    params = [p for seed in (0, 1) for p in build_model("lenet5", backend, seed=seed).parameters()]
+    with pytest.raises(ConfigError, match="distinct names, and 10 are taken twice "
+                       r"\(e.g. '0.bias'") as info:
+        make_optimizer("adam", params, backend, lr=0.1)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["adam", "momentum"])
+def test_one_optimizer_over_a_model_and_loose_parameters_equals_one_each(backend, kind):
+    """A model's parameters and parameters of their own go into a buffer the optimizer
+    makes; its steps are those of one optimizer each, to the bit, and the model keeps
+    seeing its parameters' new values."""
+    from fastlenet.nn import build_model
+
+    rng = np.random.default_rng(4)
+    joint, apart = build_model("lenet5", backend), build_model("lenet5", backend)
+    loose, alone = (make_params(backend, [[1.0, 2.0], [3.0]], np.float32) for _ in range(2))
+    for p in loose + alone:
+        p.name = "extra." + p.name
+    both = make_optimizer(kind, joint.parameters() + loose, backend, lr=0.01)
+    each = [make_optimizer(kind, ps, backend, lr=0.01) for ps in (apart.parameters(), alone)]
+    pairs = list(zip(joint.parameters() + loose, apart.parameters() + alone))
+    for _ in range(3):
+        for p, q in pairs:
+            g = rng.standard_normal(p.data.shape).astype(np.float32)
+            p.grad, q.grad = backend.asarray(g), backend.asarray(g.copy())
+        for opt in (both, *each):
+            opt.step()
+    for p, q in pairs:
+        np.testing.assert_array_equal(backend.to_numpy(p.data), backend.to_numpy(q.data))
+    x = backend.asarray(rng.standard_normal((1, 32, 32, 2)).astype(np.float32))
+    np.testing.assert_array_equal(backend.to_numpy(joint.forward(x)),
+                                  backend.to_numpy(apart.forward(x)))
 
 
 def test_an_update_without_the_gradient_it_was_prepared_for_is_one_line(backend):
