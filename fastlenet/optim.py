@@ -17,15 +17,19 @@ rate of update ``k`` (counting from 0) and depends on nothing else, so a resumed
 gets the same rates by passing the restored step count.
 
 One update path, over flat arrays: the parameters lie in one
-:class:`~fastlenet.nn.parameter.ParameterBuffer` (a model's; the optimizer makes one for
-parameters of their own), and the optimizer's slots (momentum, Adam's moments) and the
-gradients it gathers are flat arrays laid out alike. A step has a host half and a device
-half, ``step() = prepare_step(); update()``: ``prepare_step`` counts the step, picks the
-parameters it updates (those with a gradient) and writes the step's scalars (the
-learning rate, Adam's bias corrections) into a small device array; ``update`` gathers
-the gradients and updates each slice of neighbouring parameters in one pass that reads
-those scalars from the device. A backend can therefore record ``update`` inside a
-training step and replay it while the scalars change, as PyTorch's capturable Adam does.
+:class:`~fastlenet.nn.parameter.ParameterBuffer` (a model's, or any part of it), and the
+optimizer's slots (momentum, Adam's moments) and the gradients it gathers are flat arrays
+laid out alike. Parameters in no buffer or in several (a model's and some of their own)
+are first moved into a buffer the optimizer makes, so their ``data`` becomes a view of
+it. They need one dtype, and distinct names (unnamed ones go by their position).
+
+A step has a host half and a device half, ``step() = prepare_step(); update()``:
+``prepare_step`` counts the step, picks the parameters it updates (those with a
+gradient) and writes the step's scalars (the learning rate, Adam's bias corrections) into
+a small device array; ``update`` gathers the gradients and updates each slice of
+neighbouring parameters in one pass that reads those scalars from the device. A backend
+can therefore record ``update`` inside a training step and replay it while the scalars
+change, as PyTorch's capturable Adam does.
 
 Checkpoints: ``state_dict()`` returns host ``numpy`` copies keyed by
 ``"<param name>.<slot>"`` (e.g. ``"0.weight.momentum_buffer"``, ``"0.weight.exp_avg"``)
@@ -84,17 +88,23 @@ def _scalar(state: Mapping, key: str):
 
 
 # ------------------------------------------------------------------ optimizers
-def _buffer_of(params: list, backend: Backend) -> ParameterBuffer:
-    """The ParameterBuffer the parameters lie in (a model's, or a part of it); for
-    parameters in none or in several, a new one that takes them in. ConfigError for
-    parameters of two dtypes, which no flat array holds, or sharing a name, which
-    would share their state (two models' "0.weight")."""
-    names = [p.name for p in params]
+def _state_names(params: list) -> list[str]:
+    """The name each parameter's state is kept under: its own (a model's ``"0.weight"``),
+    or its position for an unnamed one. ConfigError when two share one, as two models'
+    parameters do: their state would be one."""
+    names = [p.name or str(i) for i, p in enumerate(params)]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ConfigError(f"an optimizer's parameters need distinct names, and "
                           f"{len(twice)} are taken twice (e.g. '{twice[0]}', as in two "
                           "models' parameters); give each model its own optimizer")
+    return names
+
+
+def _buffer_of(params: list, backend: Backend) -> ParameterBuffer:
+    """The ParameterBuffer the parameters lie in (a model's, or a part of it); for
+    parameters in none or in several, a new one that takes them in. ConfigError for
+    parameters of two dtypes, which no flat array holds."""
     buffer = ParameterBuffer.of(params)
     if buffer is not None:
         return buffer
@@ -109,8 +119,8 @@ class Optimizer:
     """Base class: the parameters, ``lr``, ``weight_decay``, ``step_count`` and slots.
 
     ``flat_state[slot]`` is a flat device array laid out like the parameters' buffer (a
-    momentum buffer, Adam's moments) and ``state[param.name][slot]`` the parameter's view
-    of it; ``grad`` is the flat array the gradients are gathered into. ``segments`` are
+    momentum buffer, Adam's moments) and ``state[name][slot]`` a parameter's view of it,
+    under its name in ``names``; ``grad`` is the flat array the gradients are gathered into. ``segments`` are
     the ``(start, end)`` slices of the flat arrays this step updates, each reading its
     scalars from one row of a small device array. Subclasses name their slots,
     hyper-parameters and per-step scalars, and write :meth:`_update_slice`.
@@ -129,6 +139,7 @@ class Optimizer:
         self.lr = _check_lr(lr)
         self.weight_decay = _check_weight_decay(weight_decay)
         self.step_count = 0
+        self.names = _state_names(self.params)
         self.buffer = _buffer_of(self.params, self.backend)
         self.state, self.flat_state = self._zero_slots(self._slot_names(self.hyper_parameters()))
         self.grad = self.buffer.zeros()
@@ -142,6 +153,7 @@ class Optimizer:
                                               dtype=self.buffer.dtype)
         self.segments: tuple[tuple[int, int], ...] = ()
         self._updating: list[int] = []  # indices of the parameters this step updates
+        self._seen: list | None = None
 
     def hyper_parameters(self) -> dict:
         """The learning rate, weight decay and the subclass's hyper-parameters, by name."""
@@ -154,8 +166,8 @@ class Optimizer:
     def _zero_slots(self, slots: tuple[str, ...]) -> tuple[dict, dict]:
         """Zero slots: (per-parameter views by name and slot, flat arrays by slot)."""
         flat = {s: self.buffer.zeros() for s in slots}
-        return {p.name: {s: self.buffer.view(flat[s], p) for s in slots}
-                for p in self.params}, flat
+        return {name: {s: self.buffer.view(flat[s], p) for s in slots}
+                for name, p in zip(self.names, self.params)}, flat
 
     def _step_keys(self, updating: list[int]) -> list[Hashable]:
         """Count this step for the parameters ``updating`` (indices) and return, for each,
@@ -181,11 +193,13 @@ class Optimizer:
         their scalars (from ``lr`` and the step counts) to the device for :meth:`update`.
 
         It updates the parameters that have a gradient now, or with ``every_grad`` all of
-        them: in a training step the backward that assigns every gradient runs between
-        this and :meth:`update`.
+        them: pass it when the backward that assigns the gradients runs between this and
+        :meth:`update`, as in a training step.
         """
         self.step_count += 1
         self._updating = [i for i, p in enumerate(self.params) if every_grad or p.grad is not None]
+        # the gradients seen now, so that update() can tell one assigned since
+        self._seen = None if every_grad else [p.grad for p in self.params]
         keys = dict(zip(self._updating, self._step_keys(self._updating)))
         segments, segment_keys = [], []
         for i, start, end in self._order:
@@ -207,9 +221,18 @@ class Optimizer:
         for i in self._updating:
             p = self.params[i]
             if p.grad is None:
-                raise FastLeNetError(f"parameter {p.name or i} has no gradient to update with; "
-                                     "a layer's backward must assign every Parameter.grad")
+                raise FastLeNetError(f"parameter {self.names[i]} has no gradient to update "
+                                     "with; a layer's backward must assign every Parameter.grad")
             self._grads[i][...] = p.grad
+        if self._seen is not None:
+            late = [self.names[i] for i, p in enumerate(self.params)
+                    if p.grad is not None and p.grad is not self._seen[i]
+                    and i not in self._updating]
+            if late:
+                raise FastLeNetError(f"parameter {late[0]} got its gradient after prepare_step(), "
+                                     "which left it out of this update; call "
+                                     "prepare_step(every_grad=True) when the backward runs "
+                                     "between the two")
         data, grad = self.buffer.data, self.grad
         for row, (start, end) in enumerate(self.segments):
             self._update_slice(data[start:end], grad[start:end],
@@ -244,9 +267,9 @@ class Optimizer:
                  for name, convert in {"lr": float, "weight_decay": float, **self._hyper}.items()}
         slot_names = self._slot_names(hyper)
         host = {}
-        for p in self.params:
+        for name, p in zip(self.names, self.params):
             for slot in slot_names:
-                key = f"{p.name}.{slot}"
+                key = f"{name}.{slot}"
                 if key not in state:
                     raise CheckpointError(f"optimizer state has no '{key}'; the checkpoint "
                                           "belongs to another model or optimizer")
@@ -345,13 +368,13 @@ class Adam(Optimizer):
             raise ConfigError(f"Adam's eps must be > 0 (got {eps!r})")
         self.eps = float(eps)
         super().__init__(params, backend, lr, weight_decay)
-        self.param_steps = {p.name: 0 for p in self.params}
+        self.param_steps = {name: 0 for name in self.names}
 
     def _slot_names(self, hyper: Mapping) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
     def _step_keys(self, updating: list[int]) -> list[int]:
-        names = [self.params[i].name for i in updating]
+        names = [self.names[i] for i in updating]
         for name in names:
             self.param_steps[name] += 1
         return [self.param_steps[name] for name in names]
@@ -372,7 +395,7 @@ class Adam(Optimizer):
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         # read the steps first so that a missing one leaves the optimizer unchanged
-        steps = {p.name: int(_scalar(state, f"{p.name}.step")) for p in self.params}
+        steps = {name: int(_scalar(state, f"{name}.step")) for name in self.names}
         super().load_state_dict(state)
         self.param_steps = steps
 

@@ -454,6 +454,48 @@ def test_one_optimizer_over_a_model_and_loose_parameters_equals_one_each(backend
                                   backend.to_numpy(apart.forward(x)))
 
 
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_bare_layers_unnamed_parameters_train(backend, name):
+    """Parameters outside a model have no names; their state goes by position, and a
+    step equals one over the same values named."""
+    from fastlenet.nn import Conv2d
+
+    layers = [Conv2d(1, 2, 3).bind(backend, np.float32, np.random.default_rng(0), None)
+              for _ in range(2)]
+    bare = layers[0].parameters()
+    named = layers[1].parameters()
+    for i, p in enumerate(named):
+        p.name = str(i)
+    opts = [make_optimizer(name, ps, backend, lr=0.1) for ps in (bare, named)]
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        for p, q in zip(bare, named):
+            g = rng.standard_normal(p.data.shape).astype(np.float32)
+            p.grad, q.grad = backend.asarray(g), backend.asarray(g.copy())
+        for opt in opts:
+            opt.step()
+    for p, q in zip(bare, named):
+        np.testing.assert_array_equal(backend.to_numpy(p.data), backend.to_numpy(q.data))
+    assert sorted(opts[0].state_dict()) == sorted(opts[1].state_dict())
+
+
+def test_a_gradient_assigned_between_the_halves_of_a_step_is_one_line(backend):
+    """prepare_step() picks the parameters that have a gradient; one assigned before
+    update() would be left out silently, so update() says to pass every_grad."""
+    from fastlenet.errors import FastLeNetError
+
+    params = make_params(backend, [[1.0, 2.0]])
+    opt = make_optimizer("sgd", params, backend, lr=0.1)
+    opt.prepare_step()
+    params[0].grad = backend.asarray(np.array([1.0, 1.0]))
+    with pytest.raises(FastLeNetError, match="0.weight got its gradient after prepare_step") as info:
+        opt.update()
+    assert "\n" not in str(info.value)
+    opt.prepare_step(every_grad=True)
+    opt.update()
+    np.testing.assert_allclose(backend.to_numpy(params[0].data), [0.9, 1.9])
+
+
 def test_an_update_without_the_gradient_it_was_prepared_for_is_one_line(backend):
     from fastlenet.errors import FastLeNetError
 
