@@ -12,14 +12,13 @@ Only NumPy (and tqdm, for the progress bar) is needed; the other backends load l
 when asked for (``get_backend("numba")``), and say what is missing when they cannot.
 """
 
-__version__ = "0.1.0"
-
-from .backends import get_backend  # noqa: E402
-from .errors import FastLeNetError  # noqa: E402
-from .nn import build_model  # noqa: E402
-from .config import TrainConfig  # noqa: E402
-from .evaluation import evaluate  # noqa: E402
-from .train import train  # noqa: E402
+from .backends import get_backend
+from .config import TrainConfig
+from .errors import FastLeNetError
+from .evaluation import evaluate
+from .nn import build_model
+from .train import train
+from .version import __version__
 
 __all__ = ["__version__", "get_backend", "build_model", "train", "TrainConfig", "evaluate",
            "FastLeNetError"]

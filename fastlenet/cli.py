@@ -16,7 +16,8 @@ from importlib import metadata
 
 import numpy as np
 
-from . import __version__, backends, compare, report
+from . import backends, compare, report
+from .version import __version__
 from .checkpoint import load_model
 from .config import RECIPES, TrainConfig
 from .data import DATASETS, preprocess

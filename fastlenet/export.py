@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .atomic_write import write_file
 from .checkpoint import load_model
 from .errors import ConfigError, FastLeNetError

@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .atomic_write import write_file
 from .checkpoint import load_model
 from .checks import is_integer

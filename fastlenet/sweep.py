@@ -27,9 +27,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-import fastlenet
 
-from . import __version__, tables
+from . import tables
+from .version import __version__
 from .atomic_write import write_file
 from .checks import is_integer
 from .config import TrainConfig, option_name
@@ -166,7 +166,7 @@ def _child_environment(jobs: int) -> dict:
     """The environment of each training process: this fastlenet first on the path and,
     when several run at once, one thread each (set before the child imports numpy)."""
     env = dict(os.environ)
-    package_root = str(Path(fastlenet.__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     if jobs > 1:
         env.update({name: "1" for name in THREAD_VARIABLES})

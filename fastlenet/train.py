@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .atomic_write import write_json
 from .augment import Augmenter
 from .backends import get_backend
