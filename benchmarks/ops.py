@@ -41,7 +41,7 @@ from fastlenet.optim import Adam
 
 from .torch_contenders import TORCH_CONTENDERS, TORCH_CUDA, import_torch, set_up_torch_cuda
 
-REFERENCE = "numpy"  # the backend every contender's results are checked against
+CHECKED_AGAINST = "numpy"  # the backend every contender's results are checked against
 
 # name -> (C, H, W, K, kernel, need_dx): the model's two convolutions
 CONVS = {"conv1": (1, 32, 32, 6, 5, False), "conv2": (6, 14, 14, 16, 5, True)}
@@ -133,7 +133,7 @@ def measure(benchmark, contender: str, op: str, layer: str | None, args: tuple,
             images: int | None, stateless: bool = True) -> None:
     """Check, warm up and time ``op`` of ``contender`` on ``args``; fill extra_info."""
     what = f"{contender} {op}" + (f" {layer}" if layer else "")
-    ref_call, ref_fetch = getattr(cases(REFERENCE), op)(*args)
+    ref_call, ref_fetch = getattr(cases(CHECKED_AGAINST), op)(*args)
     want = ref_fetch(ref_call())
     call, fetch = getattr(cases(contender), op)(*args)
     start = time.perf_counter()

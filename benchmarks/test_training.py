@@ -29,7 +29,7 @@ from fastlenet.config import TrainConfig
 
 from .lenet import (ACCURACY_TARGETS, BATCH, COURSEWORK_TARGET_S, RECIPE_KEYS, fastlenet_recipe,
                     make_run, time_to_accuracy, torch_recipe)
-from .ops import REFERENCE, assert_close
+from .ops import CHECKED_AGAINST, assert_close
 from .torch_contenders import TORCH_CONTENDERS, TORCH_CUDA_GRAPHS
 
 WARMUP_STEPS = 20
@@ -37,7 +37,7 @@ WARMUP_STEPS = 20
 
 def test_training_step(benchmark, contender, training_set, pytestconfig):
     x, y = training_set
-    run, reference = make_run(contender, x, y), make_run(REFERENCE, x, y)
+    run, reference = make_run(contender, x, y), make_run(CHECKED_AGAINST, x, y)
     order = np.random.default_rng(1).permutation(len(y))
     first = order[:BATCH]
     start = time.perf_counter()

@@ -1,5 +1,5 @@
 // The AdamW update, fused: one pass over p, g, m, v instead of the ten array operations
-// of the generic version in fastlenet/backends/base.py, whose maths and rounding order it
+// of the reference (fastlenet/backends/reference.py), whose maths and rounding order it
 // follows (compiled with --fmad=false so no multiply-add is contracted):
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p = p * decay                          decay = 1 - lr * wd  (when decay_on != 0)

@@ -27,8 +27,10 @@ import pytest
 
 from fastlenet import backends
 from fastlenet.backends.numpy_backend import NumpyBackend
+from fastlenet.config import TrainConfig
 from fastlenet.errors import BackendUnavailableError
-from fastlenet.train import TrainConfig, Trainer, evaluate, train
+from fastlenet.evaluation import evaluate
+from fastlenet.train import Trainer, train
 
 from helpers import assert_one_line_error, load_cuda_backend, run_cli, skip_unless_cuda_device
 

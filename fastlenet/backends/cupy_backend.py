@@ -71,7 +71,7 @@ CONV_GROUP = 8
 CONV_THREADS = 32768
 
 # NVRTC options per source file. The element-wise update and the loss follow the
-# generic NumPy maths operation by operation, so no multiply-add may be contracted.
+# reference's maths operation by operation, so no multiply-add may be contracted.
 OPTIONS: dict[str, tuple[str, ...]] = {"adam": ("--fmad=false",), "loss": ("--fmad=false",)}
 # Where the install commands of the messages come from: CuPy's toolkit extra brings
 # NVRTC, cuBLAS and the runtime as NVIDIA wheels (pyproject.toml's cupy-cuda12/13 extras).
