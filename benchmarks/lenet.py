@@ -245,7 +245,8 @@ def time_to_accuracy(epochs: list[dict], target: float) -> dict | None:
 
 
 # the TrainConfig fields that define the recipe, saved with the time-to-accuracy results
-RECIPE_KEYS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "val_size")
+RECIPE_KEYS = ("recipe", "epochs", "batch_size", "optimizer", "lr", "beta1", "beta2",
+               "label_smoothing", "schedule", "val_size")
 
 
 def fastlenet_recipe(backend_name: str, seed: int, out: Path,
@@ -270,13 +271,14 @@ def torch_recipe(seed: int, stop_at: float = max(ACCURACY_TARGETS),
     if device.type == "cuda":
         set_up_torch_cuda(torch)
     config = TrainConfig(seed=seed).validate()
-    if (config.model, config.optimizer, config.weight_decay, config.label_smoothing) != (MODEL, "adam", 0.0, 0.0):
+    if (config.model, config.optimizer, config.weight_decay, config.augment) != (MODEL, "adam", 0.0, False):
         raise ValueError("the PyTorch twin follows a LeNet-5 / Adam recipe without weight decay "
-                         "or label smoothing; TrainConfig's defaults changed, update torch_recipe")
+                         "or augmentation; TrainConfig's defaults changed, update torch_recipe")
     data = prepare(load_dataset(config.dataset, config.data_dir), val_size=config.val_size,
                    seed=config.seed, train_limit=config.train_limit)
     model = torch_model(config.seed, config.dtype).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                 betas=(config.beta1, config.beta2))
     n, batch = len(data.y_train), config.batch_size
     steps_per_epoch = math.ceil(n / batch)
     schedule = make_schedule(config.schedule, config.lr, total_steps=config.epochs * steps_per_epoch,
@@ -295,7 +297,7 @@ def torch_recipe(seed: int, stop_at: float = max(ACCURACY_TARGETS),
             idx = order[start:start + batch]
             for group in optimizer.param_groups:
                 group["lr"] = schedule(step)
-            loss = cross_entropy(model(x[idx]), y[idx])
+            loss = cross_entropy(model(x[idx]), y[idx], label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

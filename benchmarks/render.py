@@ -222,9 +222,13 @@ def accuracy_section(results: Results) -> str | None:
     first = next(iter(entries.values())).extra
     recipe = first.get("recipe")
     if isinstance(recipe, dict):
-        described = (f"{recipe['epochs']} epochs, {recipe['optimizer']}, {recipe['schedule']} lr "
-                     f"{recipe['lr']:g}, batch {recipe['batch_size']}, {recipe['val_size']:,} "
-                     "images held out")
+        named = f"the {recipe['recipe']} recipe: " if "recipe" in recipe else ""
+        extras = "".join(f", {label} {recipe[key]:g}" for key, label in (
+            ("beta1", "beta1"), ("beta2", "beta2"), ("label_smoothing", "label smoothing"))
+            if key in recipe)
+        described = (f"{named}{recipe['epochs']} epochs, {recipe['optimizer']}, "
+                     f"{recipe['schedule']} lr {recipe['lr']:g}, batch {recipe['batch_size']}"
+                     f"{extras}, {recipe['val_size']:,} images held out")
     else:  # results saved before the recipe was recorded
         described = "the TrainConfig defaults of that run"
     title = ("### Time to test accuracy\n\n"

@@ -19,7 +19,7 @@ import numpy as np
 from . import backends, compare, report
 from .version import __version__
 from .checkpoint import load_model
-from .config import RECIPES, TrainConfig
+from .config import RECIPES, TrainConfig, default_recipe
 from .data import DATASETS, preprocess
 from .demo import write_demo
 from .export import FORMATS, export_checkpoint, resolve_format, torch_source
@@ -65,15 +65,24 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     # defaults are None so that --resume can tell which options were given
     p.add_argument("--backend", choices=backends.names(), help=f"array backend (default: {d.backend})")
     p.add_argument("--model", choices=list(MODELS), help=f"model (default: {d.model})")
-    p.add_argument("--epochs", type=_int, help=f"epochs to train (default: {RECIPES[False]['epochs']}, "
-                   f"{RECIPES[True]['epochs']} with --augment)")
-    p.add_argument("--batch-size", type=_int, help=f"images per step (default: {d.batch_size})")
+    fast, augmented = RECIPES[default_recipe(False)], RECIPES[default_recipe(True)]
+
+    def by_recipe(field: str) -> str:
+        return f"(default: the recipe's, {fast[field]}; {augmented[field]} with --augment)"
+
+    p.add_argument("--recipe", choices=list(RECIPES),
+                   help="the defaults of the options marked 'the recipe's': fast (99%% test "
+                        "accuracy in 4 epochs), augment (with --augment), classic (8 epochs) "
+                        f"(default: {default_recipe(False)}; {default_recipe(True)} with --augment)")
+    p.add_argument("--epochs", type=_int, help=f"epochs to train {by_recipe('epochs')}")
+    p.add_argument("--batch-size", type=_int, help=f"images per step {by_recipe('batch_size')}")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimizer (default: {d.optimizer})")
-    p.add_argument("--lr", type=_float, help=f"(peak) learning rate (default: {RECIPES[False]['lr']}, "
-                   f"{RECIPES[True]['lr']} with --augment)")
+    p.add_argument("--lr", type=_float, help=f"(peak) learning rate {by_recipe('lr')}")
+    p.add_argument("--beta1", type=_float, help=f"Adam's first-moment decay {by_recipe('beta1')}")
+    p.add_argument("--beta2", type=_float, help=f"Adam's second-moment decay {by_recipe('beta2')}")
     p.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default: {d.schedule})")
     p.add_argument("--weight-decay", type=_float, help=f"decoupled weight decay (default: {d.weight_decay})")
-    p.add_argument("--label-smoothing", type=_float, help=f"label smoothing (default: {d.label_smoothing})")
+    p.add_argument("--label-smoothing", type=_float, help=f"label smoothing {by_recipe('label_smoothing')}")
     p.add_argument("--seed", type=_int, help=f"seed for weights, split and shuffling (default: {d.seed})")
     p.add_argument("--val-size", type=_int, help=f"validation images held out of the training set (default: {d.val_size})")
     p.add_argument("--dataset", choices=DATASETS, help=f"dataset (default: {d.dataset})")

@@ -111,7 +111,8 @@ class Trainer:
             self.log(note)
         self.model.check_images(self.data.x_train)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), backend,
-                                        lr=config.lr, weight_decay=config.weight_decay)
+                                        lr=config.lr, weight_decay=config.weight_decay,
+                                        **config.optimizer_options())
         self.schedule = make_schedule(config.schedule, config.lr,
                                       total_steps=config.epochs * self.steps_per_epoch,
                                       steps_per_epoch=self.steps_per_epoch)
@@ -306,6 +307,8 @@ def _config_from(meta: dict, path) -> TrainConfig:
     if not isinstance(saved, dict) or not set(saved) <= known:
         raise CheckpointError(f"{path}: checkpoint's training config is missing or from another "
                               "fastlenet version; it cannot be resumed")
+    if "recipe" not in saved:  # saved before recipes had names: it ran the classic one
+        saved = {**saved, "recipe": "classic"}
     return TrainConfig(**saved)
 
 

@@ -102,19 +102,59 @@ def test_training_state_round_trips_through_checkpoint_meta(backend):
         fresh().restore({**meta, "history": []})
 
 
-def test_epochs_and_lr_default_to_the_recipe_of_the_augment_setting(tiny_dir, tmp_path):
-    for augment in (False, True):
+def test_settings_default_to_the_recipe_of_the_augment_setting(tiny_dir, tmp_path):
+    for augment, recipe in ((False, "fast"), (True, "augment")):
         config = TrainConfig(augment=augment).validate()
-        assert (config.epochs, config.lr) == (RECIPES[augment]["epochs"], RECIPES[augment]["lr"])
-    assert RECIPES[True] != RECIPES[False]
-    given = TrainConfig(augment=True, epochs=3, lr=1e-3).validate()  # given values win
-    assert (given.epochs, given.lr) == (3, 1e-3)
+        assert config.recipe == recipe
+        assert {k: getattr(config, k) for k in RECIPES[recipe]} == RECIPES[recipe]
+    assert RECIPES["fast"] != RECIPES["augment"] != RECIPES["classic"]
+    given = TrainConfig(augment=True, epochs=3, lr=1e-3, beta2=0.9).validate()  # given values win
+    assert (given.epochs, given.lr, given.beta2, given.batch_size) == (3, 1e-3, 0.9, 128)
+    classic = TrainConfig(recipe="classic", augment=True).validate()  # a named recipe wins too
+    assert (classic.epochs, classic.batch_size) == (8, 128) and classic.augment
     # a run records the values it used, so a resume keeps them
-    train(tiny_config(tiny_dir, epochs=None, lr=None, augment=True, train_limit=128),
-          out=tmp_path / "r", log=None, on_epoch_end=lambda record: True)
+    train(tiny_config(tiny_dir, epochs=None, lr=None, batch_size=None, augment=True,
+                      train_limit=128), out=tmp_path / "r", log=None,
+          on_epoch_end=lambda record: True)
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert (saved["epochs"], saved["lr"]) == (RECIPES[True]["epochs"], RECIPES[True]["lr"])
-    assert load_checkpoint(tmp_path / "r").meta["config"]["epochs"] == RECIPES[True]["epochs"]
+    assert (saved["recipe"], saved["epochs"], saved["lr"], saved["beta2"]) == (
+        "augment", RECIPES["augment"]["epochs"], RECIPES["augment"]["lr"], RECIPES["augment"]["beta2"])
+    assert load_checkpoint(tmp_path / "r").meta["config"]["epochs"] == RECIPES["augment"]["epochs"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(recipe="quick"), "unknown recipe 'quick'; choose one of: fast, augment, classic"),
+    (dict(beta2=1.0), "--beta2 must be in [0, 1), got 1.0"),
+    (dict(beta1=float("nan")), "--beta1 must be a finite number, got nan"),
+])
+def test_bad_recipe_settings_are_one_line(bad, message):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**bad).validate()
+    assert str(info.value) == message
+
+
+def test_adams_betas_reach_the_optimizer(tiny_dir, tmp_path):
+    trainer = Trainer(tiny_config(tiny_dir, beta1=0.8, beta2=0.95), out=tmp_path / "r", log=None)
+    assert (trainer.optimizer.beta1, trainer.optimizer.beta2) == (0.8, 0.95)
+    sgd = Trainer(tiny_config(tiny_dir, optimizer="momentum"), out=tmp_path / "s", log=None)
+    assert sgd.optimizer.kind == "sgd"  # betas are Adam's; other optimizers ignore them
+
+
+def test_a_run_saved_before_recipes_resumes_with_the_classic_one(tiny_dir, tmp_path):
+    """Its config has no recipe, betas or None fields: the classic recipe's betas fill them,
+    which were the only ones then."""
+    train(tiny_config(tiny_dir, epochs=1, train_limit=256, recipe="classic"), out=tmp_path / "r",
+          log=None)
+    path = tmp_path / "r" / "last.npz"
+    checkpoint = load_checkpoint(path)
+    legacy = {k: v for k, v in checkpoint.meta["config"].items()
+              if k not in ("recipe", "beta1", "beta2")}
+    save_checkpoint(path, checkpoint.params, checkpoint.optim,
+                    {**checkpoint.meta, "config": legacy})
+    metrics = train(resume=tmp_path / "r", epochs=2, log=None)
+    assert metrics["epochs"] == 2
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (saved["recipe"], saved["beta1"], saved["beta2"]) == ("classic", 0.9, 0.999)
 
 
 def test_target_accuracy_stops_early(tiny_dir, tmp_path):
