@@ -30,7 +30,7 @@ def _strided(length: int, stride: int, count: int) -> slice:
     return slice(length, length + stride * (count - 1) + 1, stride)
 
 
-def pool_views(x, size: int, stride: int, OH: int, OW: int) -> list:
+def _pool_views(x, size: int, stride: int, OH: int, OW: int) -> list:
     """The size*size views x[:, p::stride, q::stride] (C, OH, OW, N) cut to the OH x OW
     windows, in row-major (p, q) order: view t holds every window's element at offset t."""
     return [x[:, _strided(p, stride, OH), _strided(q, stride, OW)]
@@ -124,7 +124,7 @@ class ReferenceBackend(Backend):
     # ------------------------------------------------------------------- pooling
     def maxpool2d_forward(self, x, size: int, stride: int):
         xp = self.xp
-        views = pool_views(x, size, stride, *self.check_pool2d(x, size, stride))
+        views = _pool_views(x, size, stride, *self.check_pool2d(x, size, stride))
         # arg: the offset t = p*size + q of each window's first maximum in row-major
         # order, found by scanning the offsets with a running maximum y; a strict '>'
         # keeps the earlier offset on ties
@@ -151,7 +151,7 @@ class ReferenceBackend(Backend):
         exact = stride == size and H == OH * size and W == OW * size
         dx = xp.empty(x_shape, dtype=dy.dtype) if exact else xp.zeros(x_shape, dtype=dy.dtype)
         hit = xp.empty(arg.shape, dtype=bool)
-        for t, block in enumerate(pool_views(dx, size, stride, OH, OW)):
+        for t, block in enumerate(_pool_views(dx, size, stride, OH, OW)):
             xp.equal(arg, t, out=hit)
             if stride >= size:
                 xp.multiply(dy, hit, out=block)
@@ -160,7 +160,7 @@ class ReferenceBackend(Backend):
         return dx
 
     def avgpool2d_forward(self, x, size: int, stride: int):
-        views = pool_views(x, size, stride, *self.check_pool2d(x, size, stride))
+        views = _pool_views(x, size, stride, *self.check_pool2d(x, size, stride))
         y = views[0].copy()
         for view in views[1:]:
             y += view
@@ -171,7 +171,7 @@ class ReferenceBackend(Backend):
         x_shape, size, stride = ctx
         dx = self.xp.zeros(x_shape, dtype=dy.dtype)
         share = dy * (1.0 / (size * size))
-        for block in pool_views(dx, size, stride, *dy.shape[1:3]):
+        for block in _pool_views(dx, size, stride, *dy.shape[1:3]):
             block += share
         return dx
 

@@ -102,9 +102,18 @@ class NumbaBackend(ReferenceBackend):
         return out.reshape(*x.shape[1:], N)
 
     # --------------------------------------------------------------- convolution
+    def _conv_operands(self, x, w, b, stride: int, pad: int):
+        """A convolution's kernel operands: x padded (the reference's padding), all
+        contiguous, and the bias (zeros when the layer has none); and the ctx
+        conv2d_backward reads."""
+        xpad = np.ascontiguousarray(self._padded(x, pad))
+        w = np.ascontiguousarray(w)
+        bias = np.ascontiguousarray(b) if b is not None else np.zeros(w.shape[0], dtype=x.dtype)
+        return xpad, w, bias, (xpad, w, x.shape, stride, pad, b is not None)
+
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
         OH, OW = self.check_conv2d(x, w, b, stride, pad)
-        xpad, w, bias, ctx = _conv_operands(x, w, b, stride, pad)
+        xpad, w, bias, ctx = self._conv_operands(x, w, b, stride, pad)
         y = np.empty((w.shape[0], OH, OW, x.shape[3]), dtype=x.dtype)
         if stride == 1:
             conv2d.conv2d_forward(xpad, w, bias, y)
@@ -156,7 +165,7 @@ class NumbaBackend(ReferenceBackend):
             return super().conv2d_relu_maxpool2d_forward(x, w, b, stride, pad, size, pool_stride)
         K, N = w.shape[0], x.shape[3]
         PH, PW = window_out_size(OH, size, size), window_out_size(OW, size, size)
-        xpad, w, bias, conv_ctx = _conv_operands(x, w, b, stride, pad)
+        xpad, w, bias, conv_ctx = self._conv_operands(x, w, b, stride, pad)
         y = np.empty((K, PH, PW, N), dtype=x.dtype)
         arg = np.empty((K, PH, PW, N), dtype=np.int32)
         conv2d.conv2d_relu_maxpool2d_forward(xpad, w, bias, size, y, arg)
@@ -277,23 +286,3 @@ class NumbaBackend(ReferenceBackend):
         adam.adam_update(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1),
                          v.reshape(-1), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2),
                          f(eps), f(decay if weight_decay else 1.0), f(step_size), f(1.0 / bias2))
-
-
-def _conv_operands(x, w, b, stride: int, pad: int):
-    """A convolution's kernel operands: x padded, w contiguous and the bias (zeros when
-    the layer has none); and the ctx conv2d_backward reads."""
-    xpad = _padded(x, pad, pad, pad, pad)
-    w = np.ascontiguousarray(w)
-    bias = np.ascontiguousarray(b) if b is not None else np.zeros(w.shape[0], dtype=x.dtype)
-    return xpad, w, bias, (xpad, w, x.shape, stride, pad, b is not None)
-
-
-def _padded(x, top: int, bottom: int, left: int, right: int):
-    """x (C, H, W, N) as a contiguous array with rows of zeros above and below and
-    columns of zeros left and right."""
-    if not (top or bottom or left or right):
-        return np.ascontiguousarray(x)
-    C, H, W, N = x.shape
-    out = np.zeros((C, H + top + bottom, W + left + right, N), dtype=x.dtype)
-    out[:, top:top + H, left:left + W] = x
-    return out
