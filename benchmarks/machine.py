@@ -151,4 +151,8 @@ def conditions(load_at_start: list[float] | None) -> dict:
             info["numba_threading_layer"] = numba.threading_layer()
         except ValueError:  # no parallel region has run
             pass
+        # the per-machine kernel choices this run used (fastlenet.tuning)
+        from fastlenet import tuning
+        info["tuning"] = tuning.recorded().get(tuning.machine_key(numba.get_num_threads()), {})
+        info["tuning_mode"] = tuning.mode()
     return info

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import shlex
 import sys
@@ -16,7 +17,7 @@ from importlib import metadata
 
 import numpy as np
 
-from . import backends, compare, report
+from . import backends, compare, report, tuning
 from .version import __version__
 from .checkpoint import load_model
 from .config import RECIPES, TrainConfig, default_recipe
@@ -302,7 +303,19 @@ def cmd_info(args) -> int:
         print(f"  auto   -> {backends.get_backend('auto').name}")
     except FastLeNetError as exc:
         print(f"  auto   -> none ({exc})")
+    print("\nper-machine kernel choices (docs/tuning.md):")
+    print("\n".join(tuning.describe(_numba_threads())))
     return 0
+
+
+def _numba_threads() -> int:
+    """The thread count the numba backend's choices are kept for (Numba's default when
+    Numba is not installed: every core)."""
+    try:
+        import numba
+    except ImportError:
+        return os.cpu_count() or 1
+    return numba.config.NUMBA_NUM_THREADS
 
 
 def _add_export_command(sub) -> None:

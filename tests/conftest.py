@@ -5,6 +5,10 @@ Each test body is written once; it runs on every backend registered and usable h
 ``slow`` are deselected by default.
 """
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
 # before its first import: the shared checks in helpers.py report failures as a test's do
@@ -13,6 +17,16 @@ pytest.register_assert_rewrite("helpers")
 from fastlenet import backends  # noqa: E402
 
 from helpers import write_tiny_mnist  # noqa: E402
+
+
+def pytest_configure(config):
+    """Per-machine kernel choices (fastlenet.tuning) go to a folder of this test session,
+    shared by the CLI subprocesses it starts, never to the user's cache."""
+    os.environ["FASTLENET_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastlenet-tuning-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ.pop("FASTLENET_CACHE_DIR", ""), ignore_errors=True)
 
 
 @pytest.fixture(params=backends.usable())

@@ -155,3 +155,44 @@ def test_input_gradient_after_another_kernel_width_of_the_same_widened_width():
     x6, w6 = rng.standard_normal((1, 3, 9, 2)), rng.standard_normal((1, 1, 1, 6))
     dx(nb, x4, w4)
     _close(dx(nb, x6, w6), dx(npb, x6, w6))
+
+
+@pytest.mark.parametrize("shape", [(120, 128, 400), (10, 88, 96), (7, 5, 33), (1, 1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_gemm_blocking_matches_and_sums_alike(shape, dtype):
+    """Each register blocking the tuner may choose gives A @ B.T + bias, and the same bits
+    as the others: a machine's choice must not change a training run's results."""
+    from fastlenet.backends.numba import dense
+
+    R, S, L = shape
+    rng = np.random.default_rng(R * S * L)
+    a, b = rng.standard_normal((R, L)).astype(dtype), rng.standard_normal((S, L)).astype(dtype)
+    bias = rng.standard_normal(R).astype(dtype)
+    outs = {}
+    for name, kernel in dense.GEMM_NT.items():
+        outs[name] = np.empty((R, S), dtype)
+        kernel(dense.padded_rows(a), dense.padded_rows(b), bias, outs[name])
+        _close(outs[name], a @ b.T + bias[:, None])
+    first, *rest = outs.values()
+    for other in rest:
+        np.testing.assert_array_equal(other, first)
+
+
+def test_the_linear_layers_use_the_machines_choice(tmp_path):
+    """prepare() measures the blockings once per machine and says which it chose; the
+    next process reads the choice back, silently; FASTLENET_TUNING=off uses 4x4."""
+    script = ("import numpy as np\nfrom fastlenet.backends.numba.backend import NumbaBackend\n"
+              "b = NumbaBackend(); print(b.prepare(np.float32)); print(b.gemm_choice().how)")
+    env = dict(os.environ, FASTLENET_CACHE_DIR=str(tmp_path))
+
+    def run(**extra):
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env=dict(env, **extra), check=True, cwd=REPO).stdout
+
+    first = run()
+    if not (tmp_path / "tuning.json").exists():
+        pytest.skip(f"the machine was too busy for steady timings: {first.strip()}")
+    (entry,) = json.loads((tmp_path / "tuning.json").read_text()).values()
+    assert f"chose {entry['numba.gemm_nt']['variant']} blocks" in first
+    assert run().splitlines()[-1] == f"from {tmp_path / 'tuning.json'}"
+    assert run(FASTLENET_TUNING="off").splitlines()[-1] == "default (FASTLENET_TUNING=off)"

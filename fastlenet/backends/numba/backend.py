@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from ... import tuning
 from ...errors import ArrayError
 from ..base import check_window_options, window_out_size
 from ..reference import ReferenceBackend
@@ -35,6 +36,7 @@ class NumbaBackend(ReferenceBackend):
     def __init__(self):
         self._prepared: set[str] = set()
         self._buffers: dict[tuple, np.ndarray] = {}
+        self._gemm: tuning.Choice | None = None
 
     def _widened(self, dy, margin: int):
         """dy (K, OH, OW, N) with ``margin`` columns of zeros each side, in a buffer kept
@@ -63,10 +65,40 @@ class NumbaBackend(ReferenceBackend):
         misses_before = jit.cache_misses()
         self._exercise(dtype)
         self._prepared.add(dtype.name)
-        if jit.cache_misses() == misses_before:
-            return None
-        return (f"numba: compiled the {dtype.name} kernels in {time.perf_counter() - tick:.1f} s "
-                "(first run only; later runs load them from Numba's cache)")
+        notes = []
+        if jit.cache_misses() != misses_before:
+            notes.append(f"numba: compiled the {dtype.name} kernels in "
+                         f"{time.perf_counter() - tick:.1f} s (first run only; later runs "
+                         "load them from Numba's cache)")
+        choice = self.gemm_choice()
+        if choice.how.startswith("measured now"):
+            times = ", ".join(f"{k} {v:.0f} us" for k, v in choice.times_us.items())
+            notes.append(f"numba: chose {choice.variant} blocks for the linear layers' "
+                         f"products on this CPU ({times}; {choice.how})")
+        return "\n".join(notes) or None
+
+    def gemm_choice(self) -> tuning.Choice:
+        """The register blocking of the linear layers' products on this machine,
+        measured once on LeNet-5's first linear layer at batch 128 (fastlenet.tuning)."""
+        if self._gemm is None:
+            import numba
+
+            rng = np.random.default_rng(0)
+            w, xt, dy, x, wt, dyt = (rng.standard_normal(shape).astype(np.float32) for shape in
+                                     ((120, 400), (128, 400), (120, 128), (400, 128),
+                                      (400, 128), (128, 128)))
+            bias = np.zeros(400, np.float32)
+            y, dw, dx = np.empty((120, 128), np.float32), np.empty_like(w), np.empty_like(x)
+
+            def products(kernel):
+                # fc1's forward, weight gradient and input gradient, as _gemm_nt passes them
+                return lambda: (kernel(w, xt, bias, y), kernel(dy, x, bias, dw),
+                                kernel(wt, dyt, bias, dx))
+
+            self._gemm = tuning.choose(
+                "numba.gemm_nt", {name: products(k) for name, k in dense.GEMM_NT.items()},
+                default="4x4", threads=numba.get_num_threads())
+        return self._gemm
 
     def _exercise(self, dtype) -> None:
         """One call of every kernel, with argument types the real calls use."""
@@ -245,8 +277,8 @@ class NumbaBackend(ReferenceBackend):
     def _gemm_nt(self, a, b, bias=None):
         """a @ b.T (+ bias[:, None]) for a (R, K), b (S, K): a new (R, S) array."""
         out = np.empty((a.shape[0], b.shape[0]), dtype=a.dtype)
-        dense.gemm_nt(dense.padded_rows(a), dense.padded_rows(b),
-                      np.zeros(0, a.dtype) if bias is None else np.ascontiguousarray(bias), out)
+        dense.GEMM_NT[self.gemm_choice().variant](dense.padded_rows(a), dense.padded_rows(b),
+                      np.zeros(a.shape[0], a.dtype) if bias is None else np.ascontiguousarray(bias), out)
         return out
 
     def linear_forward(self, x, w, b):
