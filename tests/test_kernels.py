@@ -52,7 +52,7 @@ def _ties(rng, shape, dtype):
 
 
 # ---------------------------------------------------------------------- layout
-@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (13, 2, 3, 5), (8, 7), (130, 3)])
+@pytest.mark.parametrize("shape", [(1, 1, 4, 4), (13, 2, 3, 5), (8, 7), (130, 3), (37, 2, 4, 5)])
 def test_batch_last_round_trip(backend, shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     xb = backend.to_batch_last(backend.asarray(x))

@@ -8,9 +8,9 @@ from .jit import serial
 def _batch_last(x, index, out):
     """out[f, n] = x[index[n], f] for x (M, F): the samples ``index`` picks (a training
     batch, gathered without a copy of its own), in the transposed layout. The copy goes
-    in blocks of 16 features, so each sample's read is one contiguous run and each feature
-    row is written in order. Negative indices count from the end, as in NumPy. Serial: a
-    batch is too little copying to share between threads."""
+    through a 16 x 16 tile: 16 samples' runs of 16 features are read whole, and written
+    out as 16 feature rows of 16 consecutive samples. Negative indices count from the
+    end, as in NumPy. Serial: a batch is too little copying to share between threads."""
     M, F = x.shape
     N = index.shape[0]
     rows = np.empty(N, np.int64)
@@ -19,13 +19,20 @@ def _batch_last(x, index, out):
         if r < 0 or r >= M:
             raise IndexError("to_batch_last: a sample index is out of range")
         rows[n] = r
-    for block in range((F + 15) // 16):
-        start = block * 16
-        stop = min(start + 16, F)
-        for n in range(N):
-            xrow = x[rows[n], start:stop]
-            for f in range(stop - start):
-                out[start + f, n] = xrow[f]
+    tile = np.empty((16, 16), x.dtype)
+    for n0 in range(0, N, 16):
+        samples = min(16, N - n0)
+        for f0 in range(0, F, 16):
+            features = min(16, F - f0)
+            for a in range(samples):
+                xrun = x[rows[n0 + a], f0:f0 + features]
+                for f in range(features):
+                    tile[f, a] = xrun[f]
+            for f in range(features):
+                orun = out[f0 + f, n0:n0 + samples]
+                trow = tile[f]
+                for a in range(samples):
+                    orun[a] = trow[a]
 
 
 batch_last = serial(_batch_last)
