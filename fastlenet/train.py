@@ -32,6 +32,7 @@ from .config import TrainConfig
 from .data import load_dataset, prepare
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .evaluation import evaluate
+from .folder_lock import lock_folder
 from .nn import SoftmaxCrossEntropy, build_model
 from .optim import make_optimizer, make_schedule
 from .progress import progress_bar
@@ -65,6 +66,16 @@ class Trainer:
                  resume: str | Path | None = None, epochs: int | None = None,
                  progress: bool | None = None, log: Callable[[str], None] | None = print,
                  on_epoch_end: Callable[[dict], bool | None] | None = None):
+        self._lock = None  # the run folder's (fastlenet.folder_lock), held until run() ends
+        try:
+            self._set_up(config, out, resume, epochs, progress, log, on_epoch_end)
+        except BaseException:
+            self.release()
+            raise
+
+    def _set_up(self, config, out, resume, epochs, progress, log, on_epoch_end) -> None:
+        if out is not None or resume is not None:  # an existing folder: lock it before reading
+            self._hold(_run_folder(out, resume, None, ""))
         checkpoint = load_checkpoint(resume) if resume is not None else None
         self.config = config = _settle_config(config, checkpoint, resume, epochs)
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -74,9 +85,7 @@ class Trainer:
         self.backend = backend = get_backend(config.backend)
         config.backend = backend.name  # "auto" resolved: a resume runs where the run ran
         self.out = _run_folder(out, resume, config, backend.name)
-        if checkpoint is None and (self.out / "last.npz").exists():
-            raise ConfigError(f"{self.out} already holds a run; continue it with --resume "
-                              f"{self.out}, or choose another --out")
+        self._refuse_a_finished_run(checkpoint)
 
         dataset = load_dataset(config.dataset, config.data_dir)
         config.dataset = dataset.name  # None resolved, as "auto" is above
@@ -101,6 +110,24 @@ class Trainer:
         except OSError as exc:
             raise ConfigError(f"cannot create the run folder {self.out}: {exc.strerror}; "
                               "choose another --out") from None
+        self._hold(self.out)
+        self._refuse_a_finished_run(checkpoint)  # again: one may have ended since the check
+
+    def _hold(self, folder: Path) -> None:
+        """Lock the run folder, once it exists, for this run (FolderInUseError if taken)."""
+        if self._lock is None and folder.is_dir():
+            self._lock = lock_folder(folder, "run")
+
+    def release(self) -> None:
+        """Let other processes write the run folder (run() does this when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _refuse_a_finished_run(self, checkpoint) -> None:
+        if checkpoint is None and (self.out / "last.npz").exists():
+            self.release()
+            raise ConfigError(f"{self.out} already holds a run; continue it with --resume "
+                              f"{self.out}, or choose another --out")
 
     def _build_training(self, config: TrainConfig) -> None:
         """The model (its kernels made ready), optimizer, schedule, loss and augmenter."""
@@ -138,6 +165,12 @@ class Trainer:
 
     def run(self) -> dict:
         """Train until ``config.epochs``, the target accuracy or ``on_epoch_end`` says stop."""
+        try:
+            return self._run()
+        finally:
+            self.release()
+
+    def _run(self) -> dict:
         config, model, state = self.config, self.model, self.state
         write_json(self.out / "config.json", {**dataclasses.asdict(config), "fastlenet": __version__})
         if state.epoch == 0:
