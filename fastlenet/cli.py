@@ -420,6 +420,6 @@ def main(argv: list[str] | None = None) -> int:
     except FastLeNetError as exc:
         print(f"fastlenet: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("fastlenet: interrupted (a run can be continued with --resume RUN)", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a training's says how to continue it
+        print(f"fastlenet: {exc or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -14,7 +14,9 @@ and every RNG, so an interrupted run resumed gives the same result as one never 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shlex
 import sys
 import time
 from datetime import datetime
@@ -30,7 +32,7 @@ from .backends import get_backend
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import load_dataset, prepare
-from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
 from .evaluation import evaluate
 from .folder_lock import lock_folder
 from .nn import SoftmaxCrossEntropy, build_model
@@ -76,8 +78,9 @@ class Trainer:
     def _set_up(self, config, out, resume, epochs, progress, log, on_epoch_end) -> None:
         if out is not None or resume is not None:  # an existing folder: lock it before reading
             self._hold(_run_folder(out, resume, None, ""))
-        checkpoint = load_checkpoint(resume) if resume is not None else None
-        self.config = config = _settle_config(config, checkpoint, resume, epochs)
+        checkpoint, saved = _resume_point(resume)
+        self.restarted = saved is not None  # resumed, but no epoch was saved: from the start
+        self.config = config = _settle_config(saved or config, checkpoint, resume, epochs)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.log = log or (lambda _msg: None)
         self.on_epoch_end = on_epoch_end
@@ -99,6 +102,7 @@ class Trainer:
                                    None if self.augmenter is None else self.augmenter.rng)
         if checkpoint is not None:
             self._restore(checkpoint, resume)
+        self._saved_epoch = self.state.epoch  # the epoch last.npz holds
 
         # the whole training set lives on the device; batches are gathered there
         self.x_dev = backend.asarray(self.data.x_train, dtype=self.model.dtype)
@@ -167,12 +171,29 @@ class Trainer:
         """Train until ``config.epochs``, the target accuracy or ``on_epoch_end`` says stop."""
         try:
             return self._run()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"interrupted in epoch {self.state.epoch} of "
+                                      f"{self.config.epochs}; {self._how_to_continue()}") from None
         finally:
             self.release()
+
+    def _how_to_continue(self) -> str:
+        """Where a stopped run stands and the command that continues it."""
+        command = f"fastlenet train --resume {shlex.quote(str(self.out))}"
+        saved = self._saved_epoch
+        if saved:
+            return f"{self.out / 'last.npz'} holds epoch {saved}; continue with: {command}"
+        if not (self.out / "config.json").is_file():
+            return "nothing was written yet"
+        return (f"no checkpoint was written yet; {command} starts it again from the beginning "
+                "with its saved settings")
 
     def _run(self) -> dict:
         config, model, state = self.config, self.model, self.state
         write_json(self.out / "config.json", {**dataclasses.asdict(config), "fastlenet": __version__})
+        if self.restarted:
+            self.log(f"{self.out} stopped before its first checkpoint: training it again "
+                     "from the beginning with its saved settings")
         if state.epoch == 0:
             self.log(f"fastlenet {__version__}: {config.model} ({model.num_parameters():,} parameters) "
                      f"on {config.dataset} with the {self.backend.name} backend; {self.n_train:,} "
@@ -267,6 +288,7 @@ class Trainer:
         improved = state.record_epoch(record)
         params, optim_state, meta = self.model.state_dict(), self.optimizer.state_dict(), self._meta()
         save_checkpoint(self.out / "last.npz", params, optim_state, meta)
+        self._saved_epoch = state.epoch
         if improved or not has_val:  # without a validation split, best is the latest
             save_checkpoint(self.out / "best.npz", params, optim_state, meta)
         write_json(self.out / "history.json", state.history)
@@ -332,6 +354,25 @@ def _run_folder(out, resume, config: TrainConfig, backend_name: str) -> Path:
     if resume is not None:
         return Path(resume) if Path(resume).is_dir() else Path(resume).parent
     return default_run_dir(config, backend_name)
+
+
+def _resume_point(resume) -> tuple:
+    """``(checkpoint, None)`` to continue ``resume``; ``(None, its saved config)`` for a run
+    folder stopped before its first checkpoint, which trains again from the start."""
+    if resume is None:
+        return None, None
+    folder = Path(resume)
+    if folder.is_dir() and not (folder / "last.npz").exists() and (folder / "config.json").is_file():
+        path = folder / "config.json"
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: unreadable ({exc}); the run has no checkpoint "
+                                  "either, so it cannot be resumed: train it again") from None
+        if isinstance(saved, dict):
+            saved.pop("fastlenet", None)
+        return None, _config_from({"config": saved}, path)
+    return load_checkpoint(resume), None
 
 
 def _config_from(meta: dict, path) -> TrainConfig:
