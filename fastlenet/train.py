@@ -30,9 +30,10 @@ from .atomic_write import write_json
 from .augment import Augmenter
 from .backends import get_backend
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, option_name
 from .data import load_dataset, prepare
-from .errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
+from .errors import (CheckpointError, ConfigError, DeviceError, FastLeNetError,
+                     TrainingDivergedError, TrainingInterrupted)
 from .evaluation import evaluate
 from .folder_lock import lock_folder
 from .nn import SoftmaxCrossEntropy, build_model
@@ -71,8 +72,11 @@ class Trainer:
         self._lock = None  # the run folder's (fastlenet.folder_lock), held until run() ends
         try:
             self._set_up(config, out, resume, epochs, progress, log, on_epoch_end)
-        except BaseException:
+        except BaseException as exc:
             self.release()
+            failure = self._device_error(exc, setting_up=True)
+            if failure is not None:
+                raise failure from exc
             raise
 
     def _set_up(self, config, out, resume, epochs, progress, log, on_epoch_end) -> None:
@@ -174,8 +178,34 @@ class Trainer:
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"interrupted in epoch {self.state.epoch} of "
                                       f"{self.config.epochs}; {self._how_to_continue()}") from None
+        except Exception as exc:
+            failure = self._device_error(exc)
+            if failure is None:
+                raise
+            raise failure from exc
         finally:
             self.release()
+
+    def _device_error(self, exc: BaseException, setting_up: bool = False) -> DeviceError | None:
+        """One line for a device failure (out of memory, the device lost), else None."""
+        backend = getattr(self, "backend", None)
+        if backend is None or not isinstance(exc, Exception) or isinstance(exc, FastLeNetError):
+            return None
+        found = backend.device_failure(exc)
+        if found is None:
+            return None
+        kind, detail = found
+        if kind == "memory":
+            size = option_name("batch_size")
+            return DeviceError(f"the {backend.name} device ran out of memory training with {size} "
+                               f"{self.config.batch_size} ({detail}); train with a smaller {size}, "
+                               "or stop what else uses the device")
+        if setting_up:
+            return DeviceError(f"the {backend.name} device failed while the run was set up "
+                               f"({detail}); nothing was written; 'fastlenet info' checks the device")
+        return DeviceError(f"the {backend.name} device failed in epoch {self.state.epoch} of "
+                           f"{self.config.epochs} ({detail}); once it works again ('fastlenet "
+                           f"info' checks it), {self._how_to_continue()}")
 
     def _how_to_continue(self) -> str:
         """Where a stopped run stands and the command that continues it."""
