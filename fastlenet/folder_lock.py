@@ -32,11 +32,9 @@ class FolderLock:
         """Take the lock, or raise FolderInUseError naming the process that holds it."""
         while self._fd is None:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
             except OSError as exc:
-                raise RunFolderError(f"cannot write in the {self.what} folder {self.folder} "
-                                     f"({exc.strerror}); make it writable or choose another "
-                                     "--out") from None
+                raise self._unwritable(exc) from None
             if not _try_lock(fd):
                 holder = _holder(fd)
                 os.close(fd)
@@ -50,10 +48,19 @@ class FolderLock:
                 os.close(fd)
         command = shlex.join(["fastlenet", *sys.argv[1:]])
         command = command if len(command) <= 120 else command[:117] + "..."
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        os.write(self._fd, f"{os.getpid()} {command}\n".encode())
+        # written through a descriptor of its own: the lock's is read-only, so that holding
+        # it does not keep the folder's file system from being remounted read-only
+        try:
+            with open(self.path, "w", encoding="utf-8") as f:
+                f.write(f"{os.getpid()} {command}\n")
+        except OSError as exc:
+            self.release()
+            raise self._unwritable(exc) from None
         return self
+
+    def _unwritable(self, exc: OSError) -> RunFolderError:
+        return RunFolderError(f"cannot write in the {self.what} folder {self.folder} "
+                              f"({exc.strerror}); make it writable or choose another --out")
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (removing first, so that a process that

@@ -33,7 +33,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, option_name
 from .data import load_dataset, prepare
 from .errors import (CheckpointError, ConfigError, DeviceError, FastLeNetError,
-                     TrainingDivergedError, TrainingInterrupted)
+                     RunFolderError, TrainingDivergedError, TrainingInterrupted)
 from .evaluation import evaluate
 from .folder_lock import lock_folder
 from .nn import SoftmaxCrossEntropy, build_model
@@ -176,8 +176,11 @@ class Trainer:
         try:
             return self._run()
         except KeyboardInterrupt:
-            raise TrainingInterrupted(f"interrupted in epoch {self.state.epoch} of "
-                                      f"{self.config.epochs}; {self._how_to_continue()}") from None
+            raise TrainingInterrupted(f"interrupted {self._where()}; {self._how_to_continue()}") from None
+        except OSError as exc:  # disk full, a read-only folder: the files before are intact
+            raise RunFolderError(f"cannot write {exc.filename or self.out} ({exc.strerror or exc}); "
+                                 f"training stopped {self._where()}; {self._how_to_continue()} "
+                                 "once the disk has room or the folder is writable") from None
         except Exception as exc:
             failure = self._device_error(exc)
             if failure is None:
@@ -203,9 +206,12 @@ class Trainer:
         if setting_up:
             return DeviceError(f"the {backend.name} device failed while the run was set up "
                                f"({detail}); nothing was written; 'fastlenet info' checks the device")
-        return DeviceError(f"the {backend.name} device failed in epoch {self.state.epoch} of "
-                           f"{self.config.epochs} ({detail}); once it works again ('fastlenet "
-                           f"info' checks it), {self._how_to_continue()}")
+        return DeviceError(f"the {backend.name} device failed {self._where()} ({detail}); once "
+                           f"it works again ('fastlenet info' checks it), {self._how_to_continue()}")
+
+    def _where(self) -> str:
+        epoch = self.state.epoch
+        return f"in epoch {epoch} of {self.config.epochs}" if epoch else "before its first epoch"
 
     def _how_to_continue(self) -> str:
         """Where a stopped run stands and the command that continues it."""
