@@ -125,6 +125,8 @@ class Trainer:
         """Lock the run folder, once it exists, for this run (FolderInUseError if taken)."""
         if self._lock is None and folder.is_dir():
             self._lock = lock_folder(folder, "run")
+            for stale in folder.glob(".*.tmp"):  # atomic_write's, of a writer killed mid-write
+                stale.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Let other processes write the run folder (run() does this when it ends)."""

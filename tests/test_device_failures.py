@@ -114,3 +114,21 @@ def test_a_driver_error_at_start_is_one_line(stand_in, tiny_dir, tmp_path, capsy
     assert_one_line_error(capsys.readouterr().err, "CuPy finds no usable CUDA device",
                           "cudaErrorInsufficientDriver", "usable backends: ")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_stand_in_raises_cupys_own_types_where_cupy_keeps_them():
+    """What the backend catches is where CuPy keeps it, with the message CuPy gives (CuPy
+    imports without a GPU; where it is absent, the stand-in's paths go unchecked)."""
+    cupy = pytest.importorskip("cupy")
+    import host_cuda
+
+    stand_in = host_cuda.make_module().cuda
+    for path in ("memory.OutOfMemoryError", "runtime.CUDARuntimeError", "driver.CUDADriverError",
+                 "runtime.memGetInfo"):
+        part, name = path.split(".")
+        assert hasattr(getattr(cupy.cuda, part), name) and hasattr(getattr(stand_in, part), name), path
+    assert issubclass(cupy.cuda.memory.OutOfMemoryError, MemoryError)
+    assert str(cupy.cuda.memory.OutOfMemoryError(2**30, 3 * 2**30)) == str(
+        stand_in.memory.OutOfMemoryError(2**30, 3 * 2**30))
+    assert str(cupy.cuda.runtime.CUDARuntimeError(719)) == (
+        "cudaErrorLaunchFailure: unspecified launch failure")  # the message the test above uses
