@@ -427,5 +427,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastlenet: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as exc:  # a training's says how to continue it
-        print(f"fastlenet: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"fastlenet: {str(exc) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED

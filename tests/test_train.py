@@ -298,3 +298,14 @@ def test_an_interrupted_run_names_its_last_checkpoint(tiny_dir, tmp_path):
     assert str(info.value) == (f"interrupted in epoch 1 of 3; {tmp_path / 'r' / 'last.npz'} holds "
                                f"epoch 1; continue with: fastlenet train --resume {tmp_path / 'r'}")
     assert not (tmp_path / "r" / ".fastlenet.lock").exists()  # released on the way out
+
+
+def test_ctrl_c_outside_a_training_is_one_plain_line(monkeypatch, capsys):
+    from fastlenet import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_model", interrupted)
+    assert cli.main(["summary"]) == 130
+    assert capsys.readouterr().err == "fastlenet: interrupted\n"
