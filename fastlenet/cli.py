@@ -112,7 +112,7 @@ def _check_augment_options(given: dict) -> None:
     """An --augment-* option without --augment would be silently ignored: refuse it."""
     tuned = [f for f in _AUGMENT_HELP if f in given]
     if tuned and not given.get("augment"):
-        raise ConfigError(f"--{tuned[0].replace('_', '-')} sets up augmentation, which is "
+        raise ConfigError(f"{_option_names()[tuned[0]]} sets up augmentation, which is "
                           "off; add --augment")
 
 
@@ -133,9 +133,9 @@ def cmd_train(args) -> int:
     if args.resume:
         changed = sorted(set(given) - {"epochs"})
         if changed:
+            names = _option_names()
             raise ConfigError(f"--resume continues a run with its own settings; drop "
-                              f"{', '.join('--' + c.replace('_', '-') for c in changed)} "
-                              "(only --epochs may change)")
+                              f"{', '.join(names[c] for c in changed)} (only --epochs may change)")
         config = None
     else:
         _check_augment_options(given)
@@ -161,6 +161,12 @@ def _train_actions() -> list[argparse.Action]:
     template = argparse.ArgumentParser(add_help=False)
     _add_train_options(template)
     return [a for a in template._actions if a.dest not in _NOT_SWEPT]
+
+
+def _option_names() -> dict[str, str]:
+    """Each train option's destination (a TrainConfig field) -> the option as the user
+    types it, read from the parser (e.g. train_limit -> --limit)."""
+    return {a.dest: max(a.option_strings, key=len) for a in _train_actions()}
 
 
 def _add_sweep_options(p: argparse.ArgumentParser) -> None:
@@ -433,6 +439,6 @@ def main(argv: list[str] | None = None) -> int:
     except FastLeNetError as exc:
         print(f"fastlenet: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("fastlenet: interrupted (a run can be continued with --resume RUN)", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a training's says how to continue it
+        print(f"fastlenet: {str(exc) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED

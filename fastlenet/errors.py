@@ -40,3 +40,16 @@ class ArrayError(FastLeNetError, ValueError, TypeError):
 
     Also a ValueError and a TypeError, the exceptions NumPy raises for such mistakes, so
     code written against those keeps working."""
+
+
+class FolderInUseError(FastLeNetError):
+    """Another process is writing the run or sweep folder (fastlenet.folder_lock)."""
+
+
+class DeviceError(FastLeNetError):
+    """The device failed: out of memory, lost mid-run, or its compiler or driver broken."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a training run; ``str(err)`` says where the run stands and how to
+    continue it."""

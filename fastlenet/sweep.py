@@ -108,6 +108,10 @@ def run_sweep(grid: dict[str, list], fixed: dict | None = None, out: str | Path 
     except OSError as exc:
         raise ConfigError(f"cannot create the sweep folder {out}: {exc.strerror}; "
                           "choose another --out") from None
+    from .folder_lock import lock_folder
+
+    # one sweep writes a folder at a time: held until this call returns (or the process ends)
+    lock = lock_folder(out, "sweep")  # noqa: F841 - held by being referenced
 
     rows = [{**values, "status": "pending", "run": setting_name(values)} for values in combos]
     header = _header(grid, fixed, jobs)

@@ -14,7 +14,9 @@ and every RNG, so an interrupted run resumed gives the same result as one never 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shlex
 import sys
 import time
 from datetime import datetime
@@ -28,10 +30,12 @@ from .atomic_write import write_json
 from .augment import Augmenter
 from .backends import get_backend
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, option_name
 from .data import load_dataset, prepare
-from .errors import CheckpointError, ConfigError, TrainingDivergedError
+from .errors import (CheckpointError, ConfigError, DeviceError, FastLeNetError,
+                     RunFolderError, TrainingDivergedError, TrainingInterrupted)
 from .evaluation import evaluate
+from .folder_lock import lock_folder
 from .nn import SoftmaxCrossEntropy, build_model
 from .optim import make_optimizer, make_schedule
 from .progress import progress_bar
@@ -65,8 +69,22 @@ class Trainer:
                  resume: str | Path | None = None, epochs: int | None = None,
                  progress: bool | None = None, log: Callable[[str], None] | None = print,
                  on_epoch_end: Callable[[dict], bool | None] | None = None):
-        checkpoint = load_checkpoint(resume) if resume is not None else None
-        self.config = config = _settle_config(config, checkpoint, resume, epochs)
+        self._lock = None  # the run folder's (fastlenet.folder_lock), held until run() ends
+        try:
+            self._set_up(config, out, resume, epochs, progress, log, on_epoch_end)
+        except BaseException as exc:
+            self.release()
+            failure = self._device_error(exc, setting_up=True)
+            if failure is not None:
+                raise failure from exc
+            raise
+
+    def _set_up(self, config, out, resume, epochs, progress, log, on_epoch_end) -> None:
+        if out is not None or resume is not None:  # an existing folder: lock it before reading
+            self._hold(_run_folder(out, resume, None, ""))
+        checkpoint, saved = _resume_point(resume)
+        self.restarted = saved is not None  # resumed, but no epoch was saved: from the start
+        self.config = config = _settle_config(saved or config, checkpoint, resume, epochs)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.log = log or (lambda _msg: None)
         self.on_epoch_end = on_epoch_end
@@ -74,9 +92,7 @@ class Trainer:
         self.backend = backend = get_backend(config.backend)
         config.backend = backend.name  # "auto" resolved: a resume runs where the run ran
         self.out = _run_folder(out, resume, config, backend.name)
-        if checkpoint is None and (self.out / "last.npz").exists():
-            raise ConfigError(f"{self.out} already holds a run; continue it with --resume "
-                              f"{self.out}, or choose another --out")
+        self._refuse_a_finished_run(checkpoint)
 
         dataset = load_dataset(config.dataset, config.data_dir)
         config.dataset = dataset.name  # None resolved, as "auto" is above
@@ -90,6 +106,7 @@ class Trainer:
                                    None if self.augmenter is None else self.augmenter.rng)
         if checkpoint is not None:
             self._restore(checkpoint, resume)
+        self._saved_epoch = self.state.epoch  # the epoch last.npz holds
 
         # the whole training set lives on the device; batches are gathered there
         self.x_dev = backend.asarray(self.data.x_train, dtype=self.model.dtype)
@@ -101,6 +118,26 @@ class Trainer:
         except OSError as exc:
             raise ConfigError(f"cannot create the run folder {self.out}: {exc.strerror}; "
                               "choose another --out") from None
+        self._hold(self.out)
+        self._refuse_a_finished_run(checkpoint)  # again: one may have ended since the check
+
+    def _hold(self, folder: Path) -> None:
+        """Lock the run folder, once it exists, for this run (FolderInUseError if taken)."""
+        if self._lock is None and folder.is_dir():
+            self._lock = lock_folder(folder, "run")
+            for stale in folder.glob(".*.tmp"):  # atomic_write's, of a writer killed mid-write
+                stale.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Let other processes write the run folder (run() does this when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _refuse_a_finished_run(self, checkpoint) -> None:
+        if checkpoint is None and (self.out / "last.npz").exists():
+            self.release()
+            raise ConfigError(f"{self.out} already holds a run; continue it with --resume "
+                              f"{self.out}, or choose another --out")
 
     def _build_training(self, config: TrainConfig) -> None:
         """The model (its kernels made ready), optimizer, schedule, loss and augmenter."""
@@ -138,8 +175,63 @@ class Trainer:
 
     def run(self) -> dict:
         """Train until ``config.epochs``, the target accuracy or ``on_epoch_end`` says stop."""
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"interrupted {self._where()}; {self._how_to_continue()}") from None
+        except OSError as exc:  # disk full, a read-only folder: the files before are intact
+            raise RunFolderError(f"cannot write {exc.filename or self.out} ({exc.strerror or exc}); "
+                                 f"training stopped {self._where()}; {self._how_to_continue()} "
+                                 "once the disk has room or the folder is writable") from None
+        except Exception as exc:
+            failure = self._device_error(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+        finally:
+            self.release()
+
+    def _device_error(self, exc: BaseException, setting_up: bool = False) -> DeviceError | None:
+        """One line for a device failure (out of memory, the device lost), else None."""
+        backend = getattr(self, "backend", None)
+        if backend is None or not isinstance(exc, Exception) or isinstance(exc, FastLeNetError):
+            return None
+        found = backend.device_failure(exc)
+        if found is None:
+            return None
+        kind, detail = found
+        if kind == "memory":
+            size = option_name("batch_size")
+            return DeviceError(f"the {backend.name} device ran out of memory training with {size} "
+                               f"{self.config.batch_size} ({detail}); train with a smaller {size}, "
+                               "or stop what else uses the device")
+        if setting_up:
+            return DeviceError(f"the {backend.name} device failed while the run was set up "
+                               f"({detail}); nothing was written; 'fastlenet info' checks the device")
+        return DeviceError(f"the {backend.name} device failed {self._where()} ({detail}); once "
+                           f"it works again ('fastlenet info' checks it), {self._how_to_continue()}")
+
+    def _where(self) -> str:
+        epoch = self.state.epoch
+        return f"in epoch {epoch} of {self.config.epochs}" if epoch else "before its first epoch"
+
+    def _how_to_continue(self) -> str:
+        """Where a stopped run stands and the command that continues it."""
+        command = f"fastlenet train --resume {shlex.quote(str(self.out))}"
+        saved = self._saved_epoch
+        if saved:
+            return f"{self.out / 'last.npz'} holds epoch {saved}; continue with: {command}"
+        if not (self.out / "config.json").is_file():
+            return "nothing was written yet"
+        return (f"no checkpoint was written yet; {command} starts it again from the beginning "
+                "with its saved settings")
+
+    def _run(self) -> dict:
         config, model, state = self.config, self.model, self.state
         write_json(self.out / "config.json", {**dataclasses.asdict(config), "fastlenet": __version__})
+        if self.restarted:
+            self.log(f"{self.out} stopped before its first checkpoint: training it again "
+                     "from the beginning with its saved settings")
         if state.epoch == 0:
             self.log(f"fastlenet {__version__}: {config.model} ({model.num_parameters():,} parameters) "
                      f"on {config.dataset} with the {self.backend.name} backend; {self.n_train:,} "
@@ -234,6 +326,7 @@ class Trainer:
         improved = state.record_epoch(record)
         params, optim_state, meta = self.model.state_dict(), self.optimizer.state_dict(), self._meta()
         save_checkpoint(self.out / "last.npz", params, optim_state, meta)
+        self._saved_epoch = state.epoch
         if improved or not has_val:  # without a validation split, best is the latest
             save_checkpoint(self.out / "best.npz", params, optim_state, meta)
         write_json(self.out / "history.json", state.history)
@@ -299,6 +392,25 @@ def _run_folder(out, resume, config: TrainConfig, backend_name: str) -> Path:
     if resume is not None:
         return Path(resume) if Path(resume).is_dir() else Path(resume).parent
     return default_run_dir(config, backend_name)
+
+
+def _resume_point(resume) -> tuple:
+    """``(checkpoint, None)`` to continue ``resume``; ``(None, its saved config)`` for a run
+    folder stopped before its first checkpoint, which trains again from the start."""
+    if resume is None:
+        return None, None
+    folder = Path(resume)
+    if folder.is_dir() and not (folder / "last.npz").exists() and (folder / "config.json").is_file():
+        path = folder / "config.json"
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: unreadable ({exc}); the run has no checkpoint "
+                                  "either, so it cannot be resumed: train it again") from None
+        if isinstance(saved, dict):
+            saved.pop("fastlenet", None)
+        return None, _config_from({"config": saved}, path)
+    return load_checkpoint(resume), None
 
 
 def _config_from(meta: dict, path) -> TrainConfig:

@@ -315,6 +315,13 @@ class using_allocator:  # noqa: N801 - CuPy's name
 Stream.current = Stream(null=True)
 
 
+class OutOfMemoryError(MemoryError):
+    """CuPy's, with its arguments and message."""
+
+    def __init__(self, size: int, total: int, limit: int = 0):
+        super().__init__(f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes).")
+
+
 def make_module() -> types.ModuleType:
     """A module that stands in for ``cupy`` (NumPy for everything but the above)."""
     module = types.ModuleType("cupy")
@@ -325,10 +332,13 @@ def make_module() -> types.ModuleType:
     module.asnumpy = np.asarray
     module.RawModule = RawModule
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, is_hip=False,
-                                    CUDARuntimeError=type("CUDARuntimeError", (RuntimeError,), {}))
+                                    CUDARuntimeError=type("CUDARuntimeError", (RuntimeError,), {}),
+                                    memGetInfo=lambda: (12 * 2**30, 16 * 2**30))
     module.cuda = types.SimpleNamespace(
         runtime=runtime, get_current_stream=lambda: Stream.current, Stream=Stream, Event=Event,
-        MemoryPool=MemoryPool, using_allocator=using_allocator)
+        MemoryPool=MemoryPool, using_allocator=using_allocator,
+        memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
+        driver=types.SimpleNamespace(CUDADriverError=type("CUDADriverError", (RuntimeError,), {})))
     return module
 
 

@@ -249,3 +249,63 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
                                                      "mean": 0.13, "std": 0.31})
     with pytest.raises(CheckpointError, match="another model|shape|unexpected|missing"):
         load_model(path, "numpy")
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_starts_again_on_resume(tiny_dir, tmp_path):
+    """Ctrl-C in the first epoch leaves only config.json; the message says what --resume
+    does with it, and it does that: the run trains from the start with its saved settings."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import run_cli
+
+    out = tmp_path / "run"
+    options = ["--data-dir", str(tiny_dir), "--limit", "480", "--val-size", "200", "--batch-size", "16",
+               "--epochs", "2", "--seed", "5", "--backend", "numpy", "--no-progress"]
+    process = subprocess.Popen([sys.executable, "-m", "fastlenet", "train", *options, "--out",
+                                str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (out / "config.json").exists():
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and not (out / "last.npz").exists()
+    assert stderr.strip() == (f"fastlenet: interrupted in epoch 1 of 2; no checkpoint was written "
+                              f"yet; fastlenet train --resume {out} starts it again from the "
+                              "beginning with its saved settings")
+    resumed = run_cli("train", "--resume", out, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines()[0] == (f"{out} stopped before its first checkpoint: "
+                                              "training it again from the beginning with its saved settings")
+    straight = run_cli("train", *options, "--out", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    want, got = load_checkpoint(tmp_path / "straight"), load_checkpoint(out)
+    assert got.meta["epoch"] == 2
+    for key in want.params:
+        np.testing.assert_array_equal(got.params[key], want.params[key], err_msg=key)
+
+
+def test_an_interrupted_run_names_its_last_checkpoint(tiny_dir, tmp_path):
+    def stop_after_first(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(tiny_config(tiny_dir, epochs=3, train_limit=128), out=tmp_path / "r", log=None,
+              on_epoch_end=stop_after_first)
+    assert str(info.value) == (f"interrupted in epoch 1 of 3; {tmp_path / 'r' / 'last.npz'} holds "
+                               f"epoch 1; continue with: fastlenet train --resume {tmp_path / 'r'}")
+    assert not (tmp_path / "r" / ".fastlenet.lock").exists()  # released on the way out
+
+
+def test_ctrl_c_outside_a_training_is_one_plain_line(monkeypatch, capsys):
+    from fastlenet import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_model", interrupted)
+    assert cli.main(["summary"]) == 130
+    assert capsys.readouterr().err == "fastlenet: interrupted\n"

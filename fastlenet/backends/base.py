@@ -147,6 +147,12 @@ class Backend(ABC):
         """The device this backend runs on, for ``fastlenet info`` (None for the CPU)."""
         return None
 
+    def device_failure(self, exc: BaseException) -> tuple[str, str] | None:
+        """``("memory", detail)`` when ``exc`` is the device running out of memory,
+        ``("device", detail)`` when the device itself failed (lost, driver error), else
+        None; ``detail`` is one line. The CPU backends' failures are ordinary errors."""
+        return None
+
     def set_scalars(self, out: Array, values) -> None:
         """Write the host numbers ``values`` into the 1-D device array ``out`` (same length,
         at most 4), queued behind earlier device work without waiting for it.

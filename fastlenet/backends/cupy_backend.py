@@ -296,6 +296,18 @@ class CupyBackend(ReferenceBackend):
         except Exception as exc:  # info must still print the rest
             return f"a CUDA device whose properties could not be read ({first_line(exc)})"
 
+    def device_failure(self, exc: BaseException) -> tuple[str, str] | None:
+        cuda = cupy.cuda
+        if isinstance(exc, cuda.memory.OutOfMemoryError):
+            try:
+                free, total = cuda.runtime.memGetInfo()
+            except Exception:  # a device too broken to say: the allocation's size will do
+                return "memory", first_line(exc)
+            return "memory", f"{first_line(exc)}; {free / 2**30:.2f} of {total / 2**30:.1f} GiB free"
+        if isinstance(exc, (cuda.runtime.CUDARuntimeError, cuda.driver.CUDADriverError)):
+            return "device", first_line(exc)
+        return None
+
     # -------------------------------------------------------------- convolution
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
         OH, OW = self.check_conv2d(x, w, b, stride, pad)  # the kernel reads past bad shapes
