@@ -24,7 +24,7 @@ from .data import DATASETS, preprocess
 from .demo import write_demo
 from .export import FORMATS, export_checkpoint, resolve_format, torch_source
 from .figures import require_matplotlib
-from .errors import ConfigError, FastLeNetError
+from .errors import ConfigError, FastLeNetError, TrainingDivergedError
 from .evaluation import confusion_matrix, evaluate, load_test_set, per_class_accuracy
 from .imageprep import load_digit
 from .nn import DTYPES, MODELS, build_model
@@ -34,6 +34,7 @@ from .train import train
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_DIVERGED = 3  # training stopped as diverged (docs/cli.md#divergence)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -417,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return args.func(args)
+    except TrainingDivergedError as exc:  # its own status: not a bad option, a bad run
+        print(f"fastlenet: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     except FastLeNetError as exc:
         print(f"fastlenet: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

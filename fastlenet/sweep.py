@@ -185,7 +185,11 @@ def _start(run_dir: Path, values: dict, env: dict):
 
 def _result(run_dir: Path, returncode: int, wall_seconds: float) -> dict:
     """A finished setting's row fields, from its run folder."""
+    from .runs import run_status  # a diverged run exits 3; its metrics.json says so
+
     result = {"wall_seconds": wall_seconds}
+    if run_status(run_dir) == "diverged":
+        return {**result, "status": "diverged"}
     run = None
     if returncode == 0:
         try:
