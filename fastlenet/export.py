@@ -31,11 +31,11 @@ import numpy as np
 
 from .version import __version__
 from .atomic_write import write_file
-from .checkpoint import load_model
 from .errors import ConfigError, FastLeNetError
 from .nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Model,
                  ReLU, ReLUMaxPool2d, Sequential, Sigmoid, Tanh)
 from .output_path import output_beside
+from .trained_model import load_trained_model
 
 OPSET = 13
 IR_VERSION = 7  # the IR version that came with opset 13
@@ -242,7 +242,7 @@ def resolve_format(fmt: str | None, out: str | os.PathLike | None) -> str:
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None,
                       fmt: str | None = None) -> tuple[Path, Model, dict]:
-    """Export a checkpoint (or run folder) as ONNX or PyTorch-named weights.
+    """Export a checkpoint (or a run folder: its best.npz) as ONNX or PyTorch-named weights.
 
     fmt: "onnx" or "npz", or None for :func:`resolve_format`'s choice.
     out: by default beside the checkpoint: RUN/best.npz -> RUN/best.onnx or RUN/best-torch.npz.
@@ -251,7 +251,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
     fmt = resolve_format(fmt, out)
     if fmt == "onnx":
         _onnx()  # before loading anything: say at once what is missing
-    model, meta = load_model(checkpoint, backend="numpy")
+    model, meta = load_trained_model(checkpoint, backend="numpy")
     out = output_beside(checkpoint, out, ".onnx" if fmt == "onnx" else "-torch.npz")
     if fmt == "onnx":
         proto = to_onnx(model, mean=meta["mean"], std=meta["std"],

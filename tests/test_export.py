@@ -168,8 +168,8 @@ def test_export_errors_are_one_line(zoo_checkpoints, tmp_path, capsys):
 def test_default_outputs_sit_beside_the_checkpoint(zoo_checkpoints, capsys):
     pytest.importorskip("onnx")
     checkpoint = zoo_checkpoints["lenet5"]
-    assert main(["export", str(checkpoint.parent)]) == 0  # a run folder: its last.npz
-    assert (checkpoint.parent / "last.onnx").is_file()
+    assert main(["export", str(checkpoint.parent)]) == 0  # a run folder: its best.npz
+    assert (checkpoint.parent / "best.onnx").is_file()
     assert main(["export", str(checkpoint), "--format", "npz"]) == 0
     assert (checkpoint.parent / "best-torch.npz").is_file()
     assert isinstance(ConfigError("x"), FastLeNetError)
