@@ -312,8 +312,8 @@ def _add_export_command(sub) -> None:
                        description="Write the model as an ONNX file (needs the onnx extra: pip install "
                        "'fastlenet[onnx]') or as an .npz of weights named as PyTorch's nn.Sequential names them.")
     p.add_argument("checkpoint", help=PATH_HELP)
-    p.add_argument("--format", choices=FORMATS, help="onnx, or npz for PyTorch (default: npz when -o ends "
-                   "in .npz, else onnx)")
+    p.add_argument("--format", choices=FORMATS, help="onnx, or npz for PyTorch (default: the one -o's "
+                   "suffix names, .onnx or .npz; onnx without -o); -o must end in the format's suffix")
     p.add_argument("-o", "--out", help="output file (default: beside the checkpoint, best.npz -> best.onnx "
                    "or best-torch.npz)")
     p.set_defaults(func=cmd_export)

@@ -231,13 +231,26 @@ def to_onnx(model: Model, *, mean: float | None = None, std: float | None = None
 
 
 # ------------------------------------------------------------------ files
+SUFFIXES = {"onnx": ".onnx", "npz": ".npz"}  # format -> the file name's ending
+
+
 def resolve_format(fmt: str | None, out: str | os.PathLike | None) -> str:
-    """``fmt`` checked; when None, "npz" for an output path ending in .npz, else "onnx"."""
-    if fmt is None:
-        return "npz" if out is not None and Path(out).suffix == ".npz" else "onnx"
-    if fmt not in FORMATS:
+    """The export format: ``fmt``, else the one ``out``'s suffix names, else "onnx" (no
+    ``out``). ConfigError (one line) for an unknown format, or an ``out`` whose suffix is
+    not the format's, so that a file's name never lies about what it holds."""
+    if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    return fmt
+    if out is None:
+        return fmt or "onnx"
+    suffix = Path(out).suffix.lower()
+    named = next((f for f, s in SUFFIXES.items() if s == suffix), None)
+    if fmt is None and named is None:
+        raise ConfigError(f"cannot tell the export format from -o {out}: name the file .onnx "
+                          "(ONNX) or .npz (PyTorch weights), or give --format")
+    if fmt is not None and named != fmt:
+        raise ConfigError(f"--format {fmt} writes a {SUFFIXES[fmt]} file, but -o {out} does not "
+                          f"end in {SUFFIXES[fmt]}; rename it, or drop --format")
+    return fmt or named
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None,
