@@ -79,3 +79,30 @@ def test_every_command_says_a_run_folder_means_best_npz(command):
     result = run_cli(command, "--help")
     assert result.returncode == 0
     assert "run folder (meaning its best.npz" in " ".join(result.stdout.split()), result.stdout
+
+
+def test_interrupted_before_the_first_checkpoint_every_message_points_at_resume(tmp_path):
+    """SIGINT during the first epoch leaves config.json alone; the interrupt line and the
+    commands that then read the folder all point at --resume RUN (which starts it over)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "fastlenet", "train", "--backend", "numpy",
+                                "--epochs", "1", "--out", str(out), "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out / "config.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "--resume RUN" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    for command in ("evaluate", "export", "demo"):
+        assert_one_line_error(run_cli(command, out), "no checkpoint yet",
+                              f"'fastlenet train --resume {out}'")
