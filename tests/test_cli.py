@@ -93,6 +93,7 @@ def test_info_lists_backends():
     (["train", "--target-accuracy", "99"], "fraction"),
     (["train", "--val-size", "-5"], "--val-size"),
     (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--batch-size", "100000"], "--batch-size 100000 is more than the 55,000 training images"),
     (["train", "--seed", "-1"], "--seed"),
     (["train", "--augment-rotate", "15"], "--augment-rotate sets up augmentation, which is off; add --augment"),
     (["train", "--augment", "--augment-scale", "2"], "--augment-scale must be in [0, 0.9]"),
