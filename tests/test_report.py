@@ -270,3 +270,28 @@ sys.exit(main(sys.argv[1:]))
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and 'pip install "fastlenet[plots]"' in lines[0], result.stderr
     assert not (tmp_path / "never").exists()  # refused before training started
+
+
+def test_a_long_summary_row_stays_inside_the_figure():
+    """summary.png cut "other settings" off at its right edge; long values now wrap inside
+    their cell."""
+    from fastlenet.report import plot_table
+
+    others = ", ".join(f"augment {k} {v}" for k, v in (("elastic", 34.0), ("noise", 0.1),
+                                                      ("rotate", 10.0), ("scale", 0.1),
+                                                      ("shear", 0.3), ("shift", 2.0)))
+    fig = plot_table([("run", "runs/x"), ("other settings", f"augment True, {others}, "
+                                                            "label smoothing 0.05")], "Summary")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width = fig.bbox.width
+    table = fig.axes[0].tables[0]
+    for cell in table.get_celld().values():
+        text, box = cell.get_text().get_window_extent(renderer), cell.get_window_extent(renderer)
+        assert 0 <= text.x0 and text.x1 <= width, cell.get_text().get_text()
+        assert box.x0 - 1 <= text.x0 and text.x1 <= box.x1 + 1, cell.get_text().get_text()
+        assert box.y0 - 1 <= text.y0 and text.y1 <= box.y1 + 1, cell.get_text().get_text()
+    assert "label smoothing 0.05" in table[1, 1].get_text().get_text().replace("\n", " ")
