@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import shlex
 import sys
-from importlib import metadata
 
 import numpy as np
 
@@ -26,6 +24,7 @@ from .figures import require_matplotlib
 from .errors import ConfigError, FastLeNetError, TrainingDivergedError
 from .evaluation import confusion_matrix, evaluate, load_test_set, per_class_accuracy
 from .imageprep import load_digit
+from .info import info_text
 from .nn import DTYPES, MODELS, build_model
 from .optim import OPTIMIZERS, SCHEDULES
 from .sweep import run_sweep
@@ -282,28 +281,8 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def cmd_info(args) -> int:
-    print(f"fastlenet  {__version__}")
-    print(f"python     {platform.python_version()} ({platform.machine()}, {platform.system()})")
-    for dist in ("numpy", "tqdm", "pillow", "matplotlib", "torch"):
-        print(f"{dist:<10} {_version(dist)}")
-    print("\nbackends:")
-    for name, why in backends.status().items():
-        print(f"  {name:<6} {'usable' if why is None else 'not usable: ' + why}")
-        device = backends.get_backend(name).device_description() if why is None else None
-        if device:
-            print(f"         device: {device}")
-    try:
-        print(f"  auto   -> {backends.get_backend('auto').name}")
-    except FastLeNetError as exc:
-        print(f"  auto   -> none ({exc})")
+    print(info_text())
     return 0
 
 

@@ -83,6 +83,27 @@ def test_info_lists_backends():
     assert "numpy" in result.stdout and "usable" in result.stdout
 
 
+def test_info_lists_every_optional_dependency_and_the_default_backend():
+    from importlib import metadata
+
+    from fastlenet import backends
+
+    result = run_cli("info")
+    assert result.returncode == 0
+    section = result.stdout.split("packages:\n")[1].split("\n\n")[0]
+    lines = {line.split()[0]: line for line in section.splitlines()}
+    for dist in ("numpy", "tqdm", "numba", "matplotlib", "pillow", "onnx", "onnxruntime", "torch",
+                 "threadpoolctl", "dask", "distributed"):
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        assert dist in lines and version in lines[dist], (dist, result.stdout)
+    assert "cupy" in lines
+    default = backends.get_backend("auto").name
+    assert f"auto   -> {default} (the default)" in result.stdout
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["train", "--epochs", "0"], "--epochs"),
     (["train", "--lr", "fast"], "--lr"),
