@@ -167,7 +167,8 @@ class Trainer:
             self.log(stop_reason)
         metrics = self._metrics(stop_reason)
         write_json(self.out / "metrics.json", metrics)
-        self.log(f"test accuracy {metrics['test_accuracy']:.2%} after {metrics['epochs']} epochs, "
+        epochs = f"{metrics['epochs']} epoch{'' if metrics['epochs'] == 1 else 's'}"
+        self.log(f"test accuracy {metrics['test_accuracy']:.2%} after {epochs}, "
                  f"{state.train_seconds:.1f} s of training; results in {self.out}")
         return {**metrics, "run_dir": str(self.out)}
 

@@ -45,6 +45,7 @@ def test_train_prints_validation_and_test_accuracy_each_epoch(tiny_dir, tmp_path
                  "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "epoch 1/1" in out and "val " in out and "test " in out and "img/s" in out
+    assert "after 1 epoch," in out and "1 epochs" not in out
 
 
 def test_evaluate_prints_accuracy_per_class_and_confusion(trained_run, tiny_dir, capsys):
