@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="overlay the curves of several runs and tabulate them")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by 'fastlenet train'")
-    p.add_argument("--out", default="comparison",
-                   help="folder for compare.md, compare.csv and compare.png (default: comparison)")
+    p.add_argument("--out", help="a new folder for compare.md, compare.csv and compare.png, never one "
+                   "holding a comparison, as for sweep (default: comparisons/<time>)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evaluate", help="test-set accuracy, per-class accuracy and confusion matrix")
