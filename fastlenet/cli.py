@@ -303,7 +303,8 @@ def cmd_export(args) -> int:
     out, model, meta = export_checkpoint(args.checkpoint, args.out, fmt)
     source = model_checkpoint(args.checkpoint)
     prep = (f"28x28 digits, white on black, as (v/255 - {meta['mean']:.6g}) / {meta['std']:.6g}, "
-            f"padded to {model.input_shape[1]}x{model.input_shape[2]}")
+            f"padded with {-meta['mean'] / meta['std']:.4g} (the value of a 0 pixel) to "
+            f"{model.input_shape[1]}x{model.input_shape[2]}")
     if fmt == "onnx":
         print(f"wrote {out} from {source}: ONNX, input 'images' (N, {', '.join(map(str, model.input_shape))}) float32 "
               f"[{prep}; in the file's metadata], output 'logits' (N, {model.num_classes})")

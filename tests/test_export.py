@@ -200,3 +200,14 @@ def test_export_takes_the_format_from_the_suffix(zoo_checkpoints, tmp_path, caps
     assert "PyTorch" in capsys.readouterr().out
     assert (tmp_path / "w.npz").read_bytes()[:2] == b"PK"
     assert main(["export", checkpoint, "--format", "onnx", "-o", str(tmp_path / "x.ONNX")]) == 0
+
+
+@pytest.mark.parametrize("fmt", ["npz", "onnx"])
+def test_export_message_states_the_padding_value(zoo_checkpoints, tmp_path, capsys, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    checkpoint = zoo_checkpoints["lenet5"]
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / f"m.{fmt}")]) == 0
+    _, meta = load_model(checkpoint, backend="numpy")
+    pad = -meta["mean"] / meta["std"]
+    assert f"padded with {pad:.4g} (the value of a 0 pixel) to 32x32" in capsys.readouterr().out
