@@ -13,11 +13,12 @@ touches two functions (``fastlenet_conv``); nothing else changes. Each training 
 taking turns so that a busy machine slows both alike, and the script prints the median
 step times and their ratio.
 
-Threads: both networks run with BLAS limited to ``--blas-threads`` (default 1). Idle
-OpenBLAS threads and idle Numba workers both spin, and when the network's own BLAS calls
-(the dense layers) alternate with Numba's parallel convolutions on a 2-core machine they
-fight: with 2 BLAS threads the fastlenet step ran 10-15x slower than with 1 (measured on
-the 2-core development machine), and the hand-written one was slower too.
+Threads: both networks run with BLAS limited to ``--blas-threads`` (default 1) when
+threadpoolctl is installed (without it the script runs with BLAS's own threads and says
+so). Idle OpenBLAS threads and idle Numba workers both spin, and when the network's own
+BLAS calls (the dense layers) alternate with Numba's parallel convolutions on a 2-core
+machine they fight: with 2 BLAS threads the fastlenet step ran 10-15x slower than with 1
+(measured on the 2-core development machine), and the hand-written one was slower too.
 """
 
 from __future__ import annotations

@@ -306,10 +306,12 @@ def cmd_export(args) -> int:
             f"padded with {-meta['mean'] / meta['std']:.4g} (the value of a 0 pixel) to "
             f"{model.input_shape[1]}x{model.input_shape[2]}")
     if fmt == "onnx":
-        print(f"wrote {out} from {source}: ONNX, input 'images' (N, {', '.join(map(str, model.input_shape))}) float32 "
-              f"[{prep}; in the file's metadata], output 'logits' (N, {model.num_classes})")
+        print(f"wrote {out} from {source}: ONNX, input 'images' "
+              f"(N, {', '.join(map(str, model.input_shape))}) float32 [{prep}; in the file's "
+              f"metadata], output 'logits' (N, {model.num_classes})")
         return 0
-    print(f"wrote {out} from {source}: {len(model.state_dict())} arrays named as PyTorch names them; in PyTorch:\n"
+    print(f"wrote {out} from {source}: {len(model.state_dict())} arrays named as PyTorch names "
+          "them; in PyTorch:\n"
           f"  import numpy as np, torch\n  net = {torch_source(model)}\n"
           f"  net.load_state_dict({{k: torch.from_numpy(v) for k, v in np.load({str(out)!r}).items()}}); net.eval()\n"
           f"inputs: {prep}")

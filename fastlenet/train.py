@@ -84,11 +84,11 @@ class Trainer:
         self.data = prepare(dataset, val_size=config.val_size, seed=config.seed,
                             train_limit=config.train_limit)
         self.n_train = len(self.data.x_train)
+        self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
+        self._build_training(config)  # checks the images first: a wrong size is the root cause
         if config.batch_size > self.n_train:  # one step per epoch, silently: refuse it
             raise ConfigError(f"--batch-size {config.batch_size} is more than the {self.n_train:,} "
                               f"training images; use at most {self.n_train}")
-        self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
-        self._build_training(config)
 
         self.state = TrainingState(backend, np.random.default_rng(config.seed), self.model.rng,
                                    None if self.augmenter is None else self.augmenter.rng)
