@@ -13,17 +13,20 @@ touches two functions (``fastlenet_conv``); nothing else changes. Each training 
 taking turns so that a busy machine slows both alike, and the script prints the median
 step times and their ratio.
 
-Threads: both networks run with BLAS limited to ``--blas-threads`` (default 1). Idle
-OpenBLAS threads and idle Numba workers both spin, and when the network's own BLAS calls
-(the dense layers) alternate with Numba's parallel convolutions on a 2-core machine they
-fight: with 2 BLAS threads the fastlenet step ran 10-15x slower than with 1 (measured on
-the 2-core development machine), and the hand-written one was slower too.
+Threads: both networks run with BLAS limited to ``--blas-threads`` (default 1) when
+threadpoolctl is installed (without it the script runs with BLAS's own threads and says
+so). Idle OpenBLAS threads and idle Numba workers both spin, and when the network's own
+BLAS calls (the dense layers) alternate with Numba's parallel convolutions on a 2-core
+machine they fight: with 2 BLAS threads the fastlenet step ran 10-15x slower than with 1
+(measured on the 2-core development machine), and the hand-written one was slower too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -179,10 +182,25 @@ def main() -> None:
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="BLAS threads for both networks (default: 1; see the module's docstring)")
     args = parser.parse_args()
-    from threadpoolctl import threadpool_limits
+    from fastlenet.errors import FastLeNetError
 
-    with threadpool_limits(args.blas_threads, user_api="blas"):
-        run(args)
+    try:
+        with blas_threads(args.blas_threads):
+            run(args)
+    except FastLeNetError as exc:  # e.g. numba not installed: one line naming the fix
+        sys.exit(f"{parser.prog}: error: {exc}")
+
+
+def blas_threads(n: int):
+    """A context limiting BLAS to ``n`` threads; threadpoolctl (not in the quick-start
+    install) does it, and without it BLAS keeps its threads and a note says so."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("note: threadpoolctl is not installed, so BLAS keeps its default threads and "
+              "the timings may suffer (pip install threadpoolctl)", file=sys.stderr)
+        return contextlib.nullcontext()
+    return threadpool_limits(n, user_api="blas")
 
 
 def run(args) -> None:

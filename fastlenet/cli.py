@@ -9,32 +9,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import shlex
 import sys
-from importlib import metadata
 
 import numpy as np
 
-from . import backends, compare, report, tuning
+from . import backends, compare, report
 from .version import __version__
-from .checkpoint import load_model
 from .config import RECIPES, TrainConfig, default_recipe
 from .data import DATASETS, preprocess
 from .demo import write_demo
 from .export import FORMATS, export_checkpoint, resolve_format, torch_source
 from .figures import require_matplotlib
-from .errors import ConfigError, FastLeNetError
+from .errors import ConfigError, FastLeNetError, TrainingDivergedError
 from .evaluation import confusion_matrix, evaluate, load_test_set, per_class_accuracy
 from .imageprep import load_digit
+from .info import info_text
 from .nn import DTYPES, MODELS, build_model
 from .optim import OPTIMIZERS, SCHEDULES
 from .sweep import run_sweep
 from .train import train
+from .trained_model import PATH_HELP, load_trained_model, model_checkpoint
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_DIVERGED = 3  # training stopped as diverged (docs/cli.md#divergence)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,19 +225,20 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    model, meta = load_model(args.checkpoint, args.backend)
+    source = model_checkpoint(args.checkpoint)
+    model, meta = load_trained_model(source, args.backend)
     x, y, dataset = load_test_set(meta, args.dataset, args.data_dir)
     loss, accuracy, preds = evaluate(model, x, y, batch_size=args.batch_size)
     k = model.num_classes
     confusion = confusion_matrix(y, preds, k)
     per_class = per_class_accuracy(confusion)
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset.name,
+        print(json.dumps({"checkpoint": str(source), "dataset": dataset.name,
                           "accuracy": accuracy, "loss": loss, "per_class_accuracy": per_class.tolist(),
                           "confusion_matrix": confusion.tolist()}, indent=2))
         return 0
     names = [str(n) for n in meta.get("class_names") or range(k)]
-    print(f"{meta['model']} on the {dataset.name} test set ({len(y):,} images): "
+    print(f"{source}: {meta['model']} on the {dataset.name} test set ({len(y):,} images): "
           f"accuracy {accuracy:.2%}, loss {loss:.4f}")
     print("\nper-class accuracy:")
     width = max(len(n) for n in names)
@@ -253,7 +253,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    model, meta = load_model(args.checkpoint, args.backend)
+    model, meta = load_trained_model(args.checkpoint, args.backend)
     names = [str(n) for n in meta.get("class_names") or range(model.num_classes)]
     failed = 0
     for path in args.images:
@@ -287,50 +287,18 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def cmd_info(args) -> int:
-    print(f"fastlenet  {__version__}")
-    print(f"python     {platform.python_version()} ({platform.machine()}, {platform.system()})")
-    for dist in ("numpy", "tqdm", "pillow", "matplotlib", "torch"):
-        print(f"{dist:<10} {_version(dist)}")
-    print("\nbackends:")
-    for name, why in backends.status().items():
-        print(f"  {name:<6} {'usable' if why is None else 'not usable: ' + why}")
-        device = backends.get_backend(name).device_description() if why is None else None
-        if device:
-            print(f"         device: {device}")
-    try:
-        print(f"  auto   -> {backends.get_backend('auto').name}")
-    except FastLeNetError as exc:
-        print(f"  auto   -> none ({exc})")
-    print("\nper-machine kernel choices (docs/tuning.md):")
-    print("\n".join(tuning.describe(_numba_threads())))
+    print(info_text())
     return 0
-
-
-def _numba_threads() -> int:
-    """The thread count the numba backend's choices are kept for (Numba's default when
-    Numba is not installed: every core)."""
-    try:
-        import numba
-    except ImportError:
-        return os.cpu_count() or 1
-    return numba.config.NUMBA_NUM_THREADS
 
 
 def _add_export_command(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint's model as ONNX, or as weights with PyTorch's names",
                        description="Write the model as an ONNX file (needs the onnx extra: pip install "
                        "'fastlenet[onnx]') or as an .npz of weights named as PyTorch's nn.Sequential names them.")
-    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
-    p.add_argument("--format", choices=FORMATS, help="onnx, or npz for PyTorch (default: npz when -o ends "
-                   "in .npz, else onnx)")
+    p.add_argument("checkpoint", help=PATH_HELP)
+    p.add_argument("--format", choices=FORMATS, help="onnx, or npz for PyTorch (default: the one -o's "
+                   "suffix names, .onnx or .npz; onnx without -o); -o must end in the format's suffix")
     p.add_argument("-o", "--out", help="output file (default: beside the checkpoint, best.npz -> best.onnx "
                    "or best-torch.npz)")
     p.set_defaults(func=cmd_export)
@@ -339,13 +307,17 @@ def _add_export_command(sub) -> None:
 def cmd_export(args) -> int:
     fmt = resolve_format(args.format, args.out)
     out, model, meta = export_checkpoint(args.checkpoint, args.out, fmt)
+    source = model_checkpoint(args.checkpoint)
     prep = (f"28x28 digits, white on black, as (v/255 - {meta['mean']:.6g}) / {meta['std']:.6g}, "
-            f"padded to {model.input_shape[1]}x{model.input_shape[2]}")
+            f"padded with {-meta['mean'] / meta['std']:.4g} (the value of a 0 pixel) to "
+            f"{model.input_shape[1]}x{model.input_shape[2]}")
     if fmt == "onnx":
-        print(f"wrote {out}: ONNX, input 'images' (N, {', '.join(map(str, model.input_shape))}) float32 "
-              f"[{prep}; in the file's metadata], output 'logits' (N, {model.num_classes})")
+        print(f"wrote {out} from {source}: ONNX, input 'images' "
+              f"(N, {', '.join(map(str, model.input_shape))}) float32 [{prep}; in the file's "
+              f"metadata], output 'logits' (N, {model.num_classes})")
         return 0
-    print(f"wrote {out}: {len(model.state_dict())} arrays named as PyTorch names them; in PyTorch:\n"
+    print(f"wrote {out} from {source}: {len(model.state_dict())} arrays named as PyTorch names "
+          "them; in PyTorch:\n"
           f"  import numpy as np, torch\n  net = {torch_source(model)}\n"
           f"  net.load_state_dict({{k: torch.from_numpy(v) for k, v in np.load({str(out)!r}).items()}}); net.eval()\n"
           f"inputs: {prep}")
@@ -354,7 +326,7 @@ def cmd_export(args) -> int:
 
 def _add_demo_command(sub) -> None:
     p = sub.add_parser("demo", help="write one HTML page to draw digits and see the model read them, offline")
-    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
+    p.add_argument("checkpoint", help=PATH_HELP)
     p.add_argument("-o", "--out", help="the page to write (default: beside the checkpoint, best.npz -> "
                    "best-demo.html)")
     p.set_defaults(func=cmd_demo)
@@ -362,8 +334,8 @@ def _add_demo_command(sub) -> None:
 
 def cmd_demo(args) -> int:
     out, model, _ = write_demo(args.checkpoint, args.out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): open it in a browser to draw digits for "
-          f"{model.name}; it needs no server and no network")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) from {model_checkpoint(args.checkpoint)}: "
+          f"open it in a browser to draw digits for {model.name}; it needs no server and no network")
     return 0
 
 
@@ -388,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="figures and an HTML page of a run: curves, confusion matrix, "
                        "mistakes, filters, feature maps")
-    p.add_argument("run", metavar="RUN", help="a run folder written by 'fastlenet train'")
+    p.add_argument("run", metavar="RUN", help="a run folder (meaning its best.npz, the best "
+                   "validation accuracy) written by 'fastlenet train'")
     p.add_argument("--out", help="folder for the figures and report.html (default: RUN/report)")
     p.add_argument("--backend", choices=backends.names(), default="auto",
                    help="backend that evaluates best.npz (default: auto)")
@@ -397,12 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="overlay the curves of several runs and tabulate them")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by 'fastlenet train'")
-    p.add_argument("--out", default="comparison",
-                   help="folder for compare.md, compare.csv and compare.png (default: comparison)")
+    p.add_argument("--out", help="a new folder for compare.md, compare.csv and compare.png, never one "
+                   "holding a comparison, as for sweep (default: comparisons/<time>)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evaluate", help="test-set accuracy, per-class accuracy and confusion matrix")
-    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
+    p.add_argument("checkpoint", help=PATH_HELP)
     p.add_argument("--backend", choices=backends.names(), default="auto")
     p.add_argument("--dataset", choices=DATASETS, help="evaluate on another dataset than the one trained on")
     p.add_argument("--data-dir", help="folder of MNIST-format IDX files")
@@ -411,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify photos or scans of handwritten digits")
-    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder")
+    p.add_argument("checkpoint", help=PATH_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     p.add_argument("--backend", choices=backends.names(), default="auto")
     p.set_defaults(func=cmd_predict)
@@ -436,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         return args.func(args)
+    except TrainingDivergedError as exc:  # its own status: not a bad option, a bad run
+        print(f"fastlenet: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     except FastLeNetError as exc:
         print(f"fastlenet: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

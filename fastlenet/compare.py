@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from .atomic_write import write_file
-from .errors import RunFolderError
+from .errors import ConfigError, RunFolderError
 from .figures import (log_axis, new_figure, percent_axis, plot_accuracy_over_time, png_bytes,
                       require_matplotlib, run_style, running_mean)
 from .runs import NOT_SETTINGS, TARGETS, Run, load_run, setting_text
 from .tables import Column, target_columns, write_tables
 
-_COLUMNS = [Column("run", "run"), Column("model", "model"), Column("backend", "backend"),
+_COLUMNS = [Column("run", "run"), Column("model", "model"), Column("dataset", "dataset"),
+            Column("backend", "backend"),
             Column("optimizer", "optimizer"), Column("lr", "lr", "number"),
             Column("batch", "batch", "number"), Column("epochs", "epochs", "number"),
             Column("best val acc", "best val acc", "percent"),
@@ -46,8 +48,10 @@ class Comparison:
     figure_path: Path
 
 
-def compare_runs(paths: list[str | Path], out: str | Path = "comparison") -> Comparison:
-    """Tabulate runs (compare.md, compare.csv) and overlay their curves (compare.png) in ``out``.
+def compare_runs(paths: list[str | Path], out: str | Path | None = None) -> Comparison:
+    """Tabulate runs (compare.md, compare.csv) and overlay their curves (compare.png) in ``out``
+    (default: a new ``comparisons/<time>``). As a sweep's folder, a folder that already
+    holds a comparison is refused (ConfigError), never written over.
 
     Test accuracy is the last epoch's; "best val acc" the highest validation accuracy;
     time counts training only (not evaluation) and time to a target is when the test
@@ -59,12 +63,24 @@ def compare_runs(paths: list[str | Path], out: str | Path = "comparison") -> Com
     runs = [load_run(p) for p in paths]
     names = _run_names(runs, paths)
     rows = [_compare_row(run, name) for run, name in zip(runs, names)]
-    folder = Path(out)
+    folder = Path(out) if out is not None else _new_folder()
+    if any((folder / f"compare{suffix}").exists() for suffix in (".md", ".csv", ".png")):
+        raise ConfigError(f"{folder} already holds a comparison; choose another --out")
     markdown = write_tables(folder / "compare", _COLUMNS, rows)
     labels = [f"{name} ({detail})" if detail else name
               for name, detail in zip(names, _differences(runs))]
     figure_path = write_file(folder / "compare.png", png_bytes(plot_comparison(runs, labels)))
     return Comparison(markdown, rows, folder / "compare.md", folder / "compare.csv", figure_path)
+
+
+def _new_folder() -> Path:
+    """``comparisons/<time>``, numbered when that exists."""
+    base = Path("comparisons") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
 
 
 def _run_names(runs: list[Run], paths) -> list[str]:
@@ -84,7 +100,8 @@ def _differences(runs: list[Run]) -> list[str]:
 def _compare_row(run: Run, name: str) -> dict:
     config, last = run.config, run.epochs[-1]
     best = run.best_epoch()
-    row = {"run": name, "model": config.get("model"), "backend": config.get("backend"),
+    row = {"run": name, "model": config.get("model"), "dataset": config.get("dataset"),
+           "backend": config.get("backend"),
            "optimizer": config.get("optimizer"), "lr": config.get("lr"),
            "batch": config.get("batch_size"), "epochs": last["epoch"],
            "best val acc": None if best is None else best["val_accuracy"],

@@ -29,12 +29,12 @@ import numpy as np
 
 from . import imageprep
 from .atomic_write import write_file
-from .checkpoint import load_model
 from .errors import ConfigError
 from .export import steps
 from .nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Model, ReLU,
                  ReLUMaxPool2d, Sigmoid, Tanh)
 from .output_path import output_beside
+from .trained_model import load_trained_model
 
 # layer class -> the name demo.js's forward pass knows it by
 _KINDS = {Conv2d: "conv2d", MaxPool2d: "maxpool2d", AvgPool2d: "avgpool2d",
@@ -107,8 +107,9 @@ def render_page(model: Model, meta: dict) -> str:
 
 def write_demo(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None
                ) -> tuple[Path, Model, dict]:
-    """Write the page for a checkpoint (or run folder); returns ``(path, model, meta)``."""
-    model, meta = load_model(checkpoint, backend="numpy")
+    """Write the page for a checkpoint (or a run folder: its best.npz); returns
+    ``(path, model, meta)``."""
+    model, meta = load_trained_model(checkpoint, backend="numpy")
     out = output_beside(checkpoint, out, "-demo.html")  # RUN/best.npz -> RUN/best-demo.html
     write_file(out, render_page(model, meta), option="-o")
     return out, model, meta

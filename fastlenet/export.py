@@ -31,11 +31,11 @@ import numpy as np
 
 from .version import __version__
 from .atomic_write import write_file
-from .checkpoint import load_model
 from .errors import ConfigError, FastLeNetError
 from .nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, Model,
                  ReLU, ReLUMaxPool2d, Sequential, Sigmoid, Tanh)
 from .output_path import output_beside
+from .trained_model import load_trained_model
 
 OPSET = 13
 IR_VERSION = 7  # the IR version that came with opset 13
@@ -231,18 +231,31 @@ def to_onnx(model: Model, *, mean: float | None = None, std: float | None = None
 
 
 # ------------------------------------------------------------------ files
+SUFFIXES = {"onnx": ".onnx", "npz": ".npz"}  # format -> the file name's ending
+
+
 def resolve_format(fmt: str | None, out: str | os.PathLike | None) -> str:
-    """``fmt`` checked; when None, "npz" for an output path ending in .npz, else "onnx"."""
-    if fmt is None:
-        return "npz" if out is not None and Path(out).suffix == ".npz" else "onnx"
-    if fmt not in FORMATS:
+    """The export format: ``fmt``, else the one ``out``'s suffix names, else "onnx" (no
+    ``out``). ConfigError (one line) for an unknown format, or an ``out`` whose suffix is
+    not the format's, so that a file's name never lies about what it holds."""
+    if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    return fmt
+    if out is None:
+        return fmt or "onnx"
+    suffix = Path(out).suffix.lower()
+    named = next((f for f, s in SUFFIXES.items() if s == suffix), None)
+    if fmt is None and named is None:
+        raise ConfigError(f"cannot tell the export format from -o {out}: name the file .onnx "
+                          "(ONNX) or .npz (PyTorch weights), or give --format")
+    if fmt is not None and named != fmt:
+        raise ConfigError(f"--format {fmt} writes a {SUFFIXES[fmt]} file, but -o {out} does not "
+                          f"end in {SUFFIXES[fmt]}; rename it, or drop --format")
+    return fmt or named
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None,
                       fmt: str | None = None) -> tuple[Path, Model, dict]:
-    """Export a checkpoint (or run folder) as ONNX or PyTorch-named weights.
+    """Export a checkpoint (or a run folder: its best.npz) as ONNX or PyTorch-named weights.
 
     fmt: "onnx" or "npz", or None for :func:`resolve_format`'s choice.
     out: by default beside the checkpoint: RUN/best.npz -> RUN/best.onnx or RUN/best-torch.npz.
@@ -251,7 +264,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | No
     fmt = resolve_format(fmt, out)
     if fmt == "onnx":
         _onnx()  # before loading anything: say at once what is missing
-    model, meta = load_model(checkpoint, backend="numpy")
+    model, meta = load_trained_model(checkpoint, backend="numpy")
     out = output_beside(checkpoint, out, ".onnx" if fmt == "onnx" else "-torch.npz")
     if fmt == "onnx":
         proto = to_onnx(model, mean=meta["mean"], std=meta["std"],

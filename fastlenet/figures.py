@@ -41,9 +41,10 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def percent_axis(ax) -> None:
-    """Label a y axis of accuracies in percent: "98.5%"."""
-    ax.yaxis.set_major_formatter(require_matplotlib().ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
+def percent_axis(ax, axis: str = "y") -> None:
+    """Label an axis ("x" or "y") of accuracies in percent: "98.5%"."""
+    getattr(ax, f"{axis}axis").set_major_formatter(
+        require_matplotlib().ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
 
 
 def log_axis(ax) -> None:
@@ -94,3 +95,31 @@ def plot_accuracy_over_time(ax, runs: list[Run], labels: list[str]) -> None:
     ax.grid(alpha=0.3)
     ax.set(xlabel="training time (s)", ylabel="test accuracy",
            title="Test accuracy against training time")
+
+
+def plot_last_accuracy(ax, labels: list[str], accuracies: list[float | None],
+                       notes: list[str]) -> None:
+    """Each setting's last-epoch test accuracy (a fraction, or None with ``notes``' word,
+    e.g. "diverged") as a dot on its row, coloured as its line in
+    :func:`plot_accuracy_over_time` (the n-th setting with an accuracy has run_style(n)).
+    Dots, not bars: a bar cut off near the lowest accuracy reads as empty."""
+    shown = [100 * a for a in accuracies if a is not None]
+    low = max(min(shown, default=100) - 2, 0)
+    n = 0
+    for k, (accuracy, note) in enumerate(zip(accuracies, notes)):
+        ax.axhline(k, color="#dddddd", lw=0.8, zorder=0)
+        if accuracy is None:
+            ax.text(low, k, f" {note}", va="center", fontsize=8, color="dimgray")
+            continue
+        ax.plot([100 * accuracy], [k], "o", ms=8, color=run_style(n)["color"])
+        ax.annotate(f"{100 * accuracy:.2f}%", (100 * accuracy, k), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+        n += 1
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # the first setting on top, as in the table
+    ax.set_xlim(low, 100 + 0.12 * (100 - low))  # room for the last label
+    percent_axis(ax, "x")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set(xlabel="test accuracy after the last epoch", title="Last-epoch test accuracy")
+    ax.tick_params(axis="y", labelsize=8)
+

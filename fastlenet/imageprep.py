@@ -9,6 +9,7 @@ function per step:
 2. ``subtract_paper``   subtract the paper's level (a plane fitted to the border)
 3. ``make_ink_bright``  flip the sign when the ink is darker than the paper (pen on paper)
 4. ``stretch_ink``      drop the paper's noise, stretch the ink to 0..255, detect blanks
+                        (and tell noise or texture, with no stroke, from a blank page)
 5. ``crop_to_ink``      cut out the ink's bounding box, ignoring isolated specks
 6. ``fit_box``          resize so the longer side is 20 px, keeping the aspect ratio
 7. ``center_of_mass_field``  paste into 28x28 with the centre of mass at (14, 14)
@@ -33,6 +34,7 @@ NOISE_SIGMAS = 3.0   # paper noise above this many sigmas of the border counts a
 MIN_CONTRAST = 10.0  # ink fainter than this (of 255) above the paper's noise: blank page
 INK_FRACTION = 0.3   # a pixel is part of the digit's box above this share of full ink
 SPECK_SHARE = 0.05   # an island of ink this small against the largest one is a speck
+TEXTURE_SIGMA = 50.0  # paper noise this strong (of 255) is noise or texture, not paper
 
 
 def _pil():
@@ -113,6 +115,10 @@ def digit_from_array(gray: np.ndarray, *, name: str = "the array") -> np.ndarray
         raise FastLeNetError(f"{name} contains NaN or infinite gray levels")
     diff, sigma = subtract_paper(gray)
     ink = stretch_ink(make_ink_bright(diff, sigma), sigma)
+    if ink is None and sigma >= TEXTURE_SIGMA:  # a stroke would need 3 sigma > 150 to show
+        raise FastLeNetError(f"no digit-like stroke found in {name}: it is noise or texture "
+                             f"(its gray levels scatter by {sigma:.0f} of 255), not a digit on a "
+                             "plain background")
     if ink is None:
         raise FastLeNetError(f"no digit found in {name} (the image is blank)")
     return center_of_mass_field(fit_box(crop_to_ink(ink)))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import textwrap
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -324,16 +325,23 @@ def plot_feature_maps(image: np.ndarray, caption: str, maps: list[tuple[str, np.
     return fig
 
 
+TABLE_WRAP = 76  # characters per line of a value in plot_table: its column at 11 pt
+
+
 def plot_table(rows: list[tuple[str, str]], title: str):
-    """A two-column table (name, value) as a figure."""
-    fig = new_figure((10, 0.34 * len(rows) + 0.6))
+    """A two-column table (name, value) as a figure; long values wrap onto more lines
+    and their rows grow to fit."""
+    values = [textwrap.fill(value, TABLE_WRAP, break_on_hyphens=False) for _, value in rows]
+    lines = [value.count("\n") + 1 for value in values]
+    fig = new_figure((10, 0.34 * sum(lines) + 0.6))
     ax = fig.subplots()
     ax.set_axis_off()
-    table = ax.table(cellText=[list(r) for r in rows], cellLoc="left", colWidths=[0.3, 0.7],
-                     bbox=(0, 0, 1, 1))
+    table = ax.table(cellText=[[name, value] for (name, _), value in zip(rows, values)],
+                     cellLoc="left", colWidths=[0.3, 0.7], bbox=(0, 0, 1, 1))
     table.auto_set_font_size(False)
     table.set_fontsize(11)
     for (row, col), cell in table.get_celld().items():
+        cell.set_height(lines[row] / sum(lines))  # the bbox scales rows by these shares
         cell.PAD = 0.02  # of the column's width; the default 0.1 indents the text visibly
         cell.set_edgecolor("#cccccc")
         if col == 0:

@@ -108,6 +108,16 @@ def load_run(path: str | Path) -> Run:
     return Run(path, config, history, metrics)
 
 
+def run_status(path: str | Path) -> str | None:
+    """How a run ended, as its metrics.json records it: "finished" or "diverged" (the
+    command then exits with status 3); None while it has not ended, or unreadable."""
+    try:
+        metrics = json.loads((Path(path) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return metrics.get("status") if isinstance(metrics, dict) else None
+
+
 def _read_json(file: Path, why_missing: str):
     try:
         text = file.read_text(encoding="utf-8")

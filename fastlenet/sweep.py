@@ -34,8 +34,8 @@ from .atomic_write import write_file
 from .checks import is_integer
 from .config import TrainConfig, option_name
 from .errors import ConfigError, FastLeNetError, RunFolderError
-from .figures import (PLOTS_HINT, new_figure, plot_accuracy_over_time, png_bytes,
-                      require_matplotlib)
+from .figures import (PLOTS_HINT, new_figure, plot_accuracy_over_time, plot_last_accuracy,
+                      png_bytes, require_matplotlib)
 from .runs import TARGETS, load_run
 from .tables import Column, raw_text, target_columns
 
@@ -189,7 +189,11 @@ def _start(run_dir: Path, values: dict, env: dict):
 
 def _result(run_dir: Path, returncode: int, wall_seconds: float) -> dict:
     """A finished setting's row fields, from its run folder."""
+    from .runs import run_status  # a diverged run exits 3; its metrics.json says so
+
     result = {"wall_seconds": wall_seconds}
+    if run_status(run_dir) == "diverged":
+        return {**result, "status": "diverged"}
     run = None
     if returncode == 0:
         try:
@@ -225,7 +229,7 @@ def write_tables(out: Path, rows: list[dict], swept: list[str], header: str) -> 
 
 def plot(path: Path, rows: list[dict], out: Path) -> None:
     """Test accuracy against training time for every setting that ran, and each
-    setting's last test accuracy as a bar (needs matplotlib)."""
+    setting's last test accuracy as a dot (needs matplotlib)."""
     fig = new_figure((12, max(4.5, 0.35 * len(rows) + 1.5)))
     curves, bars = fig.subplots(1, 2, width_ratios=(3, 2))
     finished = [row for row in rows if row.get("test_accuracy") is not None]
@@ -234,18 +238,6 @@ def plot(path: Path, rows: list[dict], out: Path) -> None:
     curves.set_title("Test accuracy after each epoch")
     if finished:
         curves.legend(fontsize=8)
-    # every setting gets a bar, a failed one an empty bar and the word "failed"
-    finals = [100 * r["test_accuracy"] if r.get("test_accuracy") is not None else None
-              for r in rows]
-    low = max(min([a for a in finals if a is not None], default=100) - 1, 0)
-    bars.barh([r["run"] for r in rows], [a - low if a is not None else 0 for a in finals],
-              left=low, color="tab:blue")
-    for k, accuracy in enumerate(finals):
-        bars.text(accuracy if accuracy is not None else low, k,
-                  f" {accuracy:.2f}%" if accuracy is not None else " failed",
-                  va="center", fontsize=8)
-    bars.set(xlabel="test accuracy after the last epoch (%)", xlim=(low, 100.3),
-             title="Last-epoch test accuracy")
-    bars.invert_yaxis()
-    bars.tick_params(axis="y", labelsize=8)
+    plot_last_accuracy(bars, [r["run"] for r in rows], [r.get("test_accuracy") for r in rows],
+                       [r["status"].split(":")[0] for r in rows])
     write_file(path, png_bytes(fig))

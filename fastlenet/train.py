@@ -32,6 +32,7 @@ from .backends import get_backend
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, option_name
 from .data import load_dataset, prepare
+from .divergence import FACTOR, advice, exploded, starting_loss
 from .errors import (CheckpointError, ConfigError, DeviceError, FastLeNetError,
                      RunFolderError, TrainingDivergedError, TrainingInterrupted)
 from .evaluation import evaluate
@@ -100,7 +101,10 @@ class Trainer:
                             train_limit=config.train_limit)
         self.n_train = len(self.data.x_train)
         self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
-        self._build_training(config)
+        self._build_training(config)  # checks the images first: a wrong size is the root cause
+        if config.batch_size > self.n_train:  # one step per epoch, silently: refuse it
+            raise ConfigError(f"--batch-size {config.batch_size} is more than the {self.n_train:,} "
+                              f"training images; use at most {self.n_train}")
 
         self.state = TrainingState(backend, np.random.default_rng(config.seed), self.model.rng,
                                    None if self.augmenter is None else self.augmenter.rng)
@@ -243,14 +247,20 @@ class Trainer:
         # Overflow on the way to a NaN loss is reported once, with the step it happened
         # at (see _check_losses); NumPy's own floating-point warnings would only add noise.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            while state.epoch < config.epochs and stop_reason is None:
-                state.epoch += 1
-                stop_reason = self._end_epoch(*self._train_epoch())
+            try:
+                while state.epoch < config.epochs and stop_reason is None:
+                    state.epoch += 1
+                    stop_reason = self._end_epoch(*self._train_epoch())
+            except TrainingDivergedError as exc:  # recorded, so sweeps and reports see it
+                write_json(self.out / "history.json", {**state.history, "status": "diverged"})
+                write_json(self.out / "metrics.json", self._metrics(str(exc), "diverged"))
+                raise
         if stop_reason:
             self.log(stop_reason)
         metrics = self._metrics(stop_reason)
         write_json(self.out / "metrics.json", metrics)
-        self.log(f"test accuracy {metrics['test_accuracy']:.2%} after {metrics['epochs']} epochs, "
+        epochs = f"{metrics['epochs']} epoch{'' if metrics['epochs'] == 1 else 's'}"
+        self.log(f"test accuracy {metrics['test_accuracy']:.2%} after {epochs}, "
                  f"{state.train_seconds:.1f} s of training; results in {self.out}")
         return {**metrics, "run_dir": str(self.out)}
 
@@ -294,18 +304,28 @@ class Trainer:
         first = state.step - len(losses)  # steps are counted from 0 here, from 1 in messages
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
-            raise TrainingDivergedError(
-                f"loss became {losses[bad[0]]} at epoch {state.epoch}, step {first + bad[0] + 1}; "
-                f"training stopped, {self._last_good()}; try a smaller --lr")
-        state.history["steps"].extend(
+            raise self._diverged(f"loss became {losses[bad[0]]} at epoch {state.epoch}, "
+                                 f"step {first + bad[0] + 1}")
+        steps = state.history["steps"]
+        steps.extend(
             {"step": first + i + 1, "epoch": state.epoch, "loss": float(v), "lr": float(self.schedule(first + i))}
             for i, v in enumerate(losses))
+        start = starting_loss(steps[0]["loss"], self.model.num_classes)
+        mean = exploded([s["loss"] for s in steps], self.config.batch_size, start)
+        if mean is not None:
+            raise self._diverged(f"the mean loss of the last steps rose to {mean:.4g}, over "
+                                 f"{FACTOR:g}x its starting {start:.4g}, at epoch {state.epoch}, "
+                                 f"step {state.step}")
         return losses
 
-    def _last_good(self) -> str:
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        """The one line saying the run diverged, where, what is kept and the fix."""
         if self.state.epoch > 1:
-            return f"the last good checkpoint is {self.out / 'last.npz'}"
-        return "no checkpoint was written (it diverged in the first epoch)"
+            kept = f"the last good checkpoint is {self.out / 'last.npz'} (epoch {self.state.epoch - 1})"
+        else:
+            kept = "no checkpoint was written (it diverged in the first epoch)"
+        return TrainingDivergedError(f"training diverged: {what}; stopped, {kept}; "
+                                     f"{advice(self.config.lr)}")
 
     def _end_epoch(self, train_loss: float, train_accuracy: float, seconds: float) -> str | None:
         """Evaluate, record, checkpoint and report the epoch; return why to stop, if so."""
@@ -314,9 +334,8 @@ class Trainer:
         val_loss, val_acc, _ = evaluate(self.model, data.x_val, data.y_val)
         test_loss, test_acc, _ = evaluate(self.model, data.x_test, data.y_test)
         if not np.isfinite(test_loss):  # the epoch's last updates broke the weights
-            raise TrainingDivergedError(
-                f"the weights became non-finite at the end of epoch {state.epoch} (test loss "
-                f"{test_loss}); training stopped, {self._last_good()}; try a smaller --lr")
+            raise self._diverged(f"the weights became non-finite at the end of epoch "
+                                 f"{state.epoch} (test loss {test_loss})")
         record = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
                   "train_accuracy": train_accuracy,
                   "val_loss": val_loss if has_val else None, "val_accuracy": val_acc if has_val else None,
@@ -348,17 +367,20 @@ class Trainer:
                 "dataset": config.dataset, "class_names": list(data.class_names),
                 "fastlenet": __version__}
 
-    def _metrics(self, stop_reason: str | None) -> dict:
+    def _metrics(self, stop_reason: str | None, status: str = "finished") -> dict:
+        """metrics.json; ``status`` is "finished" or "diverged" (figures then of the last
+        good epoch)."""
         state = self.state
         last = state.history["epochs"][-1] if state.history["epochs"] else {}
         return {
+            "status": status,
             "test_accuracy": last.get("test_accuracy"),
             "test_loss": last.get("test_loss"),
             "best_val_accuracy": state.best_val_accuracy,
             "best_epoch": state.best_epoch,
             "final_val_accuracy": last.get("val_accuracy"),
             "train_seconds": state.train_seconds,
-            "epochs": state.epoch,
+            "epochs": last.get("epoch", 0),
             "steps": state.step,
             "backend": self.backend.name,
             "model": self.config.model,

@@ -48,16 +48,18 @@ def odd(tmp_path):
 
 @pytest.mark.parametrize("command", ["export", "demo"])
 def test_export_and_demo_refuse_bad_checkpoints_and_places(command, run, odd, capsys):
+    suffix = ".onnx" if command == "export" else ".html"  # export reads its format from -o
+    (odd / f"dir{suffix}").mkdir()
     before = files_in(odd)
-    out = ["-o", odd / "out.x"]
+    out = ["-o", odd / f"out{suffix}"]
     for args, fragments in [
         ([odd / "missing.npz", *out], ["missing.npz: no such checkpoint"]),
-        ([odd / "folder", *out], ["folder/last.npz: no such checkpoint"]),  # not a run folder
+        ([odd / "folder", *out], ["folder: no best.npz", "a run folder written by"]),  # not a run folder
         ([odd / "empty.npz", *out], ["empty.npz: not a checkpoint"]),
         ([odd / "text.npz", *out], ["text.npz: not a checkpoint"]),
-        ([run / "best.npz", "-o", odd / "folder"], [f"cannot write {odd / 'folder'}: Is a directory",
-                                                    "choose another output path with -o"]),
-        ([run / "best.npz", "-o", odd / "file" / "x"], ["cannot write", "Not a directory"]),
+        ([run / "best.npz", "-o", odd / f"dir{suffix}"],
+         [f"cannot write {odd / f'dir{suffix}'}: Is a directory", "choose another output path with -o"]),
+        ([run / "best.npz", "-o", odd / "file" / f"x{suffix}"], ["cannot write", "Not a directory"]),
         ([run / "best.npz", "-o", run / "best.npz"], ["is the checkpoint itself"]),
         ([run / "best.npz", "--colour", "red"], ["unrecognized arguments: --colour"]),
     ]:

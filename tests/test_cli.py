@@ -45,6 +45,7 @@ def test_train_prints_validation_and_test_accuracy_each_epoch(tiny_dir, tmp_path
                  "--out", str(tmp_path / "r"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "epoch 1/1" in out and "val " in out and "test " in out and "img/s" in out
+    assert "after 1 epoch," in out and "1 epochs" not in out
 
 
 def test_evaluate_prints_accuracy_per_class_and_confusion(trained_run, tiny_dir, capsys):
@@ -83,6 +84,27 @@ def test_info_lists_backends():
     assert "numpy" in result.stdout and "usable" in result.stdout
 
 
+def test_info_lists_every_optional_dependency_and_the_default_backend():
+    from importlib import metadata
+
+    from fastlenet import backends
+
+    result = run_cli("info")
+    assert result.returncode == 0
+    section = result.stdout.split("packages:\n")[1].split("\n\n")[0]
+    lines = {line.split()[0]: line for line in section.splitlines()}
+    for dist in ("numpy", "tqdm", "numba", "matplotlib", "pillow", "onnx", "onnxruntime", "torch",
+                 "threadpoolctl", "dask", "distributed"):
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        assert dist in lines and version in lines[dist], (dist, result.stdout)
+    assert "cupy" in lines
+    default = backends.get_backend("auto").name
+    assert f"auto   -> {default} (the default)" in result.stdout
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["train", "--epochs", "0"], "--epochs"),
     (["train", "--lr", "fast"], "--lr"),
@@ -93,6 +115,7 @@ def test_info_lists_backends():
     (["train", "--target-accuracy", "99"], "fraction"),
     (["train", "--val-size", "-5"], "--val-size"),
     (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--batch-size", "100000"], "--batch-size 100000 is more than the 55,000 training images"),
     (["train", "--seed", "-1"], "--seed"),
     (["train", "--augment-rotate", "15"], "--augment-rotate sets up augmentation, which is off; add --augment"),
     (["train", "--augment", "--augment-scale", "2"], "--augment-scale must be in [0, 0.9]"),
@@ -158,7 +181,9 @@ def test_corrupt_checkpoint_and_unreadable_image_are_one_line(trained_run, tmp_p
 def test_diverging_training_is_one_line(tiny_dir, tmp_path):
     result = run_cli("train", "--data-dir", tiny_dir, "--optimizer", "sgd", "--lr", "1e9",
                      "--epochs", "1", "--val-size", "100", "--out", tmp_path / "r")
-    assert_one_line_error(result, "at epoch 1, step", "--lr")
+    assert result.returncode == 3  # diverged, not a bad option (docs/cli.md#divergence)
+    assert_one_line_error(result.stderr, "training diverged: loss became nan at epoch 1, step",
+                          "--lr 1e+08")
 
 
 def test_checkpoint_of_another_model_is_one_line(trained_run, tmp_path):

@@ -50,3 +50,17 @@ def test_the_timing_script_runs():
                              "--steps", "1"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "speed-up:" in result.stdout and "fastlenet conv (numpy)" in result.stdout
+
+
+def test_the_example_runs_after_the_quick_start_install():
+    """The README's quick start installs numba but not threadpoolctl: the example runs
+    without it (BLAS threads then left as they are, and it says so in one line)."""
+    script = ("import runpy, sys; sys.modules['threadpoolctl'] = None; "  # import raises
+              f"sys.argv = [{str(EXAMPLE)!r}, '--batch-size', '8', '--steps', '1']; "
+              f"runpy.run_path({str(EXAMPLE)!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "speed-up:" in result.stdout
+    note = [line for line in result.stderr.splitlines() if "threadpoolctl" in line]
+    assert len(note) == 1 and "pip install threadpoolctl" in note[0], result.stderr

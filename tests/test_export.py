@@ -168,8 +168,46 @@ def test_export_errors_are_one_line(zoo_checkpoints, tmp_path, capsys):
 def test_default_outputs_sit_beside_the_checkpoint(zoo_checkpoints, capsys):
     pytest.importorskip("onnx")
     checkpoint = zoo_checkpoints["lenet5"]
-    assert main(["export", str(checkpoint.parent)]) == 0  # a run folder: its last.npz
-    assert (checkpoint.parent / "last.onnx").is_file()
+    assert main(["export", str(checkpoint.parent)]) == 0  # a run folder: its best.npz
+    assert (checkpoint.parent / "best.onnx").is_file()
     assert main(["export", str(checkpoint), "--format", "npz"]) == 0
     assert (checkpoint.parent / "best-torch.npz").is_file()
     assert isinstance(ConfigError("x"), FastLeNetError)
+
+
+# ------------------------------------------------------------------ format and file name
+@pytest.mark.parametrize("args, fragments", [
+    (["--format", "onnx", "-o", "m.npz"], ["--format onnx", "m.npz", ".onnx"]),
+    (["--format", "npz", "-o", "w.onnx"], ["--format npz", "w.onnx", ".npz"]),
+    (["-o", "model.txt"], ["model.txt", ".onnx", ".npz", "--format"]),
+    (["-o", "model"], ["model", ".onnx", ".npz"]),
+])
+def test_export_refuses_a_name_that_is_not_its_format(zoo_checkpoints, tmp_path, capsys, args,
+                                                      fragments):
+    args = [a if not a.startswith(("m.", "w.", "model")) else str(tmp_path / a) for a in args]
+    assert main(["export", str(zoo_checkpoints["lenet5"]), *args]) == 2
+    assert_one_line_error(capsys.readouterr().err, *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_takes_the_format_from_the_suffix(zoo_checkpoints, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    checkpoint = str(zoo_checkpoints["lenet5"])
+    assert main(["export", checkpoint, "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "ONNX" in capsys.readouterr().out
+    assert (tmp_path / "m.onnx").read_bytes()[:2] != b"PK"  # not a zip (npz) archive
+    assert main(["export", checkpoint, "-o", str(tmp_path / "w.npz")]) == 0
+    assert "PyTorch" in capsys.readouterr().out
+    assert (tmp_path / "w.npz").read_bytes()[:2] == b"PK"
+    assert main(["export", checkpoint, "--format", "onnx", "-o", str(tmp_path / "x.ONNX")]) == 0
+
+
+@pytest.mark.parametrize("fmt", ["npz", "onnx"])
+def test_export_message_states_the_padding_value(zoo_checkpoints, tmp_path, capsys, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    checkpoint = zoo_checkpoints["lenet5"]
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / f"m.{fmt}")]) == 0
+    _, meta = load_model(checkpoint, backend="numpy")
+    pad = -meta["mean"] / meta["std"]
+    assert f"padded with {pad:.4g} (the value of a 0 pixel) to 32x32" in capsys.readouterr().out

@@ -185,6 +185,19 @@ def test_blank_image_is_an_error(tmp_path, noise):
         load_digit(tmp_path / "blank.png")
 
 
+@pytest.mark.parametrize("name, gray", [
+    ("noise", np.random.default_rng(7).integers(0, 256, (64, 64))),
+    ("checkerboard", np.array([[0, 255], [255, 0]])),
+    ("big-checkerboard", np.kron(np.indices((8, 8)).sum(axis=0) % 2, np.ones((8, 8))) * 255),
+])
+def test_noise_and_texture_are_not_called_blank(tmp_path, name, gray):
+    Image.fromarray(gray.astype(np.uint8)).save(tmp_path / f"{name}.png")
+    with pytest.raises(FastLeNetError) as error:
+        load_digit(tmp_path / f"{name}.png")
+    assert f"no digit-like stroke found in {tmp_path / name}.png" in str(error.value)
+    assert "noise or texture" in str(error.value) and "blank" not in str(error.value)
+
+
 def test_unreadable_files_name_the_file(tmp_path, digits):
     (tmp_path / "notes.png").write_text("not an image\n")
     with pytest.raises(FastLeNetError, match=r"notes\.png is not an image"):

@@ -186,10 +186,10 @@ def test_compare_writes_markdown_csv_and_figure(tiny_runs, tmp_path):
         last = json.loads((run / "history.json").read_text())["epochs"][-1]
         assert float(row["test acc"]) == last["test_accuracy"]
         assert float(row["time (s)"]) == last["train_seconds"]
-        assert row["epochs"] == "2" and row["model"] == "lenet5"
+        assert row["epochs"] == "2" and row["model"] == "lenet5" and row["dataset"] == "custom"
     lines = result.markdown_path.read_text().splitlines()
-    assert len(lines) == 4 and lines[0].startswith("| run | model |")
-    assert lines[2].startswith("| quick | lenet5 | numpy | adam | 0.003 | 50 | 2 |")
+    assert len(lines) == 4 and lines[0].startswith("| run | model | dataset |")
+    assert lines[2].startswith("| quick | lenet5 | custom | numpy | adam | 0.003 | 50 | 2 |")
     assert Image.open(result.figure_path).size[0] == 1920
     assert_not_blank(result.figure_path)
 
@@ -206,6 +206,24 @@ def test_cli_compare_prints_the_table(tiny_runs, tmp_path, capsys):
     assert main(["compare", *map(str, tiny_runs), "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
     assert "| quick |" in out and "| careful |" in out and "compare.csv" in out
+
+
+def test_compare_refuses_a_folder_holding_a_comparison_as_sweep_does(tiny_runs, tmp_path,
+                                                                    capsys, monkeypatch):
+    """One rule for sweep and compare: an existing output folder is never written over;
+    without --out each gets a new folder named by the time."""
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, tiny_runs), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    one_line_error(capsys, ["compare", str(tiny_runs[0]), "--out", str(out)],
+                   f"{out} already holds a comparison; choose another --out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", *map(str, tiny_runs)]) == 0
+    assert main(["compare", *map(str, tiny_runs)]) == 0
+    made = sorted((tmp_path / "comparisons").iterdir())
+    assert len(made) == 2 and all((m / "compare.md").is_file() for m in made)
 
 
 def test_cli_report_passes_its_options(tiny_runs, tmp_path, monkeypatch):
@@ -270,3 +288,28 @@ sys.exit(main(sys.argv[1:]))
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and 'pip install "fastlenet[plots]"' in lines[0], result.stderr
     assert not (tmp_path / "never").exists()  # refused before training started
+
+
+def test_a_long_summary_row_stays_inside_the_figure():
+    """summary.png cut "other settings" off at its right edge; long values now wrap inside
+    their cell."""
+    from fastlenet.report import plot_table
+
+    others = ", ".join(f"augment {k} {v}" for k, v in (("elastic", 34.0), ("noise", 0.1),
+                                                      ("rotate", 10.0), ("scale", 0.1),
+                                                      ("shear", 0.3), ("shift", 2.0)))
+    fig = plot_table([("run", "runs/x"), ("other settings", f"augment True, {others}, "
+                                                            "label smoothing 0.05")], "Summary")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width = fig.bbox.width
+    table = fig.axes[0].tables[0]
+    for cell in table.get_celld().values():
+        text, box = cell.get_text().get_window_extent(renderer), cell.get_window_extent(renderer)
+        assert 0 <= text.x0 and text.x1 <= width, cell.get_text().get_text()
+        assert box.x0 - 1 <= text.x0 and text.x1 <= box.x1 + 1, cell.get_text().get_text()
+        assert box.y0 - 1 <= text.y0 and text.y1 <= box.y1 + 1, cell.get_text().get_text()
+    assert "label smoothing 0.05" in table[1, 1].get_text().get_text().replace("\n", " ")
