@@ -6,7 +6,9 @@ import sys
 import pytest
 
 from fastlenet.cli import main
-from fastlenet.sweep import THREAD_VARIABLES, _child_environment, run_sweep, setting_name
+from fastlenet.sweep import run_sweep
+from fastlenet.sweep_local import child_environment
+from fastlenet.sweep_setting import THREAD_VARIABLES, setting_name
 
 from helpers import assert_one_line_error, run_cli
 
@@ -41,7 +43,7 @@ def test_sequential_sweep_tabulates_every_setting_and_reports_failures(tiny_dir,
     assert table[2].startswith("| --lr | --augment | status | test acc")
     assert len(table) == 4 + len(rows) and "failed: loss became nan" in table[-1]
     assert (out / "sweep.png").stat().st_size > 10_000
-    assert "[4/4]" in capsys.readouterr().out
+    assert "[4/4 done, 0 running, 0 pending]" in capsys.readouterr().out
     # a sweep never overwrites another
     assert main(["sweep", *tiny(tiny_dir), "--lr", "1e-3,2e-3", "--out", str(out)]) == 2
 
@@ -54,9 +56,9 @@ def test_parallel_sweep_limits_threads_and_works_without_matplotlib(tiny_dir, tm
     rows = run_sweep({"seed": [1, 2]}, fixed, out=tmp_path / "s", jobs=2, log=messages.append)
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert all(0 < r["test_accuracy"] <= 1 and r["train_seconds"] > 0 for r in rows)
-    assert {p.name for p in (tmp_path / "s").iterdir()} == {"seed-1", "seed-2", "sweep.md", "sweep.csv"}
+    assert {p.name for p in (tmp_path / "s").iterdir()} == {"seed-1", "seed-2", "sweep.json", "sweep.md", "sweep.csv"}
     assert 'pip install "fastlenet[plots]"' in messages[-1]
-    env = _child_environment(jobs=2)
+    env = child_environment(jobs=2)
     assert all(env[name] == "1" for name in THREAD_VARIABLES)
 
 
