@@ -134,7 +134,7 @@ def _run(out: Path, record: dict, jobs: int, cluster: str | None, timeout: float
                 raise ConfigError(f"cannot create the sweep folder {out}: {exc.strerror}; "
                                   "choose another --out") from None
         progress = _Progress(out, record, header, log)
-        runner = (f"on the Dask cluster" if client is not None else
+        runner = ("on the Dask cluster" if client is not None else
                   f"{jobs} at a time" if jobs > 1 else "one at a time")
         log(f"sweep of {len(rows)} settings in {out}: {len(todo)} to train, {runner}"
             + (f"; {len(rows) - len(todo)} kept from before" if not new else ""))
@@ -151,9 +151,10 @@ def _run(out: Path, record: dict, jobs: int, cluster: str | None, timeout: float
                 if row["status"] == "running":
                     row["status"] = "interrupted"
             progress.save()
+            hint = f"continue the sweep with: fastlenet sweep --resume {out}"
             if isinstance(exc, FastLeNetError):
-                raise type(exc)(f"{exc}; continue the sweep with: fastlenet sweep --resume "
-                                f"{out}") from None
+                raise type(exc)(f"{exc}; {hint}") from None
+            log(f"stopped; {hint}")
             raise
     try:
         require_matplotlib()

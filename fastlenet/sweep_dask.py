@@ -24,10 +24,9 @@ from .sweep_setting import THREAD_VARIABLES, Setting, run_files, run_result
 from .version import __version__
 
 DASK_HINT = 'pip install -e ".[dask]"'
-DEFAULT_TIMEOUT = 30.0  # seconds to reach the scheduler, and to wait for a worker
 RETRIES = 2
 _POLL_SECONDS = 0.2
-_ADDRESS = re.compile(r"(tcp|tls|ws|wss)://[^\s/:]+(:\d+)?")
+_ADDRESS = re.compile(r"(tcp|tls|ws|wss)://([^\s/:\[\]]+|\[[0-9A-Fa-f:.]+\])(:\d+)?")
 
 
 class ClusterError(FastLeNetError):
@@ -45,32 +44,30 @@ def check_address(cluster: str) -> int | None:
                       f"local:N for N worker processes on this machine; got {cluster!r}")
 
 
-def require_dask():
-    """The ``distributed`` module; a one-line error naming the extra when it is absent."""
-    try:
-        import distributed
-    except ImportError as exc:
-        raise ConfigError(f"--cluster needs Dask, which is not installed ({exc}); install "
-                          f"it with: {DASK_HINT}") from None
-    return distributed
-
-
 @contextmanager
 def connect(cluster: str, timeout: float, log):
     """A ``distributed.Client`` of the cluster ``cluster`` names (see :func:`check_address`)
     with at least one worker, closed (with the LocalCluster it started) on leaving.
     ClusterError, one line, when no scheduler answers or no worker joins in ``timeout``."""
     n_local = check_address(cluster)
-    distributed = require_dask()
+    try:
+        import distributed
+    except ImportError as exc:  # the extra is not installed: one line naming it
+        raise ConfigError(f"--cluster needs Dask ({exc}); install it with: {DASK_HINT}") from None
     quiet = logging.getLogger("distributed")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # a lost worker is reported by the sweep, in one line
     local = client = None
     try:
         if n_local is not None:
-            local = distributed.LocalCluster(
-                n_workers=n_local, threads_per_worker=1, processes=True, dashboard_address=":0",
-                silence_logs=logging.ERROR, env={name: "1" for name in THREAD_VARIABLES})
+            try:
+                local = distributed.LocalCluster(
+                    n_workers=n_local, threads_per_worker=1, processes=True,
+                    dashboard_address=":0", silence_logs=logging.CRITICAL,
+                    env={name: "1" for name in THREAD_VARIABLES})
+            except Exception as exc:
+                raise ClusterError(f"cannot start {n_local} Dask worker processes here "
+                                   f"({_reason(exc)})") from None
             where = f"a LocalCluster of {n_local} worker processes here, one thread each"
         else:
             where = cluster
@@ -92,11 +89,10 @@ def connect(cluster: str, timeout: float, log):
             log(f"Dask dashboard: {client.dashboard_link}")
         yield client
     finally:
-        with suppress(Exception):
-            if client is not None:
-                client.close()
-            if local is not None:
-                local.close()
+        for opened in (client, local):
+            if opened is not None:
+                with suppress(Exception):
+                    opened.close()
         quiet.setLevel(level)
 
 
@@ -134,6 +130,10 @@ def run_on_cluster(client, todo: list[Setting], events, timeout: float) -> None:
         ready = as_completed(futures)
         no_workers_since = None
         while len(finished) < len(todo):
+            for future in ready.next_batch(block=False):
+                index = futures[future]
+                finished.add(index)
+                events.finished(index, _outcome(future, by_index[index]))
             for message in queue.get(batch=True):
                 index = message["index"]
                 if index in finished:
@@ -146,10 +146,6 @@ def run_on_cluster(client, todo: list[Setting], events, timeout: float) -> None:
                     if snapshot["epoch"] > written[index]:
                         _write_files(by_index[index].run_dir, snapshot["files"])
                         written[index] = snapshot["epoch"]
-            for future in ready.next_batch(block=False):
-                index = futures[future]
-                finished.add(index)
-                events.finished(index, _outcome(future, by_index[index]))
             if client.nthreads():
                 no_workers_since = None
             elif no_workers_since is None:

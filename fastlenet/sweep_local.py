@@ -8,7 +8,6 @@ training on unseen; a setting whose folder holds a checkpoint resumes from it.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
@@ -63,17 +62,22 @@ def _start(setting: Setting, env: dict) -> subprocess.Popen:
     with open(run_dir / "train.log", mode) as logfile:
         return subprocess.Popen([sys.executable, "-m", "fastlenet", "train", *command, "--no-progress"],
                                 stdout=logfile, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL,
-                                preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
 
 
-def _die_with_parent(parent: int) -> None:
-    """In the child before it runs: get SIGTERM when the sweep's process dies (Linux)."""
+def _die_with_parent():
+    """What a child runs before the training command on Linux: ask for SIGTERM when this
+    process dies. prctl is looked up here, before the fork, so the child only calls it."""
     if sys.platform != "linux":
-        return
+        return None
     import ctypes
 
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the sweep died before the line above took effect
-        os._exit(1)
+
+    def in_child():
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the sweep died before the line above took effect
+            os._exit(1)
+
+    return in_child

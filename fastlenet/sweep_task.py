@@ -50,7 +50,7 @@ def train_setting(index: int, values: dict, names: dict, version: str) -> dict:
                 queue.put({"event": "epoch", "index": index, "epoch": record["epoch"]})
                 return stop.is_set()
             except Exception as exc:  # lost the scheduler: Dask retries the task
-                raise _LostContact() from exc
+                raise _LostContact(f"{type(exc).__name__}: {exc}") from None
 
         returncode = _train(folder, values, version, ship)
         return {"returncode": returncode, "wall_seconds": time.perf_counter() - started,
@@ -60,7 +60,8 @@ def train_setting(index: int, values: dict, names: dict, version: str) -> dict:
 
 
 class _LostContact(Exception):
-    """Storing a checkpoint on the scheduler failed; its cause says why."""
+    """Storing a checkpoint on the scheduler failed (the message says why): not the
+    setting's failure but the cluster's, so the task raises it and Dask retries."""
 
 
 def _train(folder: Path, values: dict, version: str, on_epoch_end) -> int:
@@ -81,8 +82,8 @@ def _train(folder: Path, values: dict, version: str, on_epoch_end) -> int:
                 else:
                     train(train_config(values), out=folder, progress=False, log=log,
                           on_epoch_end=on_epoch_end)
-        except _LostContact as exc:
-            raise exc.__cause__ from None
+        except _LostContact:
+            raise
         except FastLeNetError as exc:
             log(f"fastlenet: error: {exc}")
             return 2

@@ -81,3 +81,34 @@ def test_setting_names_are_folder_names():
 def test_bad_grids_are_one_line(args, fragment, tmp_path):
     assert_one_line_error(run_cli("sweep", *args, "--out", tmp_path / "s"), fragment)
     assert not (tmp_path / "s").exists()
+
+
+def test_an_interrupted_sweep_resumes_to_the_table_of_one_never_stopped(tiny_dir, tmp_path):
+    fixed = dict(data_dir=str(tiny_dir), val_size=50, epochs=2, backend="numpy", batch_size=25)
+    grid = {"seed": [1, 2, 3]}
+    whole = run_sweep(grid, fixed, out=tmp_path / "whole", jobs=2, log=None)
+
+    def interrupt_after_the_first(message):  # Ctrl-C once a setting has ended
+        if message.startswith("[1/3 done"):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(grid, fixed, out=out, jobs=2, log=interrupt_after_the_first)
+    statuses = [row["status"] for row in read_csv(out / "sweep.csv")]
+    assert sorted(statuses) == ["interrupted", "ok", "pending"], statuses
+    assert main(["sweep", "--resume", str(out), "--jobs", "2"]) == 0
+    same = ("seed", "status", "test_accuracy", "best_val_accuracy", "epochs", "run")
+    assert ([{k: row[k] for k in same} for row in read_csv(out / "sweep.csv")]
+            == [{k: row[k] for k in same} for row in read_csv(tmp_path / "whole" / "sweep.csv")])
+    assert [row["status"] for row in whole] == ["ok"] * 3
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--resume", "{tmp}/none"], "not a sweep that can be resumed (no sweep.json there)"),
+    (["--resume", "{tmp}", "--lr", "1e-3"], "--resume continues a sweep with its own settings and folder; drop --lr"),
+    (["--resume", "{tmp}", "--out", "{tmp}/x"], "drop --out"),
+])
+def test_bad_resumes_are_one_line(args, fragment, tmp_path):
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert_one_line_error(run_cli("sweep", *args), fragment)

@@ -87,7 +87,7 @@ def test_a_local_cluster_gives_the_table_of_a_local_sweep(local_table, tiny_dir,
 
 
 def test_a_worker_killed_mid_setting_costs_at_most_an_epoch(tiny_dir, tmp_path):
-    epochs = 6
+    epochs = 4
     out = tmp_path / "sweep"
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0", env={v: "1" for v in THREAD_VARIABLES}) as cluster, \
@@ -188,5 +188,5 @@ def test_a_cluster_that_cannot_be_used_is_one_line(tiny_dir, tmp_path, monkeypat
     for module in ("dask", "distributed"):  # as if the extra were not installed
         monkeypatch.setitem(sys.modules, module, None)
     assert main([*sweep, "--cluster", "local:2", "--out", str(tmp_path / "a")]) == 2
-    assert_one_line_error(capsys.readouterr().err, 'install it with: pip install -e ".[dask]"')
+    assert_one_line_error(capsys.readouterr().err, '--cluster needs Dask', 'install it with: pip install -e ".[dask]"')
     assert not (tmp_path / "a").exists()
