@@ -11,8 +11,11 @@ Training runs in the worker's own process, so it dies with the worker.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import os
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -75,7 +78,7 @@ def _train(folder: Path, values: dict, version: str, on_epoch_end) -> int:
             if version != __version__:
                 raise ConfigError(f"this Dask worker runs fastlenet {__version__} and the sweep "
                                   f"fastlenet {version}; install the same fastlenet on every worker")
-            with one_thread(values.get("backend", "auto")):
+            with one_thread(values.get("backend", "auto")), heap_for_arrays():
                 if (folder / "last.npz").is_file():
                     train(resume=folder, out=folder, progress=False, log=log,
                           on_epoch_end=on_epoch_end)
@@ -111,4 +114,35 @@ def one_thread(backend: str):
             numba.set_num_threads(1)
         yield
 
+
+# glibc's mallopt parameters, and the mmap threshold it starts with
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_DEFAULT = -1, -3, 128 * 1024
+
+
+@contextmanager
+def heap_for_arrays():
+    """Keep training's large temporary arrays on the heap while it runs.
+
+    Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ set, which stops glibc from
+    raising its mmap threshold: every array over 128 KB is then mapped and unmapped
+    afresh (page faults each step; docs/sweeps.md has the cost). Where that variable is
+    set, the thresholds glibc would reach by itself are set instead, and the nanny's
+    restored afterwards.
+    """
+    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_", "")
+    try:
+        libc = ctypes.CDLL("libc.so.6") if trim.isdigit() and sys.platform == "linux" else None
+    except OSError:  # not glibc
+        libc = None
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest
+    libc.mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)  # twice it, as glibc's own rule has it
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_DEFAULT)
+        libc.mallopt(_M_TRIM_THRESHOLD, int(trim))
+        libc.malloc_trim(0)
 

@@ -112,3 +112,12 @@ def test_an_interrupted_sweep_resumes_to_the_table_of_one_never_stopped(tiny_dir
 def test_bad_resumes_are_one_line(args, fragment, tmp_path):
     args = [a.format(tmp=tmp_path) for a in args]
     assert_one_line_error(run_cli("sweep", *args), fragment)
+
+
+def test_a_cluster_without_dask_installed_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    for module in ("dask", "distributed"):  # as if the extra were not installed
+        monkeypatch.setitem(sys.modules, module, None)
+    assert main(["sweep", "--lr", "1e-3,2e-3", "--cluster", "local:2", "--out", str(tmp_path / "s")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--cluster needs Dask",
+                          'install it with: pip install -e ".[dask]"')
+    assert not (tmp_path / "s").exists()
