@@ -54,9 +54,11 @@ def connect(cluster: str, timeout: float, log):
         import distributed
     except ImportError as exc:  # the extra is not installed: one line naming it
         raise ConfigError(f"--cluster needs Dask ({exc}); install it with: {DASK_HINT}") from None
-    quiet = logging.getLogger("distributed")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # a lost worker is reported by the sweep, in one line
+    # a lost worker or scheduler is reported by the sweep, in one line
+    quiet = [logging.getLogger(name) for name in ("distributed", "distributed.client")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
     local = client = None
     try:
         if n_local is not None:
@@ -84,7 +86,7 @@ def connect(cluster: str, timeout: float, log):
                                f"{timeout:g} s; start some with 'dask worker {cluster}', or wait "
                                "longer with --cluster-timeout") from None
         threads = sum(client.nthreads().values())
-        log(f"Dask cluster: {where}; {threads} settings at a time")
+        log(f"Dask cluster: {where}; {threads} setting{'s' * (threads != 1)} at a time")
         if "dashboard" in client.scheduler_info().get("services", {}):
             log(f"Dask dashboard: {client.dashboard_link}")
         yield client
@@ -93,7 +95,8 @@ def connect(cluster: str, timeout: float, log):
             if opened is not None:
                 with suppress(Exception):
                     opened.close()
-        quiet.setLevel(level)
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 def _reason(exc: BaseException) -> str:
@@ -131,6 +134,8 @@ def run_on_cluster(client, todo: list[Setting], events, timeout: float) -> None:
         no_workers_since = None
         while len(finished) < len(todo):
             for future in ready.next_batch(block=False):
+                if future.status == "cancelled":  # not by this sweep: the client lost the scheduler
+                    raise ClusterError("lost the Dask scheduler (the client's tasks were cancelled)")
                 index = futures[future]
                 finished.add(index)
                 events.finished(index, _outcome(future, by_index[index]))
@@ -154,7 +159,7 @@ def run_on_cluster(client, todo: list[Setting], events, timeout: float) -> None:
                 raise ClusterError(f"the Dask cluster has had no workers for {timeout:g} s")
             time.sleep(_POLL_SECONDS)
     except (OSError, TimeoutError) as exc:
-        raise ClusterError(f"lost the Dask scheduler ({_reason(exc)})") from None
+        raise ClusterError(f"lost the Dask scheduler ({type(exc).__name__})") from None
     finally:
         with suppress(Exception):
             if len(finished) < len(todo):
@@ -196,9 +201,10 @@ def _outcome(future, setting: Setting) -> dict:
         result = future.result()
         _write_files(setting.run_dir, result["files"])
         return run_result(setting.run_dir, result["returncode"], result["wall_seconds"])
-    exc = future.exception() if future.status == "error" else None
+    exc = future.exception()
     if type(exc).__name__ == "KilledWorker":
-        reason = "every worker that ran it died (Dask's KilledWorker); look for a lack of memory"
+        reason = ("its worker died each time Dask ran it (KilledWorker); see the workers' "
+                  "logs, e.g. for a lack of memory")
     else:
-        reason = _reason(exc) if exc is not None else f"the task was {future.status}"
+        reason = f"{type(exc).__name__}: {_reason(exc)}"
     return {"status": f"failed: {reason}"}
