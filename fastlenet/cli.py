@@ -27,7 +27,7 @@ from .imageprep import load_digit
 from .info import info_text
 from .nn import DTYPES, MODELS, build_model
 from .optim import OPTIMIZERS, SCHEDULES
-from .sweep import run_sweep
+from .sweep import DEFAULT_CLUSTER_TIMEOUT, resume_sweep, run_sweep
 from .train import train
 from .trained_model import PATH_HELP, load_trained_model, model_checkpoint
 
@@ -181,6 +181,15 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=_int, default=1, help="settings to train at once, each on "
                    "one thread (default: 1, one after another with the usual threads)")
     p.add_argument("--out", help="sweep folder (default: sweeps/<time>)")
+    p.add_argument("--resume", metavar="SWEEP", help="continue the sweep in this folder: ended "
+                   "settings are kept, started ones resume from their checkpoints")
+    g = p.add_argument_group("Dask", "train each setting as a task on a Dask cluster (needs "
+                             'the dask extra: pip install -e ".[dask]"; see docs/sweeps.md)')
+    g.add_argument("--cluster", metavar="ADDRESS", help="a Dask scheduler, tcp://HOST:PORT, or "
+                   "local:N to start N single-threaded worker processes here")
+    g.add_argument("--cluster-timeout", type=_float, default=DEFAULT_CLUSTER_TIMEOUT,
+                   metavar="SECONDS", help="give up when the scheduler does not answer, or "
+                   f"has no worker, for this long (default: {DEFAULT_CLUSTER_TIMEOUT:g})")
 
 
 def _sweep_values(action: argparse.Action, text: str) -> list:
@@ -207,6 +216,13 @@ def _sweep_values(action: argparse.Action, text: str) -> list:
 
 def cmd_sweep(args) -> int:
     grid, fixed = {}, {}
+    runner = dict(jobs=args.jobs, cluster=args.cluster, cluster_timeout=args.cluster_timeout)
+    if args.resume:
+        given = [a.option_strings[0] for a in _train_actions() if getattr(args, a.dest) is not None]
+        if given or args.out:
+            raise ConfigError(f"--resume continues a sweep with its own settings and folder; "
+                              f"drop {', '.join(given + ['--out'] * bool(args.out))}")
+        return _sweep_status(resume_sweep(args.resume, **runner))
     for action in _train_actions():
         text = getattr(args, action.dest)
         if text is None:
@@ -220,7 +236,11 @@ def cmd_sweep(args) -> int:
     if not grid:
         raise ConfigError("a sweep needs at least one option with several values, "
                           "e.g. --lr 1e-3,3e-3")
-    rows = run_sweep(grid, fixed, out=args.out, jobs=args.jobs)
+    return _sweep_status(run_sweep(grid, fixed, out=args.out, **runner))
+
+
+def _sweep_status(rows: list[dict]) -> int:
+    """The sweep's exit status: an error when no setting trained."""
     return EXIT_ERROR if all(row["status"].startswith("failed") for row in rows) else 0
 
 

@@ -1,91 +1,66 @@
 """Grid sweeps: train every combination of some options, then tabulate and plot them.
 
-Each setting trains in its own process (``python -m fastlenet train``) with its own run
-folder, ``<sweep>/<option>-<value>_.../``, and its output in ``train.log`` there. A
-setting that fails (diverges, bad data, a crash) becomes a row saying why; the others go
-on. With ``jobs > 1`` that many settings train at once, each limited to one BLAS and one
-Numba thread: OpenBLAS and Numba threads busy-wait, and a few processes each with a full
-set of threads on the same cores can run many times slower than one at a time.
+Each setting has its own run folder, ``<sweep>/<option>-<value>_.../``, trained by a
+runner: on this machine, ``jobs`` processes at a time (fastlenet.sweep_local), or as one
+task each on a Dask cluster (fastlenet.sweep_dask). A setting that fails (diverges, bad
+data, a crash) becomes a row saying why; the others go on. Each setting's row is read from
+its run folder (fastlenet.sweep_setting), as ``report`` and ``compare`` read theirs.
 
-The sweep folder gets ``sweep.md`` and ``sweep.csv`` (rewritten atomically after every
-finished setting, so they are never half-written and show progress), and ``sweep.png``,
-test accuracy against training time per setting, when matplotlib is installed. Each
-setting's results are read from its run folder with fastlenet.runs, as ``report`` and
-``compare`` read theirs.
+The sweep folder gets ``sweep.json`` (the grid and each row: what :func:`resume_sweep`
+continues from), ``sweep.md`` and ``sweep.csv`` (all rewritten atomically whenever a
+setting starts or ends, so they are never half-written and show progress), and
+``sweep.png``, test accuracy against training time per setting, when matplotlib is
+installed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import itertools
-import os
-import subprocess
-import sys
-import time
+import functools
+import json
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-
 from . import tables
 from .version import __version__
 from .atomic_write import write_file
-from .checks import is_integer
+from .checks import is_integer, is_real
 from .config import TrainConfig, option_name
-from .errors import ConfigError, FastLeNetError, RunFolderError
+from .errors import ConfigError, FastLeNetError
 from .figures import (PLOTS_HINT, new_figure, plot_accuracy_over_time, plot_last_accuracy,
                       png_bytes, require_matplotlib)
-from .runs import TARGETS, load_run
-from .tables import Column, raw_text, target_columns
+from .folder_lock import lock_folder
+from .runs import load_run
+from .sweep_local import run_local
+from .sweep_setting import (UNFINISHED, Setting, run_result, setting_name, settings, summary,
+                            train_arguments)
+from .tables import Column, target_columns
 
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                    "NUMBA_NUM_THREADS")
+DEFAULT_CLUSTER_TIMEOUT = 30.0  # seconds to reach a Dask scheduler and to see a worker
 # the table's columns after the swept options
 _COLUMNS = [Column("status", "status"), Column("test_accuracy", "test acc (last epoch)", "percent"),
             Column("best_val_accuracy", "best val acc", "percent"),
             Column("best_epoch", "best epoch", "number"), Column("epochs", "epochs", "number"),
             Column("train_seconds", "train s", "seconds"), *target_columns(),
             Column("wall_seconds", "wall s", "seconds"), Column("run", "run")]
-
-
-def settings(grid: dict[str, list]) -> list[dict]:
-    """Every combination of the grid's values, the last option varying fastest."""
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-
-
-def setting_name(values: dict) -> str:
-    """A folder name for a setting, e.g. ``lr-0.001_batch-size-64``."""
-    parts = [f"{option_name(field)[2:]}-{raw_text(value)}" for field, value in values.items()]
-    return "_".join(parts).replace("/", "-") or "default"
-
-
-def train_arguments(values: dict) -> list[str]:
-    """``fastlenet train`` options for TrainConfig fields, e.g. ["--lr", "0.001"].
-
-    The ``augment_*`` settings are left out where ``augment`` is off (a grid over
-    ``--augment off,on``), as the train command refuses them without ``--augment``.
-    """
-    argv = []
-    for field, value in values.items():
-        if field.startswith("augment_") and not values.get("augment"):
-            continue
-        if isinstance(value, bool):  # a flag: present or absent
-            argv += [option_name(field)] if value else []
-        elif value is not None:
-            argv += [option_name(field), str(value)]
-    return argv
+_print = functools.partial(print, flush=True)  # progress shows as it happens, piped too
 
 
 def run_sweep(grid: dict[str, list], fixed: dict | None = None, out: str | Path | None = None,
-              jobs: int = 1, log: Callable[[str], None] | None = print) -> list[dict]:
+              jobs: int = 1, log: Callable[[str], None] | None = _print, cluster: str | None = None,
+              cluster_timeout: float = DEFAULT_CLUSTER_TIMEOUT) -> list[dict]:
     """Train every setting of ``grid`` (TrainConfig field -> values) with the ``fixed``
-    fields, ``jobs`` at a time; return one row per setting (also in sweep.md/.csv).
+    fields, ``jobs`` at a time here, or on the Dask cluster ``cluster`` names
+    (``tcp://host:port``, or ``local:N`` for N worker processes started here); return one
+    row per setting (also in sweep.md/.csv).
 
     Every setting is checked with TrainConfig before anything trains, so a bad value is
-    one ConfigError naming the option.
+    one ConfigError naming the option. ``cluster_timeout``: seconds to reach the scheduler
+    and to wait for a worker before giving up (ClusterError, one line).
     """
-    fixed, log = dict(fixed or {}), log or (lambda _msg: None)
+    fixed = dict(fixed or {})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for field in [*grid, *fixed]:
         if field not in known:
@@ -95,57 +70,95 @@ def run_sweep(grid: dict[str, list], fixed: dict | None = None, out: str | Path 
             raise ConfigError(f"{option_name(field)} in the sweep has no values")
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"{option_name(field)} lists a value twice in the sweep")
-    if not is_integer(jobs) or jobs < 1:
-        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    _check_runner(jobs, cluster, cluster_timeout)
     combos = settings(grid)
     for values in combos:
         TrainConfig(**{**fixed, **values}).validate()
     out = Path(out) if out is not None else Path("sweeps") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if (out / "sweep.csv").exists():
-        raise ConfigError(f"{out} already holds a sweep; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the sweep folder {out}: {exc.strerror}; "
-                          "choose another --out") from None
-    from .folder_lock import lock_folder
-
-    # one sweep writes a folder at a time: held until this call returns (or the process ends)
-    lock = lock_folder(out, "sweep")  # noqa: F841 - held by being referenced
-
+        raise ConfigError(f"{out} already holds a sweep; continue it with --resume {out}, or "
+                          "choose another --out")
     rows = [{**values, "status": "pending", "run": setting_name(values)} for values in combos]
-    header = _header(grid, fixed, jobs)
-    log(f"sweep of {len(rows)} settings, {jobs} at a time, in {out}")
-    env = _child_environment(jobs)
-    waiting = list(range(len(rows)))
-    running: dict[int, tuple[subprocess.Popen, float, io.TextIOBase]] = {}
-    done = 0
-    try:
-        while waiting or running:
-            while waiting and len(running) < jobs:
-                i = waiting.pop(0)
-                running[i] = _start(out / rows[i]["run"], {**fixed, **combos[i]}, env)
-                rows[i]["status"] = "running"
-            time.sleep(0.1)
-            for i, (process, started, logfile) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                logfile.close()
-                del running[i]
-                rows[i].update(_result(out / rows[i]["run"], process.returncode,
-                                       time.perf_counter() - started))
-                done += 1
-                log(f"[{done}/{len(rows)}] {rows[i]['run']}: {_summary(rows[i])}")
-                write_tables(out, rows, list(grid), header)
-    except BaseException:  # Ctrl-C included: stop the children, keep what finished
-        for i, (process, _, logfile) in running.items():
-            process.terminate()
-            process.wait()
-            logfile.close()
-            rows[i]["status"] = "interrupted"
-        write_tables(out, rows, list(grid), header)
-        raise
-    write_tables(out, rows, list(grid), header)
+    record = {"fastlenet": __version__, "grid": grid, "fixed": fixed, "rows": rows}
+    return _run(out, record, jobs, cluster, cluster_timeout, log or (lambda _msg: None), new=True)
+
+
+def resume_sweep(out: str | Path, jobs: int = 1, log: Callable[[str], None] | None = _print,
+                 cluster: str | None = None,
+                 cluster_timeout: float = DEFAULT_CLUSTER_TIMEOUT) -> list[dict]:
+    """Continue the sweep in ``out``: rows that ended are kept, settings whose run folder
+    holds a checkpoint resume from it, the others start; runners as in :func:`run_sweep`."""
+    out = Path(out)
+    _check_runner(jobs, cluster, cluster_timeout)
+    record = _read_record(out)
+    for row in record["rows"]:  # ended after the record was last written
+        if row["status"] in UNFINISHED and (out / row["run"] / "metrics.json").is_file():
+            row.update(run_result(out / row["run"], 0, None))
+    return _run(out, record, jobs, cluster, cluster_timeout, log or (lambda _msg: None), new=False)
+
+
+def _check_runner(jobs, cluster: str | None, timeout) -> None:
+    if not is_integer(jobs) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    if cluster is None:
+        return
+    if jobs != 1:
+        raise ConfigError("--jobs is for sweeps on this machine; on a cluster (--cluster) its "
+                          "workers' threads set how many settings train at once")
+    if not is_real(timeout) or timeout <= 0:
+        raise ConfigError(f"--cluster-timeout must be a positive number of seconds, got {timeout!r}")
+    from .sweep_dask import check_address
+
+    check_address(cluster)
+
+
+def _run(out: Path, record: dict, jobs: int, cluster: str | None, timeout: float,
+         log: Callable[[str], None], new: bool) -> list[dict]:
+    """Train the record's unfinished rows with the runner chosen, then write the tables and
+    the plot. The cluster is reached before a new sweep folder is made, so a failure to
+    reach it leaves nothing behind."""
+    rows, grid = record["rows"], record["grid"]
+    header = _header(grid, record["fixed"], jobs, cluster)
+    todo = [Setting(i, {**record["fixed"], **{f: row[f] for f in grid}}, out / row["run"])
+            for i, row in enumerate(rows) if row["status"] in UNFINISHED]
+    if cluster is not None and todo:
+        from .sweep_dask import connect, run_on_cluster
+
+        opened = connect(cluster, timeout, log)
+    else:
+        opened = nullcontext()
+    with opened as client:
+        if new:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the sweep folder {out}: {exc.strerror}; "
+                                  "choose another --out") from None
+        # one sweep writes a folder at a time: held until this call returns (or the process ends)
+        lock = lock_folder(out, "sweep")  # noqa: F841 - held by being referenced
+        progress = _Progress(out, record, header, log)
+        runner = ("on the Dask cluster" if client is not None else
+                  f"{jobs} at a time" if jobs > 1 else "one at a time")
+        log(f"sweep of {len(rows)} settings in {out}: {len(todo)} to train, {runner}"
+            + (f"; {len(rows) - len(todo)} kept from before" if not new else ""))
+        for setting in todo:
+            rows[setting.index]["status"] = "pending"
+        progress.save()
+        try:
+            if client is not None:
+                run_on_cluster(client, todo, progress, timeout)
+            else:
+                run_local(todo, jobs, progress)
+        except BaseException as exc:  # Ctrl-C included: keep what finished, say how to go on
+            for row in rows:
+                if row["status"] == "running":
+                    row["status"] = "interrupted"
+            progress.save()
+            hint = f"continue the sweep with: fastlenet sweep --resume {out}"
+            if isinstance(exc, FastLeNetError):
+                raise type(exc)(f"{exc}; {hint}") from None
+            log(f"stopped; {hint}")
+            raise
     try:
         require_matplotlib()
     except FastLeNetError:
@@ -157,67 +170,75 @@ def run_sweep(grid: dict[str, list], fixed: dict | None = None, out: str | Path 
     return rows
 
 
-def _header(grid: dict, fixed: dict, jobs: int) -> str:
+class _Progress:
+    """What the runners report to: each setting's start and end, one line each with the
+    settings done, running and pending; the record and tables rewritten at each."""
+
+    def __init__(self, out: Path, record: dict, header: str, log: Callable[[str], None]):
+        self.out, self.record, self.header, self.log = out, record, header, log
+        self.rows = record["rows"]
+
+    def started(self, index: int, where: str) -> None:
+        row = self.rows[index]
+        again = row["status"] == "running"  # its worker was lost; Dask started it again
+        row["status"] = "running"
+        self.save()
+        self.log(f"{self.counts()} {row['run']}: {'restarted' if again else 'started'} on {where}")
+
+    def finished(self, index: int, fields: dict) -> None:
+        row = self.rows[index]
+        row.update(fields)
+        self.save()
+        self.log(f"{self.counts()} {row['run']}: {summary(row)}")
+
+    def counts(self) -> str:
+        statuses = [row["status"] for row in self.rows]
+        running = statuses.count("running")
+        pending = sum(status in UNFINISHED for status in statuses) - running
+        done = len(statuses) - running - pending
+        return f"[{done}/{len(statuses)} done, {running} running, {pending} pending]"
+
+    def save(self) -> None:
+        write_file(self.out / "sweep.json", json.dumps(self.record, indent=1) + "\n")
+        write_tables(self.out, self.rows, list(self.record["grid"]), self.header)
+
+
+def _read_record(out: Path) -> dict:
+    """sweep.json of the sweep in ``out``, checked; ConfigError (one line) when it is
+    missing or damaged."""
+    file = out / "sweep.json"
+    if not file.is_file():
+        why = ("it was made by an older fastlenet, which kept no sweep.json"
+               if (out / "sweep.csv").is_file() else "no sweep.json there")
+        raise ConfigError(f"{out}: not a sweep that can be resumed ({why}); pass the folder "
+                          "of a sweep, its --out")
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+        grid, rows = record["grid"], record["rows"]
+        ok = (isinstance(grid, dict) and isinstance(record["fixed"], dict) and isinstance(rows, list)
+              and all(isinstance(r, dict) and isinstance(r.get("status"), str)
+                      and isinstance(r.get("run"), str) and set(grid) <= set(r) for r in rows))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{file}: damaged (not the record 'fastlenet sweep' writes); the "
+                          "sweep cannot be resumed")
+    return record
+
+
+def _header(grid: dict, fixed: dict, jobs: int, cluster: str | None) -> str:
     swept = ", ".join(option_name(f) for f in grid) or "nothing"
     others = " ".join(train_arguments(fixed)) or "the defaults"
-    timing = (f"{jobs} settings trained at once, one thread each: their times compete for "
-              "the CPU" if jobs > 1 else "one setting at a time")
+    if cluster is not None:
+        timing = (f"settings trained as Dask tasks on {cluster}, one thread each: their times "
+                  "compete for their workers' CPUs")
+    elif jobs > 1:
+        timing = (f"{jobs} settings trained at once, one thread each: their times compete for "
+                  "the CPU")
+    else:
+        timing = "one setting at a time"
     return (f"fastlenet {__version__} sweep over {swept}; other options: {others}; "
             f"{timing}; times are training seconds (evaluation excluded)")
-
-
-def _child_environment(jobs: int) -> dict:
-    """The environment of each training process: this fastlenet first on the path and,
-    when several run at once, one thread each (set before the child imports numpy)."""
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    if jobs > 1:
-        env.update({name: "1" for name in THREAD_VARIABLES})
-    return env
-
-
-def _start(run_dir: Path, values: dict, env: dict):
-    run_dir.mkdir(parents=True, exist_ok=True)
-    logfile = open(run_dir / "train.log", "w")
-    command = [sys.executable, "-m", "fastlenet", "train", *train_arguments(values),
-               "--out", str(run_dir), "--no-progress"]
-    process = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT, env=env,
-                               stdin=subprocess.DEVNULL)
-    return process, time.perf_counter(), logfile
-
-
-def _result(run_dir: Path, returncode: int, wall_seconds: float) -> dict:
-    """A finished setting's row fields, from its run folder."""
-    from .runs import run_status  # a diverged run exits 3; its metrics.json says so
-
-    result = {"wall_seconds": wall_seconds}
-    if run_status(run_dir) == "diverged":
-        return {**result, "status": "diverged"}
-    run = None
-    if returncode == 0:
-        try:
-            run = load_run(run_dir)
-        except RunFolderError:
-            pass
-    if run is None or run.metrics is None:
-        lines = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()
-        reason = lines[-1].removeprefix("fastlenet: error: ") if lines else f"exit status {returncode}"
-        return {**result, "status": f"failed: {reason}"}
-    metrics = run.metrics
-    result.update({key: metrics.get(key) for key in ("test_accuracy", "best_val_accuracy",
-                                                      "best_epoch", "epochs", "train_seconds")})
-    for target in TARGETS:
-        reached = run.time_to(target)
-        result[f"seconds_to_{round(target * 100)}"] = None if reached is None else reached[0]
-    result["status"] = "ok" if metrics["stop_reason"] == "completed" else metrics["stop_reason"]
-    return result
-
-
-def _summary(row: dict) -> str:
-    if row.get("test_accuracy") is None:
-        return row["status"]
-    return f"test {row['test_accuracy']:.2%} after {row['train_seconds']:.1f} s of training"
 
 
 # ------------------------------------------------------------------ table and plot

@@ -118,7 +118,7 @@ def test_predict_in_a_real_process_exits_2_on_an_odd_image(run, tmp_path):
     (["--augment", "--augment-rotate", "5,400"], "--augment-rotate must be in [0, 180], got 400.0"),
     (["--backend", "numpy,tpu"], "--backend: invalid choice 'tpu'"),
     (["--target-accuracy", "0.9,99"], "--target-accuracy is a fraction in (0, 1]"),
-    (["--resume", "x", "--lr", "1e-3,2e-3"], "unrecognized arguments: --resume"),
+    (["--resume", "x", "--lr", "1e-3,2e-3"], "--resume continues a sweep with its own settings and folder; drop --lr, --out"),
 ])
 def test_bad_sweep_options_are_one_line_and_make_no_folder(args, fragment, tmp_path, capsys):
     check(["sweep", *args, "--out", tmp_path / "s"], capsys, fragment)

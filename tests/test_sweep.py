@@ -6,7 +6,9 @@ import sys
 import pytest
 
 from fastlenet.cli import main
-from fastlenet.sweep import THREAD_VARIABLES, _child_environment, run_sweep, setting_name
+from fastlenet.sweep import run_sweep
+from fastlenet.sweep_local import child_environment
+from fastlenet.sweep_setting import THREAD_VARIABLES, setting_name
 
 from helpers import assert_one_line_error, run_cli
 
@@ -41,7 +43,7 @@ def test_sequential_sweep_tabulates_every_setting_and_reports_failures(tiny_dir,
     assert table[2].startswith("| --lr | --augment | status | test acc")
     assert len(table) == 4 + len(rows) and "| diverged |" in table[-1]
     assert (out / "sweep.png").stat().st_size > 10_000
-    assert "[4/4]" in capsys.readouterr().out
+    assert "[4/4 done, 0 running, 0 pending]" in capsys.readouterr().out
     # a sweep never overwrites another
     assert main(["sweep", *tiny(tiny_dir), "--lr", "1e-3,2e-3", "--out", str(out)]) == 2
 
@@ -54,9 +56,9 @@ def test_parallel_sweep_limits_threads_and_works_without_matplotlib(tiny_dir, tm
     rows = run_sweep({"seed": [1, 2]}, fixed, out=tmp_path / "s", jobs=2, log=messages.append)
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert all(0 < r["test_accuracy"] <= 1 and r["train_seconds"] > 0 for r in rows)
-    assert {p.name for p in (tmp_path / "s").iterdir()} == {"seed-1", "seed-2", "sweep.md", "sweep.csv"}
+    assert {p.name for p in (tmp_path / "s").iterdir()} == {"seed-1", "seed-2", "sweep.json", "sweep.md", "sweep.csv"}
     assert 'pip install "fastlenet[plots]"' in messages[-1]
-    env = _child_environment(jobs=2)
+    env = child_environment(jobs=2)
     assert all(env[name] == "1" for name in THREAD_VARIABLES)
 
 
@@ -78,4 +80,44 @@ def test_setting_names_are_folder_names():
 ])
 def test_bad_grids_are_one_line(args, fragment, tmp_path):
     assert_one_line_error(run_cli("sweep", *args, "--out", tmp_path / "s"), fragment)
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_interrupted_sweep_resumes_to_the_table_of_one_never_stopped(tiny_dir, tmp_path):
+    fixed = dict(data_dir=str(tiny_dir), val_size=50, epochs=2, backend="numpy", batch_size=25)
+    grid = {"seed": [1, 2, 3]}
+    whole = run_sweep(grid, fixed, out=tmp_path / "whole", jobs=2, log=None)
+
+    def interrupt_after_the_first(message):  # Ctrl-C once a setting has ended
+        if message.startswith("[1/3 done"):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(grid, fixed, out=out, jobs=2, log=interrupt_after_the_first)
+    statuses = [row["status"] for row in read_csv(out / "sweep.csv")]
+    assert sorted(statuses) == ["interrupted", "ok", "pending"], statuses
+    assert main(["sweep", "--resume", str(out), "--jobs", "2"]) == 0
+    same = ("seed", "status", "test_accuracy", "best_val_accuracy", "epochs", "run")
+    assert ([{k: row[k] for k in same} for row in read_csv(out / "sweep.csv")]
+            == [{k: row[k] for k in same} for row in read_csv(tmp_path / "whole" / "sweep.csv")])
+    assert [row["status"] for row in whole] == ["ok"] * 3
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--resume", "{tmp}/none"], "not a sweep that can be resumed (no sweep.json there)"),
+    (["--resume", "{tmp}", "--lr", "1e-3"], "--resume continues a sweep with its own settings and folder; drop --lr"),
+    (["--resume", "{tmp}", "--out", "{tmp}/x"], "drop --out"),
+])
+def test_bad_resumes_are_one_line(args, fragment, tmp_path):
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert_one_line_error(run_cli("sweep", *args), fragment)
+
+
+def test_a_cluster_without_dask_installed_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    for module in ("dask", "distributed"):  # as if the extra were not installed
+        monkeypatch.setitem(sys.modules, module, None)
+    assert main(["sweep", "--lr", "1e-3,2e-3", "--cluster", "local:2", "--out", str(tmp_path / "s")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--cluster needs Dask",
+                          'install it with: pip install -e ".[dask]"')
     assert not (tmp_path / "s").exists()
