@@ -133,12 +133,7 @@ def run_on_cluster(client, todo: list[Setting], events, timeout: float) -> None:
         ready = as_completed(futures)
         no_workers_since = None
         while len(finished) < len(todo):
-            for future in ready.next_batch(block=False):
-                if future.status == "cancelled":  # not by this sweep: the client lost the scheduler
-                    raise ClusterError("lost the Dask scheduler (the client's tasks were cancelled)")
-                index = futures[future]
-                finished.add(index)
-                events.finished(index, _outcome(future, by_index[index]))
+            # messages first: a task's start is told even when it ended within this poll
             for message in queue.get(batch=True):
                 index = message["index"]
                 if index in finished:
@@ -151,6 +146,12 @@ def run_on_cluster(client, todo: list[Setting], events, timeout: float) -> None:
                     if snapshot["epoch"] > written[index]:
                         _write_files(by_index[index].run_dir, snapshot["files"])
                         written[index] = snapshot["epoch"]
+            for future in ready.next_batch(block=False):
+                if future.status == "cancelled":  # not by this sweep: the client lost the scheduler
+                    raise ClusterError("lost the Dask scheduler (the client's tasks were cancelled)")
+                index = futures[future]
+                finished.add(index)
+                events.finished(index, _outcome(future, by_index[index]))
             if client.nthreads():
                 no_workers_since = None
             elif no_workers_since is None:
