@@ -30,7 +30,8 @@ FORMAT_VERSION = 1
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
-    """The checkpoint file a path names: a run folder means its ``last.npz``."""
+    """The checkpoint file a path names to resume from: a run folder means its
+    ``last.npz`` (a model to use is its ``best.npz``: load_model)."""
     path = Path(path)
     return path / "last.npz" if path.is_dir() else path
 
@@ -87,10 +88,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def load_model(path: str | os.PathLike, backend="auto"):
     """Rebuild the model stored in a checkpoint on ``backend``; returns ``(model, meta)``.
+    A run folder means its ``best.npz``, as for every command that uses a model.
 
     ``meta`` carries what inference needs besides the weights: ``mean`` and ``std`` of
     the normalisation, ``class_names``, ``dataset``.
     """
+    path = Path(path) / "best.npz" if Path(path).is_dir() else path
     ckpt = load_checkpoint(path)
     missing = [key for key in ("model", "mean", "std") if key not in ckpt.meta]
     if missing:

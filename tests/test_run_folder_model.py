@@ -39,6 +39,17 @@ def test_evaluate_of_a_run_folder_is_its_best_checkpoint(run, capsys):
     assert evaluated(capsys, run) == best
 
 
+def test_load_model_of_a_run_folder_is_its_best_checkpoint(run):
+    """The Python API follows the commands' rule (resuming alone reads last.npz)."""
+    from fastlenet.checkpoint import load_model
+
+    folder, best = (load_model(p, "numpy")[0].state_dict() for p in (run, run / "best.npz"))
+    last = load_checkpoint(run).params
+    for name, value in best.items():
+        np.testing.assert_array_equal(folder[name], value)
+    assert any(not np.array_equal(last[name], value) for name, value in best.items())
+
+
 def test_predict_of_a_run_folder_is_its_best_checkpoint(run, tmp_path, capsys):
     from PIL import Image
 
