@@ -521,6 +521,86 @@ def test_linear_matches_the_reference(candidate, shape, dtype):
     _agree(_both(candidate, run), dtype)
 
 
+# (C, M, mean, spread): compact's first channel count, odd row lengths, a row of 2 (the
+# least training takes), one channel, means far from 0 against the spread (one-pass sums
+# must not cancel; the farthest in float64 only, as float32 inputs hold too few digits of
+# their spread), and (F, N) batch-norm shapes: batch 1 in eval only
+BN_CASES = [(16, 28 * 28 * 3, 0.0, 1.0), (3, 37, 1.0, 2.0), (5, 2, 0.0, 1.0),
+            (1, 129, -3.0, 0.5), (7, 33, 30.0, 1.0), (6, 21, 3000.0, 1.0),
+            (96, 13, 0.0, 3.0), (4, 1, 0.0, 1.0)]
+
+
+def _batchnorm_inputs(case, dtype, seed=0):
+    C, M, mean, spread = case
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((C, M)) * spread + mean).astype(dtype)
+    gamma = rng.uniform(-1.5, 1.5, C).astype(dtype)  # negative scales too
+    beta = rng.standard_normal(C).astype(dtype)
+    running = rng.standard_normal(C).astype(dtype), rng.uniform(0.5, 2.0, C).astype(dtype)
+    dy = rng.standard_normal((C, M)).astype(dtype)
+    return x, gamma, beta, running, dy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", BN_CASES, ids=str)
+def test_batchnorm_matches_the_reference(candidate, case, training, dtype):
+    """Output, every gradient and the updated running estimates, in train and eval mode;
+    with need_dx false only the parameter gradients."""
+    if training and case[1] < 2:
+        pytest.skip("training needs two values per channel")
+    if dtype == np.float32 and case[2] > 100 * case[3]:
+        pytest.skip("float32 inputs hold too few digits of this spread")
+    x, gamma, beta, (rm, rv), dy = _batchnorm_inputs(case, dtype)
+
+    def run(be):
+        running_mean, running_var = be.asarray(rm.copy()), be.asarray(rv.copy())
+        y, ctx = be.batchnorm_forward(be.asarray(x), be.asarray(gamma), be.asarray(beta),
+                                      running_mean, running_var, training=training,
+                                      momentum=0.3, eps=1e-5)
+        dx, dgamma, dbeta = be.batchnorm_backward(be.asarray(dy), ctx)
+        no_dx = be.batchnorm_backward(be.asarray(dy), ctx, need_dx=False)
+        assert no_dx[0] is None
+        return y, dx, dgamma, dbeta, *no_dx[1:], running_mean, running_var
+
+    _agree(_both(candidate, run), dtype)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", [(3, 37, 1.0, 2.0), (2, 5, 40.0, 0.3), (4, 1, 0.0, 1.0)],
+                         ids=str)
+def test_batchnorm_gradients_match_finite_differences(candidate, case, training):
+    """Every gradient of each backend's kernels against central differences in float64,
+    along a random direction of (x, gamma, beta) and on single coordinates."""
+    if training and case[1] < 2:
+        pytest.skip("training needs two values per channel")
+    x, gamma, beta, (rm, rv), dy = _batchnorm_inputs(case, np.float64, seed=1)
+    be = candidate
+
+    def objective(x_, gamma_, beta_):
+        y, _ = be.batchnorm_forward(be.asarray(x_), be.asarray(gamma_), be.asarray(beta_),
+                                    be.asarray(rm.copy()), be.asarray(rv.copy()),
+                                    training=training, momentum=0.1, eps=1e-5)
+        return float(np.sum(dy * be.to_numpy(y)))
+
+    _, ctx = be.batchnorm_forward(be.asarray(x), be.asarray(gamma), be.asarray(beta),
+                                  be.asarray(rm.copy()), be.asarray(rv.copy()),
+                                  training=training, momentum=0.1, eps=1e-5)
+    grads = [be.to_numpy(g) for g in be.batchnorm_backward(be.asarray(dy), ctx)]
+    rng = np.random.default_rng(2)
+    h = 1e-6
+    directions = [[rng.standard_normal(a.shape) for a in (x, gamma, beta)]]
+    for k, a in enumerate((x, gamma, beta)):  # one coordinate of each
+        v = [np.zeros(b.shape) for b in (x, gamma, beta)]
+        v[k][np.unravel_index(int(rng.integers(a.size)), a.shape)] = 1.0
+        directions.append(v)
+    for v in directions:
+        plus = objective(*(a + h * d for a, d in zip((x, gamma, beta), v)))
+        minus = objective(*(a - h * d for a, d in zip((x, gamma, beta), v)))
+        analytic = sum(np.sum(g * d) for g, d in zip(grads, v))
+        np.testing.assert_allclose((plus - minus) / (2 * h), analytic, rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.parametrize("kind", ["max", "relu_max"])
 def test_pooling_keeps_nans_as_the_reference_does(candidate, kind):
     """A NaN (a diverged weight) must win its window and reach the loss, where training

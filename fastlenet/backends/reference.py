@@ -196,6 +196,46 @@ class ReferenceBackend(Backend):
         return self.conv2d_backward(self.relu_maxpool2d_backward(dy, pool_ctx), conv_ctx,
                                     need_dx=need_dx)
 
+    # ------------------------------------------------------------ normalisation
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,
+                          momentum: float, eps: float):
+        self.check_batchnorm(x, gamma, beta, running_mean, running_var)
+        xp = self.xp
+        if training:
+            m = x.shape[1]
+            mean = x.mean(axis=1)
+            centered = x - mean[:, None]
+            var = (centered * centered).mean(axis=1)
+            running_mean *= 1.0 - momentum
+            running_mean += momentum * mean
+            running_var *= 1.0 - momentum
+            running_var += (momentum * m / (m - 1)) * var
+        else:
+            centered = x - running_mean[:, None]
+            var = running_var
+        inv_std = 1.0 / xp.sqrt(var + eps)
+        xhat = centered
+        xhat *= inv_std[:, None]
+        y = xhat * gamma[:, None]
+        y += beta[:, None]
+        return y, (xhat, inv_std, gamma, training)
+
+    def batchnorm_backward(self, dy, ctx, need_dx: bool = True):
+        xhat, inv_std, gamma, training = ctx
+        dbeta = dy.sum(axis=1)
+        dgamma = (dy * xhat).sum(axis=1)
+        if not need_dx:
+            return None, dgamma, dbeta
+        scale = gamma * inv_std
+        if training:
+            m = dy.shape[1]
+            dx = dy - (dbeta / m)[:, None]
+            dx -= xhat * (dgamma / m)[:, None]
+            dx *= scale[:, None]
+        else:
+            dx = dy * scale[:, None]
+        return dx, dgamma, dbeta
+
     # -------------------------------------------------------------------- dense
     def linear_forward(self, x, w, b):
         self.check_linear(x, w, b)

@@ -102,49 +102,16 @@ class BatchNorm(Layer):
         return tuple(in_shape)
 
     def forward(self, x):
-        xp = self.backend.xp
         x2 = x.reshape(x.shape[0], -1)  # (C, M): one row per channel, a view
-        if self.training:
-            m = x2.shape[1]
-            if m < 2:
-                raise ConfigError("BatchNorm needs at least 2 values per channel in "
-                                  "training mode; use a batch size of at least 2")
-            mean = x2.mean(axis=1)
-            centered = x2 - mean[:, None]
-            var = (centered * centered).mean(axis=1)
-            mom = self.momentum
-            self.running_mean *= 1.0 - mom
-            self.running_mean += mom * mean
-            self.running_var *= 1.0 - mom
-            self.running_var += (mom * m / (m - 1)) * var
-        else:
-            centered = x2 - self.running_mean[:, None]
-            var = self.running_var
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        xhat = centered
-        xhat *= inv_std[:, None]
-        y = xhat * self.weight.data[:, None]
-        y += self.bias.data[:, None]
-        self._ctx = (xhat, inv_std, x.shape, self.training)
+        if self.training and x2.shape[1] < 2:
+            raise ConfigError("BatchNorm needs at least 2 values per channel in "
+                              "training mode; use a batch size of at least 2")
+        y, self._ctx = self.backend.batchnorm_forward(
+            x2, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+            training=self.training, momentum=self.momentum, eps=self.eps)
         return y.reshape(x.shape)
 
     def backward(self, dy):
-        xhat, inv_std, shape, batch_stats = self._ctx
-        dy2 = dy.reshape(shape[0], -1)
-        dbeta = dy2.sum(axis=1)
-        dgamma = (dy2 * xhat).sum(axis=1)
-        self.weight.grad = dgamma
-        self.bias.grad = dbeta
-        if not self.need_dx:
-            return None
-        scale = self.weight.data * inv_std
-        if batch_stats:
-            # the mean and variance depend on every x of the channel too:
-            # dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
-            m = dy2.shape[1]
-            dx = dy2 - (dbeta / m)[:, None]
-            dx -= xhat * (dgamma / m)[:, None]
-            dx *= scale[:, None]
-        else:
-            dx = dy2 * scale[:, None]
-        return dx.reshape(shape)
+        dx, self.weight.grad, self.bias.grad = self.backend.batchnorm_backward(
+            dy.reshape(dy.shape[0], -1), self._ctx, need_dx=self.need_dx)
+        return None if dx is None else dx.reshape(dy.shape)

@@ -1,5 +1,5 @@
 """The Numba backend's launchers: argument checks, output arrays and the calls into the
-kernels of conv2d.py, pool.py, dense.py, loss.py, adam.py, augment.py and layout.py.
+kernels of conv2d.py, pool.py, batchnorm.py, dense.py, loss.py, adam.py, augment.py and layout.py.
 
 Memory ownership is as in the reference: every array a kernel returns or keeps in a ctx
 is freshly allocated, so a ctx stays valid until its backward. Two buffers are kept per
@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import ArrayError
 from ..base import check_window_options, window_out_size
 from ..reference import ReferenceBackend
-from . import adam, augment, conv2d, dense, jit, layout, loss, pool
+from . import adam, augment, batchnorm, conv2d, dense, jit, layout, loss, pool
 
 
 class NumbaBackend(ReferenceBackend):
@@ -78,6 +78,11 @@ class NumbaBackend(ReferenceBackend):
         self.conv2d_relu_maxpool2d_backward(pooled, ctx)
         # a convolution and a max-pool on their own: models with BatchNorm between them
         self.relu_maxpool2d_forward(self.conv2d_forward(x, w, None, 1, 1)[0], 2, 2)
+        stats = [np.ones(2, dtype), np.zeros(2, dtype), np.zeros(2, dtype), np.ones(2, dtype)]
+        for training in (True, False):
+            y, ctx = self.batchnorm_forward(x.reshape(2, -1), *stats, training=training,
+                                            momentum=0.1, eps=1e-5)
+            self.batchnorm_backward(y, ctx)
         y, ctx = self.linear_forward(x.reshape(-1, 3), rng.standard_normal((5, 72)).astype(dtype),
                                      rng.standard_normal(5).astype(dtype))
         self.linear_backward(y, ctx)
@@ -240,6 +245,34 @@ class NumbaBackend(ReferenceBackend):
         augment.warp_bilinear(padded, np.ascontiguousarray(coeffs),
                               np.ascontiguousarray(displacement), out)
         return out
+
+    # ------------------------------------------------------------ normalisation
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,
+                          momentum: float, eps: float):
+        self.check_batchnorm(x, gamma, beta, running_mean, running_var)
+        x = np.ascontiguousarray(x)
+        C = x.shape[0]
+        y = np.empty_like(x)
+        mean, inv_std = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
+        # the running estimates are updated in place: a contiguous copy would be updated
+        rm = running_mean if running_mean.flags.c_contiguous else running_mean.copy()
+        rv = running_var if running_var.flags.c_contiguous else running_var.copy()
+        batchnorm.batchnorm_forward(x, np.ascontiguousarray(gamma), np.ascontiguousarray(beta),
+                                    rm, rv, bool(training), float(momentum), float(eps), y, mean,
+                                    inv_std)
+        if training:
+            running_mean[...], running_var[...] = rm, rv
+        return y, (x, mean, inv_std, np.ascontiguousarray(gamma), bool(training))
+
+    def batchnorm_backward(self, dy, ctx, need_dx: bool = True):
+        x, mean, inv_std, gamma, training = ctx
+        dy = np.ascontiguousarray(dy)
+        C = x.shape[0]
+        dx = np.empty_like(dy) if need_dx else np.empty((0, 0), dtype=dy.dtype)
+        dgamma, dbeta = np.empty(C, dtype=dy.dtype), np.empty(C, dtype=dy.dtype)
+        batchnorm.batchnorm_backward(x, dy, mean, inv_std, gamma, training, bool(need_dx), dx,
+                                     dgamma, dbeta)
+        return (dx if need_dx else None), dgamma, dbeta
 
     # ------------------------------------------------------- linear, loss, Adam
     def _gemm_nt(self, a, b, bias=None):
