@@ -1,6 +1,7 @@
-"""The NumPy backend: the reference, with a faster convolution (MEC) and batch copy.
+"""The NumPy backend: the reference, with a faster convolution (MEC), batch copy and
+batch norm.
 
-Everything but the convolution, the fused ReLU + max-pool and the batch gather is
+Everything but the convolution, the fused ReLU + max-pool, batch norm and the batch gather is
 :class:`~fastlenet.backends.reference.ReferenceBackend`'s plain array maths. The
 convolution is lowered along the width only (Cho and Brand's MEC, "Memory-efficient
 Convolution", 2017) instead of into a full im2col matrix (x: (C, H, W, N),
@@ -98,6 +99,51 @@ class NumpyBackend(ReferenceBackend):
         db = dy.reshape(K, OH * OW * N).sum(axis=1) if has_bias else None
         dx = self._conv2d_input_gradient(dy, w, x_shape, stride, pad) if need_dx else None
         return dx, dw, db
+
+    # ------------------------------------------------------------ normalisation
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,
+                          momentum: float, eps: float):
+        """The reference's maths in fewer passes over x: the row sums of the centred
+        values' squares as one product per row (einsum), y from them in place."""
+        self.check_batchnorm(x, gamma, beta, running_mean, running_var)
+        m = x.shape[1]
+        if training:
+            mean = x.sum(axis=1)
+            mean /= m
+            centered = x - mean[:, None]
+            var = np.einsum("cm,cm->c", centered, centered)
+            var /= m
+            running_mean *= 1.0 - momentum
+            running_mean += momentum * mean
+            running_var *= 1.0 - momentum
+            running_var += (momentum * m / (m - 1)) * var
+        else:
+            centered = x - running_mean[:, None]
+            var = running_var
+        inv_std = 1.0 / np.sqrt(var + eps)
+        y = np.multiply(centered, (gamma * inv_std)[:, None])
+        y += beta[:, None]
+        # the ctx keeps x - mean, not xhat: the backward scales its sums by inv_std instead
+        return y, (centered, inv_std, gamma, training)
+
+    def batchnorm_backward(self, dy, ctx, need_dx: bool = True):
+        centered, inv_std, gamma, training = ctx
+        dbeta = dy.sum(axis=1)
+        dgamma = np.einsum("cm,cm->c", dy, centered)
+        dgamma *= inv_std
+        if not need_dx:
+            return None, dgamma, dbeta
+        scale = gamma * inv_std
+        if not training:
+            return np.multiply(dy, scale[:, None]), dgamma, dbeta
+        # scale * (dy - dbeta / M - xhat * dgamma / M), xhat = centered * inv_std, built in
+        # one array: a fresh array costs a pass of page faults
+        m = dy.shape[1]
+        dx = np.multiply(centered, (-inv_std * dgamma / m)[:, None])
+        dx += dy
+        dx -= (dbeta / m)[:, None]
+        dx *= scale[:, None]
+        return dx, dgamma, dbeta
 
     # ------------------------------------------------------------------- pooling
     def relu_maxpool2d_forward(self, x, size: int, stride: int):

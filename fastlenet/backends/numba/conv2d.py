@@ -42,6 +42,14 @@ def _row_multiply_add(out, src, base, step, wrow):
         for m in range(run):
             out[m] += w0 * x0[m] + w1 * x1[m] + w2 * x2[m] + w3 * x3[m] + w4 * x4[m]
         q += 5
+    while q + 3 <= KW:
+        w0, w1, w2 = wrow[q], wrow[q + 1], wrow[q + 2]
+        x0 = src[base + q * step:base + q * step + run]
+        x1 = src[base + (q + 1) * step:base + (q + 1) * step + run]
+        x2 = src[base + (q + 2) * step:base + (q + 2) * step + run]
+        for m in range(run):
+            out[m] += w0 * x0[m] + w1 * x1[m] + w2 * x2[m]
+        q += 3
     while q < KW:
         w0 = wrow[q]
         x0 = src[base + q * step:base + q * step + run]
@@ -69,6 +77,17 @@ def _row_multiply_add2(out0, out1, src, base, step, wrow0, wrow1):
             out0[m] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4
             out1[m] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4
         q += 5
+    while q + 3 <= KW:
+        a0, a1, a2 = wrow0[q], wrow0[q + 1], wrow0[q + 2]
+        b0, b1, b2 = wrow1[q], wrow1[q + 1], wrow1[q + 2]
+        x0 = src[base + q * step:base + q * step + run]
+        x1 = src[base + (q + 1) * step:base + (q + 1) * step + run]
+        x2 = src[base + (q + 2) * step:base + (q + 2) * step + run]
+        for m in range(run):
+            v0, v1, v2 = x0[m], x1[m], x2[m]
+            out0[m] += a0 * v0 + a1 * v1 + a2 * v2
+            out1[m] += b0 * v0 + b1 * v1 + b2 * v2
+        q += 3
     while q < KW:
         a0, b0 = wrow0[q], wrow1[q]
         x0 = src[base + q * step:base + q * step + run]
@@ -281,6 +300,27 @@ def _conv2d_backward_weight(xpad, dy, dw, db):
             dw[k + 1, c, p, q], dw[k + 1, c, p, q + 1], dw[k + 1, c, p, q + 2] = b0, b1, b2
             dw[k + 1, c, p, q + 3], dw[k + 1, c, p, q + 4] = b3, b4
             q += 5
+        while both and q + 3 <= KW:
+            a0 = a1 = a2 = b0 = b1 = b2 = zero
+            for i in range(OH):
+                d0 = dyf[(k * OH + i) * run:(k * OH + i + 1) * run]
+                d1 = dyf[((k + 1) * OH + i) * run:((k + 1) * OH + i + 1) * run]
+                base = (c * HP + i + p) * WP * N + q * N
+                x0 = xf[base:base + run]
+                x1 = xf[base + N:base + N + run]
+                x2 = xf[base + 2 * N:base + 2 * N + run]
+                for m in range(run):
+                    e0, e1 = d0[m], d1[m]
+                    v0, v1, v2 = x0[m], x1[m], x2[m]
+                    a0 += e0 * v0
+                    a1 += e0 * v1
+                    a2 += e0 * v2
+                    b0 += e1 * v0
+                    b1 += e1 * v1
+                    b2 += e1 * v2
+            dw[k, c, p, q], dw[k, c, p, q + 1], dw[k, c, p, q + 2] = a0, a1, a2
+            dw[k + 1, c, p, q], dw[k + 1, c, p, q + 1], dw[k + 1, c, p, q + 2] = b0, b1, b2
+            q += 3
         while q < KW:
             for kk in range(k, min(k + 2, K)):
                 acc = zero
