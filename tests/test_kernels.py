@@ -521,11 +521,13 @@ def test_linear_matches_the_reference(candidate, shape, dtype):
     _agree(_both(candidate, run), dtype)
 
 
-# (C, M, mean, spread): compact's first channel count, odd row lengths, a row of 2 (the
+# (C, M, mean, spread): compact's first channel count, a row as long as compact's first
+# batch norm's at batch 128 (float32 sums must not drift), odd row lengths, a row of 2 (the
 # least training takes), one channel, means far from 0 against the spread (one-pass sums
 # must not cancel; the farthest in float64 only, as float32 inputs hold too few digits of
 # their spread), and (F, N) batch-norm shapes: batch 1 in eval only
-BN_CASES = [(16, 28 * 28 * 3, 0.0, 1.0), (3, 37, 1.0, 2.0), (5, 2, 0.0, 1.0),
+BN_CASES = [(16, 28 * 28 * 3, 0.0, 1.0), (2, 28 * 28 * 128, 0.5, 1.0), (3, 37, 1.0, 2.0),
+            (5, 2, 0.0, 1.0),
             (1, 129, -3.0, 0.5), (7, 33, 30.0, 1.0), (6, 21, 3000.0, 1.0),
             (96, 13, 0.0, 3.0), (4, 1, 0.0, 1.0)]
 
