@@ -603,6 +603,26 @@ def test_batchnorm_gradients_match_finite_differences(candidate, case, training)
         np.testing.assert_allclose((plus - minus) / (2 * h), analytic, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(6, 28, 28, 13), (120, 1), (1, 3, 3, 1), (40001,)])
+def test_tanh_matches_the_reference(candidate, shape, dtype):
+    """Values over the whole curve: tiny ones, the steep middle, the saturated tails,
+    infinities and NaN; and the gradient."""
+    rng = np.random.default_rng(len(shape))
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    flat = x.reshape(-1)
+    flat[:8] = [0.0, -1e-30, 3e-4, -5e-4, 12.0, -30.0, np.inf, -np.inf][:flat.size]
+    dy = _normal(rng, shape, dtype)
+
+    def run(be):
+        y, ctx = be.tanh_forward(be.asarray(x))
+        return y, be.tanh_backward(be.asarray(dy), ctx)
+
+    _agree(_both(candidate, run), dtype)
+    nan = np.full((1, 3), np.nan, dtype)
+    assert np.isnan(candidate.to_numpy(candidate.tanh_forward(candidate.asarray(nan))[0])).all()
+
+
 @pytest.mark.parametrize("kind", ["max", "relu_max"])
 def test_pooling_keeps_nans_as_the_reference_does(candidate, kind):
     """A NaN (a diverged weight) must win its window and reach the loss, where training

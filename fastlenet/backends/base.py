@@ -351,6 +351,17 @@ class Backend(ABC):
         """dy: (C, OH, OW, N) -> dx: (C, H, W, N); each window gets dy / size**2."""
         raise NotImplementedError
 
+    # --------------------------------------------------------------- activation
+    @abstractmethod
+    def tanh_forward(self, x):
+        """y = tanh(x) element-wise, any shape; returns ``(y, ctx)``."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def tanh_backward(self, dy, ctx):
+        """dx = dy * (1 - y^2), y the forward's output."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------ normalisation
     @abstractmethod
     def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,

@@ -196,6 +196,15 @@ class ReferenceBackend(Backend):
         return self.conv2d_backward(self.relu_maxpool2d_backward(dy, pool_ctx), conv_ctx,
                                     need_dx=need_dx)
 
+    # --------------------------------------------------------------- activation
+    def tanh_forward(self, x):
+        y = self.xp.tanh(x)
+        return y, y
+
+    def tanh_backward(self, dy, ctx):
+        y = ctx
+        return dy * (1.0 - y * y)
+
     # ------------------------------------------------------------ normalisation
     def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,
                           momentum: float, eps: float):

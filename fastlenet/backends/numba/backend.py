@@ -1,5 +1,5 @@
 """The Numba backend's launchers: argument checks, output arrays and the calls into the
-kernels of conv2d.py, pool.py, batchnorm.py, dense.py, loss.py, adam.py, augment.py and layout.py.
+kernels of conv2d.py, pool.py, batchnorm.py, activation.py, dense.py, loss.py, adam.py, augment.py and layout.py.
 
 Memory ownership is as in the reference: every array a kernel returns or keeps in a ctx
 is freshly allocated, so a ctx stays valid until its backward. Two buffers are kept per
@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import ArrayError
 from ..base import check_window_options, window_out_size
 from ..reference import ReferenceBackend
-from . import adam, augment, batchnorm, conv2d, dense, jit, layout, loss, pool
+from . import activation, adam, augment, batchnorm, conv2d, dense, jit, layout, loss, pool
 
 
 class NumbaBackend(ReferenceBackend):
@@ -78,6 +78,7 @@ class NumbaBackend(ReferenceBackend):
         self.conv2d_relu_maxpool2d_backward(pooled, ctx)
         # a convolution and a max-pool on their own: models with BatchNorm between them
         self.relu_maxpool2d_forward(self.conv2d_forward(x, w, None, 1, 1)[0], 2, 2)
+        self.tanh_backward(*self.tanh_forward(x))
         stats = [np.ones(2, dtype), np.zeros(2, dtype), np.zeros(2, dtype), np.ones(2, dtype)]
         for training in (True, False):
             y, ctx = self.batchnorm_forward(x.reshape(2, -1), *stats, training=training,
@@ -245,6 +246,25 @@ class NumbaBackend(ReferenceBackend):
         augment.warp_bilinear(padded, np.ascontiguousarray(coeffs),
                               np.ascontiguousarray(displacement), out)
         return out
+
+    # --------------------------------------------------------------- activation
+    def tanh_forward(self, x):
+        x = np.ascontiguousarray(x)
+        if x.dtype not in (np.float32, np.float64):  # the reference's dtype rules
+            return super().tanh_forward(x)
+        y = np.empty_like(x)
+        kernel = activation.tanh_f32 if x.dtype == np.float32 else activation.tanh_f64
+        kernel(x.reshape(-1), y.reshape(-1))
+        return y, y
+
+    def tanh_backward(self, dy, ctx):
+        y = ctx
+        if dy.dtype != y.dtype:
+            return super().tanh_backward(dy, ctx)
+        dy = np.ascontiguousarray(dy)
+        dx = np.empty_like(dy)
+        activation.tanh_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+        return dx
 
     # ------------------------------------------------------------ normalisation
     def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,
