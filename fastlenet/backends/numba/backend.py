@@ -152,15 +152,18 @@ class NumbaBackend(ReferenceBackend):
         dy_wide = self._widened(dy, KW - 1)
         w_flipped = np.ascontiguousarray(w[:, :, :, ::-1])
         _, H, W, _ = x_shape
-        # rows and columns no window reached (stride > 1 leftovers) get no gradient
-        covered = (C, dy.shape[1] + KH - 1, dy.shape[2] + KW - 1, N)
-        dxpad = np.empty(covered, dtype=dy.dtype)
-        conv2d.conv2d_backward_input(dy_wide, w_flipped, dxpad)
-        HC, WC = min(covered[1] - pad, H), min(covered[2] - pad, W)
-        if HC == H and WC == W:
-            return np.ascontiguousarray(dxpad[:, pad:pad + H, pad:pad + W]), dw, db
+        # the padded input's rows and columns the windows reached; the rest (stride > 1
+        # leftovers) get no gradient
+        HC, WC = min(dy.shape[1] + KH - 1 - pad, H), min(dy.shape[2] + KW - 1 - pad, W)
+        if HC == H and WC == W:  # every input position: computed in place
+            dx = np.empty(x_shape, dtype=dy.dtype)
+            conv2d.conv2d_backward_input(dy_wide, w_flipped, pad, pad, dx)
+            return dx, dw, db
         dx = np.zeros(x_shape, dtype=dy.dtype)
-        dx[:, :HC, :WC] = dxpad[:, pad:pad + HC, pad:pad + WC]
+        if HC > 0 and WC > 0:
+            reached = np.empty((C, HC, WC, N), dtype=dy.dtype)
+            conv2d.conv2d_backward_input(dy_wide, w_flipped, pad, pad, reached)
+            dx[:, :HC, :WC] = reached
         return dx, dw, db
 
     def conv2d_relu_maxpool2d_forward(self, x, w, b, stride: int, pad: int, size: int,

@@ -181,45 +181,50 @@ def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
 
 
 
-def _conv2d_backward_input(dy_wide, w_flipped, dxpad):
-    """Stride 1: dxpad[c, h, x, n] = sum_{k,p,q} w[k, c, p, q] * dy[k, h - p, x - q, n].
+def _conv2d_backward_input(dy_wide, w_flipped, top, left, dx):
+    """Stride 1: dx[c, r, s, n] = dxpad[c, top + r, left + s, n], the window of rows and
+    columns of the padded input's gradient the caller needs (the padding's own are never
+    computed), where dxpad[c, h, x, n] = sum_{k,p,q} w[k, c, p, q] * dy[k, h - p, x - q, n].
 
     dy_wide (K, OH, OW + 2*(KW-1), N) is dy with KW-1 columns of zeros each side and
     w_flipped (K, C, KH, KW) the weights with q reversed, so with q' = KW-1-q the sum
     over q is dxpad[c, h, x] += sum_q' w_flipped[k, c, p, q'] dy_wide[k, h - p, x + q']:
-    the forward kernel's row step. One task per input row h of a pair of input channels
+    the forward kernel's row step. One task per row r of a pair of input channels
     (c, c + 1) (the last alone when C is odd), which sums only the kernel rows p whose
-    output row h - p exists (no work on padding rows).
+    output row top + r - p exists. dx (C, R, S, N) must lie within the padded input
+    (top + R <= OH + KH - 1, left + S <= OW + KW - 1).
     """
     K, OH, WW, N = dy_wide.shape
-    C, HP, WP = dxpad.shape[0], dxpad.shape[1], dxpad.shape[2]
+    C, R, S = dx.shape[0], dx.shape[1], dx.shape[2]
     KH = w_flipped.shape[2]
-    run = WP * N
+    run = S * N
     dyf = dy_wide.reshape(K * OH * WW * N)
-    dxf = dxpad.reshape(C * HP * run)
+    dxf = dx.reshape(C * R * run)
     pairs = (C + 1) // 2
-    for task in prange(pairs * HP):
-        c = (task // HP) * 2
-        h = task % HP
-        row0 = dxf[(c * HP + h) * run:(c * HP + h + 1) * run]
+    for task in prange(pairs * R):
+        c = (task // R) * 2
+        r = task % R
+        h = top + r
+        row0 = dxf[(c * R + r) * run:(c * R + r + 1) * run]
         for m in range(run):
             row0[m] = 0
         if c + 1 < C:
-            row1 = dxf[((c + 1) * HP + h) * run:((c + 1) * HP + h + 1) * run]
+            row1 = dxf[((c + 1) * R + r) * run:((c + 1) * R + r + 1) * run]
             for m in range(run):
                 row1[m] = 0
             for p in range(KH):
                 i = h - p
                 if 0 <= i < OH:
                     for k in range(K):
-                        row_multiply_add2(row0, row1, dyf, (k * OH + i) * WW * N, N,
+                        row_multiply_add2(row0, row1, dyf, ((k * OH + i) * WW + left) * N, N,
                                            w_flipped[k, c, p], w_flipped[k, c + 1, p])
         else:
             for p in range(KH):
                 i = h - p
                 if 0 <= i < OH:
                     for k in range(K):
-                        row_multiply_add(row0, dyf, (k * OH + i) * WW * N, N, w_flipped[k, c, p])
+                        row_multiply_add(row0, dyf, ((k * OH + i) * WW + left) * N, N,
+                                         w_flipped[k, c, p])
 
 
 def _conv2d_forward_strided(xpad, w, b, stride, y):
