@@ -90,16 +90,18 @@ KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backwar
            "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward", "linear_forward",
            "linear_backward", "softmax", "softmax_cross_entropy", "count_correct",
            "adam_update_device", "set_scalars", "separable_filter", "warp_bilinear",
-           "batchnorm_forward", "batchnorm_backward", "tanh_forward", "tanh_backward")
+           "batchnorm_forward", "batchnorm_backward", "tanh_forward", "tanh_backward",
+           "batchnorm_relu_maxpool2d_forward", "batchnorm_relu_maxpool2d_backward")
 OWN_KERNELS = {
     "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "relu_maxpool2d_forward",
-              "relu_maxpool2d_backward"},
+              "relu_maxpool2d_backward", "batchnorm_forward", "batchnorm_backward"},
     "numba": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
               "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
               "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
               "softmax_cross_entropy", "adam_update_device", "separable_filter",
               "warp_bilinear", "conv2d_relu_maxpool2d_forward", "batchnorm_forward",
-              "batchnorm_backward", "tanh_forward", "tanh_backward"},
+              "batchnorm_backward", "tanh_forward", "tanh_backward",
+              "batchnorm_relu_maxpool2d_forward", "batchnorm_relu_maxpool2d_backward"},
     "cupy": {"conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
              "relu_maxpool2d_forward", "relu_maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward", "linear_forward", "linear_backward",

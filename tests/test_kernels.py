@@ -604,6 +604,39 @@ def test_batchnorm_gradients_match_finite_differences(candidate, case, training)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", [((16, 28, 28, 7), 2, 2), ((3, 6, 4, 1), 2, 2),
+                                  ((2, 9, 6, 5), 3, 3), ((3, 7, 9, 4), 2, 2),
+                                  ((2, 6, 6, 3), 3, 1), ((5, 2, 2, 33), 2, 2)], ids=str)
+def test_batchnorm_relu_maxpool_matches_the_reference(candidate, case, training, dtype):
+    """The fused batch norm + ReLU + max-pool against the reference's chain of the kernels:
+    compact's first block at an odd batch, batch 1, 3x3 windows, leftover rows and columns,
+    overlapping windows, and gammas of both signs. Inputs distinct and away from the
+    batch mean, so neither a window's maximum nor the ReLU's side is a rounding matter."""
+    shape, size, stride = case
+    rng = np.random.default_rng(sum(shape))
+    count = int(np.prod(shape))
+    x = ((rng.permutation(count) - count / 2 + 0.37) * (8.0 / count)).reshape(shape).astype(dtype)
+    C = shape[0]
+    gamma = (rng.uniform(0.5, 1.5, C) * rng.choice([-1, 1], C)).astype(dtype)
+    beta = (rng.standard_normal(C) * 0.1).astype(dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+
+    def run(be):
+        running_mean, running_var = be.asarray(rm.copy()), be.asarray(rv.copy())
+        y, ctx = be.batchnorm_relu_maxpool2d_forward(
+            be.asarray(x), be.asarray(gamma), be.asarray(beta), running_mean, running_var, size,
+            stride, training=training, momentum=0.1, eps=1e-5)
+        dy = _normal(np.random.default_rng(3), y.shape, dtype)
+        dx, dgamma, dbeta = be.batchnorm_relu_maxpool2d_backward(be.asarray(dy), ctx)
+        no_dx = be.batchnorm_relu_maxpool2d_backward(be.asarray(dy), ctx, need_dx=False)
+        assert no_dx[0] is None
+        return y, dx, dgamma, dbeta, *no_dx[1:], running_mean, running_var
+
+    _agree(_both(candidate, run), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(6, 28, 28, 13), (120, 1), (1, 3, 3, 1), (40001,)])
 def test_tanh_matches_the_reference(candidate, shape, dtype):
     """Values over the whole curve: tiny ones, the steep middle, the saturated tails,

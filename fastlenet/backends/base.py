@@ -385,6 +385,21 @@ class Backend(ABC):
         """
         raise NotImplementedError
 
+    @abstractmethod
+    def batchnorm_relu_maxpool2d_forward(self, x, gamma, beta, running_mean, running_var,
+                                         size: int, stride: int, *, training: bool,
+                                         momentum: float, eps: float):
+        """``maxpool(relu(batchnorm(x)))`` as one call, so a backend may pool without
+        storing the normalised map. x: (C, H, W, N), statistics over (H, W, N) per
+        channel -> ``(y (C, OH, OW, N), ctx)``; the batch norm as batchnorm_forward, the
+        pooling as relu_maxpool2d_forward."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def batchnorm_relu_maxpool2d_backward(self, dy, ctx, need_dx: bool = True):
+        """dy: (C, OH, OW, N) -> ``(dx (C, H, W, N) or None, dgamma, dbeta)``."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------- dense
     @abstractmethod
     def linear_forward(self, x, w, b):

@@ -245,6 +245,24 @@ class ReferenceBackend(Backend):
             dx = dy * scale[:, None]
         return dx, dgamma, dbeta
 
+    def batchnorm_relu_maxpool2d_forward(self, x, gamma, beta, running_mean, running_var,
+                                         size: int, stride: int, *, training: bool,
+                                         momentum: float, eps: float):
+        """The batch norm, then the ReLU and max-pool, each kernel in turn."""
+        self.check_pool2d(x, size, stride)
+        normed, bn_ctx = self.batchnorm_forward(
+            x.reshape(x.shape[0], -1), gamma, beta, running_mean, running_var,
+            training=training, momentum=momentum, eps=eps)
+        y, pool_ctx = self.relu_maxpool2d_forward(normed.reshape(x.shape), size, stride)
+        return y, (bn_ctx, pool_ctx)
+
+    def batchnorm_relu_maxpool2d_backward(self, dy, ctx, need_dx: bool = True):
+        bn_ctx, pool_ctx = ctx
+        dnormed = self.relu_maxpool2d_backward(dy, pool_ctx)
+        dx, dgamma, dbeta = self.batchnorm_backward(dnormed.reshape(dnormed.shape[0], -1), bn_ctx,
+                                                    need_dx=need_dx)
+        return (None if dx is None else dx.reshape(dnormed.shape)), dgamma, dbeta
+
     # -------------------------------------------------------------------- dense
     def linear_forward(self, x, w, b):
         self.check_linear(x, w, b)

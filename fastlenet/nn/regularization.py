@@ -1,4 +1,5 @@
-"""Layers that regularise training: Dropout and BatchNorm."""
+"""Layers that regularise training: Dropout and BatchNorm, and the BatchNorm + ReLU +
+max-pool block Sequential runs as one step."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ..checks import is_real
 from ..errors import ConfigError
 from .base import Layer, check_int, repr_call
 from .parameter import Parameter
+from .pool import ReLUMaxPool2d
 
 
 class Dropout(Layer):
@@ -101,11 +103,15 @@ class BatchNorm(Layer):
                               f"{self.num_features} channels, got shape {tuple(in_shape)}")
         return tuple(in_shape)
 
-    def forward(self, x):
-        x2 = x.reshape(x.shape[0], -1)  # (C, M): one row per channel, a view
-        if self.training and x2.shape[1] < 2:
+    def check_batch(self, x) -> None:
+        """ConfigError when training on fewer than 2 values per channel."""
+        if self.training and x.size < 2 * x.shape[0]:
             raise ConfigError("BatchNorm needs at least 2 values per channel in "
                               "training mode; use a batch size of at least 2")
+
+    def forward(self, x):
+        self.check_batch(x)
+        x2 = x.reshape(x.shape[0], -1)  # (C, M): one row per channel, a view
         y, self._ctx = self.backend.batchnorm_forward(
             x2, self.weight.data, self.bias.data, self.running_mean, self.running_var,
             training=self.training, momentum=self.momentum, eps=self.eps)
@@ -115,3 +121,45 @@ class BatchNorm(Layer):
         dx, self.weight.grad, self.bias.grad = self.backend.batchnorm_backward(
             dy.reshape(dy.shape[0], -1), self._ctx, need_dx=self.need_dx)
         return None if dx is None else dx.reshape(dy.shape)
+
+
+class BatchNormReLUMaxPool2d(Layer):
+    """``MaxPool2d(size, stride)(ReLU()(bn(x)))``: a BatchNorm of feature maps and the ReLU
+    and max-pool that follow it (compact's first two blocks) as one backend call each
+    way, which a backend may run without storing the normalised map (the Numba backend
+    does).
+
+    It holds the BatchNorm itself, not a copy: parameters, running estimates, gradients,
+    ``need_dx`` and the training mode are the BatchNorm's. Only Sequential makes these,
+    from a BatchNorm, ReLU and MaxPool2d written in a row; write those three, not this.
+    """
+
+    def __init__(self, bn: BatchNorm, size: int, pool_stride: int):
+        super().__init__()
+        self.bn = bn
+        self.pool = ReLUMaxPool2d(size, pool_stride)  # its shape logic and name
+        self._ctx = None
+
+    def __repr__(self) -> str:
+        return f"{self.bn!r}+{self.pool!r}"
+
+    def output_shape(self, in_shape):
+        return self.pool.output_shape(self.bn.output_shape(in_shape))
+
+    def describe(self, in_shape):
+        _, params, bn_connections = self.bn.describe(in_shape)
+        return repr(self), params, bn_connections + self.pool.describe(in_shape)[2]
+
+    def forward(self, x):
+        bn = self.bn
+        bn.check_batch(x)
+        y, self._ctx = self.backend.batchnorm_relu_maxpool2d_forward(
+            x, bn.weight.data, bn.bias.data, bn.running_mean, bn.running_var, self.pool.size,
+            self.pool.stride, training=bn.training, momentum=bn.momentum, eps=bn.eps)
+        return y
+
+    def backward(self, dy):
+        bn = self.bn
+        dx, bn.weight.grad, bn.bias.grad = self.backend.batchnorm_relu_maxpool2d_backward(
+            dy, self._ctx, need_dx=bn.need_dx)
+        return dx

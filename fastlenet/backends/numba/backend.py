@@ -84,6 +84,9 @@ class NumbaBackend(ReferenceBackend):
             y, ctx = self.batchnorm_forward(x.reshape(2, -1), *stats, training=training,
                                             momentum=0.1, eps=1e-5)
             self.batchnorm_backward(y, ctx)
+            y, ctx = self.batchnorm_relu_maxpool2d_forward(x, *stats, 2, 2, training=training,
+                                                           momentum=0.1, eps=1e-5)
+            self.batchnorm_relu_maxpool2d_backward(y, ctx)
         y, ctx = self.linear_forward(x.reshape(-1, 3), rng.standard_normal((5, 72)).astype(dtype),
                                      rng.standard_normal(5).astype(dtype))
         self.linear_backward(y, ctx)
@@ -249,6 +252,42 @@ class NumbaBackend(ReferenceBackend):
         augment.warp_bilinear(padded, np.ascontiguousarray(coeffs),
                               np.ascontiguousarray(displacement), out)
         return out
+
+    def batchnorm_relu_maxpool2d_forward(self, x, gamma, beta, running_mean, running_var,
+                                         size: int, stride: int, *, training: bool,
+                                         momentum: float, eps: float):
+        OH, OW = self.check_pool2d(x, size, stride)
+        C, H, W, N = x.shape
+        self.check_batchnorm(x.reshape(C, -1), gamma, beta, running_mean, running_var)
+        if stride != size or H != OH * size or W != OW * size:  # windows that do not tile
+            return super().batchnorm_relu_maxpool2d_forward(
+                x, gamma, beta, running_mean, running_var, size, stride, training=training,
+                momentum=momentum, eps=eps)
+        x = np.ascontiguousarray(x)
+        y = np.empty((C, OH, OW, N), dtype=x.dtype)
+        arg = np.empty((C, OH, OW, N), dtype=np.int32)
+        mean, inv_std = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
+        gamma = np.ascontiguousarray(gamma)
+        rm = running_mean if running_mean.flags.c_contiguous else running_mean.copy()
+        rv = running_var if running_var.flags.c_contiguous else running_var.copy()
+        batchnorm.batchnorm_relu_maxpool2d_forward(
+            x, gamma, np.ascontiguousarray(beta), rm, rv, bool(training), float(momentum),
+            float(eps), size, mean, inv_std, y, arg)
+        if training:
+            running_mean[...], running_var[...] = rm, rv
+        return y, ("fused", x, arg, mean, inv_std, gamma, bool(training))
+
+    def batchnorm_relu_maxpool2d_backward(self, dy, ctx, need_dx: bool = True):
+        if ctx[0] != "fused":
+            return super().batchnorm_relu_maxpool2d_backward(dy, ctx, need_dx)
+        _, x, arg, mean, inv_std, gamma, training = ctx
+        C = x.shape[0]
+        dx = np.empty_like(x) if need_dx else np.empty((0, 0, 0, 0), dtype=x.dtype)
+        dgamma, dbeta = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
+        batchnorm.batchnorm_relu_maxpool2d_backward(
+            x, np.ascontiguousarray(dy), arg, mean, inv_std, gamma, training, bool(need_dx), dx,
+            dgamma, dbeta)
+        return (dx if need_dx else None), dgamma, dbeta
 
     # --------------------------------------------------------------- activation
     def tanh_forward(self, x):
