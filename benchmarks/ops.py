@@ -253,41 +253,36 @@ class BackendCases:
                                                                      POOL_SIZE)),
                 lambda out: self._host(out[:1]))
 
-    def maxpool2d_forward(self, x):
-        be = self.backend
+    def _pool_forward(self, op: str, x):
+        """The forward kernel ``<op>_forward`` over 2x2 windows; fetch gives y."""
+        forward = getattr(self.backend, f"{op}_forward")
         (x,) = self._device(x)
-        return (self._timed(lambda: be.maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)),
-                lambda out: self._host(out[:1]))
+        return self._timed(lambda: forward(x, POOL_SIZE, POOL_SIZE)), lambda out: self._host(out[:1])
+
+    def _pool_backward(self, op: str, x, dy):
+        """``<op>_backward`` from the ctx of an untimed forward; fetch gives dx."""
+        forward, backward = (getattr(self.backend, f"{op}_{d}") for d in ("forward", "backward"))
+        x, dy = self._device(x, dy)
+        _, ctx = forward(x, POOL_SIZE, POOL_SIZE)
+        return self._timed(lambda: backward(dy, ctx)), lambda out: self._host([out])
+
+    def maxpool2d_forward(self, x):
+        return self._pool_forward("maxpool2d", x)
 
     def maxpool2d_backward(self, x, dy):
-        be = self.backend
-        x, dy = self._device(x, dy)
-        _, ctx = be.maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)
-        return self._timed(lambda: be.maxpool2d_backward(dy, ctx)), lambda out: self._host([out])
+        return self._pool_backward("maxpool2d", x, dy)
 
     def relu_maxpool2d_forward(self, x):
-        be = self.backend
-        (x,) = self._device(x)
-        return (self._timed(lambda: be.relu_maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)),
-                lambda out: self._host(out[:1]))
+        return self._pool_forward("relu_maxpool2d", x)
 
     def relu_maxpool2d_backward(self, x, dy):
-        be = self.backend
-        x, dy = self._device(x, dy)
-        _, ctx = be.relu_maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)
-        return self._timed(lambda: be.relu_maxpool2d_backward(dy, ctx)), lambda out: self._host([out])
+        return self._pool_backward("relu_maxpool2d", x, dy)
 
     def avgpool2d_forward(self, x):
-        be = self.backend
-        (x,) = self._device(x)
-        return (self._timed(lambda: be.avgpool2d_forward(x, POOL_SIZE, POOL_SIZE)),
-                lambda out: self._host(out[:1]))
+        return self._pool_forward("avgpool2d", x)
 
     def avgpool2d_backward(self, x, dy):
-        be = self.backend
-        x, dy = self._device(x, dy)
-        _, ctx = be.avgpool2d_forward(x, POOL_SIZE, POOL_SIZE)
-        return self._timed(lambda: be.avgpool2d_backward(dy, ctx)), lambda out: self._host([out])
+        return self._pool_backward("avgpool2d", x, dy)
 
     def _batchnorm(self, x, gamma, beta):
         """The forward in training mode on x's (C, M) rows, with fresh running estimates

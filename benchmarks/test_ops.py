@@ -41,30 +41,20 @@ def test_conv2d_relu_maxpool2d_forward(benchmark, contender, batch, layer):
     measure(benchmark, contender, "conv2d_relu_maxpool2d_forward", layer, (x, w, b, pad), batch)
 
 
+@pytest.mark.parametrize("op", ["batchnorm_forward", "batchnorm_backward"])
 @pytest.mark.parametrize("layer", BATCHNORMS)
-def test_batchnorm_forward(benchmark, contender, batch, layer):
+def test_batchnorm(benchmark, contender, batch, layer, op):
     """compact's batch norms in training mode (statistics of the batch, running estimates
-    updated)."""
-    measure(benchmark, contender, "batchnorm_forward", layer, batchnorm_inputs(layer, batch),
-            batch)
+    updated), forward or backward."""
+    measure(benchmark, contender, op, layer, batchnorm_inputs(layer, batch), batch)
 
 
-@pytest.mark.parametrize("layer", BATCHNORMS)
-def test_batchnorm_backward(benchmark, contender, batch, layer):
-    measure(benchmark, contender, "batchnorm_backward", layer, batchnorm_inputs(layer, batch),
-            batch)
-
-
+@pytest.mark.parametrize("op", ["avgpool2d_forward", "avgpool2d_backward"])
 @pytest.mark.parametrize("layer", AVG_POOLS)
-def test_avgpool2d_forward(benchmark, contender, batch, layer):
-    """lenet5-classic's subsampling."""
-    x, _ = avgpool_inputs(layer, batch)
-    measure(benchmark, contender, "avgpool2d_forward", layer, (x,), batch)
-
-
-@pytest.mark.parametrize("layer", AVG_POOLS)
-def test_avgpool2d_backward(benchmark, contender, batch, layer):
-    measure(benchmark, contender, "avgpool2d_backward", layer, avgpool_inputs(layer, batch), batch)
+def test_avgpool2d(benchmark, contender, batch, layer, op):
+    """lenet5-classic's subsampling, forward (from x) or backward (dy to dx)."""
+    x, dy = avgpool_inputs(layer, batch)
+    measure(benchmark, contender, op, layer, (x,) if op.endswith("forward") else (x, dy), batch)
 
 
 @pytest.mark.parametrize("layer", POOLS)

@@ -12,7 +12,7 @@
 //
 // Kernels and their thread-to-element maps:
 //   batchnorm_stats_{f32,f64}           one BLOCK of BN_THREADS threads per channel c:
-//       training: the threads stride over the row and reduce in shared memory in a fixed
+//       training: the threads stride over the row and their sums are added in thread
 //       order (deterministic), twice: the sum, then the squares about the mean (no
 //       cancellation); thread 0 writes mean[c], inv_std[c] and the running estimates.
 //       eval: thread 0 copies running_mean[c] and takes inv_std from running_var[c].
@@ -25,23 +25,29 @@
 
 #define BN_THREADS 256
 
-// The sum of every thread's `a` and of every thread's `b` over the block, in a fixed
-// order, returned to all threads. Every thread of the block must call it.
+// The sum of every thread's `a` and of every thread's `b` over the block, returned to
+// all threads: thread 0 adds the block's values in thread order (deterministic; a few
+// hundred additions against a row of 10^4-10^5 values). Every thread of the block must
+// call it.
 __device__ void block_sum2(double& a, double& b) {
     __shared__ double part_a[BN_THREADS];
     __shared__ double part_b[BN_THREADS];
+    __shared__ double totals[2];
     part_a[threadIdx.x] = a;
     part_b[threadIdx.x] = b;
     __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) {
-            part_a[threadIdx.x] += part_a[threadIdx.x + half];
-            part_b[threadIdx.x] += part_b[threadIdx.x + half];
+    if (threadIdx.x == 0) {
+        double sum_a = 0.0, sum_b = 0.0;
+        for (unsigned t = 0; t < blockDim.x; ++t) {
+            sum_a += part_a[t];
+            sum_b += part_b[t];
         }
-        __syncthreads();
+        totals[0] = sum_a;
+        totals[1] = sum_b;
     }
-    a = part_a[0];
-    b = part_b[0];
+    __syncthreads();
+    a = totals[0];
+    b = totals[1];
     __syncthreads();  // every thread has read the totals before the arrays are reused
 }
 

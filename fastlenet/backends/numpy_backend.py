@@ -116,10 +116,7 @@ class NumpyBackend(ReferenceBackend):
             y = np.multiply(centered, centered)
             var = y.sum(axis=1)
             var /= m
-            running_mean *= 1.0 - momentum
-            running_mean += momentum * mean
-            running_var *= 1.0 - momentum
-            running_var += (momentum * m / (m - 1)) * var
+            self._update_running(running_mean, running_var, mean, var, m, momentum)
         else:
             centered = x - running_mean[:, None]
             var = running_var

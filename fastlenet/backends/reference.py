@@ -215,10 +215,7 @@ class ReferenceBackend(Backend):
             mean = x.mean(axis=1)
             centered = x - mean[:, None]
             var = (centered * centered).mean(axis=1)
-            running_mean *= 1.0 - momentum
-            running_mean += momentum * mean
-            running_var *= 1.0 - momentum
-            running_var += (momentum * m / (m - 1)) * var
+            self._update_running(running_mean, running_var, mean, var, m, momentum)
         else:
             centered = x - running_mean[:, None]
             var = running_var
@@ -228,6 +225,15 @@ class ReferenceBackend(Backend):
         y = xhat * gamma[:, None]
         y += beta[:, None]
         return y, (xhat, inv_std, gamma, training)
+
+    @staticmethod
+    def _update_running(running_mean, running_var, mean, var, m: int, momentum: float) -> None:
+        """The running estimates' step, in place, from a batch's mean and biased variance
+        over m values (the variance made unbiased)."""
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mean
+        running_var *= 1.0 - momentum
+        running_var += (momentum * m / (m - 1)) * var
 
     def batchnorm_backward(self, dy, ctx, need_dx: bool = True):
         xhat, inv_std, gamma, training = ctx

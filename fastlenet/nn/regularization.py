@@ -10,7 +10,7 @@ from ..checks import is_real
 from ..errors import ConfigError
 from .base import Layer, check_int, repr_call
 from .parameter import Parameter
-from .pool import ReLUMaxPool2d
+from .pool import PooledStep
 
 
 class Dropout(Layer):
@@ -123,7 +123,7 @@ class BatchNorm(Layer):
         return None if dx is None else dx.reshape(dy.shape)
 
 
-class BatchNormReLUMaxPool2d(Layer):
+class BatchNormReLUMaxPool2d(PooledStep):
     """``MaxPool2d(size, stride)(ReLU()(bn(x)))``: a BatchNorm of feature maps and the ReLU
     and max-pool that follow it (compact's first two blocks) as one backend call each
     way, which a backend may run without storing the normalised map (the Numba backend
@@ -135,20 +135,8 @@ class BatchNormReLUMaxPool2d(Layer):
     """
 
     def __init__(self, bn: BatchNorm, size: int, pool_stride: int):
-        super().__init__()
+        super().__init__(bn, size, pool_stride)
         self.bn = bn
-        self.pool = ReLUMaxPool2d(size, pool_stride)  # its shape logic and name
-        self._ctx = None
-
-    def __repr__(self) -> str:
-        return f"{self.bn!r}+{self.pool!r}"
-
-    def output_shape(self, in_shape):
-        return self.pool.output_shape(self.bn.output_shape(in_shape))
-
-    def describe(self, in_shape):
-        _, params, bn_connections = self.bn.describe(in_shape)
-        return repr(self), params, bn_connections + self.pool.describe(in_shape)[2]
 
     def forward(self, x):
         bn = self.bn

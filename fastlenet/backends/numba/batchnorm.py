@@ -18,9 +18,11 @@ from .jit import parallel, serial
 from .pool import pool_window, pool_window_2x2
 
 
-def _channel_statistics(row, c, training, momentum, eps, running_mean, running_var):
-    """(mean, 1 / sqrt(var + eps)) of channel c, whose values are ``row``: the batch's in
-    training (and the running estimates updated), else the running estimates."""
+def _channel_statistics(row, c, training, momentum, eps, running_mean, running_var, mean,
+                        inv_std):
+    """mean[c] and inv_std[c] = 1 / sqrt(var + eps) of channel c, whose values are ``row``:
+    the batch's in training (and the running estimates updated), else the running
+    estimates; returned too, in float64."""
     if training:
         M = row.shape[0]
         shift = float(row[0])
@@ -38,10 +40,32 @@ def _channel_statistics(row, c, training, momentum, eps, running_mean, running_v
     else:
         mu = float(running_mean[c])
         var = float(running_var[c])
-    return mu, 1.0 / math.sqrt(var + eps)
+    istd = 1.0 / math.sqrt(var + eps)
+    mean[c] = mu
+    inv_std[c] = istd
+    return mu, istd
 
 
 channel_statistics = serial(_channel_statistics)
+
+
+def _parameter_gradients(sdy, sdyx, c, M, inv_std, gamma, training, dgamma, dbeta):
+    """dbeta[c] = sum dy and dgamma[c] = sum dy xhat, from channel c's sums of dy (sdy) and
+    of dy (x - mean) (sdyx); returns (a, k0, k1) of its input gradient
+    dx = dy a - k0 - (x - mean) k1, which is base.Backend.batchnorm_backward's formula
+    expanded (k0 = k1 = 0 in eval mode), in dgamma's dtype."""
+    t = dgamma.dtype.type
+    istd = float(inv_std[c])
+    dg = sdyx * istd
+    dbeta[c] = sdy
+    dgamma[c] = dg
+    scale = float(gamma[c]) * istd
+    if not training:
+        return t(scale), t(0), t(0)
+    return t(scale), t(scale * sdy / M), t(scale * istd * dg / M)
+
+
+parameter_gradients = serial(_parameter_gradients)
 
 
 def _batchnorm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
@@ -54,12 +78,8 @@ def _batchnorm_forward(x, gamma, beta, running_mean, running_var, training, mome
     for c in prange(C):
         row = x[c]
         mu, istd = channel_statistics(row, c, training, momentum, eps, running_mean,
-                                      running_var)
-        mean[c] = mu
-        inv_std[c] = istd
-        mu_t = t(mu)
-        a = t(gamma[c] * istd)
-        b = beta[c]
+                                      running_var, mean, inv_std)
+        mu_t, a, b = t(mu), t(gamma[c] * istd), beta[c]
         out = y[c]
         for m in range(M):
             out[m] = (row[m] - mu_t) * a + b
@@ -70,7 +90,6 @@ def _batchnorm_backward(x, dy, mean, inv_std, gamma, training, need_dx, dx, dgam
     recomputed from x; with ``need_dx`` the input gradient of base.Backend.batchnorm_backward
     into dx (C, M)."""
     C, M = x.shape
-    t = dx.dtype.type
     for c in prange(C):
         row = x[c]
         grad = dy[c]
@@ -81,23 +100,12 @@ def _batchnorm_backward(x, dy, mean, inv_std, gamma, training, need_dx, dx, dgam
             g = grad[m]
             sdy += g
             sdyx += g * (row[m] - mu)
-        istd = float(inv_std[c])
-        dg = sdyx * istd
-        dbeta[c] = sdy
-        dgamma[c] = dg
+        a, k0, k1 = parameter_gradients(sdy, sdyx, c, M, inv_std, gamma, training, dgamma,
+                                        dbeta)
         if need_dx:
-            scale = float(gamma[c]) * istd
             out = dx[c]
-            a = t(scale)
-            if training:
-                # scale (dy - sdy / M - xhat dg / M), with xhat = (x - mu) istd
-                k0 = t(scale * sdy / M)
-                k1 = t(scale * istd * dg / M)
-                for m in range(M):
-                    out[m] = grad[m] * a - k0 - (row[m] - mu) * k1
-            else:
-                for m in range(M):
-                    out[m] = grad[m] * a
+            for m in range(M):
+                out[m] = grad[m] * a - k0 - (row[m] - mu) * k1
 
 
 def _batchnorm_relu_maxpool2d_forward(x, gamma, beta, running_mean, running_var, training,
@@ -114,12 +122,8 @@ def _batchnorm_relu_maxpool2d_forward(x, gamma, beta, running_mean, running_var,
     planes = x.reshape(C, H, W * N)
     for c in prange(C):
         mu, istd = channel_statistics(flat[c], c, training, momentum, eps, running_mean,
-                                      running_var)
-        mean[c] = mu
-        inv_std[c] = istd
-        mu_t = t(mu)
-        a = t(gamma[c] * istd)
-        b = beta[c]
+                                      running_var, mean, inv_std)
+        mu_t, a, b = t(mu), t(gamma[c] * istd), beta[c]
         rows = np.empty((size, W * N), dtype=y.dtype)
         for i2 in range(PH):
             for r in range(size):
@@ -134,58 +138,53 @@ def _batchnorm_relu_maxpool2d_forward(x, gamma, beta, running_mean, running_var,
                     pool_window(rows, j2 * size * N, N, y[c, i2, j2], arg[c, i2, j2], True)
 
 
+def _routed(x, dy, arg, c, mu, a, k0, k1, write, dx):
+    """Over every position of channel c's windows, g = the pooled gradient routed there
+    (dy where arg names the position, else 0): returns (sum g, sum g (x - mu)), and with
+    ``write`` sets dx = g a - k0 - (x - mu) k1 there. Each window offset is a loop over
+    the images that selects rather than branches, so it vectorizes."""
+    PH, PW, N = dy.shape[1], dy.shape[2], dy.shape[3]
+    size = x.shape[1] // PH
+    zero = dx.dtype.type(0)
+    sdy = 0.0
+    sdyx = 0.0
+    for window in range(PH * PW):
+        i2, j2 = window // PW, window % PW
+        drow, arow = dy[c, i2, j2], arg[c, i2, j2]  # in cache for the window's positions
+        for offset in range(size * size):
+            p, q = offset // size, offset % size
+            xrow = x[c, i2 * size + p, j2 * size + q]
+            out = dx[c, i2 * size + p, j2 * size + q] if write else xrow
+            for n in range(N):
+                g = drow[n] if arow[n] == offset else zero
+                sdy += g
+                sdyx += g * (xrow[n] - mu)
+                if write:
+                    out[n] = g * a - k0 - (xrow[n] - mu) * k1
+    return sdy, sdyx
+
+
+routed = serial(_routed)
+
+
 def _batchnorm_relu_maxpool2d_backward(x, dy, arg, mean, inv_std, gamma, training, need_dx,
                                        dx, dgamma, dbeta):
     """The gradients of _batchnorm_relu_maxpool2d_forward from the pooled dy (C, PH, PW, N):
     the max-pool's dy reaches only each window's argmax (none in windows the ReLU
     zeroed), so dbeta and dgamma sum over those positions, and dx = scale * dy_full - k0 -
-    (x - mean) * k1 (base.Backend.batchnorm_backward's formula, expanded) is written in one
-    pass over the windows. Loops over each window offset t select with ``arg == t`` rather
-    than branch, so they vectorize over the images."""
+    (x - mean) * k1 (base.Backend.batchnorm_backward's formula, expanded) is written in a
+    second pass over the windows."""
     C, H, W, N = x.shape
-    PH, PW = dy.shape[1], dy.shape[2]
-    size = H // PH
     M = H * W * N
     t = dx.dtype.type
     zero = t(0)
     for c in prange(C):
         mu_t = t(mean[c])
-        sdy = 0.0
-        sdyx = 0.0
-        for i2 in range(PH):
-            for j2 in range(PW):
-                drow = dy[c, i2, j2]
-                arow = arg[c, i2, j2]
-                for p in range(size):
-                    for q in range(size):
-                        offset = p * size + q
-                        xrow = x[c, i2 * size + p, j2 * size + q]
-                        for n in range(N):
-                            g = drow[n] if arow[n] == offset else zero
-                            sdy += g
-                            sdyx += g * (xrow[n] - mu_t)
-        istd = float(inv_std[c])
-        dg = sdyx * istd
-        dbeta[c] = sdy
-        dgamma[c] = dg
-        if not need_dx:
-            continue
-        scale = float(gamma[c]) * istd
-        a = t(scale)
-        k0 = t(scale * sdy / M) if training else zero
-        k1 = t(scale * istd * dg / M) if training else zero
-        for i2 in range(PH):
-            for j2 in range(PW):
-                drow = dy[c, i2, j2]
-                arow = arg[c, i2, j2]
-                for p in range(size):
-                    for q in range(size):
-                        offset = p * size + q
-                        xrow = x[c, i2 * size + p, j2 * size + q]
-                        out = dx[c, i2 * size + p, j2 * size + q]
-                        for n in range(N):
-                            g = drow[n] if arow[n] == offset else zero
-                            out[n] = g * a - k0 - (xrow[n] - mu_t) * k1
+        sdy, sdyx = routed(x, dy, arg, c, mu_t, zero, zero, zero, False, dx)
+        a, k0, k1 = parameter_gradients(sdy, sdyx, c, M, inv_std, gamma, training, dgamma,
+                                        dbeta)
+        if need_dx:
+            routed(x, dy, arg, c, mu_t, a, k0, k1, True, dx)
 
 
 batchnorm_forward = parallel(_batchnorm_forward)

@@ -305,24 +305,18 @@ def _conv2d_backward_weight(xpad, dy, dw, db):
             dw[k + 1, c, p, q], dw[k + 1, c, p, q + 1], dw[k + 1, c, p, q + 2] = b0, b1, b2
             dw[k + 1, c, p, q + 3], dw[k + 1, c, p, q + 4] = b3, b4
             q += 5
-        while both and q + 3 <= KW:
+        while both and q + 3 <= KW:  # three columns (3x3 kernels): six sums
             a0 = a1 = a2 = b0 = b1 = b2 = zero
             for i in range(OH):
-                d0 = dyf[(k * OH + i) * run:(k * OH + i + 1) * run]
-                d1 = dyf[((k + 1) * OH + i) * run:((k + 1) * OH + i + 1) * run]
-                base = (c * HP + i + p) * WP * N + q * N
-                x0 = xf[base:base + run]
-                x1 = xf[base + N:base + N + run]
-                x2 = xf[base + 2 * N:base + 2 * N + run]
+                top = (k * OH + i) * run
+                d0, d1 = dyf[top:top + run], dyf[top + OH * run:top + (OH + 1) * run]
+                start = (c * HP + i + p) * WP * N + q * N
+                x0, x1 = xf[start:start + run], xf[start + N:start + N + run]
+                x2 = xf[start + 2 * N:start + 2 * N + run]
                 for m in range(run):
-                    e0, e1 = d0[m], d1[m]
-                    v0, v1, v2 = x0[m], x1[m], x2[m]
-                    a0 += e0 * v0
-                    a1 += e0 * v1
-                    a2 += e0 * v2
-                    b0 += e1 * v0
-                    b1 += e1 * v1
-                    b2 += e1 * v2
+                    e0, e1, v0, v1, v2 = d0[m], d1[m], x0[m], x1[m], x2[m]
+                    a0, a1, a2 = a0 + e0 * v0, a1 + e0 * v1, a2 + e0 * v2
+                    b0, b1, b2 = b0 + e1 * v0, b1 + e1 * v1, b2 + e1 * v2
             dw[k, c, p, q], dw[k, c, p, q + 1], dw[k, c, p, q + 2] = a0, a1, a2
             dw[k + 1, c, p, q], dw[k + 1, c, p, q + 1], dw[k + 1, c, p, q + 2] = b0, b1, b2
             q += 3
