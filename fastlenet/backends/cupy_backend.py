@@ -17,9 +17,10 @@ Each file's header gives its layouts (batch innermost, as every backend) and its
 thread-to-element map. The linear layers use dense.cu's GEMM, not cuBLAS, so that
 :meth:`CupyBackend.capture_step` can record a whole forward and backward pass in a CUDA
 graph (CuPy cannot capture cuBLAS calls); captured and uncaptured steps then run the
-same kernels and give the same bits. What has no kernel here (the fused conv block's
-chain, the augmenter's warp and smoothing, the layers' small element-wise maths) is the
-reference's array maths run by CuPy (``xp = cupy``); the training step's reductions (the
+same kernels and give the same bits. What has no kernel here (the fused conv and
+batch-norm blocks, run as chains of this backend's kernels; tanh; the augmenter's warp
+and smoothing; the layers' small element-wise maths) is the reference's array maths run
+by CuPy (``xp = cupy``); the training step's reductions (the
 loss mean, the count of correct predictions) are the project's, compiled when the backend
 starts rather than by CuPy inside the first steps. docs/cuda.md has the measurements.
 

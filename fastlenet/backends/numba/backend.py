@@ -27,8 +27,8 @@ class NumbaBackend(ReferenceBackend):
     """NumPy arrays, Numba kernels. Every kernel of a training step is its own, except
     the conv block's backward, the reference's chain of this backend's max-pool and
     convolution backwards (and its forward where the convolution is strided or the
-    windows overlap or leave gaps); softmax (inference only) and from_batch_last are the
-    reference's."""
+    windows overlap or leave gaps; the batch-norm block's both ways in that case);
+    softmax (inference only) and from_batch_last are the reference's."""
 
     name = "numba"
 
