@@ -232,7 +232,8 @@ def test_render_names_a_missing_file(tmp_path, capsys):
 
 def test_pytorch_cuda_contenders_run_or_skip_saying_why():
     """Where PyTorch sees no CUDA device its CUDA contenders skip with the reason, and the
-    CPU one runs the same step benchmark; where it sees one, all three run (untimed)."""
+    CPU one runs the same step benchmark; where it sees one, all three run (untimed). Each
+    runs the step of every model of the suite (lenet.MODELS: 3)."""
     pytest.importorskip("pytest_benchmark")
     torch = pytest.importorskip("torch")
     done = run("-m", "pytest", "benchmarks/test_training.py", "-k", "training_step and torch",
@@ -240,9 +241,9 @@ def test_pytorch_cuda_contenders_run_or_skip_saying_why():
                "-q", "-p", "no:cacheprovider")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     if torch.cuda.is_available():
-        assert "3 passed" in done.stdout
+        assert "9 passed" in done.stdout
     else:
-        assert "1 passed, 2 skipped" in done.stdout
+        assert "3 passed, 6 skipped" in done.stdout
         for name in ("torch-cuda", "torch-cuda-graphs"):
             assert (f"{name} needs a CUDA device, and PyTorch {torch.__version__} sees none"
                     in done.stdout)
