@@ -1,10 +1,11 @@
 """Where a fastlenet training step spends its time, kernel by kernel.
 
-    python -m benchmarks.kernel_profile [--backend numba] [--steps 100] [--images 60000]
+    python -m benchmarks.kernel_profile [--backend numba] [--model compact] [--steps 100]
+                                        [--images 60000]
 
-Wraps every kernel a LeNet-5 training step may call with a timer that synchronizes the
-device, trains ``--steps`` steps of batch 128 on real MNIST after 20 untimed ones, and
-prints each kernel's time per step (from the median call, and from the fastest, the one
+Wraps every kernel a training step of a zoo model (LeNet-5 unless told) may call with a
+timer that synchronizes the device, trains ``--steps`` steps of batch 128 on real MNIST
+after 20 untimed ones, and prints each kernel's time per step (from the median call, and from the fastest, the one
 to compare on a loaded machine) and per 60,000-image epoch. What is left of the step is
 code outside the kernels (the FC ReLUs, batch gathering, Python). A kernel calling
 another (a fused op built from plain ones) is timed once, as the outer call.
@@ -24,21 +25,24 @@ from collections import defaultdict
 from fastlenet.backends import names
 from fastlenet.errors import BackendUnavailableError
 
-from .lenet import BATCH, FastLeNetRun, load_training_set
+from .lenet import BATCH, MODEL, MODELS, FastLeNetRun, load_training_set
 
 KERNELS = ("conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward",
            "conv2d_forward", "conv2d_backward", "relu_maxpool2d_forward",
            "relu_maxpool2d_backward", "maxpool2d_forward", "maxpool2d_backward",
            "linear_forward", "linear_backward", "softmax_cross_entropy", "adam_update",
-           "to_batch_last")
+           "to_batch_last", "batchnorm_relu_maxpool2d_forward",
+           "batchnorm_relu_maxpool2d_backward", "batchnorm_forward", "batchnorm_backward",
+           "avgpool2d_forward", "avgpool2d_backward", "tanh_forward", "tanh_backward")
 WARMUP_STEPS = 20
 EPOCH_IMAGES = 60000
 
 
-def profile(backend_name: str, steps: int, images: int) -> str:
-    """Train ``steps`` timed steps with every kernel wrapped; the report as text."""
+def profile(backend_name: str, steps: int, images: int, model: str = MODEL) -> str:
+    """Train ``steps`` timed steps of ``model`` with every kernel wrapped; the report as
+    text."""
     x, y = load_training_set(images)
-    run = FastLeNetRun(backend_name, x, y)
+    run = FastLeNetRun(backend_name, x, y, model=model)
     backend = run.backend
     spent: dict[tuple[str, tuple], list[float]] = defaultdict(list)
     depth = [0]
@@ -77,7 +81,7 @@ def profile(backend_name: str, steps: int, images: int) -> str:
         for name in KERNELS:
             delattr(backend, name)
     per_epoch = -(-EPOCH_IMAGES // BATCH)
-    lines = [f"fastlenet {backend_name}: {steps} steps of batch {BATCH}. Per kernel and input "
+    lines = [f"fastlenet {backend_name}, {model}: {steps} steps of batch {BATCH}. Per kernel and input "
              "shape: ms per step from the median and from the fastest call, and s per "
              f"{per_epoch}-step epoch from the median",
              f"  {'kernel':30s} {'input':18s} {'median':>8s}    {'fastest':>8s}    {'epoch':>7s}"]
@@ -100,6 +104,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kernel_profile",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="auto", choices=names())
+    parser.add_argument("--model", default=MODEL, choices=MODELS)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--images", type=int, default=EPOCH_IMAGES,
                         help="MNIST training images to draw batches from")
@@ -107,7 +112,7 @@ def main() -> int:
     if args.steps < 1 or args.images < BATCH:
         parser.error(f"--steps must be at least 1 and --images at least {BATCH}")
     try:
-        print(profile(args.backend, args.steps, args.images))
+        print(profile(args.backend, args.steps, args.images, args.model))
     except BackendUnavailableError as exc:
         print(f"kernel_profile: error: {exc}", file=sys.stderr)
         return 2

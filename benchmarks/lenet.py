@@ -1,4 +1,5 @@
-"""LeNet-5 training on a fastlenet backend and in PyTorch, set up identically.
+"""Training of a zoo model (LeNet-5 unless told) on a fastlenet backend and in PyTorch,
+set up identically.
 
 Both sides train the same model from the same initial weights (fastlenet's seeded
 initialisation, loaded into the PyTorch twin that the model tests compare against,
@@ -29,7 +30,7 @@ import numpy as np
 from fastlenet.backends import get_backend
 from fastlenet.config import TrainConfig
 from fastlenet.data import load_dataset, prepare
-from fastlenet.nn import SoftmaxCrossEntropy, build_model
+from fastlenet.nn import Dropout, SoftmaxCrossEntropy, build_model
 from fastlenet.optim import Adam, make_schedule
 from fastlenet.train import Trainer
 from fastlenet.training_step import TrainingStep
@@ -37,20 +38,28 @@ from fastlenet.training_step import TrainingStep
 from .torch_contenders import TORCH_CONTENDERS, import_torch, set_up_torch_cuda
 from .torch_twins import torch_twin
 
-MODEL = "lenet5"
+MODEL = "lenet5"  # the model of the recipes, and of the step and epoch runs unless told
+# the zoo models whose steps and epochs the suite times (their twins: torch_twins.py)
+MODELS = ("lenet5", "lenet5-classic", "compact")
 BATCH = 128
 LR = 1e-3
 COURSEWORK_TARGET_S = 420.0  # the coursework: > 97% test accuracy in under 7 minutes
 ACCURACY_TARGETS = (0.97, 0.99)
 
 
-def torch_model(seed: int, dtype: str = "float32"):
-    """The PyTorch twin holding fastlenet's initial weights for ``seed``."""
+def torch_model(seed: int, dtype: str = "float32", model: str = MODEL):
+    """The PyTorch twin of ``model`` holding fastlenet's initial weights (and BatchNorm's
+    running estimates) for ``seed``."""
     torch = import_torch()
-    model = torch_twin(MODEL).to(getattr(torch, dtype))
-    weights = build_model(MODEL, "numpy", dtype=dtype, seed=seed).state_dict()
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-    return model
+    twin = torch_twin(model).to(getattr(torch, dtype))
+    weights = build_model(model, "numpy", dtype=dtype, seed=seed).state_dict()
+    # PyTorch's BatchNorm also counts its batches, which fastlenet's does not keep
+    missing, unexpected = twin.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
+                                               strict=False)
+    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+        raise KeyError(f"the {model} twin does not match fastlenet's: missing {missing}, "
+                       f"unexpected {unexpected}")
+    return twin
 
 
 def load_training_set(images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +73,7 @@ def load_training_set(images: int | None = None) -> tuple[np.ndarray, np.ndarray
 
 
 class TrainingRun:
-    """LeNet-5 training steps over a training set held in memory; subclasses say how."""
+    """Training steps of a model over a training set held in memory; subclasses say how."""
 
     n: int
     batch: int
@@ -103,15 +112,19 @@ class TrainingRun:
 
 
 class FastLeNetRun(TrainingRun):
-    """fastlenet's LeNet-5, loss and Adam on one backend, the training set on its device,
+    """fastlenet's ``model`` (LeNet-5 unless told), loss and Adam on one backend, the training set on its device,
     each step the trainer's own :class:`~fastlenet.training_step.TrainingStep` (batch gathered
     on the device; recorded and replayed as one CUDA graph on a GPU backend), its loss
     copied as the trainer keeps it."""
 
     def __init__(self, backend_name: str, x: np.ndarray, y: np.ndarray, batch: int = BATCH,
-                 seed: int = 0):
+                 seed: int = 0, model: str = MODEL, dropout: bool = True):
         self.backend = backend = get_backend(backend_name)
-        self.model = build_model(MODEL, backend, seed=seed)
+        self.model = build_model(model, backend, seed=seed)
+        if not dropout:
+            for layer in self.model.layers:
+                if isinstance(layer, Dropout):
+                    layer.p = 0.0
         self.loss_fn = SoftmaxCrossEntropy(backend=backend)
         self.optimizer = Adam(self.model.parameters(), backend, lr=LR)
         self.x, self.y = backend.asarray(x), backend.asarray(y)
@@ -149,12 +162,17 @@ class TorchRun(TrainingRun):
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch: int = BATCH, seed: int = 0,
-                 device: str = "cpu", graphs: bool = False):
+                 device: str = "cpu", graphs: bool = False, model: str = MODEL,
+                 dropout: bool = True):
         self.torch = torch = import_torch()
         self.device = torch.device(device)
         if self.device.type == "cuda":
             set_up_torch_cuda(torch)
-        self.model = torch_model(seed).to(self.device)
+        self.model = torch_model(seed, model=model).to(self.device)
+        if not dropout:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR, capturable=graphs)
         self.x, self.y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
         self.n, self.batch = len(y), batch
@@ -223,13 +241,17 @@ class TorchRun(TrainingRun):
                 for (name, _), g in zip(self.model.named_parameters(), grads)}
 
 
-def make_run(contender: str, x: np.ndarray, y: np.ndarray, batch: int = BATCH, seed: int = 0):
-    """A :class:`TorchRun` for a PyTorch contender (``torch``, ``torch-cuda``,
-    ``torch-cuda-graphs``), else a :class:`FastLeNetRun` on that backend."""
+def make_run(contender: str, x: np.ndarray, y: np.ndarray, batch: int = BATCH, seed: int = 0,
+             model: str = MODEL, dropout: bool = True):
+    """A :class:`TorchRun` of ``model`` for a PyTorch contender (``torch``, ``torch-cuda``,
+    ``torch-cuda-graphs``), else a :class:`FastLeNetRun` on that backend. Without
+    ``dropout`` its Dropout layers pass everything: each contender draws its masks from its
+    own generator, so a step checked against another contender's runs without them."""
     if contender in TORCH_CONTENDERS:
         device, graphs = TORCH_CONTENDERS[contender]
-        return TorchRun(x, y, batch, seed, device=device, graphs=graphs)
-    return FastLeNetRun(contender, x, y, batch, seed)
+        return TorchRun(x, y, batch, seed, device=device, graphs=graphs, model=model,
+                        dropout=dropout)
+    return FastLeNetRun(contender, x, y, batch, seed, model=model, dropout=dropout)
 
 
 # ------------------------------------------------------------ time to accuracy

@@ -1,4 +1,5 @@
-"""The kernels of a LeNet-5 training step, as benchmark cases for every contender.
+"""The kernels of a training step of LeNet-5, lenet5-classic and compact, as benchmark
+cases for every contender.
 
 A contender is a fastlenet backend (by its registry name) or ``"torch"`` (PyTorch CPU,
 the same operation as its autograd runs it in training). Each case method takes host
@@ -25,6 +26,17 @@ The LeNet-5 shapes at batch N (what the model runs):
 | fc1, fc2, fc3 | (400, N), (120, N), (84, N) | (120, 400), (84, 120), (10, 84) | (120, N), (84, N), (10, N) |
 | loss | logits (10, N), labels (N,) | | loss and dlogits (10, N) |
 | adam | every LeNet-5 parameter and its gradient (61,706 values) | | |
+
+The other models' own shapes (their other kernels are LeNet-5's or as small):
+
+| case | input | weights | output |
+|---|---|---|---|
+| compact-conv1 | (1, 32, 32, N) | (16, 1, 5, 5), no bias | (16, 28, 28, N); no input gradient |
+| compact-conv2 | (16, 14, 14, N) | (32, 16, 3, 3), padding 1, no bias | (32, 14, 14, N) |
+| compact-conv3 | (32, 7, 7, N) | (64, 32, 3, 3), no bias | (64, 5, 5, N) |
+| compact-bn1, -bn2, -bn3 | (16, 28, 28, N), (32, 14, 14, N), (64, 5, 5, N) | gamma, beta | batch norm in training mode, as its (C, M) rows |
+| classic-conv3 | (16, 5, 5, N) | (120, 16, 5, 5) | (120, 1, 1, N): LeNet-5's C5 |
+| classic-pool1, classic-pool2 | (6, 28, 28, N), (16, 10, 10, N) | 2x2 average, stride 2 | (6, 14, 14, N), (16, 5, 5, N) |
 """
 
 from __future__ import annotations
@@ -43,10 +55,21 @@ from .torch_contenders import TORCH_CONTENDERS, TORCH_CUDA, import_torch, set_up
 
 CHECKED_AGAINST = "numpy"  # the backend every contender's results are checked against
 
-# name -> (C, H, W, K, kernel, need_dx): the model's two convolutions
-CONVS = {"conv1": (1, 32, 32, 6, 5, False), "conv2": (6, 14, 14, 16, 5, True)}
-# name -> (C, H, W): the inputs of the model's two ReLU + max-pool steps
+# name -> (C, H, W, K, kernel, pad, bias, need_dx): the models' convolutions
+CONVS = {"conv1": (1, 32, 32, 6, 5, 0, True, False), "conv2": (6, 14, 14, 16, 5, 0, True, True),
+         "compact-conv1": (1, 32, 32, 16, 5, 0, False, False),
+         "compact-conv2": (16, 14, 14, 32, 3, 1, False, True),
+         "compact-conv3": (32, 7, 7, 64, 3, 0, False, True),
+         "classic-conv3": (16, 5, 5, 120, 5, 0, True, True)}
+# the conv blocks LeNet-5 runs as one conv + ReLU + max-pool step
+CONV_BLOCKS = ("conv1", "conv2")
+# name -> (C, H, W): the inputs of LeNet-5's two ReLU + max-pool steps (max-pool cases),
+# and of lenet5-classic's average pools (their own cases)
 POOLS = {"pool1": (6, 28, 28), "pool2": (16, 10, 10)}
+AVG_POOLS = {"classic-pool1": (6, 28, 28), "classic-pool2": (16, 10, 10)}
+# name -> (C, H, W): the inputs of compact's batch norms
+BATCHNORMS = {"compact-bn1": (16, 28, 28), "compact-bn2": (32, 14, 14), "compact-bn3": (64, 5, 5)}
+BN = {"momentum": 0.1, "eps": 1e-5}
 POOL_SIZE = 2
 # name -> (IN, OUT): the fully connected layers
 LINEARS = {"fc1": (400, 120), "fc2": (120, 84), "fc3": (84, 10)}
@@ -68,15 +91,36 @@ def _rng(*key) -> np.random.Generator:
 
 
 def conv_inputs(name: str, n: int):
-    """x (C, H, W, N), w (K, C, k, k), b (K,), dy (K, OH, OW, N), need_dx; float32."""
-    c, h, w, k, size, need_dx = CONVS[name]
+    """x (C, H, W, N), w (K, C, k, k), b (K,) or None, pad, dy (K, OH, OW, N), need_dx;
+    float32."""
+    c, h, w, k, size, pad, bias, need_dx = CONVS[name]
     rng = _rng("conv", name, n)
-    oh, ow = h - size + 1, w - size + 1
+    oh, ow = h + 2 * pad - size + 1, w + 2 * pad - size + 1
     x = rng.standard_normal((c, h, w, n), dtype=np.float32)
     wt = rng.standard_normal((k, c, size, size), dtype=np.float32) * np.float32(np.sqrt(2 / (c * size * size)))
-    b = rng.standard_normal(k, dtype=np.float32) * np.float32(0.1)
+    b = rng.standard_normal(k, dtype=np.float32) * np.float32(0.1) if bias else None
     dy = rng.standard_normal((k, oh, ow, n), dtype=np.float32)
-    return x, wt, b, dy, need_dx
+    return x, wt, b, pad, dy, need_dx
+
+
+def avgpool_inputs(name: str, n: int):
+    """x (C, H, W, N) and dy (C, H/2, W/2, N); float32."""
+    c, h, w = AVG_POOLS[name]
+    rng = _rng("avgpool", name, n)
+    return (rng.standard_normal((c, h, w, n), dtype=np.float32),
+            rng.standard_normal((c, h // POOL_SIZE, w // POOL_SIZE, n), dtype=np.float32))
+
+
+def batchnorm_inputs(name: str, n: int):
+    """x (C, H, W, N), gamma (C,), beta (C,), dy (C, H, W, N); float32, x with a mean and
+    spread of its own per channel, as a convolution's output has."""
+    c, h, w = BATCHNORMS[name]
+    rng = _rng("batchnorm", name, n)
+    shift = rng.standard_normal((c, 1, 1, 1), dtype=np.float32)
+    x = rng.standard_normal((c, h, w, n), dtype=np.float32) * np.float32(2) + shift
+    gamma = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    beta = rng.standard_normal(c, dtype=np.float32) * np.float32(0.1)
+    return x, gamma, beta, rng.standard_normal((c, h, w, n), dtype=np.float32)
 
 
 def pool_inputs(name: str, n: int):
@@ -117,14 +161,14 @@ def adam_inputs():
             for name, p in params.items()}
 
 
-def assert_close(got: list, want: list, what: str) -> None:
-    """Each array equal to the reference's within RTOL of the reference's largest value."""
+def assert_close(got: list, want: list, what: str, rtol: float = RTOL) -> None:
+    """Each array equal to the reference's within ``rtol`` of the reference's largest value."""
     assert len(got) == len(want), f"{what}: {len(got)} results, the reference has {len(want)}"
     for i, (g, w) in enumerate(zip(got, want)):
         g, w = np.asarray(g), np.asarray(w)
         assert g.shape == w.shape, f"{what}: result {i} has shape {g.shape}, the reference {w.shape}"
         scale = float(np.abs(w).max()) if w.size else 0.0
-        np.testing.assert_allclose(g, w, rtol=0, atol=RTOL * max(scale, 1e-30),
+        np.testing.assert_allclose(g, w, rtol=0, atol=rtol * max(scale, 1e-30),
                                    err_msg=f"{what}: result {i} differs from the NumPy backend's")
 
 
@@ -190,47 +234,72 @@ class BackendCases:
     def _host(self, arrays):
         return [self.backend.to_numpy(a) for a in arrays if a is not None]
 
-    def conv2d_forward(self, x, w, b):
+    def conv2d_forward(self, x, w, b, pad):
         be = self.backend
         x, w, b = self._device(x, w, b)
-        return self._timed(lambda: be.conv2d_forward(x, w, b, 1, 0)), lambda out: self._host(out[:1])
+        return (self._timed(lambda: be.conv2d_forward(x, w, b, 1, pad)),
+                lambda out: self._host(out[:1]))
 
-    def conv2d_backward(self, x, w, b, dy, need_dx):
+    def conv2d_backward(self, x, w, b, pad, dy, need_dx):
         be = self.backend
         x, w, b, dy = self._device(x, w, b, dy)
-        _, ctx = be.conv2d_forward(x, w, b, 1, 0)
+        _, ctx = be.conv2d_forward(x, w, b, 1, pad)
         return self._timed(lambda: be.conv2d_backward(dy, ctx, need_dx)), self._host
 
-    def conv2d_relu_maxpool2d_forward(self, x, w, b):
+    def conv2d_relu_maxpool2d_forward(self, x, w, b, pad):
         be = self.backend
         x, w, b = self._device(x, w, b)
-        return (self._timed(lambda: be.conv2d_relu_maxpool2d_forward(x, w, b, 1, 0, POOL_SIZE,
+        return (self._timed(lambda: be.conv2d_relu_maxpool2d_forward(x, w, b, 1, pad, POOL_SIZE,
                                                                      POOL_SIZE)),
                 lambda out: self._host(out[:1]))
 
-    def maxpool2d_forward(self, x):
-        be = self.backend
+    def _pool_forward(self, op: str, x):
+        """The forward kernel ``<op>_forward`` over 2x2 windows; fetch gives y."""
+        forward = getattr(self.backend, f"{op}_forward")
         (x,) = self._device(x)
-        return (self._timed(lambda: be.maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)),
-                lambda out: self._host(out[:1]))
+        return self._timed(lambda: forward(x, POOL_SIZE, POOL_SIZE)), lambda out: self._host(out[:1])
+
+    def _pool_backward(self, op: str, x, dy):
+        """``<op>_backward`` from the ctx of an untimed forward; fetch gives dx."""
+        forward, backward = (getattr(self.backend, f"{op}_{d}") for d in ("forward", "backward"))
+        x, dy = self._device(x, dy)
+        _, ctx = forward(x, POOL_SIZE, POOL_SIZE)
+        return self._timed(lambda: backward(dy, ctx)), lambda out: self._host([out])
+
+    def maxpool2d_forward(self, x):
+        return self._pool_forward("maxpool2d", x)
 
     def maxpool2d_backward(self, x, dy):
-        be = self.backend
-        x, dy = self._device(x, dy)
-        _, ctx = be.maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)
-        return self._timed(lambda: be.maxpool2d_backward(dy, ctx)), lambda out: self._host([out])
+        return self._pool_backward("maxpool2d", x, dy)
 
     def relu_maxpool2d_forward(self, x):
-        be = self.backend
-        (x,) = self._device(x)
-        return (self._timed(lambda: be.relu_maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)),
-                lambda out: self._host(out[:1]))
+        return self._pool_forward("relu_maxpool2d", x)
 
     def relu_maxpool2d_backward(self, x, dy):
+        return self._pool_backward("relu_maxpool2d", x, dy)
+
+    def avgpool2d_forward(self, x):
+        return self._pool_forward("avgpool2d", x)
+
+    def avgpool2d_backward(self, x, dy):
+        return self._pool_backward("avgpool2d", x, dy)
+
+    def _batchnorm(self, x, gamma, beta):
+        """The forward in training mode on x's (C, M) rows, with fresh running estimates
+        (the timed calls move them on; the output does not read them)."""
+        be, c = self.backend, x.shape[0]
+        x, gamma, beta, mean, var = self._device(x.reshape(c, -1), gamma, beta, np.zeros(c, np.float32),
+                                                 np.ones(c, np.float32))
+        return lambda: be.batchnorm_forward(x, gamma, beta, mean, var, training=True, **BN)
+
+    def batchnorm_forward(self, x, gamma, beta, dy):
+        return self._timed(self._batchnorm(x, gamma, beta)), lambda out: self._host(out[:1])
+
+    def batchnorm_backward(self, x, gamma, beta, dy):
         be = self.backend
-        x, dy = self._device(x, dy)
-        _, ctx = be.relu_maxpool2d_forward(x, POOL_SIZE, POOL_SIZE)
-        return self._timed(lambda: be.relu_maxpool2d_backward(dy, ctx)), lambda out: self._host([out])
+        _, ctx = self._batchnorm(x, gamma, beta)()
+        (dy,) = self._device(dy.reshape(dy.shape[0], -1))
+        return self._timed(lambda: be.batchnorm_backward(dy, ctx)), self._host
 
     def linear_forward(self, x, w, b):
         be = self.backend
@@ -297,29 +366,30 @@ class TorchCases:
     def _chwn(cls, t):
         return np.moveaxis(cls._host(t), 0, -1)
 
-    def conv2d_forward(self, x, w, b):
+    def conv2d_forward(self, x, w, b, pad):
         conv = self.torch.nn.functional.conv2d
-        x, w, b = self._nchw(x), self._tensor(w), self._tensor(b)
-        return self._timed(lambda: conv(x, w, b)), lambda y: [self._chwn(y)]
+        x, w, b = self._nchw(x), self._tensor(w), None if b is None else self._tensor(b)
+        return self._timed(lambda: conv(x, w, b, padding=pad)), lambda y: [self._chwn(y)]
 
-    def conv2d_backward(self, x, w, b, dy, need_dx):
+    def conv2d_backward(self, x, w, b, pad, dy, need_dx):
         backward = self.torch.ops.aten.convolution_backward
         x, w, dy = self._nchw(x), self._tensor(w), self._nchw(dy)
-        bias_sizes = [len(b)]
+        bias_sizes = None if b is None else [len(b)]
 
         def call():
-            return backward(dy, x, w, bias_sizes, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                            [need_dx, True, True])
+            return backward(dy, x, w, bias_sizes, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
+                            [need_dx, True, b is not None])
 
         def fetch(out):
             dx, dw, db = out
-            return ([self._chwn(dx)] if need_dx else []) + [self._host(dw), self._host(db)]
+            return (([self._chwn(dx)] if need_dx else []) + [self._host(dw)]
+                    + ([self._host(db)] if b is not None else []))
         return self._timed(call), fetch
 
-    def conv2d_relu_maxpool2d_forward(self, x, w, b):
+    def conv2d_relu_maxpool2d_forward(self, x, w, b, pad):
         torch, conv = self.torch, self.torch.nn.functional.conv2d
         x, w, b = self._nchw(x), self._tensor(w), self._tensor(b)
-        return (self._timed(lambda: self._pool(torch.relu(conv(x, w, b)))),
+        return (self._timed(lambda: self._pool(torch.relu(conv(x, w, b, padding=pad)))),
                 lambda out: [self._chwn(out[0])])
 
     def _pool(self, x):
@@ -350,6 +420,43 @@ class TorchCases:
         def call():
             return torch.ops.aten.threshold_backward(self._pool_backward(dy, relu, indices), relu, 0)
         return self._timed(call), lambda dx: [self._chwn(dx)]
+
+    def avgpool2d_forward(self, x):
+        pool, x = self.torch.nn.functional.avg_pool2d, self._nchw(x)
+        return self._timed(lambda: pool(x, POOL_SIZE, POOL_SIZE)), lambda y: [self._chwn(y)]
+
+    def avgpool2d_backward(self, x, dy):
+        backward = self.torch.ops.aten.avg_pool2d_backward
+        x, dy = self._nchw(x), self._nchw(dy)
+
+        def call():
+            return backward(dy, x, [POOL_SIZE] * 2, [POOL_SIZE] * 2, [0, 0], False, True, None)
+        return self._timed(call), lambda dx: [self._chwn(dx)]
+
+    def _batchnorm(self, x, gamma, beta):
+        """aten's native_batch_norm in training mode (what BatchNorm2d calls), NCHW."""
+        torch, c = self.torch, x.shape[0]
+        x, gamma, beta = self._nchw(x), self._tensor(gamma), self._tensor(beta)
+        mean, var = self._tensor(np.zeros(c, np.float32)), self._tensor(np.ones(c, np.float32))
+        return x, gamma, (mean, var), lambda: torch.ops.aten.native_batch_norm(
+            x, gamma, beta, mean, var, True, BN["momentum"], BN["eps"])
+
+    def batchnorm_forward(self, x, gamma, beta, dy):
+        *_, forward = self._batchnorm(x, gamma, beta)
+        c = x.shape[0]
+        return self._timed(forward), lambda out: [self._chwn(out[0]).reshape(c, -1)]
+
+    def batchnorm_backward(self, x, gamma, beta, dy):
+        c = x.shape[0]
+        x, gamma, (mean, var), forward = self._batchnorm(x, gamma, beta)
+        _, save_mean, save_invstd = forward()
+        dy = self._nchw(dy)
+
+        def call():
+            return self.torch.ops.aten.native_batch_norm_backward(
+                dy, x, gamma, mean, var, save_mean, save_invstd, True, BN["eps"], [True] * 3)
+        return self._timed(call), lambda out: [self._chwn(out[0]).reshape(c, -1),
+                                               self._host(out[1]), self._host(out[2])]
 
     def linear_forward(self, x, w, b):
         linear = self.torch.nn.functional.linear

@@ -165,13 +165,27 @@ def machine_section(results: Results) -> str:
     return "\n".join(lines)
 
 
+MODEL_TITLES = {"": "LeNet-5", "lenet5-classic": "lenet5-classic", "compact": "compact"}
+
+
 def training_section(results: Results) -> str | None:
+    """One table per model timed: LeNet-5's groups (``epoch``), then each other model's
+    (``epoch compact``)."""
+    suffixes = dict.fromkeys(e.group[len(kind):].strip() for e in results.entries
+                             for kind in ("training step", "epoch") if e.group.startswith(kind))
+    tables = [_training_table(results, suffix) for suffix in sorted(suffixes, key=bool)]
+    return "\n\n".join(t for t in tables if t) or None
+
+
+def _training_table(results: Results, suffix: str) -> str | None:
+    step_group = f"training step {suffix}".strip()
+    epoch_group = f"epoch {suffix}".strip()
     rows = []
     for c in results.contenders:
-        step, epoch = results.find("training step", c), results.find("epoch", c)
+        step, epoch = results.find(step_group, c), results.find(epoch_group, c)
         if step is None and epoch is None:
             continue
-        torch_step, torch_epoch = results.find("training step", TORCH), results.find("epoch", TORCH)
+        torch_step, torch_epoch = results.find(step_group, TORCH), results.find(epoch_group, TORCH)
         row = [_name(c)]
         row += [_seconds(step.median), _rate(step.extra.get("images_per_second")),
                 _ratio(step.median, torch_step and torch_step.median)] if step else ["–"] * 3
@@ -185,8 +199,9 @@ def training_section(results: Results) -> str | None:
         rows.append(row)
     if not rows:
         return None
-    images = next((e.extra.get("images") for e in results.group("epoch")), None)
-    title = (f"### Training speed: LeNet-5, batch 128, Adam, float32\n\n"
+    images = next((e.extra.get("images") for e in results.group(epoch_group)), None)
+    model = MODEL_TITLES.get(suffix, suffix)
+    title = (f"### Training speed: {model}, batch 128, Adam, float32\n\n"
              f"A training step (gather, forward, loss, backward, Adam) and a full epoch"
              f"{f' of {images:,} images' if images else ''}. Epochs of each fastlenet backend "
              "were interleaved with PyTorch's.\n\n")

@@ -1,5 +1,6 @@
-"""Per-op benchmarks: each kernel of a LeNet-5 training step at the model's shapes, for
-every contender (fastlenet backends, PyTorch) and batch size.
+"""Per-op benchmarks: each kernel of a LeNet-5 training step at the model's shapes, and
+the kernels of lenet5-classic and compact at theirs, for every contender (fastlenet
+backends, PyTorch) and batch size.
 
 Every case first checks its result against the NumPy backend's (float32 tolerance),
 timing that first call as ``first_call_s`` (the JIT or kernel compile, or the load from
@@ -13,29 +14,47 @@ from __future__ import annotations
 
 import pytest
 
-from .ops import (CONVS, LINEARS, POOLS, adam_inputs, conv_inputs, linear_inputs, loss_inputs,
+from .ops import (AVG_POOLS, BATCHNORMS, CONV_BLOCKS, CONVS, LINEARS, POOLS, adam_inputs,
+                  avgpool_inputs, batchnorm_inputs, conv_inputs, linear_inputs, loss_inputs,
                   measure, pool_inputs)
 
 
 @pytest.mark.parametrize("layer", CONVS)
 def test_conv2d_forward(benchmark, contender, batch, layer):
-    x, w, b, _, _ = conv_inputs(layer, batch)
-    measure(benchmark, contender, "conv2d_forward", layer, (x, w, b), batch)
+    x, w, b, pad, _, _ = conv_inputs(layer, batch)
+    measure(benchmark, contender, "conv2d_forward", layer, (x, w, b, pad), batch)
 
 
 @pytest.mark.parametrize("layer", CONVS)
 def test_conv2d_backward(benchmark, contender, batch, layer):
-    """dw and db, and dx except for conv1 (the model's first layer needs none)."""
+    """dw, db where the layer has a bias, and dx except for a model's first layer (which
+    needs none)."""
     measure(benchmark, contender, "conv2d_backward", layer, conv_inputs(layer, batch), batch)
 
 
-@pytest.mark.parametrize("layer", CONVS)
+@pytest.mark.parametrize("layer", CONV_BLOCKS)
 def test_conv2d_relu_maxpool2d_forward(benchmark, contender, batch, layer):
     """A conv block forward, as the model runs it: the convolution, ReLU and 2x2 max-pool
     as one call (fastlenet's numba backend never stores the convolution's output;
     PyTorch runs its three ops)."""
-    x, w, b, _, _ = conv_inputs(layer, batch)
-    measure(benchmark, contender, "conv2d_relu_maxpool2d_forward", layer, (x, w, b), batch)
+    x, w, b, pad, _, _ = conv_inputs(layer, batch)
+    measure(benchmark, contender, "conv2d_relu_maxpool2d_forward", layer, (x, w, b, pad), batch)
+
+
+@pytest.mark.parametrize("op", ["batchnorm_forward", "batchnorm_backward"])
+@pytest.mark.parametrize("layer", BATCHNORMS)
+def test_batchnorm(benchmark, contender, batch, layer, op):
+    """compact's batch norms in training mode (statistics of the batch, running estimates
+    updated), forward or backward."""
+    measure(benchmark, contender, op, layer, batchnorm_inputs(layer, batch), batch)
+
+
+@pytest.mark.parametrize("op", ["avgpool2d_forward", "avgpool2d_backward"])
+@pytest.mark.parametrize("layer", AVG_POOLS)
+def test_avgpool2d(benchmark, contender, batch, layer, op):
+    """lenet5-classic's subsampling, forward (from x) or backward (dy to dx)."""
+    x, dy = avgpool_inputs(layer, batch)
+    measure(benchmark, contender, op, layer, (x,) if op.endswith("forward") else (x, dy), batch)
 
 
 @pytest.mark.parametrize("layer", POOLS)

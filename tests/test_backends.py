@@ -89,19 +89,24 @@ KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backwar
            "relu_maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
            "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward", "linear_forward",
            "linear_backward", "softmax", "softmax_cross_entropy", "count_correct",
-           "adam_update_device", "set_scalars", "separable_filter", "warp_bilinear")
+           "adam_update_device", "set_scalars", "separable_filter", "warp_bilinear",
+           "batchnorm_forward", "batchnorm_backward", "tanh_forward", "tanh_backward",
+           "batchnorm_relu_maxpool2d_forward", "batchnorm_relu_maxpool2d_backward")
 OWN_KERNELS = {
     "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "relu_maxpool2d_forward",
-              "relu_maxpool2d_backward"},
+              "relu_maxpool2d_backward", "batchnorm_forward", "batchnorm_backward"},
     "numba": {"to_batch_last", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
               "maxpool2d_backward", "relu_maxpool2d_forward", "relu_maxpool2d_backward",
               "avgpool2d_forward", "avgpool2d_backward", "linear_forward", "linear_backward",
               "softmax_cross_entropy", "adam_update_device", "separable_filter",
-              "warp_bilinear", "conv2d_relu_maxpool2d_forward"},
+              "warp_bilinear", "conv2d_relu_maxpool2d_forward", "batchnorm_forward",
+              "batchnorm_backward", "tanh_forward", "tanh_backward",
+              "batchnorm_relu_maxpool2d_forward", "batchnorm_relu_maxpool2d_backward"},
     "cupy": {"conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
              "relu_maxpool2d_forward", "relu_maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward", "linear_forward", "linear_backward",
-             "softmax_cross_entropy", "count_correct", "adam_update_device", "set_scalars"},
+             "softmax_cross_entropy", "count_correct", "adam_update_device", "set_scalars",
+             "batchnorm_forward", "batchnorm_backward"},
 }
 
 
@@ -182,6 +187,13 @@ BAD_CALLS = [
      "coeffs has shape (6, 3), expected (6, 2)"),
     (lambda be: be.warp_bilinear(_zeros(be, _X), _zeros(be, (6, 2)), _zeros(be, (2, 8, 8, 3)), 0.0),
      "displacement has shape (2, 8, 8, 3), expected (2, 8, 8, 2)"),
+    (lambda be: be.batchnorm_forward(_zeros(be, (3, 4)), *(_zeros(be, 2) for _ in range(4)),
+                                     training=True, momentum=0.1, eps=1e-5),
+     "gamma has 2 values, x has 3 channels"),
+    (lambda be: be.batchnorm_forward(_zeros(be, (3, 4)), *(_zeros(be, 3, np.float64)
+                                                           for _ in range(4)),
+                                     training=True, momentum=0.1, eps=1e-5),
+     "gamma is float64 but x is float32"),
     (lambda be: be.adam_update(_zeros(be, 6), _zeros(be, 5), _zeros(be, 6), _zeros(be, 6),
                                **_ADAM), "the gradient is float32[5]"),
     (lambda be: be.adam_update(_zeros(be, (6, 2))[:, 0], *(_zeros(be, 6) for _ in range(3)),

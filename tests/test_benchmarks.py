@@ -40,9 +40,10 @@ def test_op_step_and_epoch_benchmarks_run_once_on_numpy():
                "--batch-sizes", "8", "--epoch-images", "256", "--step-rounds", "2",
                "-q", "-p", "no:cacheprovider")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # the op cases (2 convs x 3 with the conv block, 2 pools x 4, 3 linears x 2, loss,
-    # Adam: 22), step, epoch
-    assert "24 passed" in done.stdout
+    # the op cases (6 convs x 2, 2 conv blocks, 2 max-pools x 4, 3 batch norms x 2,
+    # 2 average pools x 2, 3 linears x 2, loss, Adam: 40), and a step and an epoch of each
+    # of the 3 models
+    assert "46 passed" in done.stdout
 
 
 def test_unknown_contender_is_one_clear_line():
@@ -74,10 +75,10 @@ def test_op_check_catches_a_wrong_kernel(monkeypatch):
 
     monkeypatch.setattr(backends, "_instances", {**backends._instances, "off": OffByALittle()})
     monkeypatch.setattr(backends, "_REGISTRY", {**backends._REGISTRY, "off": ("", "")})
-    x, w, b, _, _ = conv_inputs("conv2", 4)
-    measure(_Benchmark(), "numpy", "conv2d_forward", "conv2", (x, w, b), 4)  # passes
+    x, w, b, pad, _, _ = conv_inputs("conv2", 4)
+    measure(_Benchmark(), "numpy", "conv2d_forward", "conv2", (x, w, b, pad), 4)  # passes
     with pytest.raises(AssertionError, match="off conv2d_forward conv2: result 0 differs"):
-        measure(_Benchmark(), "off", "conv2d_forward", "conv2", (x, w, b), 4)
+        measure(_Benchmark(), "off", "conv2d_forward", "conv2", (x, w, b, pad), 4)
 
 
 def test_assert_close_tolerance_and_shapes():
@@ -231,7 +232,8 @@ def test_render_names_a_missing_file(tmp_path, capsys):
 
 def test_pytorch_cuda_contenders_run_or_skip_saying_why():
     """Where PyTorch sees no CUDA device its CUDA contenders skip with the reason, and the
-    CPU one runs the same step benchmark; where it sees one, all three run (untimed)."""
+    CPU one runs the same step benchmark; where it sees one, all three run (untimed). Each
+    runs the step of every model of the suite (lenet.MODELS: 3)."""
     pytest.importorskip("pytest_benchmark")
     torch = pytest.importorskip("torch")
     done = run("-m", "pytest", "benchmarks/test_training.py", "-k", "training_step and torch",
@@ -239,9 +241,9 @@ def test_pytorch_cuda_contenders_run_or_skip_saying_why():
                "-q", "-p", "no:cacheprovider")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     if torch.cuda.is_available():
-        assert "3 passed" in done.stdout
+        assert "9 passed" in done.stdout
     else:
-        assert "1 passed, 2 skipped" in done.stdout
+        assert "3 passed, 6 skipped" in done.stdout
         for name in ("torch-cuda", "torch-cuda-graphs"):
             assert (f"{name} needs a CUDA device, and PyTorch {torch.__version__} sees none"
                     in done.stdout)

@@ -118,7 +118,8 @@ def test_every_kernel_file_is_used_by_the_backend():
 
 
 @pytest.mark.parametrize("stem, define", [("conv2d", "WEIGHT_THREADS"), ("dense", "ROW_THREADS"),
-                                          ("loss", "LOSS_THREADS")])
+                                          ("loss", "LOSS_THREADS"),
+                                          ("batchnorm", "BN_THREADS")])
 def test_reduction_blocks_fit_their_shared_arrays(stem, define):
     """The launcher's block size must be the power of two the shared arrays are sized for."""
     cupy_backend = _cupy_module()

@@ -521,6 +521,141 @@ def test_linear_matches_the_reference(candidate, shape, dtype):
     _agree(_both(candidate, run), dtype)
 
 
+# (C, M, mean, spread): compact's first channel count, a row as long as compact's first
+# batch norm's at batch 128 (float32 sums must not drift), odd row lengths, a row of 2 (the
+# least training takes), one channel, means far from 0 against the spread (one-pass sums
+# must not cancel; the farthest in float64 only, as float32 inputs hold too few digits of
+# their spread), and (F, N) batch-norm shapes: batch 1 in eval only
+BN_CASES = [(16, 28 * 28 * 3, 0.0, 1.0), (2, 28 * 28 * 128, 0.5, 1.0), (3, 37, 1.0, 2.0),
+            (5, 2, 0.0, 1.0),
+            (1, 129, -3.0, 0.5), (7, 33, 30.0, 1.0), (6, 21, 3000.0, 1.0),
+            (96, 13, 0.0, 3.0), (4, 1, 0.0, 1.0)]
+
+
+def _batchnorm_inputs(case, dtype, seed=0):
+    C, M, mean, spread = case
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((C, M)) * spread + mean).astype(dtype)
+    gamma = rng.uniform(-1.5, 1.5, C).astype(dtype)  # negative scales too
+    beta = rng.standard_normal(C).astype(dtype)
+    running = rng.standard_normal(C).astype(dtype), rng.uniform(0.5, 2.0, C).astype(dtype)
+    dy = rng.standard_normal((C, M)).astype(dtype)
+    return x, gamma, beta, running, dy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", BN_CASES, ids=str)
+def test_batchnorm_matches_the_reference(candidate, case, training, dtype):
+    """Output, every gradient and the updated running estimates, in train and eval mode;
+    with need_dx false only the parameter gradients."""
+    if training and case[1] < 2:
+        pytest.skip("training needs two values per channel")
+    if dtype == np.float32 and case[2] > 100 * case[3]:
+        pytest.skip("float32 inputs hold too few digits of this spread")
+    x, gamma, beta, (rm, rv), dy = _batchnorm_inputs(case, dtype)
+
+    def run(be):
+        running_mean, running_var = be.asarray(rm.copy()), be.asarray(rv.copy())
+        y, ctx = be.batchnorm_forward(be.asarray(x), be.asarray(gamma), be.asarray(beta),
+                                      running_mean, running_var, training=training,
+                                      momentum=0.3, eps=1e-5)
+        dx, dgamma, dbeta = be.batchnorm_backward(be.asarray(dy), ctx)
+        no_dx = be.batchnorm_backward(be.asarray(dy), ctx, need_dx=False)
+        assert no_dx[0] is None
+        return y, dx, dgamma, dbeta, *no_dx[1:], running_mean, running_var
+
+    _agree(_both(candidate, run), dtype)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", [(3, 37, 1.0, 2.0), (2, 5, 40.0, 0.3), (4, 1, 0.0, 1.0)],
+                         ids=str)
+def test_batchnorm_gradients_match_finite_differences(candidate, case, training):
+    """Every gradient of each backend's kernels against central differences in float64,
+    along a random direction of (x, gamma, beta) and on single coordinates."""
+    if training and case[1] < 2:
+        pytest.skip("training needs two values per channel")
+    x, gamma, beta, (rm, rv), dy = _batchnorm_inputs(case, np.float64, seed=1)
+    be = candidate
+
+    def objective(x_, gamma_, beta_):
+        y, _ = be.batchnorm_forward(be.asarray(x_), be.asarray(gamma_), be.asarray(beta_),
+                                    be.asarray(rm.copy()), be.asarray(rv.copy()),
+                                    training=training, momentum=0.1, eps=1e-5)
+        return float(np.sum(dy * be.to_numpy(y)))
+
+    _, ctx = be.batchnorm_forward(be.asarray(x), be.asarray(gamma), be.asarray(beta),
+                                  be.asarray(rm.copy()), be.asarray(rv.copy()),
+                                  training=training, momentum=0.1, eps=1e-5)
+    grads = [be.to_numpy(g) for g in be.batchnorm_backward(be.asarray(dy), ctx)]
+    rng = np.random.default_rng(2)
+    h = 1e-6
+    directions = [[rng.standard_normal(a.shape) for a in (x, gamma, beta)]]
+    for k, a in enumerate((x, gamma, beta)):  # one coordinate of each
+        v = [np.zeros(b.shape) for b in (x, gamma, beta)]
+        v[k][np.unravel_index(int(rng.integers(a.size)), a.shape)] = 1.0
+        directions.append(v)
+    for v in directions:
+        plus = objective(*(a + h * d for a, d in zip((x, gamma, beta), v)))
+        minus = objective(*(a - h * d for a, d in zip((x, gamma, beta), v)))
+        analytic = sum(np.sum(g * d) for g, d in zip(grads, v))
+        np.testing.assert_allclose((plus - minus) / (2 * h), analytic, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", [((16, 28, 28, 7), 2, 2), ((3, 6, 4, 1), 2, 2),
+                                  ((2, 9, 6, 5), 3, 3), ((3, 7, 9, 4), 2, 2),
+                                  ((2, 6, 6, 3), 3, 1), ((5, 2, 2, 33), 2, 2)], ids=str)
+def test_batchnorm_relu_maxpool_matches_the_reference(candidate, case, training, dtype):
+    """The fused batch norm + ReLU + max-pool against the reference's chain of the kernels:
+    compact's first block at an odd batch, batch 1, 3x3 windows, leftover rows and columns,
+    overlapping windows, and gammas of both signs. Inputs distinct and away from the
+    batch mean, so neither a window's maximum nor the ReLU's side is a rounding matter."""
+    shape, size, stride = case
+    rng = np.random.default_rng(sum(shape))
+    count = int(np.prod(shape))
+    x = ((rng.permutation(count) - count / 2 + 0.37) * (8.0 / count)).reshape(shape).astype(dtype)
+    C = shape[0]
+    gamma = (rng.uniform(0.5, 1.5, C) * rng.choice([-1, 1], C)).astype(dtype)
+    beta = (rng.standard_normal(C) * 0.1).astype(dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+
+    def run(be):
+        running_mean, running_var = be.asarray(rm.copy()), be.asarray(rv.copy())
+        y, ctx = be.batchnorm_relu_maxpool2d_forward(
+            be.asarray(x), be.asarray(gamma), be.asarray(beta), running_mean, running_var, size,
+            stride, training=training, momentum=0.1, eps=1e-5)
+        dy = _normal(np.random.default_rng(3), y.shape, dtype)
+        dx, dgamma, dbeta = be.batchnorm_relu_maxpool2d_backward(be.asarray(dy), ctx)
+        no_dx = be.batchnorm_relu_maxpool2d_backward(be.asarray(dy), ctx, need_dx=False)
+        assert no_dx[0] is None
+        return y, dx, dgamma, dbeta, *no_dx[1:], running_mean, running_var
+
+    _agree(_both(candidate, run), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(6, 28, 28, 13), (120, 1), (1, 3, 3, 1), (40001,)])
+def test_tanh_matches_the_reference(candidate, shape, dtype):
+    """Values over the whole curve: tiny ones, the steep middle, the saturated tails,
+    infinities and NaN; and the gradient."""
+    rng = np.random.default_rng(len(shape))
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    flat = x.reshape(-1)
+    flat[:8] = [0.0, -1e-30, 3e-4, -5e-4, 12.0, -30.0, np.inf, -np.inf][:flat.size]
+    dy = _normal(rng, shape, dtype)
+
+    def run(be):
+        y, ctx = be.tanh_forward(be.asarray(x))
+        return y, be.tanh_backward(be.asarray(dy), ctx)
+
+    _agree(_both(candidate, run), dtype)
+    nan = np.full((1, 3), np.nan, dtype)
+    assert np.isnan(candidate.to_numpy(candidate.tanh_forward(candidate.asarray(nan))[0])).all()
+
+
 @pytest.mark.parametrize("kind", ["max", "relu_max"])
 def test_pooling_keeps_nans_as_the_reference_does(candidate, kind):
     """A NaN (a diverged weight) must win its window and reach the loss, where training
@@ -597,3 +732,30 @@ def test_adam_update_matches_the_reference(candidate, dtype):
     for got, want in _both(candidate, run):
         np.testing.assert_allclose(got, want, **(dict(rtol=1e-6, atol=1e-7) if dtype == np.float32
                                                  else dict(rtol=1e-12, atol=1e-16)))
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+def test_compact_float32_gradients_follow_float64(name):
+    """A whole compact step in float32 on real digits (rows of 10^5 values per batch-norm
+    channel, blank areas making many equal values) against the reference in float64:
+    every gradient within 0.5% of its largest value (summing in float32 without care
+    lost 1-4% here; rounding and ReLU inputs within rounding of 0 leave about 0.05%)."""
+    from fastlenet.data import load_dataset, prepare
+    from fastlenet.nn import Dropout, SoftmaxCrossEntropy, build_model
+
+    data = prepare(load_dataset("mnist"), val_size=0, train_limit=128)
+    x, y = data.x_train[:128], data.y_train[:128]
+
+    def gradients(be, dtype):
+        model = build_model("compact", be, dtype=dtype, seed=0)
+        for layer in model.layers:
+            if isinstance(layer, Dropout):
+                layer.p = 0.0
+        loss = SoftmaxCrossEntropy(backend=be)
+        loss.forward(model.forward(be.to_batch_last(be.asarray(x, dtype=dtype))), be.asarray(y))
+        model.backward(loss.backward())
+        return {k: be.to_numpy(p.grad) for k, p in model.named_parameters().items()}
+
+    got, want = gradients(load_backend(name), "float32"), gradients(REFERENCE, "float64")
+    for key, w in want.items():
+        np.testing.assert_allclose(got[key], w, rtol=0, atol=5e-3 * np.abs(w).max(), err_msg=key)

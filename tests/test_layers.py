@@ -16,6 +16,7 @@ from fastlenet.errors import ConfigError
 from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
                           ReLU, ReLUMaxPool2d, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh)
 from fastlenet.nn.conv import Conv2dReLUMaxPool2d
+from fastlenet.nn.regularization import BatchNormReLUMaxPool2d
 from fastlenet.nn.init import glorot_uniform, he_normal, lecun_normal
 
 
@@ -372,6 +373,75 @@ def test_conv_relu_maxpool_step_describes_itself():
     assert [type(step) for step in plan] == [Conv2d, Tanh, ReLUMaxPool2d]
     # Sequential makes the step itself; one written into a Sequential is refused
     with pytest.raises(ConfigError, match="write Conv2d, ReLU\\(\\) and MaxPool2d in a row"):
+        Sequential(step, Flatten())
+
+
+@pytest.mark.parametrize("pool", [MaxPool2d(2), MaxPool2d(3), MaxPool2d(2, stride=1)],
+                         ids=["2x2", "3x3 with leftover rows", "overlapping"])
+def test_fused_batchnorm_relu_maxpool_matches_the_three_layers(backend, monkeypatch, pool):
+    """Sequential(BatchNorm, ReLU, MaxPool2d) runs as one BatchNormReLUMaxPool2d step: the
+    same output, running estimates, input gradient and parameter gradients as the three
+    layers one by one, in training and eval mode, with a negative gamma, windows the ReLU
+    zeroes, and no input gradient for a model's first layer."""
+    rng = np.random.default_rng(23)
+    x = tie_free(rng, (3, 8, 7, 5), offset=0.0037)
+    calls = []
+    fused_forward = backend.batchnorm_relu_maxpool2d_forward
+    monkeypatch.setattr(backend, "batchnorm_relu_maxpool2d_forward",
+                        lambda *a, **k: calls.append(1) or fused_forward(*a, **k))
+    fused = bind(Sequential(BatchNorm(3, momentum=0.2), ReLU(), pool), backend)
+    assert [type(step) for step in fused.plan] == [BatchNormReLUMaxPool2d]
+    chain = [bind(layer, backend) for layer in (BatchNorm(3, momentum=0.2), ReLU(), pool)]
+    gamma, beta = np.array([1.5, -0.7, 0.4]), np.array([0.1, 0.3, -0.2])
+    for bn in (fused.layers[0], chain[0]):
+        bn.weight.data[...] = backend.asarray(gamma)
+        bn.bias.data[...] = backend.asarray(beta)
+    dy = rng.standard_normal(fused.output_shape(x.shape[:3]) + (5,))
+    for training in (True, False):
+        fused.train(training)
+        for layer in chain:
+            layer.train(training)
+        y_fused = fused.forward(backend.asarray(x))
+        y = backend.asarray(x)
+        for layer in chain:
+            y = layer.forward(y)
+        np.testing.assert_allclose(backend.to_numpy(y_fused), backend.to_numpy(y), rtol=1e-12,
+                                   atol=1e-14)
+        dx_fused = fused.backward(backend.asarray(dy))
+        dx = backend.asarray(dy)
+        for layer in reversed(chain):
+            dx = layer.backward(dx)
+        np.testing.assert_allclose(backend.to_numpy(dx_fused), backend.to_numpy(dx),
+                                   rtol=1e-10, atol=1e-12)
+        for name in ("weight", "bias"):
+            np.testing.assert_allclose(backend.to_numpy(getattr(fused.layers[0], name).grad),
+                                       backend.to_numpy(getattr(chain[0], name).grad), rtol=1e-10)
+        for name in ("running_mean", "running_var"):
+            np.testing.assert_allclose(backend.to_numpy(getattr(fused.layers[0], name)),
+                                       backend.to_numpy(getattr(chain[0], name)), rtol=1e-12)
+    assert len(calls) == 2, "Sequential did not fuse BatchNorm + ReLU + MaxPool2d"
+    fused.need_dx = False  # a model's first layer: the parameters' gradients only
+    fused.forward(backend.asarray(x))
+    assert fused.backward(backend.asarray(dy)) is None
+    assert fused.layers[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batchnorm_relu_maxpool_gradients(backend, training):
+    x = tie_free(np.random.default_rng(24), (2, 6, 4, 3), offset=0.0041)
+    model = bind(Sequential(BatchNorm(2), ReLU(), MaxPool2d(2)), backend, seed=6)
+    model.layers[0].weight.data[...] = backend.asarray(np.array([1.3, -0.8]))
+    model.layers[0].bias.data[...] = backend.asarray(np.array([0.2, 0.1]))
+    assert isinstance(model.plan[0], BatchNormReLUMaxPool2d)
+    model.train(training)
+    check_backward(backend, model, x, h=1e-5)
+
+
+def test_batchnorm_relu_maxpool_step_describes_itself():
+    step = BatchNormReLUMaxPool2d(BatchNorm(16), 2, 2)
+    assert repr(step) == "BatchNorm(16)+ReLU+MaxPool2d(2)"
+    assert step.output_shape((16, 28, 28)) == (16, 14, 14)
+    with pytest.raises(ConfigError, match="write BatchNorm, ReLU\\(\\) and MaxPool2d in a row"):
         Sequential(step, Flatten())
 
 

@@ -7,6 +7,7 @@ from fastlenet.errors import BackendUnavailableError, CheckpointError, ConfigErr
 from fastlenet.nn import (MODELS, Conv2d, Flatten, Linear, Model, ReLUMaxPool2d,
                           SoftmaxCrossEntropy, build_model)
 from fastlenet.nn.conv import Conv2dReLUMaxPool2d
+from fastlenet.nn.regularization import BatchNormReLUMaxPool2d
 
 
 def images(n, seed=0):
@@ -58,9 +59,10 @@ def test_the_executed_plan_is_visible():
     assert text[1].endswith("runs as") and text[-1].endswith("8 steps")
     assert [line.split()[0] for line in text if line.endswith("fused")] == ["0", "3"]
     assert [line.split()[0] for line in text if line.endswith("(same step)")] == ["1", "2", "4", "5"]
-    # a model with batch norm between conv and ReLU keeps the ReLU + max-pool pair only
+    # with batch norm between conv and ReLU, the batch norm, ReLU and max-pool run fused
     steps = [type(step) for step in build_model("compact").plan]
-    assert Conv2dReLUMaxPool2d not in steps and ReLUMaxPool2d in steps
+    assert Conv2dReLUMaxPool2d not in steps and ReLUMaxPool2d not in steps
+    assert steps.count(BatchNormReLUMaxPool2d) == 2
 
 
 @pytest.mark.parametrize("name", list(MODELS))

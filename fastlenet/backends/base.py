@@ -215,6 +215,18 @@ class Backend(ABC):
         if b is not None and tuple(b.shape) != (OUT,):
             raise ArrayError(f"linear: bias has shape {tuple(b.shape)}, expected ({OUT},)")
 
+    def check_batchnorm(self, x, gamma, beta, running_mean, running_var) -> None:
+        """ArrayError unless x is (C, M) and gamma, beta and the running estimates (C,),
+        all of one float dtype."""
+        _check_floats("batchnorm", x=(x, "(C, M)"), gamma=(gamma, "(C,)"), beta=(beta, "(C,)"),
+                      running_mean=(running_mean, "(C,)"), running_var=(running_var, "(C,)"))
+        C = x.shape[0]
+        for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                        ("running_var", running_var)):
+            if a.shape[0] != C:
+                raise ArrayError(f"batchnorm: {name} has {a.shape[0]} values, x has {C} "
+                                 "channels (rows)")
+
     def check_loss(self, logits, labels) -> None:
         """ArrayError unless logits is (K, N) float and labels (N,) integer. (The label
         values are not read here: that would wait for the device.)"""
@@ -343,6 +355,55 @@ class Backend(ABC):
     @abstractmethod
     def avgpool2d_backward(self, dy, ctx):
         """dy: (C, OH, OW, N) -> dx: (C, H, W, N); each window gets dy / size**2."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- activation
+    @abstractmethod
+    def tanh_forward(self, x):
+        """y = tanh(x) element-wise, any shape; returns ``(y, ctx)``."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def tanh_backward(self, dy, ctx):
+        """dx = dy * (1 - y^2), y the forward's output."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ normalisation
+    @abstractmethod
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,
+                          momentum: float, eps: float):
+        """Batch normalisation of every row (channel) of x: (C, M) -> ``(y (C, M), ctx)``.
+
+        A (C, H, W, N) map or (F, N) batch is passed as its (C, M) view. Training: mean
+        and biased var of the row's M >= 2 values, and in place
+        running = (1 - momentum) running + momentum stat (var unbiased, times M / (M-1)).
+        Eval: the running estimates instead, nothing updated.
+        y = gamma * (x - mean) / sqrt(var + eps) + beta.
+        """
+        raise NotImplementedError
+
+    @abstractmethod
+    def batchnorm_backward(self, dy, ctx, need_dx: bool = True):
+        """dy (C, M) -> ``(dx (C, M) or None, dgamma (C,), dbeta (C,))``, xhat the normalised x:
+        dbeta = sum dy, dgamma = sum dy * xhat; training, where mean and var depend on
+        every x of the row: dx = gamma / sqrt(var + eps) * (dy - dbeta / M - xhat dgamma / M);
+        eval: dx = gamma / sqrt(var + eps) * dy.
+        """
+        raise NotImplementedError
+
+    @abstractmethod
+    def batchnorm_relu_maxpool2d_forward(self, x, gamma, beta, running_mean, running_var,
+                                         size: int, stride: int, *, training: bool,
+                                         momentum: float, eps: float):
+        """``maxpool(relu(batchnorm(x)))`` as one call, so a backend may pool without
+        storing the normalised map. x: (C, H, W, N), statistics over (H, W, N) per
+        channel -> ``(y (C, OH, OW, N), ctx)``; the batch norm as batchnorm_forward, the
+        pooling as relu_maxpool2d_forward."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def batchnorm_relu_maxpool2d_backward(self, dy, ctx, need_dx: bool = True):
+        """dy: (C, OH, OW, N) -> ``(dx (C, H, W, N) or None, dgamma, dbeta)``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------- dense

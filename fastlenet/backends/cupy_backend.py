@@ -6,6 +6,7 @@ through ``cupy.RawModule`` (CuPy also caches the binaries on disk):
 
     conv2d.cu  convolution forward, backward to the input (a gather), to the weights
     pool.cu    max-pool (first-max rule) and fused ReLU + max-pool, average pool
+    batchnorm.cu  batch normalisation: per-channel statistics, normalise, gradients
     dense.cu   GEMM for the linear layers, row sums for the bias gradients
     loss.cu    softmax cross-entropy with label smoothing, loss and gradient
     adam.cu    the fused AdamW update, its per-step factors read from the device
@@ -16,9 +17,10 @@ Each file's header gives its layouts (batch innermost, as every backend) and its
 thread-to-element map. The linear layers use dense.cu's GEMM, not cuBLAS, so that
 :meth:`CupyBackend.capture_step` can record a whole forward and backward pass in a CUDA
 graph (CuPy cannot capture cuBLAS calls); captured and uncaptured steps then run the
-same kernels and give the same bits. What has no kernel here (the fused conv block's
-chain, the augmenter's warp and smoothing, the layers' small element-wise maths) is the
-reference's array maths run by CuPy (``xp = cupy``); the training step's reductions (the
+same kernels and give the same bits. What has no kernel here (the fused conv and
+batch-norm blocks, run as chains of this backend's kernels; tanh; the augmenter's warp
+and smoothing; the layers' small element-wise maths) is the reference's array maths run
+by CuPy (``xp = cupy``); the training step's reductions (the
 loss mean, the count of correct predictions) are the project's, compiled when the backend
 starts rather than by CuPy inside the first steps. docs/cuda.md has the measurements.
 
@@ -54,7 +56,8 @@ from .cuda_graph import CapturedStep, first_line
 from .reference import ReferenceBackend
 
 THREADS = 256  # threads per block of the one-thread-per-element kernels
-# Must equal WEIGHT_THREADS / ROW_THREADS / LOSS_THREADS in conv2d.cu / dense.cu / loss.cu:
+# Must equal WEIGHT_THREADS / ROW_THREADS / LOSS_THREADS / BN_THREADS in conv2d.cu /
+# dense.cu / loss.cu / batchnorm.cu:
 # those kernels reduce in shared memory sized for exactly this many threads.
 REDUCE_THREADS = 256
 # Launch shapes, chosen by the recorded step's time (docs/cuda.md, Launch constants;
@@ -85,6 +88,8 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "pool": ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward"),
     "dense": ("gemm", "sum_splits", "row_sum"),
+    "batchnorm": ("batchnorm_stats", "batchnorm_forward", "batchnorm_backward_reduce",
+                  "batchnorm_backward_input"),
     "loss": ("softmax_cross_entropy", "loss_mean", "count_correct"),
     "adam": ("adam_update",),
     "scalars": ("set_scalars",),
@@ -400,6 +405,42 @@ class CupyBackend(ReferenceBackend):
         dx = cupy.empty(x_shape, dtype=dy.dtype)
         self._launch("pool", "avgpool2d_backward", dy.dtype, dx.size, (dy, dx) + dims)
         return dx
+
+    # ------------------------------------------------------------ normalisation
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,
+                          momentum: float, eps: float):
+        self.check_batchnorm(x, gamma, beta, running_mean, running_var)
+        x, gamma, beta = self._operands(x, gamma, beta)
+        C, M = x.shape
+        mean, inv_std = cupy.empty(C, dtype=x.dtype), cupy.empty(C, dtype=x.dtype)
+        # updated in place by the kernel: a contiguous copy would be updated instead
+        rm, rv = (cupy.ascontiguousarray(a) for a in (running_mean, running_var))
+        self._launch_blocks("batchnorm", "batchnorm_stats", x.dtype, C,
+                            (x, rm, rv, mean, inv_std, _i32(C), np.int64(M), _i32(training),
+                             np.float64(momentum), np.float64(eps)))
+        if training and rm is not running_mean:
+            running_mean[...] = rm
+        if training and rv is not running_var:
+            running_var[...] = rv
+        y = cupy.empty((C, M), dtype=x.dtype)
+        self._launch("batchnorm", "batchnorm_forward", x.dtype, C * M,
+                     (x, mean, inv_std, gamma, beta, y, _i32(C), np.int64(M)))
+        return y, (x, mean, inv_std, gamma, bool(training))
+
+    def batchnorm_backward(self, dy, ctx, need_dx: bool = True):
+        x, mean, inv_std, gamma, training = ctx
+        dy = self._operands(dy, x)[0]
+        C, M = x.shape
+        dgamma, dbeta = cupy.empty(C, dtype=x.dtype), cupy.empty(C, dtype=x.dtype)
+        self._launch_blocks("batchnorm", "batchnorm_backward_reduce", x.dtype, C,
+                            (x, dy, mean, inv_std, dgamma, dbeta, _i32(C), np.int64(M)))
+        if not need_dx:
+            return None, dgamma, dbeta
+        dx = cupy.empty((C, M), dtype=x.dtype)
+        self._launch("batchnorm", "batchnorm_backward_input", x.dtype, C * M,
+                     (x, dy, mean, inv_std, gamma, dgamma, dbeta, dx, _i32(C), np.int64(M),
+                      _i32(training)))
+        return dx, dgamma, dbeta
 
     # ---------------------------------------------------------- dense and loss
     def linear_forward(self, x, w, b):

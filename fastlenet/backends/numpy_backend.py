@@ -1,6 +1,7 @@
-"""The NumPy backend: the reference, with a faster convolution (MEC) and batch copy.
+"""The NumPy backend: the reference, with a faster convolution (MEC), batch copy and
+batch norm.
 
-Everything but the convolution, the fused ReLU + max-pool and the batch gather is
+Everything but the convolution, the fused ReLU + max-pool, batch norm and the batch gather is
 :class:`~fastlenet.backends.reference.ReferenceBackend`'s plain array maths. The
 convolution is lowered along the width only (Cho and Brand's MEC, "Memory-efficient
 Convolution", 2017) instead of into a full im2col matrix (x: (C, H, W, N),
@@ -98,6 +99,52 @@ class NumpyBackend(ReferenceBackend):
         db = dy.reshape(K, OH * OW * N).sum(axis=1) if has_bias else None
         dx = self._conv2d_input_gradient(dy, w, x_shape, stride, pad) if need_dx else None
         return dx, dw, db
+
+    # ------------------------------------------------------------ normalisation
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,
+                          momentum: float, eps: float):
+        """The reference's maths with fewer fresh arrays: the squares are summed in the
+        output array before y overwrites it (a fresh array costs a pass of page faults).
+        Row sums stay NumPy's pairwise sums: einsum's running sums lose digits in float32
+        over a row of 10^5 values."""
+        self.check_batchnorm(x, gamma, beta, running_mean, running_var)
+        m = x.shape[1]
+        if training:
+            mean = x.sum(axis=1)
+            mean /= m
+            centered = x - mean[:, None]
+            y = np.multiply(centered, centered)
+            var = y.sum(axis=1)
+            var /= m
+            self._update_running(running_mean, running_var, mean, var, m, momentum)
+        else:
+            centered = x - running_mean[:, None]
+            var = running_var
+            y = np.empty_like(centered)
+        inv_std = 1.0 / np.sqrt(var + eps)
+        np.multiply(centered, (gamma * inv_std)[:, None], out=y)
+        y += beta[:, None]
+        # the ctx keeps x - mean, not xhat: the backward scales its sums by inv_std instead
+        return y, (centered, inv_std, gamma, training)
+
+    def batchnorm_backward(self, dy, ctx, need_dx: bool = True):
+        centered, inv_std, gamma, training = ctx
+        dbeta = dy.sum(axis=1)
+        dx = np.multiply(dy, centered)  # dy * (x - mean), then the input gradient
+        dgamma = dx.sum(axis=1)
+        dgamma *= inv_std
+        if not need_dx:
+            return None, dgamma, dbeta
+        scale = gamma * inv_std
+        if not training:
+            return np.multiply(dy, scale[:, None], out=dx), dgamma, dbeta
+        # scale * (dy - dbeta / M - xhat * dgamma / M), xhat = centered * inv_std
+        m = dy.shape[1]
+        np.multiply(centered, (-inv_std * dgamma / m)[:, None], out=dx)
+        dx += dy
+        dx -= (dbeta / m)[:, None]
+        dx *= scale[:, None]
+        return dx, dgamma, dbeta
 
     # ------------------------------------------------------------------- pooling
     def relu_maxpool2d_forward(self, x, size: int, stride: int):

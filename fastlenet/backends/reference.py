@@ -196,6 +196,79 @@ class ReferenceBackend(Backend):
         return self.conv2d_backward(self.relu_maxpool2d_backward(dy, pool_ctx), conv_ctx,
                                     need_dx=need_dx)
 
+    # --------------------------------------------------------------- activation
+    def tanh_forward(self, x):
+        y = self.xp.tanh(x)
+        return y, y
+
+    def tanh_backward(self, dy, ctx):
+        y = ctx
+        return dy * (1.0 - y * y)
+
+    # ------------------------------------------------------------ normalisation
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,
+                          momentum: float, eps: float):
+        self.check_batchnorm(x, gamma, beta, running_mean, running_var)
+        xp = self.xp
+        if training:
+            m = x.shape[1]
+            mean = x.mean(axis=1)
+            centered = x - mean[:, None]
+            var = (centered * centered).mean(axis=1)
+            self._update_running(running_mean, running_var, mean, var, m, momentum)
+        else:
+            centered = x - running_mean[:, None]
+            var = running_var
+        inv_std = 1.0 / xp.sqrt(var + eps)
+        xhat = centered
+        xhat *= inv_std[:, None]
+        y = xhat * gamma[:, None]
+        y += beta[:, None]
+        return y, (xhat, inv_std, gamma, training)
+
+    @staticmethod
+    def _update_running(running_mean, running_var, mean, var, m: int, momentum: float) -> None:
+        """The running estimates' step, in place, from a batch's mean and biased variance
+        over m values (the variance made unbiased)."""
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mean
+        running_var *= 1.0 - momentum
+        running_var += (momentum * m / (m - 1)) * var
+
+    def batchnorm_backward(self, dy, ctx, need_dx: bool = True):
+        xhat, inv_std, gamma, training = ctx
+        dbeta = dy.sum(axis=1)
+        dgamma = (dy * xhat).sum(axis=1)
+        if not need_dx:
+            return None, dgamma, dbeta
+        scale = gamma * inv_std
+        if training:
+            m = dy.shape[1]
+            dx = dy - (dbeta / m)[:, None]
+            dx -= xhat * (dgamma / m)[:, None]
+            dx *= scale[:, None]
+        else:
+            dx = dy * scale[:, None]
+        return dx, dgamma, dbeta
+
+    def batchnorm_relu_maxpool2d_forward(self, x, gamma, beta, running_mean, running_var,
+                                         size: int, stride: int, *, training: bool,
+                                         momentum: float, eps: float):
+        """The batch norm, then the ReLU and max-pool, each kernel in turn."""
+        self.check_pool2d(x, size, stride)
+        normed, bn_ctx = self.batchnorm_forward(
+            x.reshape(x.shape[0], -1), gamma, beta, running_mean, running_var,
+            training=training, momentum=momentum, eps=eps)
+        y, pool_ctx = self.relu_maxpool2d_forward(normed.reshape(x.shape), size, stride)
+        return y, (bn_ctx, pool_ctx)
+
+    def batchnorm_relu_maxpool2d_backward(self, dy, ctx, need_dx: bool = True):
+        bn_ctx, pool_ctx = ctx
+        dnormed = self.relu_maxpool2d_backward(dy, pool_ctx)
+        dx, dgamma, dbeta = self.batchnorm_backward(dnormed.reshape(dnormed.shape[0], -1), bn_ctx,
+                                                    need_dx=need_dx)
+        return (None if dx is None else dx.reshape(dnormed.shape)), dgamma, dbeta
+
     # -------------------------------------------------------------------- dense
     def linear_forward(self, x, w, b):
         self.check_linear(x, w, b)

@@ -21,18 +21,18 @@ class ReLU(Layer):
 
 
 class Tanh(Layer):
-    """y = tanh(x); dx = dy * (1 - y^2)."""
+    """y = tanh(x); dx = dy * (1 - y^2) (the backend's tanh kernels)."""
 
     def __init__(self):
         super().__init__()
-        self._y = None
+        self._ctx = None
 
     def forward(self, x):
-        self._y = self.backend.xp.tanh(x)
-        return self._y
+        y, self._ctx = self.backend.tanh_forward(x)
+        return y
 
     def backward(self, dy):
-        return dy * (1.0 - self._y * self._y)
+        return self.backend.tanh_backward(dy, self._ctx)
 
 
 class Sigmoid(Layer):

@@ -4,8 +4,8 @@ step."""
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Affine, Layer, check_int, check_map, repr_call, window_out
-from .pool import ReLUMaxPool2d
+from .base import Affine, check_int, check_map, repr_call, window_out
+from .pool import PooledStep
 
 
 class Conv2d(Affine):
@@ -61,7 +61,7 @@ class Conv2d(Affine):
         return dx
 
 
-class Conv2dReLUMaxPool2d(Layer):
+class Conv2dReLUMaxPool2d(PooledStep):
     """``MaxPool2d(size, stride)(ReLU()(conv(x)))``: a Conv2d and the ReLU and max-pool
     that follow it (LeNet-5's conv blocks) as one backend call each way, which a backend
     may run without storing the convolution's output (the Numba backend does).
@@ -73,21 +73,8 @@ class Conv2dReLUMaxPool2d(Layer):
     """
 
     def __init__(self, conv: Conv2d, size: int, pool_stride: int):
-        super().__init__()
+        super().__init__(conv, size, pool_stride)
         self.conv = conv
-        self.pool = ReLUMaxPool2d(size, pool_stride)  # its shape logic and name
-        self._ctx = None
-
-    def __repr__(self) -> str:
-        return f"{self.conv!r}+{self.pool!r}"
-
-    def output_shape(self, in_shape):
-        return self.pool.output_shape(self.conv.output_shape(in_shape))
-
-    def describe(self, in_shape):
-        _, params, conv_connections = self.conv.describe(in_shape)
-        pool_connections = self.pool.describe(self.conv.output_shape(in_shape))[2]
-        return repr(self), params, conv_connections + pool_connections
 
     def forward(self, x):
         conv = self.conv

@@ -1,4 +1,5 @@
-"""Pooling layers: MaxPool2d, AvgPool2d, and ReLU + max-pool as one step."""
+"""Pooling layers: MaxPool2d, AvgPool2d, ReLU + max-pool as one step, and the base of the
+steps that run a layer together with the ReLU and max-pool after it."""
 
 from __future__ import annotations
 
@@ -81,3 +82,26 @@ class AvgPool2d(_Pool2d):
 
     def backward(self, dy):
         return self.backend.avgpool2d_backward(dy, self._ctx)
+
+
+class PooledStep(Layer):
+    """Base of the steps Sequential makes of a layer (``first``) and the ReLU and
+    MaxPool2d written after it, run as one backend call each way: their name, shapes
+    and summary counts. The step holds ``first`` itself, not a copy."""
+
+    def __init__(self, first: Layer, size: int, pool_stride: int):
+        super().__init__()
+        self.first = first
+        self.pool = ReLUMaxPool2d(size, pool_stride)  # its shape logic and name
+        self._ctx = None
+
+    def __repr__(self) -> str:
+        return f"{self.first!r}+{self.pool!r}"
+
+    def output_shape(self, in_shape):
+        return self.pool.output_shape(self.first.output_shape(in_shape))
+
+    def describe(self, in_shape):
+        _, params, first_connections = self.first.describe(in_shape)
+        pool_connections = self.pool.describe(self.first.output_shape(in_shape))[2]
+        return repr(self), params, first_connections + pool_connections

@@ -1,4 +1,5 @@
-"""Layers that regularise training: Dropout and BatchNorm."""
+"""Layers that regularise training: Dropout and BatchNorm, and the BatchNorm + ReLU +
+max-pool block Sequential runs as one step."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ..checks import is_real
 from ..errors import ConfigError
 from .base import Layer, check_int, repr_call
 from .parameter import Parameter
+from .pool import PooledStep
 
 
 class Dropout(Layer):
@@ -101,50 +103,51 @@ class BatchNorm(Layer):
                               f"{self.num_features} channels, got shape {tuple(in_shape)}")
         return tuple(in_shape)
 
+    def check_batch(self, x) -> None:
+        """ConfigError when training on fewer than 2 values per channel."""
+        if self.training and x.size < 2 * x.shape[0]:
+            raise ConfigError("BatchNorm needs at least 2 values per channel in "
+                              "training mode; use a batch size of at least 2")
+
     def forward(self, x):
-        xp = self.backend.xp
+        self.check_batch(x)
         x2 = x.reshape(x.shape[0], -1)  # (C, M): one row per channel, a view
-        if self.training:
-            m = x2.shape[1]
-            if m < 2:
-                raise ConfigError("BatchNorm needs at least 2 values per channel in "
-                                  "training mode; use a batch size of at least 2")
-            mean = x2.mean(axis=1)
-            centered = x2 - mean[:, None]
-            var = (centered * centered).mean(axis=1)
-            mom = self.momentum
-            self.running_mean *= 1.0 - mom
-            self.running_mean += mom * mean
-            self.running_var *= 1.0 - mom
-            self.running_var += (mom * m / (m - 1)) * var
-        else:
-            centered = x2 - self.running_mean[:, None]
-            var = self.running_var
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        xhat = centered
-        xhat *= inv_std[:, None]
-        y = xhat * self.weight.data[:, None]
-        y += self.bias.data[:, None]
-        self._ctx = (xhat, inv_std, x.shape, self.training)
+        y, self._ctx = self.backend.batchnorm_forward(
+            x2, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+            training=self.training, momentum=self.momentum, eps=self.eps)
         return y.reshape(x.shape)
 
     def backward(self, dy):
-        xhat, inv_std, shape, batch_stats = self._ctx
-        dy2 = dy.reshape(shape[0], -1)
-        dbeta = dy2.sum(axis=1)
-        dgamma = (dy2 * xhat).sum(axis=1)
-        self.weight.grad = dgamma
-        self.bias.grad = dbeta
-        if not self.need_dx:
-            return None
-        scale = self.weight.data * inv_std
-        if batch_stats:
-            # the mean and variance depend on every x of the channel too:
-            # dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
-            m = dy2.shape[1]
-            dx = dy2 - (dbeta / m)[:, None]
-            dx -= xhat * (dgamma / m)[:, None]
-            dx *= scale[:, None]
-        else:
-            dx = dy2 * scale[:, None]
-        return dx.reshape(shape)
+        dx, self.weight.grad, self.bias.grad = self.backend.batchnorm_backward(
+            dy.reshape(dy.shape[0], -1), self._ctx, need_dx=self.need_dx)
+        return None if dx is None else dx.reshape(dy.shape)
+
+
+class BatchNormReLUMaxPool2d(PooledStep):
+    """``MaxPool2d(size, stride)(ReLU()(bn(x)))``: a BatchNorm of feature maps and the ReLU
+    and max-pool that follow it (compact's first two blocks) as one backend call each
+    way, which a backend may run without storing the normalised map (the Numba backend
+    does).
+
+    It holds the BatchNorm itself, not a copy: parameters, running estimates, gradients,
+    ``need_dx`` and the training mode are the BatchNorm's. Only Sequential makes these,
+    from a BatchNorm, ReLU and MaxPool2d written in a row; write those three, not this.
+    """
+
+    def __init__(self, bn: BatchNorm, size: int, pool_stride: int):
+        super().__init__(bn, size, pool_stride)
+        self.bn = bn
+
+    def forward(self, x):
+        bn = self.bn
+        bn.check_batch(x)
+        y, self._ctx = self.backend.batchnorm_relu_maxpool2d_forward(
+            x, bn.weight.data, bn.bias.data, bn.running_mean, bn.running_var, self.pool.size,
+            self.pool.stride, training=bn.training, momentum=bn.momentum, eps=bn.eps)
+        return y
+
+    def backward(self, dy):
+        bn = self.bn
+        dx, bn.weight.grad, bn.bias.grad = self.backend.batchnorm_relu_maxpool2d_backward(
+            dy, self._ctx, need_dx=bn.need_dx)
+        return dx

@@ -9,6 +9,7 @@ from .base import Layer
 from .conv import Conv2d, Conv2dReLUMaxPool2d
 from .parameter import Parameter
 from .pool import MaxPool2d, ReLUMaxPool2d
+from .regularization import BatchNorm, BatchNormReLUMaxPool2d
 
 
 class Sequential(Layer):
@@ -17,7 +18,8 @@ class Sequential(Layer):
     ``layers`` is the architecture as written, and what indexing, iteration and parameter
     names follow (``"<index>.<attribute>"``: ``"0.weight"``, ``"8.running_mean"``).
     ``plan`` is what forward and backward run: the same layer objects, except that a
-    Conv2d, ReLU and MaxPool2d in a row run as one :class:`Conv2dReLUMaxPool2d`, and any
+    Conv2d, ReLU and MaxPool2d in a row run as one :class:`Conv2dReLUMaxPool2d`, a
+    BatchNorm, ReLU and MaxPool2d as one :class:`BatchNormReLUMaxPool2d`, and any
     other ReLU directly followed by a MaxPool2d as one :class:`ReLUMaxPool2d`; ``Model``'s
     summary shows it. With ``need_dx = False`` the first parameterised layer computes no
     input gradient and backward stops there.
@@ -29,9 +31,10 @@ class Sequential(Layer):
             if not isinstance(layer, Layer):
                 raise ConfigError(f"Sequential: item {i} is a {type(layer).__name__}, "
                                   "not a Layer")
-            if isinstance(layer, Conv2dReLUMaxPool2d):
-                raise ConfigError(f"Sequential: item {i} is a Conv2dReLUMaxPool2d, which "
-                                  "Sequential makes itself; write Conv2d, ReLU() and "
+            if isinstance(layer, (Conv2dReLUMaxPool2d, BatchNormReLUMaxPool2d)):
+                first = type(layer).__name__[:-len("ReLUMaxPool2d")]
+                raise ConfigError(f"Sequential: item {i} is a {type(layer).__name__}, which "
+                                  f"Sequential makes itself; write {first}, ReLU() and "
                                   "MaxPool2d in a row instead")
         self.layers = list(layers)
         self.plan: list[Layer] = []
@@ -42,6 +45,9 @@ class Sequential(Layer):
             if kinds == [Conv2d, ReLU, MaxPool2d]:
                 pool = self.layers[i + 2]
                 step, width = Conv2dReLUMaxPool2d(self.layers[i], pool.size, pool.stride), 3
+            elif kinds == [BatchNorm, ReLU, MaxPool2d]:
+                pool = self.layers[i + 2]
+                step, width = BatchNormReLUMaxPool2d(self.layers[i], pool.size, pool.stride), 3
             elif kinds[:2] == [ReLU, MaxPool2d]:
                 pool = self.layers[i + 1]
                 step, width = ReLUMaxPool2d(pool.size, pool.stride), 2

@@ -1,5 +1,5 @@
 """The Numba backend's launchers: argument checks, output arrays and the calls into the
-kernels of conv2d.py, pool.py, dense.py, loss.py, adam.py, augment.py and layout.py.
+kernels of conv2d.py, pool.py, batchnorm.py, activation.py, dense.py, loss.py, adam.py, augment.py and layout.py.
 
 Memory ownership is as in the reference: every array a kernel returns or keeps in a ctx
 is freshly allocated, so a ctx stays valid until its backward. Two buffers are kept per
@@ -21,15 +21,15 @@ from ... import tuning
 from ...errors import ArrayError
 from ..base import check_window_options, window_out_size
 from ..reference import ReferenceBackend
-from . import adam, augment, conv2d, dense, jit, layout, loss, pool
+from . import activation, adam, augment, batchnorm, conv2d, dense, jit, layout, loss, pool
 
 
 class NumbaBackend(ReferenceBackend):
     """NumPy arrays, Numba kernels. Every kernel of a training step is its own, except
     the conv block's backward, the reference's chain of this backend's max-pool and
     convolution backwards (and its forward where the convolution is strided or the
-    windows overlap or leave gaps); softmax (inference only) and from_batch_last are the
-    reference's."""
+    windows overlap or leave gaps; the batch-norm block's both ways in that case);
+    softmax (inference only) and from_batch_last are the reference's."""
 
     name = "numba"
 
@@ -110,6 +110,15 @@ class NumbaBackend(ReferenceBackend):
         self.conv2d_relu_maxpool2d_backward(pooled, ctx)
         # a convolution and a max-pool on their own: models with BatchNorm between them
         self.relu_maxpool2d_forward(self.conv2d_forward(x, w, None, 1, 1)[0], 2, 2)
+        self.tanh_backward(*self.tanh_forward(x))
+        stats = [np.ones(2, dtype), np.zeros(2, dtype), np.zeros(2, dtype), np.ones(2, dtype)]
+        for training in (True, False):
+            y, ctx = self.batchnorm_forward(x.reshape(2, -1), *stats, training=training,
+                                            momentum=0.1, eps=1e-5)
+            self.batchnorm_backward(y, ctx)
+            y, ctx = self.batchnorm_relu_maxpool2d_forward(x, *stats, 2, 2, training=training,
+                                                           momentum=0.1, eps=1e-5)
+            self.batchnorm_relu_maxpool2d_backward(y, ctx)
         y, ctx = self.linear_forward(x.reshape(-1, 3), rng.standard_normal((5, 72)).astype(dtype),
                                      rng.standard_normal(5).astype(dtype))
         self.linear_backward(y, ctx)
@@ -178,15 +187,18 @@ class NumbaBackend(ReferenceBackend):
         dy_wide = self._widened(dy, KW - 1)
         w_flipped = np.ascontiguousarray(w[:, :, :, ::-1])
         _, H, W, _ = x_shape
-        # rows and columns no window reached (stride > 1 leftovers) get no gradient
-        covered = (C, dy.shape[1] + KH - 1, dy.shape[2] + KW - 1, N)
-        dxpad = np.empty(covered, dtype=dy.dtype)
-        conv2d.conv2d_backward_input(dy_wide, w_flipped, dxpad)
-        HC, WC = min(covered[1] - pad, H), min(covered[2] - pad, W)
-        if HC == H and WC == W:
-            return np.ascontiguousarray(dxpad[:, pad:pad + H, pad:pad + W]), dw, db
+        # the padded input's rows and columns the windows reached; the rest (stride > 1
+        # leftovers) get no gradient
+        HC, WC = min(dy.shape[1] + KH - 1 - pad, H), min(dy.shape[2] + KW - 1 - pad, W)
+        if HC == H and WC == W:  # every input position: computed in place
+            dx = np.empty(x_shape, dtype=dy.dtype)
+            conv2d.conv2d_backward_input(dy_wide, w_flipped, pad, pad, dx)
+            return dx, dw, db
         dx = np.zeros(x_shape, dtype=dy.dtype)
-        dx[:, :HC, :WC] = dxpad[:, pad:pad + HC, pad:pad + WC]
+        if HC > 0 and WC > 0:
+            reached = np.empty((C, HC, WC, N), dtype=dy.dtype)
+            conv2d.conv2d_backward_input(dy_wide, w_flipped, pad, pad, reached)
+            dx[:, :HC, :WC] = reached
         return dx, dw, db
 
     def conv2d_relu_maxpool2d_forward(self, x, w, b, stride: int, pad: int, size: int,
@@ -272,6 +284,89 @@ class NumbaBackend(ReferenceBackend):
         augment.warp_bilinear(padded, np.ascontiguousarray(coeffs),
                               np.ascontiguousarray(displacement), out)
         return out
+
+    def batchnorm_relu_maxpool2d_forward(self, x, gamma, beta, running_mean, running_var,
+                                         size: int, stride: int, *, training: bool,
+                                         momentum: float, eps: float):
+        OH, OW = self.check_pool2d(x, size, stride)
+        C, H, W, N = x.shape
+        self.check_batchnorm(x.reshape(C, -1), gamma, beta, running_mean, running_var)
+        if stride != size or H != OH * size or W != OW * size:  # windows that do not tile
+            return super().batchnorm_relu_maxpool2d_forward(
+                x, gamma, beta, running_mean, running_var, size, stride, training=training,
+                momentum=momentum, eps=eps)
+        x = np.ascontiguousarray(x)
+        y = np.empty((C, OH, OW, N), dtype=x.dtype)
+        arg = np.empty((C, OH, OW, N), dtype=np.int32)
+        mean, inv_std = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
+        gamma = np.ascontiguousarray(gamma)
+        rm = running_mean if running_mean.flags.c_contiguous else running_mean.copy()
+        rv = running_var if running_var.flags.c_contiguous else running_var.copy()
+        batchnorm.batchnorm_relu_maxpool2d_forward(
+            x, gamma, np.ascontiguousarray(beta), rm, rv, bool(training), float(momentum),
+            float(eps), size, mean, inv_std, y, arg)
+        if training:
+            running_mean[...], running_var[...] = rm, rv
+        return y, ("fused", x, arg, mean, inv_std, gamma, bool(training))
+
+    def batchnorm_relu_maxpool2d_backward(self, dy, ctx, need_dx: bool = True):
+        if ctx[0] != "fused":
+            return super().batchnorm_relu_maxpool2d_backward(dy, ctx, need_dx)
+        _, x, arg, mean, inv_std, gamma, training = ctx
+        C = x.shape[0]
+        dx = np.empty_like(x) if need_dx else np.empty((0, 0, 0, 0), dtype=x.dtype)
+        dgamma, dbeta = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
+        batchnorm.batchnorm_relu_maxpool2d_backward(
+            x, np.ascontiguousarray(dy), arg, mean, inv_std, gamma, training, bool(need_dx), dx,
+            dgamma, dbeta)
+        return (dx if need_dx else None), dgamma, dbeta
+
+    # --------------------------------------------------------------- activation
+    def tanh_forward(self, x):
+        x = np.ascontiguousarray(x)
+        if x.dtype not in (np.float32, np.float64):  # the reference's dtype rules
+            return super().tanh_forward(x)
+        y = np.empty_like(x)
+        kernel = activation.tanh_f32 if x.dtype == np.float32 else activation.tanh_f64
+        kernel(x.reshape(-1), y.reshape(-1))
+        return y, y
+
+    def tanh_backward(self, dy, ctx):
+        y = ctx
+        if dy.dtype != y.dtype:
+            return super().tanh_backward(dy, ctx)
+        dy = np.ascontiguousarray(dy)
+        dx = np.empty_like(dy)
+        activation.tanh_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+        return dx
+
+    # ------------------------------------------------------------ normalisation
+    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,
+                          momentum: float, eps: float):
+        self.check_batchnorm(x, gamma, beta, running_mean, running_var)
+        x = np.ascontiguousarray(x)
+        C = x.shape[0]
+        y = np.empty_like(x)
+        mean, inv_std = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
+        # the running estimates are updated in place: a contiguous copy would be updated
+        rm = running_mean if running_mean.flags.c_contiguous else running_mean.copy()
+        rv = running_var if running_var.flags.c_contiguous else running_var.copy()
+        batchnorm.batchnorm_forward(x, np.ascontiguousarray(gamma), np.ascontiguousarray(beta),
+                                    rm, rv, bool(training), float(momentum), float(eps), y, mean,
+                                    inv_std)
+        if training:
+            running_mean[...], running_var[...] = rm, rv
+        return y, (x, mean, inv_std, np.ascontiguousarray(gamma), bool(training))
+
+    def batchnorm_backward(self, dy, ctx, need_dx: bool = True):
+        x, mean, inv_std, gamma, training = ctx
+        dy = np.ascontiguousarray(dy)
+        C = x.shape[0]
+        dx = np.empty_like(dy) if need_dx else np.empty((0, 0), dtype=dy.dtype)
+        dgamma, dbeta = np.empty(C, dtype=dy.dtype), np.empty(C, dtype=dy.dtype)
+        batchnorm.batchnorm_backward(x, dy, mean, inv_std, gamma, training, bool(need_dx), dx,
+                                     dgamma, dbeta)
+        return (dx if need_dx else None), dgamma, dbeta
 
     # ------------------------------------------------------- linear, loss, Adam
     def _gemm_nt(self, a, b, bias=None):

@@ -42,6 +42,14 @@ def _row_multiply_add(out, src, base, step, wrow):
         for m in range(run):
             out[m] += w0 * x0[m] + w1 * x1[m] + w2 * x2[m] + w3 * x3[m] + w4 * x4[m]
         q += 5
+    while q + 3 <= KW:
+        w0, w1, w2 = wrow[q], wrow[q + 1], wrow[q + 2]
+        x0 = src[base + q * step:base + q * step + run]
+        x1 = src[base + (q + 1) * step:base + (q + 1) * step + run]
+        x2 = src[base + (q + 2) * step:base + (q + 2) * step + run]
+        for m in range(run):
+            out[m] += w0 * x0[m] + w1 * x1[m] + w2 * x2[m]
+        q += 3
     while q < KW:
         w0 = wrow[q]
         x0 = src[base + q * step:base + q * step + run]
@@ -69,6 +77,17 @@ def _row_multiply_add2(out0, out1, src, base, step, wrow0, wrow1):
             out0[m] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4
             out1[m] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4
         q += 5
+    while q + 3 <= KW:
+        a0, a1, a2 = wrow0[q], wrow0[q + 1], wrow0[q + 2]
+        b0, b1, b2 = wrow1[q], wrow1[q + 1], wrow1[q + 2]
+        x0 = src[base + q * step:base + q * step + run]
+        x1 = src[base + (q + 1) * step:base + (q + 1) * step + run]
+        x2 = src[base + (q + 2) * step:base + (q + 2) * step + run]
+        for m in range(run):
+            v0, v1, v2 = x0[m], x1[m], x2[m]
+            out0[m] += a0 * v0 + a1 * v1 + a2 * v2
+            out1[m] += b0 * v0 + b1 * v1 + b2 * v2
+        q += 3
     while q < KW:
         a0, b0 = wrow0[q], wrow1[q]
         x0 = src[base + q * step:base + q * step + run]
@@ -162,45 +181,50 @@ def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
 
 
 
-def _conv2d_backward_input(dy_wide, w_flipped, dxpad):
-    """Stride 1: dxpad[c, h, x, n] = sum_{k,p,q} w[k, c, p, q] * dy[k, h - p, x - q, n].
+def _conv2d_backward_input(dy_wide, w_flipped, top, left, dx):
+    """Stride 1: dx[c, r, s, n] = dxpad[c, top + r, left + s, n], the window of rows and
+    columns of the padded input's gradient the caller needs (the padding's own are never
+    computed), where dxpad[c, h, x, n] = sum_{k,p,q} w[k, c, p, q] * dy[k, h - p, x - q, n].
 
     dy_wide (K, OH, OW + 2*(KW-1), N) is dy with KW-1 columns of zeros each side and
     w_flipped (K, C, KH, KW) the weights with q reversed, so with q' = KW-1-q the sum
     over q is dxpad[c, h, x] += sum_q' w_flipped[k, c, p, q'] dy_wide[k, h - p, x + q']:
-    the forward kernel's row step. One task per input row h of a pair of input channels
+    the forward kernel's row step. One task per row r of a pair of input channels
     (c, c + 1) (the last alone when C is odd), which sums only the kernel rows p whose
-    output row h - p exists (no work on padding rows).
+    output row top + r - p exists. dx (C, R, S, N) must lie within the padded input
+    (top + R <= OH + KH - 1, left + S <= OW + KW - 1).
     """
     K, OH, WW, N = dy_wide.shape
-    C, HP, WP = dxpad.shape[0], dxpad.shape[1], dxpad.shape[2]
+    C, R, S = dx.shape[0], dx.shape[1], dx.shape[2]
     KH = w_flipped.shape[2]
-    run = WP * N
+    run = S * N
     dyf = dy_wide.reshape(K * OH * WW * N)
-    dxf = dxpad.reshape(C * HP * run)
+    dxf = dx.reshape(C * R * run)
     pairs = (C + 1) // 2
-    for task in prange(pairs * HP):
-        c = (task // HP) * 2
-        h = task % HP
-        row0 = dxf[(c * HP + h) * run:(c * HP + h + 1) * run]
+    for task in prange(pairs * R):
+        c = (task // R) * 2
+        r = task % R
+        h = top + r
+        row0 = dxf[(c * R + r) * run:(c * R + r + 1) * run]
         for m in range(run):
             row0[m] = 0
         if c + 1 < C:
-            row1 = dxf[((c + 1) * HP + h) * run:((c + 1) * HP + h + 1) * run]
+            row1 = dxf[((c + 1) * R + r) * run:((c + 1) * R + r + 1) * run]
             for m in range(run):
                 row1[m] = 0
             for p in range(KH):
                 i = h - p
                 if 0 <= i < OH:
                     for k in range(K):
-                        row_multiply_add2(row0, row1, dyf, (k * OH + i) * WW * N, N,
+                        row_multiply_add2(row0, row1, dyf, ((k * OH + i) * WW + left) * N, N,
                                            w_flipped[k, c, p], w_flipped[k, c + 1, p])
         else:
             for p in range(KH):
                 i = h - p
                 if 0 <= i < OH:
                     for k in range(K):
-                        row_multiply_add(row0, dyf, (k * OH + i) * WW * N, N, w_flipped[k, c, p])
+                        row_multiply_add(row0, dyf, ((k * OH + i) * WW + left) * N, N,
+                                         w_flipped[k, c, p])
 
 
 def _conv2d_forward_strided(xpad, w, b, stride, y):
@@ -281,6 +305,21 @@ def _conv2d_backward_weight(xpad, dy, dw, db):
             dw[k + 1, c, p, q], dw[k + 1, c, p, q + 1], dw[k + 1, c, p, q + 2] = b0, b1, b2
             dw[k + 1, c, p, q + 3], dw[k + 1, c, p, q + 4] = b3, b4
             q += 5
+        while both and q + 3 <= KW:  # three columns (3x3 kernels): six sums
+            a0 = a1 = a2 = b0 = b1 = b2 = zero
+            for i in range(OH):
+                top = (k * OH + i) * run
+                d0, d1 = dyf[top:top + run], dyf[top + OH * run:top + (OH + 1) * run]
+                start = (c * HP + i + p) * WP * N + q * N
+                x0, x1 = xf[start:start + run], xf[start + N:start + N + run]
+                x2 = xf[start + 2 * N:start + 2 * N + run]
+                for m in range(run):
+                    e0, e1, v0, v1, v2 = d0[m], d1[m], x0[m], x1[m], x2[m]
+                    a0, a1, a2 = a0 + e0 * v0, a1 + e0 * v1, a2 + e0 * v2
+                    b0, b1, b2 = b0 + e1 * v0, b1 + e1 * v1, b2 + e1 * v2
+            dw[k, c, p, q], dw[k, c, p, q + 1], dw[k, c, p, q + 2] = a0, a1, a2
+            dw[k + 1, c, p, q], dw[k + 1, c, p, q + 1], dw[k + 1, c, p, q + 2] = b0, b1, b2
+            q += 3
         while q < KW:
             for kk in range(k, min(k + 2, K)):
                 acc = zero
