@@ -1,5 +1,6 @@
 """A/B of the numba backend's FC products: the 4x4 kernel of 2f6705d (before the edge
-change), the new 4x4 and the new 3x3, interleaved; run from the repository root:
+change), the new 4x4 and the new 3x3 (one kernel with both blockings since the
+commit after 324c797), interleaved; run from the repository root:
     python benchmarks/results/2026-12-06-tuning-epyc-zen3/ab_blocks.py [batch]"""
 import importlib.util, statistics, subprocess, sys, tempfile, time
 import numpy as np
@@ -18,8 +19,8 @@ N = int(sys.argv[1]) if len(sys.argv) > 1 else 128
 shapes = {"fc1 fwd": (120, N, 400), "fc1 dw": (120, 400, N), "fc1 dx": (400, N, 128),
           "fc2 fwd": (84, N, 128), "fc2 dx": (128, N, 96), "fc3 fwd": (10, N, 96)}
 kern = {"old4x4": lambda a, b, o: olddense.gemm_nt(a, b, np.zeros(0, np.float32), o),
-        "4x4": lambda a, b, o: dense.gemm_nt_4x4(a, b, np.zeros(a.shape[0], np.float32), o),
-        "3x3": lambda a, b, o: dense.gemm_nt_3x3(a, b, np.zeros(a.shape[0], np.float32), o)}
+        "4x4": lambda a, b, o: dense.gemm_nt(a, b, np.zeros(a.shape[0], np.float32), o, 4),
+        "3x3": lambda a, b, o: dense.gemm_nt(a, b, np.zeros(a.shape[0], np.float32), o, 3)}
 for name, (R, S, L) in shapes.items():
     a = rng.standard_normal((R, L)).astype(np.float32); b = rng.standard_normal((S, L)).astype(np.float32)
     o = np.empty((R, S), np.float32)

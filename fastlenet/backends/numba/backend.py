@@ -90,13 +90,14 @@ class NumbaBackend(ReferenceBackend):
             bias = np.zeros(400, np.float32)
             y, dw, dx = np.empty((120, 128), np.float32), np.empty_like(w), np.empty_like(x)
 
-            def products(kernel):
+            def products(size):
                 # fc1's forward, weight gradient and input gradient, as _gemm_nt passes them
-                return lambda: (kernel(w, xt, bias, y), kernel(dy, x, bias, dw),
-                                kernel(wt, dyt, bias, dx))
+                return lambda: (dense.gemm_nt(w, xt, bias, y, size),
+                                dense.gemm_nt(dy, x, bias, dw, size),
+                                dense.gemm_nt(wt, dyt, bias, dx, size))
 
             self._gemm = tuning.choose(
-                "numba.gemm_nt", {name: products(k) for name, k in dense.GEMM_NT.items()},
+                "numba.gemm_nt", {name: products(size) for name, size in dense.BLOCKINGS.items()},
                 default="4x4", threads=numba.get_num_threads())
         return self._gemm
 
@@ -372,8 +373,9 @@ class NumbaBackend(ReferenceBackend):
     def _gemm_nt(self, a, b, bias=None):
         """a @ b.T (+ bias[:, None]) for a (R, K), b (S, K): a new (R, S) array."""
         out = np.empty((a.shape[0], b.shape[0]), dtype=a.dtype)
-        dense.GEMM_NT[self.gemm_choice().variant](dense.padded_rows(a), dense.padded_rows(b),
-                      np.zeros(a.shape[0], a.dtype) if bias is None else np.ascontiguousarray(bias), out)
+        bias = np.zeros(a.shape[0], a.dtype) if bias is None else np.ascontiguousarray(bias)
+        dense.gemm_nt(dense.padded_rows(a), dense.padded_rows(b), bias, out,
+                      dense.BLOCKINGS[self.gemm_choice().variant])
         return out
 
     def linear_forward(self, x, w, b):

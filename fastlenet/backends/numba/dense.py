@@ -13,86 +13,89 @@ from numba import prange
 from .jit import parallel, serial
 
 
-def _gemm_nt_4x4(a, b, bias, out):
+def _gemm_nt(a, b, bias, out, size):
     """out[r, s] = bias[r] + sum_k a[r, k] * b[s, k] for k < L: A @ B.T with both
-    operands' rows contiguous along the summed axis.
+    operands' rows contiguous along the summed axis, one task per ``size`` x ``size``
+    block of out (4 or 3: the register blockings below)."""
+    R, S = a.shape[0], b.shape[0]
+    blocks = (S + size - 1) // size
+    for task in prange(((R + size - 1) // size) * blocks):
+        r0 = (task // blocks) * size
+        s0 = (task % blocks) * size
+        if size == 4:
+            block_4x4(a, b, bias, out, r0, s0)
+        else:
+            block_3x3(a, b, bias, out, r0, s0)
 
-    One task per 4 x 4 block of out: its 16 sums are dot products that share every load
-    (4 rows of a, 4 of b: 8 loads for 16 multiply-adds), which LLVM vectorizes along k;
-    16 vector accumulators and 8 operands want 32 vector registers (AVX-512). A block
+
+def _block_4x4(a, b, bias, out, r0, s0):
+    """The 4 x 4 block of out at (r0, s0): its 16 sums are dot products that share every
+    load (4 rows of a, 4 of b: 8 loads for 16 multiply-adds), which LLVM vectorizes along
+    k; 16 vector accumulators and 8 operands want 32 vector registers (AVX-512). A block
     cut by the edge of out repeats its last row or column, so every output is summed by
-    the same code, in the same order.
-    """
+    the same code, in the same order."""
     R, L = a.shape
     S = b.shape[0]
     zero = out.dtype.type(0)
-    blocks = (S + 3) // 4
-    for task in prange(((R + 3) // 4) * blocks):
-        r0 = (task // blocks) * 4
-        s0 = (task % blocks) * 4
-        r1, r2, r3 = min(r0 + 1, R - 1), min(r0 + 2, R - 1), min(r0 + 3, R - 1)
-        s1, s2, s3 = min(s0 + 1, S - 1), min(s0 + 2, S - 1), min(s0 + 3, S - 1)
-        a0, a1, a2, a3 = a[r0], a[r1], a[r2], a[r3]
-        b0, b1, b2, b3 = b[s0], b[s1], b[s2], b[s3]
-        c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
-        c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
-        for k in range(L):
-            x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
-            y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
-            c00 += x0 * y0
-            c01 += x0 * y1
-            c02 += x0 * y2
-            c03 += x0 * y3
-            c10 += x1 * y0
-            c11 += x1 * y1
-            c12 += x1 * y2
-            c13 += x1 * y3
-            c20 += x2 * y0
-            c21 += x2 * y1
-            c22 += x2 * y2
-            c23 += x2 * y3
-            c30 += x3 * y0
-            c31 += x3 * y1
-            c32 += x3 * y2
-            c33 += x3 * y3
-        d0, d1, d2, d3 = bias[r0], bias[r1], bias[r2], bias[r3]
-        out[r0, s0], out[r0, s1], out[r0, s2], out[r0, s3] = c00 + d0, c01 + d0, c02 + d0, c03 + d0
-        out[r1, s0], out[r1, s1], out[r1, s2], out[r1, s3] = c10 + d1, c11 + d1, c12 + d1, c13 + d1
-        out[r2, s0], out[r2, s1], out[r2, s2], out[r2, s3] = c20 + d2, c21 + d2, c22 + d2, c23 + d2
-        out[r3, s0], out[r3, s1], out[r3, s2], out[r3, s3] = c30 + d3, c31 + d3, c32 + d3, c33 + d3
+    r1, r2, r3 = min(r0 + 1, R - 1), min(r0 + 2, R - 1), min(r0 + 3, R - 1)
+    s1, s2, s3 = min(s0 + 1, S - 1), min(s0 + 2, S - 1), min(s0 + 3, S - 1)
+    a0, a1, a2, a3 = a[r0], a[r1], a[r2], a[r3]
+    b0, b1, b2, b3 = b[s0], b[s1], b[s2], b[s3]
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
+    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
+    for k in range(L):
+        x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
+        y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
+        c00 += x0 * y0
+        c01 += x0 * y1
+        c02 += x0 * y2
+        c03 += x0 * y3
+        c10 += x1 * y0
+        c11 += x1 * y1
+        c12 += x1 * y2
+        c13 += x1 * y3
+        c20 += x2 * y0
+        c21 += x2 * y1
+        c22 += x2 * y2
+        c23 += x2 * y3
+        c30 += x3 * y0
+        c31 += x3 * y1
+        c32 += x3 * y2
+        c33 += x3 * y3
+    d0, d1, d2, d3 = bias[r0], bias[r1], bias[r2], bias[r3]
+    out[r0, s0], out[r0, s1], out[r0, s2], out[r0, s3] = c00 + d0, c01 + d0, c02 + d0, c03 + d0
+    out[r1, s0], out[r1, s1], out[r1, s2], out[r1, s3] = c10 + d1, c11 + d1, c12 + d1, c13 + d1
+    out[r2, s0], out[r2, s1], out[r2, s2], out[r2, s3] = c20 + d2, c21 + d2, c22 + d2, c23 + d2
+    out[r3, s0], out[r3, s1], out[r3, s2], out[r3, s3] = c30 + d3, c31 + d3, c32 + d3, c33 + d3
 
 
-def _gemm_nt_3x3(a, b, bias, out):
-    """gemm_nt_4x4's product in 3 x 3 blocks: 9 vector accumulators and 6 operands fit
-    the 16 vector registers of AVX2, where 4 x 4 blocks spill to the stack."""
+def _block_3x3(a, b, bias, out, r0, s0):
+    """_block_4x4's sums for a 3 x 3 block: 9 vector accumulators and 6 operands fit the
+    16 vector registers of AVX2, where 4 x 4 blocks spill to the stack."""
     R, L = a.shape
     S = b.shape[0]
     zero = out.dtype.type(0)
-    blocks = (S + 2) // 3
-    for task in prange(((R + 2) // 3) * blocks):
-        r0 = (task // blocks) * 3
-        s0 = (task % blocks) * 3
-        r1, r2 = min(r0 + 1, R - 1), min(r0 + 2, R - 1)
-        s1, s2 = min(s0 + 1, S - 1), min(s0 + 2, S - 1)
-        a0, a1, a2 = a[r0], a[r1], a[r2]
-        b0, b1, b2 = b[s0], b[s1], b[s2]
-        c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = zero
-        for k in range(L):
-            x0, x1, x2 = a0[k], a1[k], a2[k]
-            y0, y1, y2 = b0[k], b1[k], b2[k]
-            c00 += x0 * y0
-            c01 += x0 * y1
-            c02 += x0 * y2
-            c10 += x1 * y0
-            c11 += x1 * y1
-            c12 += x1 * y2
-            c20 += x2 * y0
-            c21 += x2 * y1
-            c22 += x2 * y2
-        d0, d1, d2 = bias[r0], bias[r1], bias[r2]
-        out[r0, s0], out[r0, s1], out[r0, s2] = c00 + d0, c01 + d0, c02 + d0
-        out[r1, s0], out[r1, s1], out[r1, s2] = c10 + d1, c11 + d1, c12 + d1
-        out[r2, s0], out[r2, s1], out[r2, s2] = c20 + d2, c21 + d2, c22 + d2
+    r1, r2 = min(r0 + 1, R - 1), min(r0 + 2, R - 1)
+    s1, s2 = min(s0 + 1, S - 1), min(s0 + 2, S - 1)
+    a0, a1, a2 = a[r0], a[r1], a[r2]
+    b0, b1, b2 = b[s0], b[s1], b[s2]
+    c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = zero
+    for k in range(L):
+        x0, x1, x2 = a0[k], a1[k], a2[k]
+        y0, y1, y2 = b0[k], b1[k], b2[k]
+        c00 += x0 * y0
+        c01 += x0 * y1
+        c02 += x0 * y2
+        c10 += x1 * y0
+        c11 += x1 * y1
+        c12 += x1 * y2
+        c20 += x2 * y0
+        c21 += x2 * y1
+        c22 += x2 * y2
+    d0, d1, d2 = bias[r0], bias[r1], bias[r2]
+    out[r0, s0], out[r0, s1], out[r0, s2] = c00 + d0, c01 + d0, c02 + d0
+    out[r1, s0], out[r1, s1], out[r1, s2] = c10 + d1, c11 + d1, c12 + d1
+    out[r2, s0], out[r2, s1], out[r2, s2] = c20 + d2, c21 + d2, c22 + d2
 
 
 def _row_sum(a, out):
@@ -104,12 +107,13 @@ def _row_sum(a, out):
         out[r] = acc
 
 
-gemm_nt_4x4 = parallel(_gemm_nt_4x4)
-gemm_nt_3x3 = parallel(_gemm_nt_3x3)
+block_4x4 = serial(_block_4x4)
+block_3x3 = serial(_block_3x3)
+gemm_nt = parallel(_gemm_nt)
 row_sum = serial(_row_sum)
 
-# the register blockings of gemm_nt, by the name fastlenet.tuning records
-GEMM_NT = {"4x4": gemm_nt_4x4, "3x3": gemm_nt_3x3}
+# the register blockings of gemm_nt (its ``size``), by the name fastlenet.tuning records
+BLOCKINGS = {"4x4": 4, "3x3": 3}
 
 
 def padded_rows(a):
