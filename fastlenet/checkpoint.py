@@ -93,7 +93,9 @@ def load_model(path: str | os.PathLike, backend="auto"):
     ``meta`` carries what inference needs besides the weights: ``mean`` and ``std`` of
     the normalisation, ``class_names``, ``dataset``.
     """
-    path = Path(path) / "best.npz" if Path(path).is_dir() else path
+    from .trained_model import model_checkpoint  # it reads run folders' status (runs.py)
+
+    path = model_checkpoint(path)
     ckpt = load_checkpoint(path)
     missing = [key for key in ("model", "mean", "std") if key not in ckpt.meta]
     if missing:

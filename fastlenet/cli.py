@@ -240,8 +240,12 @@ def cmd_sweep(args) -> int:
 
 
 def _sweep_status(rows: list[dict]) -> int:
-    """The sweep's exit status: an error when no setting trained."""
-    return EXIT_ERROR if all(row["status"].startswith("failed") for row in rows) else 0
+    """The sweep's exit status: an error, said in one line, when no setting trained."""
+    if all(row["status"].startswith("failed") or row["status"] == "diverged" for row in rows):
+        print("fastlenet: error: no setting of the sweep trained (failed or diverged); "
+              "the status column of its table says why", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
 
 
 def cmd_evaluate(args) -> int:

@@ -1,6 +1,6 @@
 """Take a trained model elsewhere: an ONNX file, or plain weights with PyTorch's names.
 
-``fastlenet export RUN/best.npz -o model.onnx`` (or ``--format npz``) calls
+``fastlenet export RUN/best.npz -o model.onnx`` (or ``-o weights.npz``) calls
 :func:`export_checkpoint`; the library functions take any :class:`~fastlenet.nn.Model`
 built from the layers of :mod:`fastlenet.nn`.
 

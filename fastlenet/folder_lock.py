@@ -35,7 +35,13 @@ class FolderLock:
                 fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
             except OSError as exc:
                 raise self._unwritable(exc) from None
-            if not _try_lock(fd):
+            try:
+                locked = _try_lock(fd)
+            except OSError as exc:  # e.g. NFS, whose flock wants a writable descriptor
+                os.close(fd)
+                raise RunFolderError(f"cannot lock the {self.what} folder {self.folder} "
+                                     f"({exc.strerror}); choose an --out on a local disk") from None
+            if not locked:
                 holder = _holder(fd)
                 os.close(fd)
                 raise FolderInUseError(

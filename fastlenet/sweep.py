@@ -31,7 +31,7 @@ from .config import TrainConfig, option_name
 from .errors import ConfigError, FastLeNetError
 from .figures import (PLOTS_HINT, new_figure, plot_accuracy_over_time, plot_last_accuracy,
                       png_bytes, require_matplotlib)
-from .folder_lock import lock_folder
+from .folder_lock import FolderLock
 from .runs import load_run
 from .sweep_local import run_local
 from .sweep_setting import (UNFINISHED, Setting, run_result, setting_name, settings, summary,
@@ -75,12 +75,16 @@ def run_sweep(grid: dict[str, list], fixed: dict | None = None, out: str | Path 
     for values in combos:
         TrainConfig(**{**fixed, **values}).validate()
     out = Path(out) if out is not None else Path("sweeps") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if (out / "sweep.csv").exists():
-        raise ConfigError(f"{out} already holds a sweep; continue it with --resume {out}, or "
-                          "choose another --out")
-    rows = [{**values, "status": "pending", "run": setting_name(values)} for values in combos]
-    record = {"fastlenet": __version__, "grid": grid, "fixed": fixed, "rows": rows}
-    return _run(out, record, jobs, cluster, cluster_timeout, log or (lambda _msg: None), new=True)
+
+    def new_record() -> dict:
+        if (out / "sweep.json").exists() or (out / "sweep.csv").exists():
+            raise ConfigError(f"{out} already holds a sweep; continue it with --resume {out}, "
+                              "or choose another --out")
+        rows = [{**values, "status": "pending", "run": setting_name(values)} for values in combos]
+        return {"fastlenet": __version__, "grid": grid, "fixed": fixed, "rows": rows}
+
+    return _run(out, new_record, jobs, cluster, cluster_timeout, log or (lambda _msg: None),
+                new=True)
 
 
 def resume_sweep(out: str | Path, jobs: int = 1, log: Callable[[str], None] | None = _print,
@@ -90,11 +94,16 @@ def resume_sweep(out: str | Path, jobs: int = 1, log: Callable[[str], None] | No
     holds a checkpoint resume from it, the others start; runners as in :func:`run_sweep`."""
     out = Path(out)
     _check_runner(jobs, cluster, cluster_timeout)
-    record = _read_record(out)
-    for row in record["rows"]:  # ended after the record was last written
-        if row["status"] in UNFINISHED and (out / row["run"] / "metrics.json").is_file():
-            row.update(run_result(out / row["run"], 0, None))
-    return _run(out, record, jobs, cluster, cluster_timeout, log or (lambda _msg: None), new=False)
+
+    def saved_record() -> dict:
+        record = _read_record(out)
+        for row in record["rows"]:  # ended after the record was last written
+            if row["status"] in UNFINISHED and (out / row["run"] / "metrics.json").is_file():
+                row.update(run_result(out / row["run"], 0, None))
+        return record
+
+    return _run(out, saved_record, jobs, cluster, cluster_timeout, log or (lambda _msg: None),
+                new=False)
 
 
 def _check_runner(jobs, cluster: str | None, timeout) -> None:
@@ -112,16 +121,15 @@ def _check_runner(jobs, cluster: str | None, timeout) -> None:
     check_address(cluster)
 
 
-def _run(out: Path, record: dict, jobs: int, cluster: str | None, timeout: float,
-         log: Callable[[str], None], new: bool) -> list[dict]:
-    """Train the record's unfinished rows with the runner chosen, then write the tables and
-    the plot. The cluster is reached before a new sweep folder is made, so a failure to
+def _run(out: Path, load_record: Callable[[], dict], jobs: int, cluster: str | None,
+         timeout: float, log: Callable[[str], None], new: bool) -> list[dict]:
+    """Train the unfinished rows of the record ``load_record`` makes (or reads) with the
+    runner chosen, then write the tables and the plot. The record is made once to refuse
+    early and see what is to do, then again under the folder's lock, which one sweep holds
+    at a time. The cluster is reached before a new sweep folder is made, so a failure to
     reach it leaves nothing behind."""
-    rows, grid = record["rows"], record["grid"]
-    header = _header(grid, record["fixed"], jobs, cluster)
-    todo = [Setting(i, {**record["fixed"], **{f: row[f] for f in grid}}, out / row["run"])
-            for i, row in enumerate(rows) if row["status"] in UNFINISHED]
-    if cluster is not None and todo:
+    record = load_record()
+    if cluster is not None and any(row["status"] in UNFINISHED for row in record["rows"]):
         from .sweep_dask import connect, run_on_cluster
 
         opened = connect(cluster, timeout, log)
@@ -134,39 +142,43 @@ def _run(out: Path, record: dict, jobs: int, cluster: str | None, timeout: float
             except OSError as exc:
                 raise ConfigError(f"cannot create the sweep folder {out}: {exc.strerror}; "
                                   "choose another --out") from None
-        # one sweep writes a folder at a time: held until this call returns (or the process ends)
-        lock = lock_folder(out, "sweep")  # noqa: F841 - held by being referenced
-        progress = _Progress(out, record, header, log)
-        runner = ("on the Dask cluster" if client is not None else
-                  f"{jobs} at a time" if jobs > 1 else "one at a time")
-        log(f"sweep of {len(rows)} settings in {out}: {len(todo)} to train, {runner}"
-            + (f"; {len(rows) - len(todo)} kept from before" if not new else ""))
-        for setting in todo:
-            rows[setting.index]["status"] = "pending"
-        progress.save()
-        try:
-            if client is not None:
-                run_on_cluster(client, todo, progress, timeout)
-            else:
-                run_local(todo, jobs, progress)
-        except BaseException as exc:  # Ctrl-C included: keep what finished, say how to go on
-            for row in rows:
-                if row["status"] == "running":
-                    row["status"] = "interrupted"
+        with FolderLock(out, "sweep"):
+            record = load_record()  # as it is now that no other sweep writes the folder
+            rows, grid = record["rows"], record["grid"]
+            todo = [Setting(i, {**record["fixed"], **{f: row[f] for f in grid}}, out / row["run"])
+                    for i, row in enumerate(rows) if row["status"] in UNFINISHED]
+            progress = _Progress(out, record, _header(grid, record["fixed"], jobs, cluster), log)
+            runner = ("on the Dask cluster" if client is not None else
+                      f"{jobs} at a time" if jobs > 1 else "one at a time")
+            log(f"sweep of {len(rows)} settings in {out}: {len(todo)} to train, {runner}"
+                + (f"; {len(rows) - len(todo)} kept from before" if not new else ""))
+            for setting in todo:
+                rows[setting.index]["status"] = "pending"
             progress.save()
-            hint = f"continue the sweep with: fastlenet sweep --resume {out}"
-            if isinstance(exc, FastLeNetError):
-                raise type(exc)(f"{exc}; {hint}") from None
-            log(f"stopped; {hint}")
-            raise
-    try:
-        require_matplotlib()
-    except FastLeNetError:
-        log(f"table in {out / 'sweep.md'} and {out / 'sweep.csv'}; the comparison plot needs "
-            f"matplotlib: {PLOTS_HINT}")
-    else:
-        plot(out / "sweep.png", rows, out)
-        log(f"table in {out / 'sweep.md'} and {out / 'sweep.csv'}, plot in {out / 'sweep.png'}")
+            try:
+                if client is not None and todo:
+                    run_on_cluster(client, todo, progress, timeout)
+                else:
+                    run_local(todo, jobs, progress)
+            except BaseException as exc:  # Ctrl-C included: keep what finished, say how to go on
+                for row in rows:
+                    if row["status"] == "running":
+                        row["status"] = "interrupted"
+                progress.save()
+                hint = f"continue the sweep with: fastlenet sweep --resume {out}"
+                if isinstance(exc, FastLeNetError):
+                    raise type(exc)(f"{exc}; {hint}") from None
+                log(f"stopped; {hint}")
+                raise
+            try:
+                require_matplotlib()
+            except FastLeNetError:
+                log(f"table in {out / 'sweep.md'} and {out / 'sweep.csv'}; the comparison plot "
+                    f"needs matplotlib: {PLOTS_HINT}")
+            else:
+                plot(out / "sweep.png", rows, out)
+                log(f"table in {out / 'sweep.md'} and {out / 'sweep.csv'}, plot in "
+                    f"{out / 'sweep.png'}")
     return rows
 
 
