@@ -78,7 +78,7 @@ def _train(folder: Path, values: dict, version: str, on_epoch_end) -> int:
             if version != __version__:
                 raise ConfigError(f"this Dask worker runs fastlenet {__version__} and the sweep "
                                   f"fastlenet {version}; install the same fastlenet on every worker")
-            with one_thread(values.get("backend", "auto")), heap_for_arrays():
+            with one_thread(), heap_for_arrays():
                 if (folder / "last.npz").is_file():
                     train(resume=folder, out=folder, progress=False, log=log,
                           on_epoch_end=on_epoch_end)
@@ -97,10 +97,10 @@ def _train(folder: Path, values: dict, version: str, on_epoch_end) -> int:
 
 
 @contextmanager
-def one_thread(backend: str):
+def one_thread():
     """One BLAS thread (threadpoolctl, when installed; Dask's nanny also starts workers
-    with OPENBLAS_NUM_THREADS=1) and, for ``backend`` numba or auto, one Numba thread in
-    this task's thread."""
+    with OPENBLAS_NUM_THREADS=1) and, where Numba is installed, one Numba thread in this
+    task's thread, whichever backend the setting names (no backend is singled out)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -108,7 +108,7 @@ def one_thread(backend: str):
     else:
         limits = threadpool_limits(1)
     with limits:
-        if backend in ("numba", "auto") and importlib.util.find_spec("numba") is not None:
+        if importlib.util.find_spec("numba") is not None:
             import numba
 
             numba.set_num_threads(1)
