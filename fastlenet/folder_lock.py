@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from .errors import FolderInUseError, RunFolderError
@@ -42,7 +43,7 @@ class FolderLock:
                 raise RunFolderError(f"cannot lock the {self.what} folder {self.folder} "
                                      f"({exc.strerror}); choose an --out on a local disk") from None
             if not locked:
-                holder = _holder(fd)
+                holder = _holder(fd, self.path)
                 os.close(fd)
                 raise FolderInUseError(
                     f"{self.folder} is in use by another fastlenet ({holder}); one {self.what} "
@@ -56,9 +57,16 @@ class FolderLock:
         command = command if len(command) <= 120 else command[:117] + "..."
         # written through a descriptor of its own: the lock's is read-only, so that holding
         # it does not keep the folder's file system from being remounted read-only
+        # (written in place, then cut to length: never truncated first, so a reader never
+        # finds it empty once a line is there)
         try:
-            with open(self.path, "w", encoding="utf-8") as f:
-                f.write(f"{os.getpid()} {command}\n")
+            line = f"{os.getpid()} {command}\n".encode()
+            wfd = os.open(self.path, os.O_WRONLY)
+            try:
+                os.pwrite(wfd, line, 0)
+                os.ftruncate(wfd, len(line))
+            finally:
+                os.close(wfd)
         except OSError as exc:
             self.release()
             raise self._unwritable(exc) from None
@@ -96,13 +104,20 @@ def lock_folder(folder: str | os.PathLike, what: str = "run") -> FolderLock:
     return FolderLock(folder, what).acquire()
 
 
-def _holder(fd: int) -> str:
-    """Who holds the lock, from the line the holder wrote: 'process 123: fastlenet train ...'."""
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        pid, _, command = os.read(fd, 400).decode(errors="replace").strip().partition(" ")
-    except OSError:
-        pid, command = "", ""
+def _holder(fd: int, path: Path, wait: float = 2.0) -> str:
+    """Who holds the lock, from the line the holder wrote: 'process 123: fastlenet train ...'.
+    A holder writes its line just after taking the lock, so an empty file is read again for
+    up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            pid, _, command = os.read(fd, 400).decode(errors="replace").strip().partition(" ")
+        except OSError:
+            pid, command = "", ""
+        if pid.isdigit() or time.monotonic() > deadline or not _same_file(fd, path):
+            break
+        time.sleep(0.02)
     if not pid.isdigit():
         return "a process that is starting"
     return f"process {pid}" + (f": {command}" if command else "")

@@ -99,3 +99,21 @@ def test_the_lock_is_released_and_taken_again_within_a_process(tmp_path):
     with lock_folder(tmp_path, "run"):
         assert (tmp_path / LOCK_NAME).read_text().startswith(f"{os.getpid()} ")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_writer_refused_while_the_holder_writes_its_line_still_names_it(tmp_path):
+    # the holder has the lock but not yet its line (the moment CI once caught): the refused
+    # writer waits for the line rather than naming "a process that is starting"
+    import fcntl
+    import threading
+
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    late = threading.Timer(0.3, (tmp_path / LOCK_NAME).write_text, ["4242 fastlenet train\n"])
+    late.start()
+    try:
+        with pytest.raises(Exception, match=r"\(process 4242: fastlenet train\)"):
+            lock_folder(tmp_path, "run")
+    finally:
+        late.join()
+        os.close(fd)
