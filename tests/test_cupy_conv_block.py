@@ -101,6 +101,32 @@ def test_fused_block_and_its_gradients_match_numpy(fused, name, dtype):
     _compare(fused, got, want, dtype)
 
 
+@pytest.mark.parametrize("threads, images, dx_rows", [(0, 8, 2), (0, 3, 1), (10 ** 9, 1, 3)])
+@pytest.mark.parametrize("name", ["lenet-conv2-batch5", "stride2-overlapping-pool"])
+def test_every_launch_shape_gives_numpys_results(fused, monkeypatch, name, threads, images,
+                                                 dx_rows):
+    """Up to 8 channels per thread (several pooled rows per block) or one, 1 to 8
+    images per block (an uneven last chunk), 1 to 3 input rows per dx block."""
+    module = _block_module(fused)
+    for constant, value in (("FUSED_THREADS", threads), ("BLOCK_IMAGES", images),
+                            ("DX_ROWS", dx_rows)):
+        monkeypatch.setattr(module, constant, value)
+    shape = (6, 14, 5, 16, 5, 1, 0, 2, 2, True) if name == "lenet-conv2-batch5" else SHAPES[name]
+    C, H, N, K, KH, stride, pad, size, ps, _ = shape
+    OH = (H + 2 * pad - KH) // stride + 1
+    PH = (OH - size) // ps + 1
+    plan = module.plan_forward(C, K, N, KH, KH, stride, PH, PH, size, ps, 4)
+    assert plan[3] == (min(8, K) if threads == 0 else 1) and plan[0] == min(N, images)
+    x, w, b = _inputs(shape, np.float32, seed=10)
+    ref = get_backend("numpy")
+    y, _ = _block(ref, x, w, b, None, shape)
+    dy = np.random.default_rng(10).standard_normal(y.shape).astype(np.float32)
+    want, _ = _block(ref, x, w, b, dy, shape)
+    got, ctx = _block(fused, x, w, b, dy, shape)
+    assert isinstance(ctx, module.FusedContext)
+    _compare(fused, got, want, np.float32)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_ties_send_the_gradient_to_the_first_maximum(fused, dtype):
     """Half the input blank: windows of exactly equal conv outputs; each window's

@@ -26,9 +26,11 @@ SMEM_BYTES = 40960
 BLOCK_KR = 8
 # Launch shapes, never timed on a GPU (starting points for benchmarks/gpu_kernels.py):
 BLOCK_THREADS = 256
-BLOCK_IMAGES = 8      # images per block (fewer where the tiles would not fit)
-TARGET_BLOCKS = 256   # the forward splits its output channels until about this many blocks
-DX_ROWS = 2           # input rows per input-gradient block
+BLOCK_IMAGES = 8       # images per block (fewer where the tiles would not fit)
+# the forward's threads each hold up to BLOCK_KR output channels, fewer while that leaves
+# fewer than FUSED_THREADS threads (as CONV_THREADS does for conv2d.cu's forward)
+FUSED_THREADS = 32768
+DX_ROWS = 2            # input rows per input-gradient block
 
 
 def kernel_set() -> str:
@@ -63,17 +65,33 @@ def _tile_cols(PW, ps, size, stride, KW) -> int:
 
 
 def plan_forward(C, K, N, KH, KW, stride, PH, PW, size, ps, itemsize):
-    """(NI, PB, KG, KR) for conv_block_forward, or None when no tile fits."""
+    """(NI, PB, KG, KR) for conv_block_forward, or None when no tile fits: KR channels
+    per thread while that leaves FUSED_THREADS threads; then blocks of about one to two
+    BLOCK_THREADS outputs, by splitting the channels into groups of KG or taking PB
+    pooled rows per block."""
     words = SMEM_BYTES // itemsize
-    TR, TC = (size - 1) * stride + KH, _tile_cols(PW, ps, size, stride, KW)  # PB = 1
+    TC = _tile_cols(PW, ps, size, stride, KW)
+    kr = min(BLOCK_KR, K)
+    while kr > 1 and _ceil_div(K, kr) * PH * PW * N < FUSED_THREADS:
+        kr = _ceil_div(kr, 2)
+
+    def fits(ni, pb, kg):
+        tile = C * ((pb - 1) * ps + size - 1) * stride + C * KH  # C * TR rows
+        return kg * C * KH * KW + tile * TC * (ni | 1) <= words
+
+    def outputs(ni, pb, kg):
+        return _ceil_div(kg, kr) * pb * PW * ni
+
     for ni in _halvings(min(N, BLOCK_IMAGES)):
-        fit = (words - C * TR * TC * (ni | 1)) // (C * KH * KW)
-        if fit < 1:
+        if not fits(ni, 1, kr):
             continue
-        kg = min(K, fit)
-        while kg > BLOCK_KR and _ceil_div(N, ni) * PH * _ceil_div(K, kg) < TARGET_BLOCKS:
-            kg = _ceil_div(kg, 2)
-        return ni, 1, kg, min(BLOCK_KR, kg)
+        kg = _ceil_div(K, kr) * kr
+        while kg > kr and (not fits(ni, 1, kg) or outputs(ni, 1, kg) > 2 * BLOCK_THREADS):
+            kg = _ceil_div(_ceil_div(kg, kr), 2) * kr
+        pb = 1
+        while pb < PH and outputs(ni, pb, kg) < BLOCK_THREADS and fits(ni, pb + 1, kg):
+            pb += 1
+        return ni, pb, min(kg, K), kr
     return None
 
 
