@@ -170,19 +170,24 @@ def recording_backend():
 
 
 def _graph_kernels(graph) -> list[str]:
-    """Kernel names in a recorded graph: the emulation's tape, or a CUDA graph's DOT."""
+    """Kernel names in a recorded graph: the emulation's tape, or the kernel nodes of a
+    CUDA graph's DOT description (every node but memory copies and sets, events, host
+    calls, allocations and empty nodes; each named by the first word of its label after
+    the node's number)."""
     if hasattr(graph, "tape"):
         return [function.name for function, *_ in graph.tape]
     dot = graph.debug_dot_str()
-    nodes = re.findall(r'^"?\w+_node_\d+"?\s*\[(.*?)\];?$', dot, flags=re.M | re.S)
-    if not nodes:
-        raise RuntimeError("no nodes found in the CUDA graph's DOT description")
+    labels = re.findall(r'^\s*"[^"]*node_\d+"\s*\[[^\]]*?label="((?:[^"\\]|\\.)*)"', dot,
+                        flags=re.M)
+    if not labels:
+        raise RuntimeError("found no nodes in the CUDA graph's DOT description: "
+                           + dot[:300].replace("\n", " "))
+    other = re.compile(r"MEMSET|MEMCPY|EMPTY|EVENT|HOST|MEM_ALLOC|MEM_FREE|WAIT|RECORD")
     names = []
-    for label in nodes:
-        if re.search(r"MEMSET|MEMCPY|EMPTY|EVENT", label):
-            continue
-        found = re.search(r"(\w+_f(?:32|64)|\w*kernel\w*|\w+)", label.split("label=")[-1])
-        names.append(found.group(1) if found else "kernel")
+    for label in labels:
+        if not other.search(label):
+            found = re.search(r"[A-Za-z_]\w+", label)
+            names.append(found.group(0) if found else "kernel")
     return names
 
 
