@@ -234,6 +234,37 @@ def test_separate_is_the_default_and_a_bad_switch_is_one_line(cuda_backend, monk
                                "'separate', or unset it (separate)")
 
 
+def test_lenet5_gradients_with_fused_blocks_match_numpy(fused, monkeypatch):
+    """A LeNet-5 forward, loss and backward (float64, batch 7) through the layers: the
+    conv blocks run the fused kernels, and every parameter's gradient is NumPy's."""
+    if fused.xp.__version__ != "host-emulation":
+        pytest.skip("the launch log is the emulation's; test_cupy.py trains on the device")
+    import host_cuda
+
+    from fastlenet.nn import SoftmaxCrossEntropy, build_model
+
+    names, real_call = [], host_cuda._Function.__call__
+
+    def logged(self, grid, block, args):
+        names.append(self.name)
+        return real_call(self, grid, block, args)
+    monkeypatch.setattr(host_cuda._Function, "__call__", logged)
+    rng = np.random.default_rng(11)
+    x, labels = rng.random((7, 1, 32, 32)), rng.integers(0, 10, 7)
+    grads = {}
+    for be in (get_backend("numpy"), fused):
+        model = build_model("lenet5", be, dtype="float64", seed=2)
+        loss_fn = SoftmaxCrossEntropy(backend=be)
+        loss_fn.forward(model.forward(be.to_batch_last(be.asarray(x))), be.asarray(labels))
+        model.backward(loss_fn.backward())
+        grads[be] = {k: be.to_numpy(p.grad) for k, p in model.named_parameters().items()}
+    assert names.count("conv_block_forward_f64") == names.count("conv_block_backward_f64") == 2
+    assert not {"conv2d_forward_f64", "maxpool2d_forward_f64"} & set(names)
+    want, got = grads.values()
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-9, atol=1e-12, err_msg=key)
+
+
 def test_launch_constants_match_the_kernel_source(cuda_backend):
     module = _block_module(cuda_backend)
     text = (ROOT / "kernels" / "conv_block.cu").read_text(encoding="utf-8")
