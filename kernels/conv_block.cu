@@ -51,6 +51,42 @@
                    int stride, int pad, int PH, int PW, int size, int ps
 #define BLOCK_ARGS C, H, W, N, K, KH, KW, OH, OW, stride, pad, PH, PW, size, ps
 
+// Decompose the flat index e of an (A, R, S, ni) tile, the last index fastest.
+__device__ __forceinline__ void split4(int e, int R, int S, int ni, int& a, int& r, int& s,
+                                       int& n) {
+    n = e % ni;
+    s = e / ni % S;
+    r = e / ni / S % R;
+    a = e / ni / S / R;
+}
+
+// The images of a block: n0 .. n0+ni-1, chunk `block % chunks` of NI images; returns the
+// rest of the block index.
+__device__ __forceinline__ int image_chunk(int block, int N, int NI, int& n0, int& ni) {
+    int chunks = (N + NI - 1) / NI;
+    n0 = block % chunks * NI;
+    ni = min(NI, N - n0);
+    return block / chunks;
+}
+
+// A block's tile of pooled rows: its images, pooled rows pr0 .. pr0+pb-1 (band of PB), and
+// the input they reach: TR rows from input row r0, TC columns from column -pad.
+struct Band {
+    int n0, ni, pr0, pb, TR, TC, r0;
+};
+
+// The Band of `block` (image chunks fastest, then bands); returns the rest of the index.
+__device__ __forceinline__ int band_of(int block, BLOCK_DIMS, int NI, int PB, Band& t) {
+    int rest = image_chunk(block, N, NI, t.n0, t.ni);
+    int bands = (PH + PB - 1) / PB;
+    t.pr0 = rest % bands * PB;
+    t.pb = min(PB, PH - t.pr0);
+    t.TR = ((t.pb - 1) * ps + size - 1) * stride + KH;
+    t.TC = ((PW - 1) * ps + size - 1) * stride + KW;
+    t.r0 = t.pr0 * ps * stride - pad;
+    return rest / bands;
+}
+
 // The band's input rows, every column the windows reach, ni images, into xs (c, r, col, n)
 // with image stride NS; zeros where the taps fall in the padding.
 template <typename T>
@@ -58,10 +94,8 @@ __device__ void load_input_tile(const T* x, T* xs, int C, int H, int W, int N, i
                                 int TR, int TC, int pad, int n0, int ni, int NS) {
     int tile = C * TR * TC * ni;
     for (int e = threadIdx.x; e < tile; e += blockDim.x) {
-        int n = e % ni, rest = e / ni;
-        int col = rest % TC;
-        rest /= TC;
-        int r = rest % TR, c = rest / TR;
+        int c, r, col, n;
+        split4(e, TR, TC, ni, c, r, col, n);
         int ih = r0 + r, iw = col - pad;
         T v = T(0);
         if (ih >= 0 && ih < H && iw >= 0 && iw < W)
@@ -76,27 +110,22 @@ __device__ void conv_block_forward(const T* x, const T* w, const T* b, T* y, int
     __shared__ T smem[BLOCK_SMEM_BYTES / sizeof(T)];
     if (blockIdx.x == 0 && threadIdx.x == 0) *counter = 0;  // the backward's ticket counter
     int NS = NI | 1;
-    int chunks = (N + NI - 1) / NI, bands = (PH + PB - 1) / PB;
-    int nc = blockIdx.x % chunks, band = (blockIdx.x / chunks) % bands;
-    int k0 = (blockIdx.x / chunks / bands) * KG;
-    int n0 = nc * NI, ni = min(NI, N - n0);
-    int pr0 = band * PB, pb = min(PB, PH - pr0);
+    Band t;
+    int k0 = band_of((int)blockIdx.x, BLOCK_ARGS, NI, PB, t) * KG;
+    int n0 = t.n0, ni = t.ni, pr0 = t.pr0, pb = t.pb, TR = t.TR, TC = t.TC;
     int kg = min(KG, K - k0);
-    int TR = ((pb - 1) * ps + size - 1) * stride + KH;
-    int TC = ((PW - 1) * ps + size - 1) * stride + KW;
     int CKK = C * KH * KW;
     T* ws = smem;              // the group's weights (kg, C, KH, KW)
     T* xs = smem + KG * CKK;   // the input tile
     for (int e = threadIdx.x; e < kg * CKK; e += blockDim.x)
         ws[e] = w[(long long)k0 * CKK + e];
-    load_input_tile(x, xs, C, H, W, N, pr0 * ps * stride - pad, TR, TC, pad, n0, ni, NS);
+    load_input_tile(x, xs, C, H, W, N, t.r0, TR, TC, pad, n0, ni, NS);
     __syncthreads();
     int outputs = (kg + KR - 1) / KR * pb * PW * ni;
     for (int e = threadIdx.x; e < outputs; e += blockDim.x) {
-        int n = e % ni, rest = e / ni;
-        int pj = rest % PW;
-        rest /= PW;
-        int pr = rest % pb, kl0 = rest / pb * KR;
+        int g, pr, pj, n;
+        split4(e, pb, PW, ni, g, pr, pj, n);
+        int kl0 = g * KR;
         int kn = min(KR, kg - kl0);
         T best[BLOCK_KR];
         int best_t[BLOCK_KR];
@@ -153,24 +182,19 @@ template <typename T>
 __device__ void weight_partials(T* smem, const T* dy, const int* arg, const T* x, T* part,
                                 BLOCK_DIMS, int NI, int PB, int block) {
     int NS = NI | 1;
-    int chunks = (N + NI - 1) / NI;
-    int nc = block % chunks, band = block / chunks;
-    int n0 = nc * NI, ni = min(NI, N - n0);
-    int pr0 = band * PB, pb = min(PB, PH - pr0);
-    int TR = ((pb - 1) * ps + size - 1) * stride + KH;
-    int TC = ((PW - 1) * ps + size - 1) * stride + KW;
+    Band t;
+    band_of(block, BLOCK_ARGS, NI, PB, t);
+    int n0 = t.n0, ni = t.ni, pr0 = t.pr0, pb = t.pb, TR = t.TR, TC = t.TC;
     int WT = K * C * KH * KW, total = WT + K;
     int TRmax = ((PB - 1) * ps + size - 1) * stride + KH;
     T* xs = smem;                               // (C, TR, TC, NS)
     T* gs = xs + C * TRmax * TC * NS;           // (K, PB, PW, NS): dy of each window
     int* os = (int*)(gs + K * PB * PW * NS);    // where its argmax's taps start in xs; -1: dead
-    load_input_tile(x, xs, C, H, W, N, pr0 * ps * stride - pad, TR, TC, pad, n0, ni, NS);
+    load_input_tile(x, xs, C, H, W, N, t.r0, TR, TC, pad, n0, ni, NS);
     int windows = K * pb * PW * ni;
     for (int e = threadIdx.x; e < windows; e += blockDim.x) {
-        int n = e % ni, rest = e / ni;
-        int pj = rest % PW;
-        rest /= PW;
-        int pr = rest % pb, k = rest / pb;
+        int k, pr, pj, n;
+        split4(e, pb, PW, ni, k, pr, pj, n);
         long long o = (((long long)k * PH + pr0 + pr) * PW + pj) * N + n0 + n;
         int s = ((k * PB + pr) * PW + pj) * NS + n;
         int t = arg[o];
@@ -212,10 +236,8 @@ template <typename T>
 __device__ void input_gradient(T* smem, const T* dy, const int* arg, const T* w, T* dx,
                                BLOCK_DIMS, int NIX, int HB, int block) {
     int NS = NIX | 1;
-    int chunks = (N + NIX - 1) / NIX;
-    int nc = block % chunks, band = block / chunks;
-    int n0 = nc * NIX, ni = min(NIX, N - n0);
-    int h0 = band * HB, h1 = min(H, h0 + HB);
+    int n0, ni;
+    int h0 = image_chunk(block, N, NIX, n0, ni) * HB, h1 = min(H, h0 + HB);
     // the conv rows i whose taps reach [h0, h1): h0 + pad - KH + 1 <= i*stride <= h1 - 1 + pad
     int lo = h0 + pad - KH + 1;
     int i0 = lo <= 0 ? 0 : (lo + stride - 1) / stride;
@@ -227,10 +249,8 @@ __device__ void input_gradient(T* smem, const T* dy, const int* arg, const T* w,
     for (int e = threadIdx.x; e < WT; e += blockDim.x) ws[e] = w[e];
     int grads = K * GR * OW * ni;
     for (int e = threadIdx.x; e < grads; e += blockDim.x) {
-        int n = e % ni, rest = e / ni;
-        int j = rest % OW;
-        rest /= OW;
-        int il = rest % GR, k = rest / GR;
+        int k, il, j, n;
+        split4(e, GR, OW, ni, k, il, j, n);
         int i = i0 + il;
         T g = T(0);
         // windows (pi, pj) with pi*ps <= i < pi*ps + size, from the last one down
@@ -245,10 +265,9 @@ __device__ void input_gradient(T* smem, const T* dy, const int* arg, const T* w,
     __syncthreads();
     int outputs = C * (h1 - h0) * W * ni;
     for (int e = threadIdx.x; e < outputs; e += blockDim.x) {
-        int n = e % ni, rest = e / ni;
-        int col = rest % W;
-        rest /= W;
-        int h = h0 + rest % (h1 - h0), c = rest / (h1 - h0);
+        int c, hl, col, n;
+        split4(e, h1 - h0, W, ni, c, hl, col, n);
+        int h = h0 + hl;
         T acc = T(0);
         for (int p = 0; p < KH; ++p) {
             int ti = h + pad - p;  // = i * stride for the conv row i whose tap p hits h
