@@ -14,15 +14,20 @@ one runs; the whole stays within ``--budget`` seconds, later stages getting what
                any skip is a failure
   train        ``fastlenet train --backend cupy`` (the default recipe): test accuracy and
                time to 99%, against the targets >= 99.0% and <= 1 s of training
+  train-fused  the same with the fused conv blocks (FASTLENET_CUDA_BLOCKS=fused)
   bench        the step and epoch benchmarks and every kernel at batch 128, against
                PyTorch CUDA eager and with CUDA graphs (pytest-benchmark JSON); target:
                an epoch <= 0.5x PyTorch eager's and below PyTorch with graphs
   memcheck, racecheck, synccheck
                compute-sanitizer on a short training run, where the tool is installed
   cupy-tests   the kernel, layer, model and optimizer tests on the cupy backend
-  kernels      ``python -m benchmarks.gpu_kernels --sweep --ncu``: a recorded step's time
-               for settings of the cupy backend's launch constants, and every kernel's
-               time under Nsight Compute, fastlenet's and PyTorch's (into bench.log)
+  kernels      ``python -m benchmarks.gpu_kernels launches --sweep --ncu``: the kernels of a
+               recorded step with each conv kernel set, a recorded step's time for settings
+               of the cupy backend's launch constants and for the fused conv blocks (the
+               two kernel sets timed in one run, interleaved), and every kernel's time
+               under Nsight Compute, fastlenet's and PyTorch's (into bench.log)
+  memcheck-fused, racecheck-fused, synccheck-fused
+               compute-sanitizer with the fused conv blocks
 
 OUTDIR receives at most 8 files (what the device tool brings back): summary.txt (short,
 last), results.json (every stage and figure), info.log, tests.log, train.log, bench.log,
@@ -181,10 +186,13 @@ def cupy_tests(check: Check, stage: Stage) -> None:
                            "cupy and not cpu"], 180, skips_fail=False)
 
 
-def train(check: Check, stage: Stage) -> None:
-    run_dir = check.scratch / "default-run"
+FUSED = {"FASTLENET_CUDA_BLOCKS": "fused"}  # the fused conv blocks (cupy_conv_block.py)
+
+
+def train(check: Check, stage: Stage, env: dict | None = None) -> None:
+    run_dir = check.scratch / f"{stage.name}-run"
     done = check.run(stage, [check.python, "-m", "fastlenet", "train", "--backend", "cupy",
-                             "--no-progress", "--out", str(run_dir)], "train.log", 240)
+                             "--no-progress", "--out", str(run_dir)], "train.log", 240, env=env)
     metrics_path = run_dir / "metrics.json"
     if done is None or done.returncode != 0 or not metrics_path.exists():
         stage.status = "failed"
@@ -232,32 +240,37 @@ def bench(check: Check, stage: Stage) -> None:
 
 def kernels(check: Check, stage: Stage) -> None:
     json_path = check.scratch / "kernels.json"
-    done = check.run(stage, [check.python, "-m", "benchmarks.gpu_kernels", "--sweep", "--ncu",
-                             "--json", str(json_path)], "bench.log", 240)
+    done = check.run(stage, [check.python, "-m", "benchmarks.gpu_kernels", "launches", "--sweep",
+                             "--ncu", "--json", str(json_path)], "bench.log", 240)
     figures = json.loads(json_path.read_text()) if json_path.exists() else {}
     sweep = figures.get("sweep_us_per_step", {})
     ours = figures.get("ncu_cupy")
-    stage.figures = {"sweep_us_per_step": sweep, "ncu": figures.get("ncu"),
+    stage.figures = {"launches": figures.get("launches"), "sweep_us_per_step": sweep,
+                     "ncu": figures.get("ncu"),
                      "ncu_us_per_step": {k[4:]: round(sum(r["us_per_step"] for r in v), 1)
                                          for k, v in figures.items()
                                          if k.startswith("ncu_") and isinstance(v, list)},
                      "ncu_top_cupy_kernels": ours[:8] if ours else None}
     stage.status = "passed" if done is not None and done.returncode == 0 and sweep else "failed"
     if not stage.note:
-        stage.note = ", ".join(f"{k} {v:.0f} us" for k, v in sweep.items()) or "see bench.log"
+        counts = figures.get("launches") or {}
+        stage.note = ", ".join([f"{k} conv blocks {counts[k]} launches" for k in ("separate", "fused")
+                                if k in counts] + [f"{k} {v:.0f} us" for k, v in sweep.items()]) \
+            or "see bench.log"
 
 
-def sanitizer(tool: str):
+def sanitizer(tool: str, env: dict | None = None):
     def body(check: Check, stage: Stage) -> None:
         program = shutil.which("compute-sanitizer")
         if program is None:
             stage.status, stage.note = "unavailable", "compute-sanitizer is not installed"
             return
-        run_dir = check.scratch / f"run-{tool}"
+        run_dir = check.scratch / f"run-{stage.name}"
         done = check.run(stage, [program, "--tool", tool, "--error-exitcode", "97", check.python,
                                  "-m", "fastlenet", "train", "--backend", "cupy", "--limit", "256",
                                  "--batch-size", "64", "--epochs", "1", "--val-size", "64",
-                                 "--no-progress", "--out", str(run_dir)], "sanitizer.log", 100)
+                                 "--no-progress", "--out", str(run_dir)], "sanitizer.log", 100,
+                         env=env)
         text = (check.out / "sanitizer.log").read_text()
         section = text[text.rfind(f"===== {stage.name}"):]
         summary = [line for line in section.splitlines() if "ERROR SUMMARY" in line]
@@ -309,9 +322,11 @@ def report(check: Check, install: str) -> int:
     return 1 if failed else 0
 
 
-GPU_STAGES = {"info": info, "gpu-tests": gpu_tests, "train": train, "bench": bench,
+GPU_STAGES = {"info": info, "gpu-tests": gpu_tests, "train": train,
+              "train-fused": lambda check, stage: train(check, stage, env=FUSED), "bench": bench,
               **{tool: sanitizer(tool) for tool in SANITIZERS}, "cupy-tests": cupy_tests,
-              "kernels": kernels}
+              "kernels": kernels,
+              **{f"{tool}-fused": sanitizer(tool, env=FUSED) for tool in SANITIZERS}}
 
 
 def main(argv: list[str] | None = None) -> int:

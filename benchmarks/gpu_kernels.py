@@ -1,7 +1,15 @@
 """Where a recorded cupy training step spends its GPU time, and what the backend's launch
 constants do to it, on a machine with a CUDA device:
 
-    python -m benchmarks.gpu_kernels [--sweep] [--ncu] [--json FILE]
+    python -m benchmarks.gpu_kernels [launches] [--sweep] [--ncu] [--json FILE]
+
+``launches`` the kernels of one recorded LeNet-5 training step (batch 128, Adam), with
+             the separate and with the fused conv blocks (FASTLENET_CUDA_BLOCKS), as
+             ``<set> conv blocks: launches per training step: N`` and per kernel name.
+             On a CUDA device: the kernel nodes of the step's CUDA graph. Without one (or
+             without CuPy): the launches that the CPU emulation of tests/host_cuda.py
+             records, which are the project's kernels only (CuPy's own element-wise
+             operations run there as NumPy and are not counted). The output says which.
 
 ``--sweep``  the time of a recorded LeNet-5 step (batch 128, Adam; CUDA events around
              SWEEP_STEPS steps) for each setting in SETTINGS of cupy_backend's launch
@@ -24,6 +32,8 @@ import argparse
 import csv
 import functools
 import json
+import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -34,9 +44,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+SWITCH = "FASTLENET_CUDA_BLOCKS"  # the kernel set of the conv blocks (cupy_conv_block.py)
+KERNEL_SETS = ("separate", "fused")
 # setting -> the cupy_backend constants it changes (the rest keep their values)
-SETTINGS: dict[str, dict[str, int]] = {
+SETTINGS: dict[str, dict[str, int | str]] = {
     "committed values": {},
+    "fused conv blocks": {SWITCH: "fused"},
     "conv forward: one channel per thread": {"CONV_THREADS": 10 ** 12},
     "conv forward: up to 8 channels always": {"CONV_THREADS": 0},
     "conv forward: CONV_THREADS 131072": {"CONV_THREADS": 131072},
@@ -95,13 +108,17 @@ def sweep(rounds: int = SWEEP_ROUNDS, steps: int = SWEEP_STEPS, log=print) -> di
 
     from fastlenet.backends import cupy_backend
 
-    committed = {name: getattr(cupy_backend, name) for change in SETTINGS.values() for name in change}
+    committed = {name: getattr(cupy_backend, name) for change in SETTINGS.values()
+                 for name in change if name != SWITCH}
+    switch = os.environ.get(SWITCH)
     times: dict[str, list[float]] = defaultdict(list)
     try:
         for round_ in range(rounds):
             for setting, change in SETTINGS.items():
                 for name, value in {**committed, **change}.items():
-                    setattr(cupy_backend, name, value)
+                    if name != SWITCH:
+                        setattr(cupy_backend, name, value)
+                os.environ[SWITCH] = str(change.get(SWITCH, "separate"))
                 run = _make_run("cupy")  # a new recording for each setting
                 batches = _batches(run)
                 for i in range(WARMUP_STEPS):
@@ -117,7 +134,101 @@ def sweep(rounds: int = SWEEP_ROUNDS, steps: int = SWEEP_STEPS, log=print) -> di
     finally:
         for name, value in committed.items():
             setattr(cupy_backend, name, value)
+        _restore(switch)
     return dict(times)
+
+
+def _restore(switch: str | None) -> None:
+    if switch is None:
+        os.environ.pop(SWITCH, None)
+    else:
+        os.environ[SWITCH] = switch
+
+
+def recording_backend():
+    """``(backend, where)``: the cupy backend on a CUDA device where it is usable, else
+    on the CPU emulation of tests/host_cuda.py; ``where`` says which, for the output."""
+    from fastlenet import backends
+
+    if backends.status()["cupy"] is None:
+        backend = backends.get_backend("cupy")
+        return backend, f"a CUDA device ({backend.device_description()}): kernel nodes of the recorded CUDA graph"
+    sys.path.insert(0, str(ROOT / "tests"))
+    import host_cuda
+
+    stand_in = host_cuda.make_module()
+    empty_like = stand_in.empty_like
+    # the recording's static index array: zeros, not the emulation's sentinel, so that
+    # NumPy's gather while recording does not fail (CuPy's wraps an index around)
+    stand_in.empty_like = lambda a, dtype=None: (
+        np.zeros(np.shape(a), dtype or a.dtype) if np.dtype(dtype or a.dtype).kind in "iu"
+        else empty_like(a, dtype))
+    return (host_cuda.load_module(stand_in).CupyBackend(),
+            "the CPU emulation of tests/host_cuda.py (no usable CUDA device here): the project's "
+            "kernel launches recorded in the step; CuPy's own element-wise operations run as "
+            "NumPy there and are not counted")
+
+
+def _graph_kernels(graph) -> list[str]:
+    """Kernel names in a recorded graph: the emulation's tape, or the kernel nodes of a
+    CUDA graph's DOT description (every node but memory copies and sets, events, host
+    calls, allocations and empty nodes; each named by the first word of its label after
+    the node's number)."""
+    if hasattr(graph, "tape"):
+        return [function.name for function, *_ in graph.tape]
+    dot = graph.debug_dot_str()
+    labels = re.findall(r'^\s*"[^"]*node_\d+"\s*\[[^\]]*?label="((?:[^"\\]|\\.)*)"', dot,
+                        flags=re.M)
+    if not labels:
+        raise RuntimeError("found no nodes in the CUDA graph's DOT description: "
+                           + dot[:300].replace("\n", " "))
+    other = re.compile(r"MEMSET|MEMCPY|EMPTY|EVENT|HOST|MEM_ALLOC|MEM_FREE|WAIT|RECORD")
+    names = []
+    for label in labels:
+        if not other.search(label):
+            found = re.search(r"[A-Za-z_]\w+", label)
+            names.append(found.group(0) if found else "kernel")
+    return names
+
+
+def recorded_launches(backend, kernel_set: str, batch: int = 128) -> list[str]:
+    """Kernel names of one recorded LeNet-5 training step (Adam) with ``kernel_set``."""
+    from fastlenet.nn import SoftmaxCrossEntropy, build_model
+    from fastlenet.optim import Adam
+    from fastlenet.training_step import TrainingStep
+
+    switch = os.environ.get(SWITCH)
+    os.environ[SWITCH] = kernel_set
+    try:
+        model = build_model("lenet5", backend, seed=0)
+        rng = np.random.default_rng(0)
+        x = backend.asarray(rng.random((batch, 1, 32, 32), dtype=np.float32))
+        y = backend.asarray(rng.integers(0, 10, batch))
+        step = TrainingStep(model, SoftmaxCrossEntropy(backend=backend),
+                            Adam(model.parameters(), backend, lr=1e-3), x, y)
+        idx = backend.asarray(np.arange(batch))
+        step(idx)  # the warm-up, run as plain launches
+        step(idx)  # the recording
+        (recording,) = step._run.graphs.values()
+        return _graph_kernels(recording.graph)
+    finally:
+        _restore(switch)
+
+
+def launches(log=print) -> dict:
+    """Launches per recorded LeNet-5 step for each kernel set, printed and returned."""
+    backend, where = recording_backend()
+    log(f"counted on {where}")
+    counts = {}
+    for kernel_set in KERNEL_SETS:
+        names = recorded_launches(backend, kernel_set)
+        counts[kernel_set] = len(names)
+        log(f"{kernel_set} conv blocks: launches per training step: {len(names)}")
+        per_name: dict[str, int] = defaultdict(int)
+        for name in names:
+            per_name[name] += 1
+        log("  " + ", ".join(f"{name} x{n}" for name, n in per_name.items()))
+    return {"where": where, **counts}
 
 
 def ncu_kernels(csv_text: str, steps: int = PROFILED_STEPS) -> list[dict]:
@@ -161,6 +272,8 @@ def run_ncu(contender: str, timeout: float = 120) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_kernels",
                                      description=__doc__.split("\n")[0])
+    parser.add_argument("what", nargs="?", choices=["launches"],
+                        help="count the kernels of a recorded step, each kernel set")
     parser.add_argument("--sweep", action="store_true", help="time a step for each setting")
     parser.add_argument("--ncu", action="store_true", help="every kernel's time under Nsight Compute")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -169,10 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.target:
         profile_target(args.target)
         return 0
-    if not (args.sweep or args.ncu):
-        parser.error("say what to run: --sweep, --ncu or both")
+    if not (args.what or args.sweep or args.ncu):
+        parser.error("say what to run: launches, --sweep, --ncu or several")
     figures: dict = {}
     status = 0
+    if args.what == "launches":
+        figures["launches"] = launches(log=lambda line: print(line, flush=True))
     if args.sweep:
         print("== recorded-step time per setting of the cupy backend's launch constants", flush=True)
         times = sweep(log=lambda line: print(line, flush=True))

@@ -47,6 +47,7 @@ import numpy as np
 
 _SHIM = r"""
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdio>
@@ -72,6 +73,10 @@ inline void __syncthreads() {
     if (block_barrier) block_barrier->arrive_and_wait();
     else if (blockDim.x > 1) launch_error = 2;  // a barrier in a sequentially run block
 }
+// blocks run one after another here: a fence has nothing to order across blocks
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+template <typename T> inline T __ldcg(const T* p) { return *(volatile const T*)p; }
 """
 
 _LAUNCHER = r"""
@@ -125,7 +130,8 @@ int launch(void (*kernel)(A...), unsigned grid, unsigned block, void** args, int
 # kernels that reduce in shared memory: their threads must run together (any other
 # kernel reaching __syncthreads in a block of several threads fails the launch)
 _BARRIER_KERNELS = ("conv2d_backward_weight", "row_sum", "loss_mean", "count_correct",
-                    "batchnorm_stats", "batchnorm_backward_reduce")
+                    "batchnorm_stats", "batchnorm_backward_reduce",
+                    "conv_block_")
 BARRIER_BLOCK = 8
 _ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
 _BUILD_DIR = Path(tempfile.gettempdir()) / f"fastlenet-host-cuda-{hashlib.sha1(_SHIM.encode()).hexdigest()[:8]}"

@@ -106,7 +106,8 @@ OWN_KERNELS = {
              "relu_maxpool2d_forward", "relu_maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward", "linear_forward", "linear_backward",
              "softmax_cross_entropy", "count_correct", "adam_update_device", "set_scalars",
-             "batchnorm_forward", "batchnorm_backward"},
+             "batchnorm_forward", "batchnorm_backward",
+             "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward"},
 }
 
 

@@ -284,10 +284,10 @@ def test_gpu_check_without_a_gpu_says_so_writes_its_summary_and_fails(tmp_path):
     assert summary[0] == "fastlenet GPU check: FAILED: device"
     assert summary[2].startswith("FAILED      device") and "no CUDA device" in summary[2]
     assert all(line.startswith("NOT RUN") and line.endswith("not run: no CUDA device")
-               for line in summary[3:12])
+               for line in summary[3:16])
     assert "  epoch <= 0.5x PyTorch CUDA eager: not measured" in summary
     results = json.loads((out / "results.json").read_text())
-    assert results["failed"] == ["device"] and len(results["stages"]) == 10
+    assert results["failed"] == ["device"] and len(results["stages"]) == 14
     assert _outputs_fit_the_device_tool(out) == ["info.log", "results.json", "summary.txt"]
 
 
@@ -345,7 +345,7 @@ def test_gpu_kernels_needs_something_to_run(capsys):
 
     with pytest.raises(SystemExit) as exit_:
         main([])
-    assert exit_.value.code == 2 and "say what to run: --sweep, --ncu or both" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "say what to run: launches, --sweep, --ncu or several" in capsys.readouterr().err
 
 
 def test_gpu_check_targets_read_the_figures():

@@ -5,6 +5,8 @@ runs as one of the project's own CUDA kernels, compiled once per process with NV
 through ``cupy.RawModule`` (CuPy also caches the binaries on disk):
 
     conv2d.cu  convolution forward, backward to the input (a gather), to the weights
+    conv_block.cu  fused conv + bias + ReLU + max-pool, one launch each way, selected by
+               FASTLENET_CUDA_BLOCKS=fused (cupy_conv_block.py; the default is separate)
     pool.cu    max-pool (first-max rule) and fused ReLU + max-pool, average pool
     batchnorm.cu  batch normalisation: per-channel statistics, normalise, gradients
     dense.cu   GEMM for the linear layers, row sums for the bias gradients
@@ -17,8 +19,8 @@ Each file's header gives its layouts (batch innermost, as every backend) and its
 thread-to-element map. The linear layers use dense.cu's GEMM, not cuBLAS, so that
 :meth:`CupyBackend.capture_step` can record a whole forward and backward pass in a CUDA
 graph (CuPy cannot capture cuBLAS calls); captured and uncaptured steps then run the
-same kernels and give the same bits. What has no kernel here (the fused conv and
-batch-norm blocks, run as chains of this backend's kernels; tanh; the augmenter's warp
+same kernels and give the same bits. What has no kernel here (the fused conv blocks
+by default and the batch-norm blocks, run as chains of this backend's kernels; tanh; the augmenter's warp
 and smoothing; the layers' small element-wise maths) is the reference's array maths run
 by CuPy (``xp = cupy``); the training step's reductions (the
 loss mean, the count of correct predictions) are the project's, compiled when the backend
@@ -52,6 +54,7 @@ except ImportError as exc:
 
 from ..errors import ArrayError
 from ..kernels import sources
+from . import cupy_conv_block
 from .cuda_graph import CapturedStep, first_line
 from .reference import ReferenceBackend
 
@@ -85,6 +88,7 @@ INSTALL_HINT = ("pip install 'fastlenet[cupy-cuda12]' (or [cupy-cuda13] for a CU
 # counter update); the backend fetches them by these names.
 KERNELS: dict[str, tuple[str, ...]] = {
     "conv2d": ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"),
+    "conv_block": ("conv_block_forward", "conv_block_backward"),
     "pool": ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward"),
     "dense": ("gemm", "sum_splits", "row_sum"),
@@ -357,6 +361,15 @@ class CupyBackend(ReferenceBackend):
         dx = cupy.empty(x.shape, dtype=x.dtype)
         self._launch("conv2d", "conv2d_backward_input", x.dtype, dx.size, (dy, w, dx) + dims)
         return dx, dw, db
+
+    def conv2d_relu_maxpool2d_forward(self, x, w, b, stride: int, pad: int, size: int,
+                                      pool_stride: int):
+        return (cupy_conv_block.forward(self, x, w, b, stride, pad, size, pool_stride)
+                or super().conv2d_relu_maxpool2d_forward(x, w, b, stride, pad, size, pool_stride))
+
+    def conv2d_relu_maxpool2d_backward(self, dy, ctx, need_dx: bool = True):
+        return (cupy_conv_block.backward(self, dy, ctx, need_dx)
+                or super().conv2d_relu_maxpool2d_backward(dy, ctx, need_dx=need_dx))
 
     # ------------------------------------------------------------------ pooling
     def _pool_dims(self, x, size: int, stride: int) -> tuple:
