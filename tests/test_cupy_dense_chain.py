@@ -87,7 +87,7 @@ def _launches(monkeypatch):
     ((5, 3), 9, True),                      # one layer
 ])
 def test_fused_chain_matches_numpy(cuda_backend, monkeypatch, dtype, widths, N, bias):
-    monkeypatch.setenv(chain.MODE_VARIABLE, "fused")
+    monkeypatch.setenv(chain.SWITCH, "fused")
     inputs = _chain_inputs(widths, N, dtype, bias)
     launched = _launches(monkeypatch)
     got = _run(cuda_backend, inputs)
@@ -175,15 +175,15 @@ def test_a_recorded_graph_replays_the_chain(monkeypatch):
 
 
 def test_the_switch_selects_the_fused_kernels(cuda_backend, monkeypatch):
-    monkeypatch.delenv(chain.MODE_VARIABLE, raising=False)
-    assert chain.blocks_mode() == "separate" and not cuda_backend.fuses_dense_chain()
-    monkeypatch.setenv(chain.MODE_VARIABLE, " Fused ")
+    monkeypatch.delenv(chain.SWITCH, raising=False)
+    assert chain.kernel_set() == "separate" and not cuda_backend.fuses_dense_chain()
+    monkeypatch.setenv(chain.SWITCH, " Fused ")
     assert cuda_backend.fuses_dense_chain()
-    monkeypatch.setenv(chain.MODE_VARIABLE, "fast")
+    monkeypatch.setenv(chain.SWITCH, "fast")
     with pytest.raises(ConfigError) as info:
         cuda_backend.fuses_dense_chain()
-    assert str(info.value) == ("FASTLENET_CUDA_BLOCKS='fast' is not a kernel choice; use one "
-                               "of: separate, fused")
+    assert str(info.value) == ("FASTLENET_CUDA_BLOCKS='fast' is not a kernel set; set it to "
+                               "'fused' or 'separate', or unset it (separate)")
 
 
 def test_lenet5_runs_its_chain_fused_with_the_same_names_and_values(cuda_backend, monkeypatch):
@@ -197,7 +197,7 @@ def test_lenet5_runs_its_chain_fused_with_the_same_names_and_values(cuda_backend
     labels = cuda_backend.asarray(np.array([3, 1, 4, 1, 5]))
     runs = {}
     for mode in ("separate", "fused"):
-        monkeypatch.setenv(chain.MODE_VARIABLE, mode)
+        monkeypatch.setenv(chain.SWITCH, mode)
         model = build_model("lenet5", cuda_backend, dtype="float64", seed=4)
         loss_fn = SoftmaxCrossEntropy(backend=cuda_backend)
         logits = model.forward(cuda_backend.asarray(x))

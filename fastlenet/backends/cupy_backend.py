@@ -466,7 +466,7 @@ class CupyBackend(ReferenceBackend):
 
     def fuses_dense_chain(self) -> bool:
         """With FASTLENET_CUDA_BLOCKS=fused (kernels/dense_chain.cu, cupy_dense_chain.py)."""
-        return cupy_dense_chain.blocks_mode() == "fused"
+        return cupy_dense_chain.kernel_set() == "fused"
 
     def dense_chain_forward(self, x, weights, biases):
         return cupy_dense_chain.forward(self, x, weights, biases)

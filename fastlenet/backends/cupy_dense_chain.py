@@ -17,8 +17,8 @@ import numpy as np
 from ..errors import ConfigError
 from .base import Backend
 
-MODE_VARIABLE = "FASTLENET_CUDA_BLOCKS"
-MODES = ("separate", "fused")
+SWITCH = "FASTLENET_CUDA_BLOCKS"
+CHOICES = ("separate", "fused")
 MAX_LAYERS = 4          # = DC_MAX_LAYERS in dense_chain.cu
 SHARED_BYTES = 32768    # = DC_SHARED_BYTES in dense_chain.cu
 # images per block, at most (fewer where the widest layer's activations would not fit
@@ -29,12 +29,13 @@ CHAIN_THREADS = 256
 _NULL = np.uint64(0)
 
 
-def blocks_mode() -> str:
-    """``$FASTLENET_CUDA_BLOCKS``: ``separate`` (default) or ``fused``; ConfigError else."""
-    value = os.environ.get(MODE_VARIABLE, "").strip().lower() or MODES[0]
-    if value not in MODES:
-        raise ConfigError(f"{MODE_VARIABLE}={value!r} is not a kernel choice; use one of: "
-                          f"{', '.join(MODES)}")
+def kernel_set() -> str:
+    """``separate`` or ``fused``, from FASTLENET_CUDA_BLOCKS; ConfigError for anything else.
+    (The same switch, read the same way, as the fused conv blocks'.)"""
+    value = os.environ.get(SWITCH, "").strip().lower() or "separate"
+    if value not in CHOICES:
+        raise ConfigError(f"{SWITCH}={os.environ[SWITCH]!r} is not a kernel set; set it to "
+                          "'fused' or 'separate', or unset it (separate)")
     return value
 
 
