@@ -131,38 +131,34 @@ __device__ void dense_chain_backward(const T* dy, const T* x, const T* acts,
 }
 
 // Launch with one block per `images` columns and layers <= DC_MAX_LAYERS; the pointers
-// and widths past the last layer are ignored.
-extern "C" __global__ void dense_chain_forward_f32(
-    const float* x, const float* w0, const float* b0, const float* w1, const float* b1,
-    const float* w2, const float* b2, const float* w3, const float* b3, float* acts, float* y,
-    int layers, int W0, int W1, int W2, int W3, int W4, int N, int images) {
-    const float* w[DC_MAX_LAYERS] = {w0, w1, w2, w3};
-    const float* b[DC_MAX_LAYERS] = {b0, b1, b2, b3};
-    const int width[DC_MAX_LAYERS + 1] = {W0, W1, W2, W3, W4};
-    dense_chain_forward<float>(x, w, b, acts, y, layers, width, N, images);
+// and widths past the last layer are ignored. The entry points' arguments, per type:
+#define DC_FORWARD_ARGS(T)                                                                  \
+    const T *x, const T *w0, const T *b0, const T *w1, const T *b1, const T *w2,            \
+        const T *b2, const T *w3, const T *b3, T *acts, T *y, int layers, int W0, int W1,    \
+        int W2, int W3, int W4, int N, int images
+#define DC_FORWARD_CALL(T)                                                                  \
+    const T* w[DC_MAX_LAYERS] = {w0, w1, w2, w3};                                           \
+    const T* b[DC_MAX_LAYERS] = {b0, b1, b2, b3};                                           \
+    const int width[DC_MAX_LAYERS + 1] = {W0, W1, W2, W3, W4};                              \
+    dense_chain_forward<T>(x, w, b, acts, y, layers, width, N, images);
+#define DC_BACKWARD_ARGS(T)                                                                 \
+    const T *dy, const T *x, const T *acts, const T *w0, const T *w1, const T *w2,          \
+        const T *w3, T *dx, T *grads, int layers, int W0, int W1, int W2, int W3, int W4,    \
+        int N, int images, int need_dx
+#define DC_BACKWARD_CALL(T)                                                                 \
+    const T* w[DC_MAX_LAYERS] = {w0, w1, w2, w3};                                           \
+    const int width[DC_MAX_LAYERS + 1] = {W0, W1, W2, W3, W4};                              \
+    dense_chain_backward<T>(dy, x, acts, w, dx, grads, layers, width, N, images, need_dx);
+
+extern "C" __global__ void dense_chain_forward_f32(DC_FORWARD_ARGS(float)) {
+    DC_FORWARD_CALL(float)
 }
-extern "C" __global__ void dense_chain_forward_f64(
-    const double* x, const double* w0, const double* b0, const double* w1, const double* b1,
-    const double* w2, const double* b2, const double* w3, const double* b3, double* acts, double* y,
-    int layers, int W0, int W1, int W2, int W3, int W4, int N, int images) {
-    const double* w[DC_MAX_LAYERS] = {w0, w1, w2, w3};
-    const double* b[DC_MAX_LAYERS] = {b0, b1, b2, b3};
-    const int width[DC_MAX_LAYERS + 1] = {W0, W1, W2, W3, W4};
-    dense_chain_forward<double>(x, w, b, acts, y, layers, width, N, images);
+extern "C" __global__ void dense_chain_forward_f64(DC_FORWARD_ARGS(double)) {
+    DC_FORWARD_CALL(double)
 }
-extern "C" __global__ void dense_chain_backward_f32(
-    const float* dy, const float* x, const float* acts, const float* w0, const float* w1,
-    const float* w2, const float* w3, float* dx, float* grads, int layers, int W0, int W1, int W2,
-    int W3, int W4, int N, int images, int need_dx) {
-    const float* w[DC_MAX_LAYERS] = {w0, w1, w2, w3};
-    const int width[DC_MAX_LAYERS + 1] = {W0, W1, W2, W3, W4};
-    dense_chain_backward<float>(dy, x, acts, w, dx, grads, layers, width, N, images, need_dx);
+extern "C" __global__ void dense_chain_backward_f32(DC_BACKWARD_ARGS(float)) {
+    DC_BACKWARD_CALL(float)
 }
-extern "C" __global__ void dense_chain_backward_f64(
-    const double* dy, const double* x, const double* acts, const double* w0, const double* w1,
-    const double* w2, const double* w3, double* dx, double* grads, int layers, int W0, int W1, int W2,
-    int W3, int W4, int N, int images, int need_dx) {
-    const double* w[DC_MAX_LAYERS] = {w0, w1, w2, w3};
-    const int width[DC_MAX_LAYERS + 1] = {W0, W1, W2, W3, W4};
-    dense_chain_backward<double>(dy, x, acts, w, dx, grads, layers, width, N, images, need_dx);
+extern "C" __global__ void dense_chain_backward_f64(DC_BACKWARD_ARGS(double)) {
+    DC_BACKWARD_CALL(double)
 }
