@@ -218,6 +218,47 @@ def test_lenet5_runs_its_chain_fused_with_the_same_names_and_values(cuda_backend
         np.testing.assert_allclose(fused_grads[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
 
 
+def test_fused_step_passes_finite_differences(cuda_backend, monkeypatch):
+    """The DenseChain step on the fused kernels, float64, against central differences."""
+    from fastlenet.nn import Linear, ReLU, Sequential
+    from fastlenet.nn.dense_chain import DenseChain
+
+    from test_layers import bind, check_backward
+
+    monkeypatch.setenv(chain.SWITCH, "fused")
+    model = bind(Sequential(Linear(9, 7), ReLU(), Linear(7, 5), ReLU(), Linear(5, 3)),
+                 cuda_backend, seed=8)
+    for layer in model.layers[::2]:
+        layer.bias.data[...] = cuda_backend.asarray(np.linspace(-0.3, 0.4, layer.out_features))
+    assert [type(step) for step in model.plan] == [DenseChain]
+    check_backward(cuda_backend, model, np.random.default_rng(13).standard_normal((9, 11)))
+
+
+@pytest.mark.slow  # about a minute on the emulation, the convolutions' kernels mostly
+def test_training_with_the_fused_chain_follows_numpy(cuda_backend, tiny_dir, tmp_path,
+                                                     monkeypatch):
+    """Ten LeNet-5 steps through the trainer with the chain fused: NumPy's losses."""
+    import json
+
+    from fastlenet import backends
+    from fastlenet.config import TrainConfig
+    from fastlenet.train import train
+
+    monkeypatch.setitem(backends._instances, "cupy", cuda_backend)
+    launched = _launches(monkeypatch) if cuda_backend.xp.__version__ == "host-emulation" else None
+    losses = {}
+    for name in ("numpy", "cupy"):
+        monkeypatch.setenv(chain.SWITCH, "fused")
+        config = TrainConfig(dataset="custom", data_dir=str(tiny_dir), epochs=2, batch_size=64,
+                             val_size=200, seed=5, log_every=4, train_limit=320, backend=name)
+        train(config, out=tmp_path / name, log=None)
+        steps = json.loads((tmp_path / name / "history.json").read_text())["steps"]
+        losses[name] = [s["loss"] for s in steps]
+    assert len(losses["cupy"]) == 10
+    assert launched is None or "dense_chain_backward_f32" in launched
+    np.testing.assert_allclose(losses["cupy"], losses["numpy"], rtol=1e-3)
+
+
 def test_the_launchers_constants_are_the_kernels():
     text = (ROOT / "kernels" / "dense_chain.cu").read_text(encoding="utf-8")
     for define, value in (("DC_MAX_LAYERS", chain.MAX_LAYERS),
