@@ -102,9 +102,11 @@ class Sequential(Layer):
     def _create(self, init_rng, rng) -> None:
         for layer in self.layers:  # in order: each draws its initial weights from init_rng
             layer.bind(self.backend, self.dtype, init_rng, rng)
-        self._make_plan(dense_chains=self.backend.fuses_dense_chain())
+        if self.backend.fuses_dense_chain():
+            self._make_plan(dense_chains=True)
         for step in set(self.fused.values()):
             step.bind(self.backend, self.dtype, init_rng, rng)
+            step.train(self.training)
 
     def train(self, mode: bool = True) -> Sequential:
         self.training = mode
