@@ -14,7 +14,7 @@ one runs; the whole stays within ``--budget`` seconds, later stages getting what
                any skip is a failure
   train        ``fastlenet train --backend cupy`` (the default recipe): test accuracy and
                time to 99%, against the targets >= 99.0% and <= 1 s of training
-  train-fused  the same with the fused conv blocks (FASTLENET_CUDA_BLOCKS=fused)
+  train-fused  the same with the fused kernels (FASTLENET_CUDA_BLOCKS=fused: conv blocks, FC chain)
   bench        the step and epoch benchmarks and every kernel at batch 128, against
                PyTorch CUDA eager and with CUDA graphs (pytest-benchmark JSON); target:
                an epoch <= 0.5x PyTorch eager's and below PyTorch with graphs
@@ -23,11 +23,11 @@ one runs; the whole stays within ``--budget`` seconds, later stages getting what
   cupy-tests   the kernel, layer, model and optimizer tests on the cupy backend
   kernels      ``python -m benchmarks.gpu_kernels launches --sweep --ncu``: the kernels of a
                recorded step with each conv kernel set, a recorded step's time for settings
-               of the cupy backend's launch constants and for the fused conv blocks (the
+               of the cupy backend's launch constants and for the fused kernels (the
                two kernel sets timed in one run, interleaved), and every kernel's time
                under Nsight Compute, fastlenet's and PyTorch's (into bench.log)
   memcheck-fused, racecheck-fused, synccheck-fused
-               compute-sanitizer with the fused conv blocks
+               compute-sanitizer with the fused kernels
 
 OUTDIR receives at most 8 files (what the device tool brings back): summary.txt (short,
 last), results.json (every stage and figure), info.log, tests.log, train.log, bench.log,
@@ -186,7 +186,7 @@ def cupy_tests(check: Check, stage: Stage) -> None:
                            "cupy and not cpu"], 180, skips_fail=False)
 
 
-FUSED = {"FASTLENET_CUDA_BLOCKS": "fused"}  # the fused conv blocks (cupy_conv_block.py)
+FUSED = {"FASTLENET_CUDA_BLOCKS": "fused"}  # the fused conv blocks and FC chain
 
 
 def train(check: Check, stage: Stage, env: dict | None = None) -> None:

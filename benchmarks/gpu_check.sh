@@ -7,7 +7,7 @@
 # Installs this checkout without touching the network (an editable install with no
 # dependencies; if that fails, a copy of the package on PYTHONPATH), then runs
 # python -m benchmarks.gpu_check OUTDIR: fastlenet info, the GPU tests, the default
-# training run and one with the fused conv blocks, the benchmarks against PyTorch CUDA,
+# training run and one with the fused kernels, the benchmarks against PyTorch CUDA,
 # the cupy kernel tests, compute-sanitizer, and the launch counts and step times of both
 # conv kernel sets, within a 9-minute budget (it took 2-3 minutes on an H200). OUTDIR
 # gets at most 8 files, summary.txt last; the exit status is nonzero when any stage failed.

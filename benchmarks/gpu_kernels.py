@@ -4,8 +4,9 @@ constants do to it, on a machine with a CUDA device:
     python -m benchmarks.gpu_kernels [launches] [--sweep] [--ncu] [--json FILE]
 
 ``launches`` the kernels of one recorded LeNet-5 training step (batch 128, Adam), with
-             the separate and with the fused conv blocks (FASTLENET_CUDA_BLOCKS), as
-             ``<set> conv blocks: launches per training step: N`` and per kernel name.
+             the separate and with the fused kernel sets (FASTLENET_CUDA_BLOCKS: conv
+             blocks and the fully connected chain), as
+             ``<set> kernels: launches per training step: N`` and per kernel name.
              On a CUDA device: the kernel nodes of the step's CUDA graph. Without one (or
              without CuPy): the launches that the CPU emulation of tests/host_cuda.py
              records, which are the project's kernels only (CuPy's own element-wise
@@ -44,12 +45,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SWITCH = "FASTLENET_CUDA_BLOCKS"  # the kernel set of the conv blocks (cupy_conv_block.py)
+SWITCH = "FASTLENET_CUDA_BLOCKS"  # separate or fused kernels (cupy_conv_block.py)
 KERNEL_SETS = ("separate", "fused")
 # setting -> the cupy_backend constants it changes (the rest keep their values)
 SETTINGS: dict[str, dict[str, int | str]] = {
     "committed values": {},
-    "fused conv blocks": {SWITCH: "fused"},
+    "fused kernels": {SWITCH: "fused"},
     "conv forward: one channel per thread": {"CONV_THREADS": 10 ** 12},
     "conv forward: up to 8 channels always": {"CONV_THREADS": 0},
     "conv forward: CONV_THREADS 131072": {"CONV_THREADS": 131072},
@@ -223,7 +224,7 @@ def launches(log=print) -> dict:
     for kernel_set in KERNEL_SETS:
         names = recorded_launches(backend, kernel_set)
         counts[kernel_set] = len(names)
-        log(f"{kernel_set} conv blocks: launches per training step: {len(names)}")
+        log(f"{kernel_set} kernels: launches per training step: {len(names)}")
         per_name: dict[str, int] = defaultdict(int)
         for name in names:
             per_name[name] += 1

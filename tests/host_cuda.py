@@ -131,7 +131,7 @@ int launch(void (*kernel)(A...), unsigned grid, unsigned block, void** args, int
 # kernel reaching __syncthreads in a block of several threads fails the launch)
 _BARRIER_KERNELS = ("conv2d_backward_weight", "row_sum", "loss_mean", "count_correct",
                     "batchnorm_stats", "batchnorm_backward_reduce",
-                    "conv_block_")
+                    "conv_block_", "dense_chain_forward", "dense_chain_backward")
 BARRIER_BLOCK = 8
 _ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
 _BUILD_DIR = Path(tempfile.gettempdir()) / f"fastlenet-host-cuda-{hashlib.sha1(_SHIM.encode()).hexdigest()[:8]}"

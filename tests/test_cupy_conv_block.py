@@ -279,7 +279,7 @@ def test_the_launch_counter_counts_fewer_launches_with_fused_blocks():
     done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_kernels", "launches"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    counts = dict(re.findall(r"(\w+) conv blocks: launches per training step: (\d+)", done.stdout))
+    counts = dict(re.findall(r"(\w+) kernels: launches per training step: (\d+)", done.stdout))
     assert set(counts) == {"separate", "fused"}, done.stdout
     assert int(counts["fused"]) < int(counts["separate"]), done.stdout
     assert "counted on " in done.stdout

@@ -16,6 +16,7 @@ from fastlenet.errors import ConfigError
 from fastlenet.nn import (AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
                           ReLU, ReLUMaxPool2d, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh)
 from fastlenet.nn.conv import Conv2dReLUMaxPool2d
+from fastlenet.nn.dense_chain import DenseChain
 from fastlenet.nn.regularization import BatchNormReLUMaxPool2d
 from fastlenet.nn.init import glorot_uniform, he_normal, lecun_normal
 
@@ -448,6 +449,89 @@ def test_batchnorm_relu_maxpool_step_describes_itself():
 def test_fused_relu_maxpool_gradients(backend):
     x = tie_free(np.random.default_rng(14), (2, 6, 4, 3), offset=0.005)  # none is 0
     check_backward(backend, bind(Sequential(ReLU(), MaxPool2d(2)), backend), x)
+
+
+def _chain_layers(widths, bias=True):
+    """Linear layers of ``widths`` (W0, ..., WL) with a ReLU between each two."""
+    layers = []
+    for i, (inp, out) in enumerate(zip(widths, widths[1:])):
+        layers += [ReLU()] if i else []
+        layers.append(Linear(inp, out, bias=bias))
+    return layers
+
+
+def _asking_for_chains(backend, monkeypatch):
+    """The backend, asking Sequential for DenseChain steps as a backend with fused
+    kernels for them does (the base's layer-by-layer default runs them)."""
+    monkeypatch.setattr(backend, "fuses_dense_chain", lambda: True, raising=False)
+    return backend
+
+
+@pytest.mark.parametrize("widths, bias", [((7, 5, 4, 3), True), ((6, 9, 2), False),
+                                          ((5, 4, 6, 3, 2), True)])
+def test_dense_chain_equals_its_layers_one_by_one(backend, monkeypatch, widths, bias):
+    """On a backend that asks for it, Sequential runs Linear, ReLU, ..., Linear as one
+    DenseChain step; the base's default gives the bits of the layers run one by one (the
+    same kernels in the same order): output, input gradient, every parameter gradient."""
+    rng = np.random.default_rng(len(widths))
+    x = rng.standard_normal((widths[0], 5))
+    plain = bind(Sequential(*_chain_layers(widths, bias)), backend, seed=3)
+    fused = bind(Sequential(*_chain_layers(widths, bias)), _asking_for_chains(backend, monkeypatch),
+                 seed=3)
+    assert [type(step) for step in plain.plan] == [Linear, ReLU] * (len(widths) - 2) + [Linear]
+    assert [type(step) for step in fused.plan] == [DenseChain]
+    assert fused.plan[0].linears == fused.layers[::2]
+    assert list(fused.named_parameters()) == list(plain.named_parameters())
+    y = fused.forward(backend.asarray(x))
+    np.testing.assert_array_equal(backend.to_numpy(y),
+                                  backend.to_numpy(plain.forward(backend.asarray(x))))
+    dy = backend.asarray(rng.standard_normal(y.shape))
+    np.testing.assert_array_equal(backend.to_numpy(fused.backward(dy)),
+                                  backend.to_numpy(plain.backward(dy)))
+    for (name, p), q in zip(fused.named_parameters().items(), plain.parameters()):
+        np.testing.assert_array_equal(backend.to_numpy(p.grad), backend.to_numpy(q.grad),
+                                      err_msg=name)
+    fused.need_dx = False  # a model's first layer: parameter gradients only
+    fused.forward(backend.asarray(x))
+    assert fused.backward(dy) is None
+    np.testing.assert_array_equal(backend.to_numpy(fused.layers[0].weight.grad),
+                                  backend.to_numpy(plain.layers[0].weight.grad))
+
+
+def test_dense_chain_gradients(backend, monkeypatch):
+    x = np.random.default_rng(24).standard_normal((6, 4))
+    model = bind(Sequential(*_chain_layers((6, 5, 4, 3))), _asking_for_chains(backend, monkeypatch),
+                 seed=6)
+    for layer in model.layers[::2]:  # nonzero biases, so a wrong bias gradient cannot hide
+        layer.bias.data[...] = backend.asarray(np.linspace(-0.3, 0.4, layer.out_features))
+    assert isinstance(model.plan[0], DenseChain)
+    check_backward(backend, model, x)
+
+
+def test_dense_chain_steps_and_what_they_describe(monkeypatch):
+    """Which runs of layers become a chain (two Linear layers at least, ReLU between each
+    two), and the step's name and summary counts (the layers' plus the ReLUs')."""
+    from fastlenet.backends import get_backend
+
+    backend = _asking_for_chains(get_backend("numpy"), monkeypatch)
+
+    def plan(*layers):
+        return [type(step) for step in bind(Sequential(*layers), backend).plan]
+    assert plan(Flatten(), *_chain_layers((8, 4, 3)), ReLU()) == [Flatten, DenseChain, ReLU]
+    assert plan(Linear(8, 4), ReLU(), Linear(4, 3), ReLU(), Dropout(0.5), Linear(3, 2)) == \
+        [DenseChain, ReLU, Dropout, Linear]
+    assert plan(Linear(8, 4), Tanh(), Linear(4, 3)) == [Linear, Tanh, Linear]
+    assert plan(Linear(8, 4), ReLU(), ReLU(), Linear(4, 3)) == [Linear, ReLU, ReLU, Linear]
+    assert plan(Linear(8, 4), ReLU()) == [Linear, ReLU]
+    lenet = _chain_layers((400, 120, 84, 10))
+    step = DenseChain(lenet[::2])
+    assert repr(step) == "Linear(400, 120)+ReLU+Linear(120, 84)+ReLU+Linear(84, 10)"
+    assert step.output_shape((400,)) == (10,)
+    assert step.describe((400,)) == (repr(step), 59_134, 48_120 + 120 + 10_164 + 84 + 850)
+    with pytest.raises(ConfigError, match="write Linear, ReLU\\(\\) and Linear in a row"):
+        Sequential(step)
+    with pytest.raises(ConfigError, match="expects 400 input features"):
+        step.output_shape((399,))
 
 
 def test_sequential_stops_backward_at_first_parameterised_layer(backend):

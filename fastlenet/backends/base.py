@@ -215,6 +215,25 @@ class Backend(ABC):
         if b is not None and tuple(b.shape) != (OUT,):
             raise ArrayError(f"linear: bias has shape {tuple(b.shape)}, expected ({OUT},)")
 
+    def check_dense_chain(self, x, weights, biases) -> None:
+        """ArrayError unless weights and biases are lists of one length >= 1 and each layer
+        passes check_linear on the previous layer's output width, all of one dtype."""
+        if len(weights) < 1 or len(biases) != len(weights):
+            raise ArrayError(f"dense_chain: {len(weights)} weight matrices and {len(biases)} "
+                             "biases; give one bias (or None) per weight matrix, at least one")
+        _check_floats("dense_chain", x=(x, "(IN, N)"),
+                      **{f"w{i}": (w, "(OUT, IN)") for i, w in enumerate(weights)},
+                      **{f"b{i}": (b, "(OUT,)") for i, b in enumerate(biases)})
+        width = x.shape[0]
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            if w.shape[1] != width:
+                raise ArrayError(f"dense_chain: layer {i} gets {width} features, its weights "
+                                 f"expect {w.shape[1]}")
+            if b is not None and tuple(b.shape) != (w.shape[0],):
+                raise ArrayError(f"dense_chain: layer {i}'s bias has shape {tuple(b.shape)}, "
+                                 f"expected ({w.shape[0]},)")
+            width = w.shape[0]
+
     def check_batchnorm(self, x, gamma, beta, running_mean, running_var) -> None:
         """ArrayError unless x is (C, M) and gamma, beta and the running estimates (C,),
         all of one float dtype."""
@@ -416,6 +435,42 @@ class Backend(ABC):
     def linear_backward(self, dy, ctx, need_dx: bool = True):
         """dy: (OUT, N) -> (dx = w.T @ dy (IN, N) or None, dw = dy @ x.T, db = sum_n dy or None)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------ fully connected chain
+    def fuses_dense_chain(self) -> bool:
+        """Whether Sequential should run each Linear, ReLU, Linear, ..., Linear chain as one
+        dense_chain step here: True where the backend has its own kernels for it."""
+        return False
+
+    def dense_chain_forward(self, x, weights, biases):
+        """Linear layers with a ReLU between each two, as one call: a = x, then for each
+        layer l, z = weights[l] @ a + biases[l][:, None] and a = max(z, 0) but after the last.
+
+        x: (IN, N); weights[l]: (OUT_l, IN_l) with IN_0 = IN, IN_{l+1} = OUT_l; biases[l]:
+        (OUT_l,) or None. Returns ``(y (OUT_last, N), ctx)``. By default linear_forward and
+        the ReLU layer's maths in turn, so the results are those of the layers one by one.
+        """
+        self.check_dense_chain(x, weights, biases)
+        xp = self.xp
+        ctxs, masks = [], []
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            if i:
+                masks.append(x > 0)
+                x = xp.maximum(x, 0)
+            x, ctx = self.linear_forward(x, w, b)
+            ctxs.append(ctx)
+        return x, (ctxs, masks)
+
+    def dense_chain_backward(self, dy, ctx, need_dx: bool = True):
+        """dy: (OUT_last, N) -> ``(dx (IN, N) or None, [dw_l], [db_l or None])``, each as
+        linear_backward's, the ReLUs' masks applied between."""
+        ctxs, masks = ctx
+        dws, dbs = [None] * len(ctxs), [None] * len(ctxs)
+        for i in reversed(range(len(ctxs))):
+            dy, dws[i], dbs[i] = self.linear_backward(dy, ctxs[i], need_dx=need_dx or i > 0)
+            if i:
+                dy = dy * masks[i - 1]
+        return dy, dws, dbs
 
     # -------------------------------------------------------------------- loss
     @abstractmethod

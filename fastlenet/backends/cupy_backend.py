@@ -10,6 +10,7 @@ through ``cupy.RawModule`` (CuPy also caches the binaries on disk):
     pool.cu    max-pool (first-max rule) and fused ReLU + max-pool, average pool
     batchnorm.cu  batch normalisation: per-channel statistics, normalise, gradients
     dense.cu   GEMM for the linear layers, row sums for the bias gradients
+    dense_chain.cu  the fully connected chain fused, each way (FASTLENET_CUDA_BLOCKS=fused)
     loss.cu    softmax cross-entropy with label smoothing, loss and gradient
     adam.cu    the fused AdamW update, its per-step factors read from the device
     scalars.cu an optimizer's per-step scalars written by one launch (no copy, no wait)
@@ -54,7 +55,7 @@ except ImportError as exc:
 
 from ..errors import ArrayError
 from ..kernels import sources
-from . import cupy_conv_block
+from . import cupy_conv_block, cupy_dense_chain
 from .cuda_graph import CapturedStep, first_line
 from .reference import ReferenceBackend
 
@@ -92,6 +93,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "pool": ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward",
              "avgpool2d_backward"),
     "dense": ("gemm", "sum_splits", "row_sum"),
+    "dense_chain": ("dense_chain_forward", "dense_chain_backward"),
     "batchnorm": ("batchnorm_stats", "batchnorm_forward", "batchnorm_backward_reduce",
                   "batchnorm_backward_input"),
     "loss": ("softmax_cross_entropy", "loss_mean", "count_correct"),
@@ -473,6 +475,16 @@ class CupyBackend(ReferenceBackend):
         dx = self._gemm(w, dy, None, IN, N, OUT, trans_a=True, trans_b=False) \
             if need_dx else None
         return dx, dw, db
+
+    def fuses_dense_chain(self) -> bool:
+        """With FASTLENET_CUDA_BLOCKS=fused (kernels/dense_chain.cu, cupy_dense_chain.py)."""
+        return cupy_conv_block.kernel_set() == "fused"
+
+    def dense_chain_forward(self, x, weights, biases):
+        return cupy_dense_chain.forward(self, x, weights, biases)
+
+    def dense_chain_backward(self, dy, ctx, need_dx: bool = True):
+        return cupy_dense_chain.backward(self, dy, ctx, need_dx)
 
     def softmax_cross_entropy(self, logits, labels, label_smoothing: float = 0.0):
         self.check_loss(logits, labels)  # the kernel would read past bad shapes

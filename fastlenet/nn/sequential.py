@@ -7,6 +7,8 @@ from ..errors import ConfigError
 from .activation import ReLU
 from .base import Layer
 from .conv import Conv2d, Conv2dReLUMaxPool2d
+from .dense import Linear
+from .dense_chain import DenseChain
 from .parameter import Parameter
 from .pool import MaxPool2d, ReLUMaxPool2d
 from .regularization import BatchNorm, BatchNormReLUMaxPool2d
@@ -19,10 +21,12 @@ class Sequential(Layer):
     names follow (``"<index>.<attribute>"``: ``"0.weight"``, ``"8.running_mean"``).
     ``plan`` is what forward and backward run: the same layer objects, except that a
     Conv2d, ReLU and MaxPool2d in a row run as one :class:`Conv2dReLUMaxPool2d`, a
-    BatchNorm, ReLU and MaxPool2d as one :class:`BatchNormReLUMaxPool2d`, and any
-    other ReLU directly followed by a MaxPool2d as one :class:`ReLUMaxPool2d`; ``Model``'s
-    summary shows it. With ``need_dx = False`` the first parameterised layer computes no
-    input gradient and backward stops there.
+    BatchNorm, ReLU and MaxPool2d as one :class:`BatchNormReLUMaxPool2d`, any
+    other ReLU directly followed by a MaxPool2d as one :class:`ReLUMaxPool2d`, and, once
+    bound to a backend that asks for it (``fuses_dense_chain``), Linear, ReLU, Linear, ...
+    ending in a Linear as one :class:`DenseChain`; ``Model``'s summary shows it. With
+    ``need_dx = False`` the first parameterised layer computes no input gradient and
+    backward stops there.
     """
 
     def __init__(self, *layers: Layer):
@@ -36,13 +40,27 @@ class Sequential(Layer):
                 raise ConfigError(f"Sequential: item {i} is a {type(layer).__name__}, which "
                                   f"Sequential makes itself; write {first}, ReLU() and "
                                   "MaxPool2d in a row instead")
+            if isinstance(layer, DenseChain):
+                raise ConfigError(f"Sequential: item {i} is a DenseChain, which Sequential "
+                                  "makes itself; write Linear, ReLU() and Linear in a row instead")
         self.layers = list(layers)
+        self._make_plan(dense_chains=False)
+        self._first_trainable = next((i for i, layer in enumerate(self.layers)
+                                      if layer.num_parameters()), None)
+        self._need_dx = True
+
+    def _make_plan(self, dense_chains: bool) -> None:
+        """``plan`` and ``fused`` from ``layers``; Linear-ReLU chains become DenseChain steps
+        only with ``dense_chains`` (the backend's choice, known once bound)."""
         self.plan: list[Layer] = []
         self.fused: dict[int, Layer] = {}  # layer index -> the fused step it runs in
         i = 0
         while i < len(self.layers):
             kinds = [type(layer) for layer in self.layers[i:i + 3]]
-            if kinds == [Conv2d, ReLU, MaxPool2d]:
+            chain = _chain_width(self.layers, i) if dense_chains else 0
+            if chain:
+                step, width = DenseChain(self.layers[i:i + chain:2]), chain
+            elif kinds == [Conv2d, ReLU, MaxPool2d]:
                 pool = self.layers[i + 2]
                 step, width = Conv2dReLUMaxPool2d(self.layers[i], pool.size, pool.stride), 3
             elif kinds == [BatchNorm, ReLU, MaxPool2d]:
@@ -57,9 +75,6 @@ class Sequential(Layer):
                 self.fused.update({i + j: step for j in range(width)})
             self.plan.append(step)
             i += width
-        self._first_trainable = next((i for i, layer in enumerate(self.layers)
-                                      if layer.num_parameters()), None)
-        self._need_dx = True
 
     @property
     def need_dx(self) -> bool:
@@ -87,8 +102,11 @@ class Sequential(Layer):
     def _create(self, init_rng, rng) -> None:
         for layer in self.layers:  # in order: each draws its initial weights from init_rng
             layer.bind(self.backend, self.dtype, init_rng, rng)
+        if self.backend.fuses_dense_chain():
+            self._make_plan(dense_chains=True)
         for step in set(self.fused.values()):
             step.bind(self.backend, self.dtype, init_rng, rng)
+            step.train(self.training)
 
     def train(self, mode: bool = True) -> Sequential:
         self.training = mode
@@ -143,3 +161,14 @@ class Sequential(Layer):
             if dy is None:  # the first parameterised layer needed no input gradient
                 break
         return dy
+
+
+def _chain_width(layers: list[Layer], i: int) -> int:
+    """How many layers from ``i`` on read Linear, ReLU, Linear, ... ending in a Linear,
+    with at least two Linear layers; 0 where they do not."""
+    if type(layers[i]) is not Linear:
+        return 0
+    end = i + 1
+    while end + 1 < len(layers) and type(layers[end]) is ReLU and type(layers[end + 1]) is Linear:
+        end += 2
+    return end - i if end - i >= 3 else 0
