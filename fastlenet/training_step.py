@@ -40,7 +40,7 @@ class TrainingStep:
         return self._run(xb, self.y[idx])[0]
 
     def _from_indices(self, idx):
-        return self._from_batch(self.backend.to_batch_last(self.x, idx), self.y[idx])
+        return self._from_batch(*self.backend.gather_batch(self.x, self.y, idx))
 
     def _from_batch(self, xb, yb):
         """Forward, loss, backward and update on xb (C, H, W, B) with labels yb (B,);

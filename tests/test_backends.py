@@ -91,7 +91,10 @@ KERNELS = ("to_batch_last", "from_batch_last", "conv2d_forward", "conv2d_backwar
            "linear_backward", "softmax", "softmax_cross_entropy", "count_correct",
            "adam_update_device", "set_scalars", "separable_filter", "warp_bilinear",
            "batchnorm_forward", "batchnorm_backward", "tanh_forward", "tanh_backward",
-           "batchnorm_relu_maxpool2d_forward", "batchnorm_relu_maxpool2d_backward")
+           "batchnorm_relu_maxpool2d_forward", "batchnorm_relu_maxpool2d_backward",
+           "gather_batch", "dense_chain_forward", "dense_chain_backward")
+# base.Backend's own, each built from the kernels above (a backend may fuse them)
+COMPOSITES = {"set_scalars", "gather_batch", "dense_chain_forward", "dense_chain_backward"}
 OWN_KERNELS = {
     "numpy": {"to_batch_last", "conv2d_forward", "conv2d_backward", "relu_maxpool2d_forward",
               "relu_maxpool2d_backward", "batchnorm_forward", "batchnorm_backward"},
@@ -107,7 +110,8 @@ OWN_KERNELS = {
              "avgpool2d_backward", "linear_forward", "linear_backward",
              "softmax_cross_entropy", "count_correct", "adam_update_device", "set_scalars",
              "batchnorm_forward", "batchnorm_backward",
-             "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward"},
+             "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward",
+             "to_batch_last", "gather_batch", "dense_chain_forward", "dense_chain_backward"},
 }
 
 
@@ -124,11 +128,12 @@ def test_each_backend_lists_the_kernels_it_implements_itself(name):
 
 
 def test_the_reference_implements_every_kernel_itself():
-    """Every kernel but set_scalars (base.Backend's, a plain copy on the host) is the
+    """Every kernel but base.Backend's composites (set_scalars, a plain copy on the host;
+    the batch gather and the dense chain, built from the other kernels) is the
     reference's own, so nothing a backend inherits comes from anywhere else."""
     owners = {kernel: next(c for c in ReferenceBackend.__mro__ if kernel in vars(c))
               for kernel in KERNELS}
-    assert {k for k, c in owners.items() if c is not ReferenceBackend} == {"set_scalars"}
+    assert {k for k, c in owners.items() if c is not ReferenceBackend} == COMPOSITES
 
 
 # --------------------------------------------------------- bad arguments, every backend

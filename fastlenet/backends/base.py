@@ -173,6 +173,11 @@ class Backend(ABC):
         training step)."""
         raise NotImplementedError
 
+    def gather_batch(self, x: Array, y: Array, index: Array) -> tuple[Array, Array]:
+        """A training batch, ``(to_batch_last(x, index), y[index])``, which a backend may
+        gather in one pass."""
+        return self.to_batch_last(x, index), y[index]
+
     @abstractmethod
     def from_batch_last(self, x: Array) -> Array:
         """Inverse of :meth:`to_batch_last` (without the gather)."""

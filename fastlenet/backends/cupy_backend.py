@@ -1,31 +1,21 @@
 """The CuPy backend: hand-written CUDA kernels (``kernels/*.cu``) on an NVIDIA GPU.
 
 Every kernel of :class:`~fastlenet.backends.base.Backend` that a training step calls
-runs as one of the project's own CUDA kernels, compiled once per process with NVRTC
-through ``cupy.RawModule`` (CuPy also caches the binaries on disk):
+runs as one of the project's own CUDA kernels (docs/cuda.md lists them file by file;
+each file's header gives its layouts, batch innermost as every backend, and its
+thread-to-element map), compiled once per process with NVRTC through ``cupy.RawModule``
+(CuPy also caches the binaries on disk). ``FASTLENET_CUDA_BLOCKS=fused`` selects the fused
+conv blocks and fully connected chain (cupy_conv_block.py, cupy_dense_chain.py); the
+separate kernels stay the default until a GPU run shows the fused ones faster.
 
-    conv2d.cu  convolution forward, backward to the input (a gather), to the weights
-    conv_block.cu  fused conv + bias + ReLU + max-pool, one launch each way, selected by
-               FASTLENET_CUDA_BLOCKS=fused (cupy_conv_block.py; the default is separate)
-    pool.cu    max-pool (first-max rule) and fused ReLU + max-pool, average pool
-    batchnorm.cu  batch normalisation: per-channel statistics, normalise, gradients
-    dense.cu   GEMM for the linear layers, row sums for the bias gradients
-    dense_chain.cu  the fully connected chain fused, each way (FASTLENET_CUDA_BLOCKS=fused)
-    loss.cu    softmax cross-entropy with label smoothing, loss and gradient
-    adam.cu    the fused AdamW update, its per-step factors read from the device
-    scalars.cu an optimizer's per-step scalars written by one launch (no copy, no wait)
-    random.cu  Philox4x32-10 uniform and normal numbers, key and counter on the device
-
-Each file's header gives its layouts (batch innermost, as every backend) and its
-thread-to-element map. The linear layers use dense.cu's GEMM, not cuBLAS, so that
-:meth:`CupyBackend.capture_step` can record a whole forward and backward pass in a CUDA
-graph (CuPy cannot capture cuBLAS calls); captured and uncaptured steps then run the
-same kernels and give the same bits. What has no kernel here (the fused conv blocks
-by default and the batch-norm blocks, run as chains of this backend's kernels; tanh; the augmenter's warp
-and smoothing; the layers' small element-wise maths) is the reference's array maths run
-by CuPy (``xp = cupy``); the training step's reductions (the
-loss mean, the count of correct predictions) are the project's, compiled when the backend
-starts rather than by CuPy inside the first steps. docs/cuda.md has the measurements.
+The linear layers use dense.cu's GEMM, not cuBLAS, so that :meth:`CupyBackend.capture_step`
+can record a whole forward and backward pass in a CUDA graph (CuPy cannot capture cuBLAS
+calls); captured and uncaptured steps then run the same kernels and give the same bits.
+What has no kernel here (the batch-norm blocks, run as chains of this backend's kernels;
+tanh; the augmenter's warp and smoothing; the layers' small element-wise maths) is the
+reference's array maths run by CuPy (``xp = cupy``); the training step's reductions (the
+loss mean, the count of correct predictions) are the project's, compiled when the
+backend starts rather than by CuPy inside the first steps.
 
 The module imports with CuPy installed even on a machine without a GPU (the kernel
 sources can then still be compiled to PTX, which the tests do); constructing the
@@ -97,6 +87,7 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "batchnorm": ("batchnorm_stats", "batchnorm_forward", "batchnorm_backward_reduce",
                   "batchnorm_backward_input"),
     "loss": ("softmax_cross_entropy", "loss_mean", "count_correct"),
+    "batch": ("gather_batch",),
     "adam": ("adam_update",),
     "scalars": ("set_scalars",),
     "random": ("uniform", "normal"),
@@ -229,6 +220,31 @@ class CupyBackend(ReferenceBackend):
         if blocks:
             self._function(stem, f"{name}_{_SUFFIX[np.dtype(dtype)]}")((blocks,), (REDUCE_THREADS,),
                                                                       args)
+
+    # ------------------------------------------------------------- batch gather
+    def to_batch_last(self, x_nchw, index=None):
+        if index is None:
+            return super().to_batch_last(x_nchw, index)
+        return self._gather(x_nchw, None, index)[0]
+
+    def gather_batch(self, x, y, index):
+        return self._gather(x, y, index)
+
+    def _gather(self, x, y, index):
+        """x[index] batch innermost, and y[index], in one launch (kernels/batch.cu); the
+        reference's three operations where the kernel does not apply."""
+        if (x.dtype not in _SUFFIX or x.ndim < 2 or not len(x) or index.ndim != 1
+                or (y is not None and y.dtype != np.int64)):
+            xb = super().to_batch_last(x, index)
+            return xb, (None if y is None else y[index])
+        x, index = cupy.ascontiguousarray(x), cupy.ascontiguousarray(index, dtype=np.int64)
+        n, b = x.shape[0], index.shape[0]
+        xb = cupy.empty((*x.shape[1:], b), dtype=x.dtype)
+        yb = None if y is None else cupy.empty(b, dtype=np.int64)
+        self._launch("batch", "gather_batch", x.dtype, xb.size,
+                     (x, _NULL if y is None else cupy.ascontiguousarray(y), index, xb,
+                      _NULL if yb is None else yb, np.int64(n), np.int64(x.size // n), _i32(b)))
+        return xb, yb
 
     @staticmethod
     def _operands(*arrays):
