@@ -45,12 +45,19 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SWITCH = "FASTLENET_CUDA_BLOCKS"  # separate or fused kernels (cupy_conv_block.py)
+SWITCH = "FASTLENET_CUDA_BLOCKS"  # separate or fused kernels (cupy_kernel_set.py)
 KERNEL_SETS = ("separate", "fused")
-# setting -> the cupy_backend constants it changes (the rest keep their values)
+# setting -> the constants it changes (the rest keep their values): cupy_backend's by
+# name, another fastlenet.backends module's as "module.NAME"; SWITCH picks the kernel set
+FUSED = {SWITCH: "fused"}
 SETTINGS: dict[str, dict[str, int | str]] = {
     "committed values": {},
-    "fused kernels": {SWITCH: "fused"},
+    "fused kernels": FUSED,
+    "fused: BLOCK_IMAGES 4": {**FUSED, "cupy_conv_block.BLOCK_IMAGES": 4},
+    "fused: BLOCK_IMAGES 2": {**FUSED, "cupy_conv_block.BLOCK_IMAGES": 2},
+    "fused: FUSED_THREADS 131072": {**FUSED, "cupy_conv_block.FUSED_THREADS": 131072},
+    "fused: CHAIN_IMAGES 4": {**FUSED, "cupy_dense_chain.CHAIN_IMAGES": 4},
+    "fused: CHAIN_IMAGES 2": {**FUSED, "cupy_dense_chain.CHAIN_IMAGES": 2},
     "conv forward: one channel per thread": {"CONV_THREADS": 10 ** 12},
     "conv forward: up to 8 channels always": {"CONV_THREADS": 0},
     "conv forward: CONV_THREADS 131072": {"CONV_THREADS": 131072},
@@ -107,9 +114,7 @@ def sweep(rounds: int = SWEEP_ROUNDS, steps: int = SWEEP_STEPS, log=print) -> di
     """Microseconds per recorded step for each setting, one figure per round."""
     import cupy
 
-    from fastlenet.backends import cupy_backend
-
-    committed = {name: getattr(cupy_backend, name) for change in SETTINGS.values()
+    committed = {name: getattr(*_constant(name)) for change in SETTINGS.values()
                  for name in change if name != SWITCH}
     switch = os.environ.get(SWITCH)
     times: dict[str, list[float]] = defaultdict(list)
@@ -118,7 +123,7 @@ def sweep(rounds: int = SWEEP_ROUNDS, steps: int = SWEEP_STEPS, log=print) -> di
             for setting, change in SETTINGS.items():
                 for name, value in {**committed, **change}.items():
                     if name != SWITCH:
-                        setattr(cupy_backend, name, value)
+                        setattr(*_constant(name), value)
                 os.environ[SWITCH] = str(change.get(SWITCH, "separate"))
                 run = _make_run("cupy")  # a new recording for each setting
                 batches = _batches(run)
@@ -134,9 +139,18 @@ def sweep(rounds: int = SWEEP_ROUNDS, steps: int = SWEEP_STEPS, log=print) -> di
                 log(f"round {round_}  {setting:<40} {times[setting][-1]:7.1f} us/step")
     finally:
         for name, value in committed.items():
-            setattr(cupy_backend, name, value)
+            setattr(*_constant(name), value)
         _restore(switch)
     return dict(times)
+
+
+def _constant(name: str) -> tuple:
+    """``(module, attribute)`` of a SETTINGS key: ``NAME`` in cupy_backend, or
+    ``module.NAME`` in fastlenet.backends.module."""
+    import importlib
+
+    module, _, attribute = name.rpartition(".")
+    return importlib.import_module(f"fastlenet.backends.{module or 'cupy_backend'}"), attribute
 
 
 def _restore(switch: str | None) -> None:

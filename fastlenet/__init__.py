@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str):
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:  # fastlenet.nn and such
+    elif "." not in name and importlib.util.find_spec(f"{__name__}.{name}") is not None:  # fastlenet.nn and such
         value = importlib.import_module(f"{__name__}.{name}")
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -56,14 +56,13 @@ class FolderLock:
         command = shlex.join(["fastlenet", *sys.argv[1:]])
         command = command if len(command) <= 120 else command[:117] + "..."
         # written through a descriptor of its own: the lock's is read-only, so that holding
-        # it does not keep the folder's file system from being remounted read-only
-        # (written in place, then cut to length: never truncated first, so a reader never
-        # finds it empty once a line is there)
+        # it does not keep the folder's file system from being remounted read-only;
+        # overwritten, then cut to length, so a reader finds a whole line or waits for one
         try:
             line = f"{os.getpid()} {command}\n".encode()
-            wfd = os.open(self.path, os.O_WRONLY)
+            wfd = os.open(self.path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
             try:
-                os.pwrite(wfd, line, 0)
+                os.write(wfd, line)
                 os.ftruncate(wfd, len(line))
             finally:
                 os.close(wfd)
@@ -106,16 +105,19 @@ def lock_folder(folder: str | os.PathLike, what: str = "run") -> FolderLock:
 
 def _holder(fd: int, path: Path, wait: float = 2.0) -> str:
     """Who holds the lock, from the line the holder wrote: 'process 123: fastlenet train ...'.
-    A holder writes its line just after taking the lock, so an empty file is read again for
-    up to ``wait`` seconds."""
+    A holder writes its line just after taking the lock, so a file without a whole line
+    (empty, or a line being overwritten) is read again for up to ``wait`` seconds."""
     deadline = time.monotonic() + wait
     while True:
         try:
             os.lseek(fd, 0, os.SEEK_SET)
-            pid, _, command = os.read(fd, 400).decode(errors="replace").strip().partition(" ")
+            text = os.read(fd, 400).decode(errors="replace")
         except OSError:
-            pid, command = "", ""
-        if pid.isdigit() or time.monotonic() > deadline or not _same_file(fd, path):
+            text = ""
+        first, newline, rest = text.partition("\n")
+        pid, _, command = first.strip().partition(" ")
+        whole = pid.isdigit() and newline and not rest.strip()
+        if whole or time.monotonic() > deadline or not _same_file(fd, path):
             break
         time.sleep(0.02)
     if not pid.isdigit():

@@ -299,7 +299,10 @@ __device__ void conv_block_backward(const T* dy, const int* arg, const T* x, con
     weight_partials(smem, dy, arg, x, part, BLOCK_ARGS, NI, PB, (int)blockIdx.x);
     __threadfence();  // this block's partials are visible to whichever block sums them
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(counter, 1) == wblocks - 1;
+    if (threadIdx.x == 0) {
+        last = atomicAdd(counter, 1) == wblocks - 1;
+        if (last) __threadfence();  // acquire: the partials summed below are the final ones
+    }
     __syncthreads();
     if (!last) return;
     int total = K * C * KH * KW + K;

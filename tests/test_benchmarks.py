@@ -363,3 +363,18 @@ def test_gpu_check_targets_read_the_figures():
     assert lines == ["test accuracy >= 99.0%: MET (99.10%)", "99% within 1 s of training: NOT MET (1.60 s)",
                      "epoch <= 0.5x PyTorch CUDA eager: MET (0.41x)",
                      "epoch < PyTorch CUDA graphs: NOT MET (1.20x)"]
+
+
+def test_every_gpu_sweep_setting_names_a_constant_that_exists():
+    """The launch-constant sweep sets each name of SETTINGS on a module; a renamed
+    constant would stop a GPU check's sweep midway. (The cupy backend's module imports
+    wherever CuPy is installed, GPU or not.)"""
+    pytest.importorskip("cupy", reason="the cupy backend's module needs CuPy installed")
+    from benchmarks.gpu_kernels import SETTINGS, SWITCH, _constant
+
+    for setting, change in SETTINGS.items():
+        for name, value in change.items():
+            if name != SWITCH:
+                module, attribute = _constant(name)
+                assert isinstance(getattr(module, attribute), int), (setting, name)
+                assert type(value) is type(getattr(module, attribute)), (setting, name)

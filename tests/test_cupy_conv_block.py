@@ -16,7 +16,7 @@ import pytest
 
 from fastlenet.backends import get_backend
 from fastlenet.backends.reference import ReferenceBackend
-from fastlenet.errors import ConfigError
+from fastlenet.errors import ArrayError, ConfigError
 
 from helpers import load_cuda_backend
 
@@ -125,6 +125,37 @@ def test_every_launch_shape_gives_numpys_results(fused, monkeypatch, name, threa
     got, ctx = _block(fused, x, w, b, dy, shape)
     assert isinstance(ctx, module.FusedContext)
     _compare(fused, got, want, np.float32)
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 5, 24, 3, 1, 1, 2, 2, True),
+                                   (3, 13, 7, 20, 4, 2, 2, 3, 1, False)])
+def test_output_channels_split_over_block_groups_give_numpys_results(fused, monkeypatch, shape):
+    """Blocks that each take a group of the output channels (KG < K), as conv2's forward
+    is planned at batch 16-128."""
+    module = _block_module(fused)
+    monkeypatch.setattr(module, "BLOCK_THREADS", 16)
+    monkeypatch.setattr(module, "FUSED_THREADS", 0)
+    C, H, N, K, KH, stride, pad, size, ps, _ = shape
+    OH = (H + 2 * pad - KH) // stride + 1
+    PH = (OH - size) // ps + 1
+    assert module.plan_forward(C, K, N, KH, KH, stride, PH, PH, size, ps, 4)[2] < K
+    x, w, b = _inputs(shape, np.float32, seed=3)
+    ref = get_backend("numpy")
+    y, _ = _block(ref, x, w, b, None, shape)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    want, _ = _block(ref, x, w, b, dy, shape)
+    got, ctx = _block(fused, x, w, b, dy, shape)
+    assert isinstance(ctx, module.FusedContext)
+    _compare(fused, got, want, np.float32)
+
+
+def test_a_dy_of_the_wrong_shape_is_one_line(fused):
+    shape = SHAPES["3x3-pad1"]
+    x, w, b = _inputs(shape, np.float32, seed=4)
+    y, ctx = _block(fused, x, w, b, None, shape)
+    with pytest.raises(ArrayError, match=r"dy must be \(5, 4, 4, 5\)"):
+        fused.conv2d_relu_maxpool2d_backward(fused.asarray(np.ones((5, 4, 4, 4), np.float32)),
+                                             ctx)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

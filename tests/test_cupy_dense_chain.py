@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fastlenet.backends import cupy_dense_chain as chain
-from fastlenet.backends.cupy_conv_block import SWITCH, kernel_set
+from fastlenet.backends.cupy_kernel_set import SWITCH, kernel_set
 from fastlenet.backends import get_backend
 from fastlenet.errors import ConfigError
 
@@ -265,3 +265,17 @@ def test_the_launchers_constants_are_the_kernels():
     for define, value in (("DC_MAX_LAYERS", chain.MAX_LAYERS),
                           ("DC_SHARED_BYTES", chain.SHARED_BYTES)):
         assert int(re.search(rf"#define {define} (\d+)", text).group(1)) == value, define
+
+
+def test_a_dy_of_the_wrong_shape_or_dtype_is_refused(cuda_backend, monkeypatch):
+    from fastlenet.errors import ArrayError
+
+    monkeypatch.setenv(SWITCH, "fused")
+    x, weights, biases, dy = _chain_inputs((12, 7, 3), 5, np.float32)
+    _, ctx = cuda_backend.dense_chain_forward(cuda_backend.asarray(x),
+                                              [cuda_backend.asarray(w) for w in weights],
+                                              [cuda_backend.asarray(b) for b in biases])
+    with pytest.raises(ArrayError, match=r"dy must be \(3, 5\)"):
+        cuda_backend.dense_chain_backward(cuda_backend.asarray(dy[:, :4].copy()), ctx)
+    with pytest.raises(TypeError, match="mixed dtypes"):
+        cuda_backend.dense_chain_backward(cuda_backend.asarray(dy.astype(np.float64)), ctx)

@@ -117,3 +117,25 @@ def test_a_writer_refused_while_the_holder_writes_its_line_still_names_it(tmp_pa
     finally:
         late.join()
         os.close(fd)
+
+
+def test_a_holder_line_written_over_a_longer_stale_one_is_read_whole(tmp_path):
+    # a killed run's longer line is still in the file while the new holder has written its
+    # own over the start but not yet cut the file to length: the reader waits for the cut
+    import fcntl
+    import threading
+
+    path = tmp_path / LOCK_NAME
+    path.write_text("4242 fastlenet train\nlenet5 --epochs 8 --out a-killed-run\n")
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    late = threading.Timer(0.3, os.truncate, [path, len("4242 fastlenet train\n")])
+    late.start()
+    try:
+        with pytest.raises(Exception) as refused:
+            lock_folder(tmp_path, "run")
+        assert "(process 4242: fastlenet train)" in str(refused.value)
+        assert "\n" not in str(refused.value)
+    finally:
+        late.join()
+        os.close(fd)

@@ -46,6 +46,7 @@ except ImportError as exc:
 from ..errors import ArrayError
 from ..kernels import sources
 from . import cupy_conv_block, cupy_dense_chain
+from .cupy_kernel_set import kernel_set
 from .cuda_graph import CapturedStep, first_line
 from .reference import ReferenceBackend
 
@@ -233,8 +234,8 @@ class CupyBackend(ReferenceBackend):
     def _gather(self, x, y, index):
         """x[index] batch innermost, and y[index], in one launch (kernels/batch.cu); the
         reference's three operations where the kernel does not apply."""
-        if (x.dtype not in _SUFFIX or x.ndim < 2 or not len(x) or index.ndim != 1
-                or (y is not None and y.dtype != np.int64)):
+        if (x.dtype not in _SUFFIX or x.ndim < 2 or not x.size or index.ndim != 1
+                or index.dtype.kind not in "iu" or (y is not None and y.dtype != np.int64)):
             xb = super().to_batch_last(x, index)
             return xb, (None if y is None else y[index])
         x, index = cupy.ascontiguousarray(x), cupy.ascontiguousarray(index, dtype=np.int64)
@@ -494,7 +495,7 @@ class CupyBackend(ReferenceBackend):
 
     def fuses_dense_chain(self) -> bool:
         """With FASTLENET_CUDA_BLOCKS=fused (kernels/dense_chain.cu, cupy_dense_chain.py)."""
-        return cupy_conv_block.kernel_set() == "fused"
+        return kernel_set() == "fused"
 
     def dense_chain_forward(self, x, weights, biases):
         return cupy_dense_chain.forward(self, x, weights, biases)

@@ -1,9 +1,6 @@
 """The cupy backend's fused conv blocks (kernels/conv_block.cu): conv + bias + ReLU +
-max-pool in one launch forward and one backward, chosen by ``FASTLENET_CUDA_BLOCKS``.
-
-``FASTLENET_CUDA_BLOCKS=fused`` selects them; ``separate`` (the default, and unset) keeps
-the chain of conv2d.cu and pool.cu kernels. They were never run on a GPU; the default
-changes only when a GPU run shows them faster (docs/cuda.md, Fused conv blocks). A shape
+max-pool in one launch forward and one backward, run with ``FASTLENET_CUDA_BLOCKS=fused``
+(cupy_kernel_set.py); otherwise the chain of conv2d.cu and pool.cu kernels runs. A shape
 whose tiles do not fit a block's shared memory runs the separate kernels. The launchers
 take the backend (its ``xp``, ``_function`` and ``_operands``), so this module imports
 no CuPy of its own.
@@ -11,35 +8,22 @@ no CuPy of its own.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ArrayError
 from .base import check_window_options, window_out_size
-
-SWITCH = "FASTLENET_CUDA_BLOCKS"
-CHOICES = ("separate", "fused")
+from .cupy_kernel_set import kernel_set
 # Must equal BLOCK_SMEM_BYTES and BLOCK_KR in conv_block.cu: the shared array every
 # block's tiles are planned into, and the most output channels one thread holds.
 SMEM_BYTES = 40960
 BLOCK_KR = 8
-# Launch shapes, never timed on a GPU (starting points for benchmarks/gpu_kernels.py):
+# Launch shapes (untimed starting points: docs/cuda.md, Fused conv blocks):
 BLOCK_THREADS = 256
 BLOCK_IMAGES = 8       # images per block (fewer where the tiles would not fit)
 # the forward's threads each hold up to BLOCK_KR output channels, fewer while that leaves
 # fewer than FUSED_THREADS threads (as CONV_THREADS does for conv2d.cu's forward)
 FUSED_THREADS = 32768
 DX_ROWS = 2            # input rows per input-gradient block
-
-
-def kernel_set() -> str:
-    """``separate`` or ``fused``, from FASTLENET_CUDA_BLOCKS; ConfigError for anything else."""
-    value = os.environ.get(SWITCH, "").strip().lower() or "separate"
-    if value not in CHOICES:
-        raise ConfigError(f"{SWITCH}={os.environ[SWITCH]!r} is not a kernel set; set it to "
-                          "'fused' or 'separate', or unset it (separate)")
-    return value
 
 
 class FusedContext(tuple):
@@ -167,6 +151,9 @@ def backward(backend, dy, ctx, need_dx: bool):
         return None
     NI, PB, NIX, HB = plan
     dy = backend._operands(dy, x)[0]
+    if tuple(dy.shape) != (K, PH, PW, N):
+        raise ArrayError(f"conv2d_relu_maxpool2d_backward: dy must be {(K, PH, PW, N)}, the "
+                         f"block's output, got shape {tuple(dy.shape)}")
     xp, i32 = backend.xp, np.int32
     wtotal = K * C * KH * KW
     wblocks = _ceil_div(N, NI) * _ceil_div(PH, PB)

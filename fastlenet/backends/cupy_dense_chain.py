@@ -2,8 +2,8 @@
 
 The chain's forward is one launch and its backward one, plus dense.cu's sum_splits when
 the batch spans several blocks (the blocks' weight gradients added in a fixed order).
-``FASTLENET_CUDA_BLOCKS=fused`` selects them; ``separate`` (the default, until a GPU run
-shows the fused kernels faster) keeps each Linear and ReLU its own kernels. The functions
+``FASTLENET_CUDA_BLOCKS=fused`` selects them (cupy_kernel_set.py); otherwise each Linear
+and ReLU runs its own kernels. The functions
 take the backend and use only its ``xp`` and launch helpers, so they run unchanged on the
 CPU emulation of tests/host_cuda.py.
 """
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ArrayError
 from .base import Backend
 
 MAX_LAYERS = 4          # = DC_MAX_LAYERS in dense_chain.cu
 SHARED_BYTES = 32768    # = DC_SHARED_BYTES in dense_chain.cu
 # images per block, at most (fewer where the widest layer's activations would not fit
-# half the shared memory), and threads per block; unmeasured on a GPU (docs/cuda.md)
+# half the shared memory), and threads per block; untimed (docs/cuda.md)
 CHAIN_IMAGES = 8
 CHAIN_THREADS = 256
 
@@ -74,8 +75,11 @@ def backward(backend, dy, ctx, need_dx: bool = True):
     if fused is None:
         return Backend.dense_chain_backward(backend, dy, separate, need_dx)
     x, weights, has_bias, acts, widths, images = fused
-    (dy,) = backend._operands(dy)
+    dy = backend._operands(dy, x)[0]  # a TypeError for a dy of another dtype
     xp, N = backend.xp, int(x.shape[1])
+    if tuple(dy.shape) != (widths[-1], N):
+        raise ArrayError(f"dense_chain_backward: dy must be {(widths[-1], N)}, the chain's "
+                         f"output, got shape {tuple(dy.shape)}")
     blocks = -(-N // images)
     total = sum(o * (i + 1) for i, o in zip(widths, widths[1:]))
     part = xp.empty(blocks * total, dtype=x.dtype)

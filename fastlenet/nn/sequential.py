@@ -102,8 +102,7 @@ class Sequential(Layer):
     def _create(self, init_rng, rng) -> None:
         for layer in self.layers:  # in order: each draws its initial weights from init_rng
             layer.bind(self.backend, self.dtype, init_rng, rng)
-        if self.backend.fuses_dense_chain():
-            self._make_plan(dense_chains=True)
+        self._make_plan(dense_chains=self.backend.fuses_dense_chain())
         for step in set(self.fused.values()):
             step.bind(self.backend, self.dtype, init_rng, rng)
             step.train(self.training)
