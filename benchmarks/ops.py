@@ -135,16 +135,18 @@ def batchnorm_inputs(name: str, n: int):
 
 def batchnorm_block_inputs(name: str, n: int):
     """x (C, H, W, N), gamma (C,), beta (C,) and dy (C, H/2, W/2, N); float32. Each
-    channel of x is a shuffled evenly spaced grid about its own mean, with an even count,
-    and beta is 0: no normalised value lies within rounding of 0 (where the ReLU would
-    cut differently in each library) or of another value (where the max-pool would pick
-    another position)."""
+    channel of x is its own mean plus a shuffled grid of +-(j + 1/2) steps (each value
+    a few hundred times; ties pool alike everywhere, to the first maximum), and beta is
+    0: no normalised value lies within rounding of 0, where the ReLU would cut
+    differently in each library."""
     c, h, w = BATCHNORMS[name]
     rng = _rng("batchnorm block", name, n)
-    m = h * w * n
-    grid = (np.arange(m, dtype=np.float64) - (m - 1) / 2) * (7.0 / m)  # spread about 2
+    half = h * w * n // 2
+    steps = np.arange(half) % 500 + 0.5
+    grid = np.concatenate([steps, -steps]) * (3.5 / 500)  # spread about 2
     shift = rng.standard_normal((c, 1))
-    x = (rng.permuted(np.broadcast_to(grid, (c, m)), axis=1) + shift).astype(np.float32)
+    x = np.ascontiguousarray(rng.permuted(np.broadcast_to(grid, (c, 2 * half)), axis=1) + shift,
+                             dtype=np.float32)
     gamma = rng.uniform(0.5, 1.5, c).astype(np.float32)
     dy = rng.standard_normal((c, h // POOL_SIZE, w // POOL_SIZE, n), dtype=np.float32)
     return x.reshape(c, h, w, n), gamma, np.zeros(c, np.float32), dy
