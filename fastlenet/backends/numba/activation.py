@@ -1,11 +1,11 @@
 """Element-wise activation kernels: tanh forward and backward.
 
 Parallel over blocks of the flattened array; arrays of one block or two run on the
-calling thread (waking the pool costs more than they take). Without Intel's SVML, Numba calls libm's
-tanh one value at a time (several times slower than NumPy's); float32 therefore takes a
-rational approximation that vectorizes (Eigen's ``generic_fast_tanh_float``: odd degree
-13 over even degree 6 on [-7.9, 7.9], a few float32 rounding errors from tanh, the input
-itself below 4e-4), float64 keeps libm's tanh.
+calling thread (waking the pool costs more than they take). Without Intel's SVML, Numba
+calls libm's tanh one value at a time (several times slower than NumPy's); float32
+therefore takes a rational approximation that vectorizes (Eigen's
+``generic_fast_tanh_float``: odd degree 13 over even degree 6 on [-7.9, 7.9], a few
+float32 rounding errors from tanh, the input itself below 4e-4), float64 keeps libm's tanh.
 """
 
 import numpy as np
