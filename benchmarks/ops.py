@@ -35,8 +35,14 @@ The other models' own shapes (their other kernels are LeNet-5's or as small):
 | compact-conv2 | (16, 14, 14, N) | (32, 16, 3, 3), padding 1, no bias | (32, 14, 14, N) |
 | compact-conv3 | (32, 7, 7, N) | (64, 32, 3, 3), no bias | (64, 5, 5, N) |
 | compact-bn1, -bn2, -bn3 | (16, 28, 28, N), (32, 14, 14, N), (64, 5, 5, N) | gamma, beta | batch norm in training mode, as its (C, M) rows |
+| compact-bn1, -bn2 (block) | (16, 28, 28, N), (32, 14, 14, N) | gamma, beta | (16, 14, 14, N), (32, 7, 7, N): batch norm + ReLU + 2x2 max-pool, the step the model runs |
 | classic-conv3 | (16, 5, 5, N) | (120, 16, 5, 5) | (120, 1, 1, N): LeNet-5's C5 |
 | classic-pool1, classic-pool2 | (6, 28, 28, N), (16, 10, 10, N) | 2x2 average, stride 2 | (6, 14, 14, N), (16, 5, 5, N) |
+| classic-tanh1, -tanh2, -tanh3 | (6, 28, 28, N), (16, 10, 10, N), (120, N) | | the same shape (tanh3 also stands for the (84, N) one after fc1) |
+
+lenet5-classic's conv1 and conv2 have LeNet-5's shapes: their rows are ``conv1`` and
+``conv2`` (conv2d_forward and conv2d_backward); ``-k "compact or classic"`` selects the
+other models' own rows.
 """
 
 from __future__ import annotations
@@ -69,7 +75,11 @@ POOLS = {"pool1": (6, 28, 28), "pool2": (16, 10, 10)}
 AVG_POOLS = {"classic-pool1": (6, 28, 28), "classic-pool2": (16, 10, 10)}
 # name -> (C, H, W): the inputs of compact's batch norms
 BATCHNORMS = {"compact-bn1": (16, 28, 28), "compact-bn2": (32, 14, 14), "compact-bn3": (64, 5, 5)}
+# the batch norms followed by ReLU + max-pool (compact runs them as one step)
+BATCHNORM_BLOCKS = ("compact-bn1", "compact-bn2")
 BN = {"momentum": 0.1, "eps": 1e-5}
+# name -> shape without the batch: the inputs of lenet5-classic's tanh activations
+TANHS = {"classic-tanh1": (6, 28, 28), "classic-tanh2": (16, 10, 10), "classic-tanh3": (120,)}
 POOL_SIZE = 2
 # name -> (IN, OUT): the fully connected layers
 LINEARS = {"fc1": (400, 120), "fc2": (120, 84), "fc3": (84, 10)}
@@ -121,6 +131,33 @@ def batchnorm_inputs(name: str, n: int):
     gamma = rng.uniform(0.5, 1.5, c).astype(np.float32)
     beta = rng.standard_normal(c, dtype=np.float32) * np.float32(0.1)
     return x, gamma, beta, rng.standard_normal((c, h, w, n), dtype=np.float32)
+
+
+def batchnorm_block_inputs(name: str, n: int):
+    """x (C, H, W, N), gamma (C,), beta (C,) and dy (C, H/2, W/2, N); float32. Each
+    channel of x is its own mean plus a shuffled grid of +-(j + 1/2) steps (each value
+    a few hundred times; ties pool alike everywhere, to the first maximum), and beta is
+    0: no normalised value lies within rounding of 0, where the ReLU would cut
+    differently in each library."""
+    c, h, w = BATCHNORMS[name]
+    rng = _rng("batchnorm block", name, n)
+    half = h * w * n // 2
+    steps = np.arange(half) % 500 + 0.5
+    grid = np.concatenate([steps, -steps]) * (3.5 / 500)  # spread about 2
+    shift = rng.standard_normal((c, 1))
+    x = np.ascontiguousarray(rng.permuted(np.broadcast_to(grid, (c, 2 * half)), axis=1) + shift,
+                             dtype=np.float32)
+    gamma = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    dy = rng.standard_normal((c, h // POOL_SIZE, w // POOL_SIZE, n), dtype=np.float32)
+    return x.reshape(c, h, w, n), gamma, np.zeros(c, np.float32), dy
+
+
+def tanh_inputs(name: str, n: int):
+    """x and dy of shape (*TANHS[name], N); float32, x of spread 1.5 (tanh's bend)."""
+    shape = (*TANHS[name], n)
+    rng = _rng("tanh", name, n)
+    return (rng.standard_normal(shape, dtype=np.float32) * np.float32(1.5),
+            rng.standard_normal(shape, dtype=np.float32))
 
 
 def pool_inputs(name: str, n: int):
@@ -301,6 +338,34 @@ class BackendCases:
         (dy,) = self._device(dy.reshape(dy.shape[0], -1))
         return self._timed(lambda: be.batchnorm_backward(dy, ctx)), self._host
 
+    def batchnorm_relu_maxpool2d_forward(self, x, gamma, beta, dy):
+        be, c = self.backend, x.shape[0]
+        x, gamma, beta, mean, var = self._device(x, gamma, beta, np.zeros(c, np.float32),
+                                                 np.ones(c, np.float32))
+
+        def call():
+            return be.batchnorm_relu_maxpool2d_forward(x, gamma, beta, mean, var, POOL_SIZE,
+                                                       POOL_SIZE, training=True, **BN)
+        return self._timed(call), lambda out: self._host(out[:1])
+
+    def batchnorm_relu_maxpool2d_backward(self, x, gamma, beta, dy):
+        be = self.backend
+        forward, _ = self.batchnorm_relu_maxpool2d_forward(x, gamma, beta, dy)
+        _, ctx = forward()
+        (dy,) = self._device(dy)
+        return self._timed(lambda: be.batchnorm_relu_maxpool2d_backward(dy, ctx)), self._host
+
+    def tanh_forward(self, x):
+        be = self.backend
+        (x,) = self._device(x)
+        return self._timed(lambda: be.tanh_forward(x)), lambda out: self._host(out[:1])
+
+    def tanh_backward(self, x, dy):
+        be = self.backend
+        x, dy = self._device(x, dy)
+        _, ctx = be.tanh_forward(x)
+        return self._timed(lambda: be.tanh_backward(dy, ctx)), lambda dx: self._host([dx])
+
     def linear_forward(self, x, w, b):
         be = self.backend
         x, w, b = self._device(x, w, b)
@@ -457,6 +522,39 @@ class TorchCases:
                 dy, x, gamma, mean, var, save_mean, save_invstd, True, BN["eps"], [True] * 3)
         return self._timed(call), lambda out: [self._chwn(out[0]).reshape(c, -1),
                                                self._host(out[1]), self._host(out[2])]
+
+    def batchnorm_relu_maxpool2d_forward(self, x, gamma, beta, dy):
+        """native_batch_norm, relu and max_pool2d_with_indices, as BatchNorm2d, ReLU and
+        MaxPool2d run in training."""
+        *_, forward = self._batchnorm(x, gamma, beta)
+        torch = self.torch
+        return (self._timed(lambda: self._pool(torch.relu(forward()[0]))),
+                lambda out: [self._chwn(out[0])])
+
+    def batchnorm_relu_maxpool2d_backward(self, x, gamma, beta, dy):
+        torch = self.torch
+        x, gamma, (mean, var), forward = self._batchnorm(x, gamma, beta)
+        y, save_mean, save_invstd = forward()
+        relu = torch.relu(y)
+        _, indices = self._pool(relu)
+        dy = self._nchw(dy)
+
+        def call():
+            g = torch.ops.aten.threshold_backward(self._pool_backward(dy, relu, indices), relu, 0)
+            return torch.ops.aten.native_batch_norm_backward(
+                g, x, gamma, mean, var, save_mean, save_invstd, True, BN["eps"], [True] * 3)
+        return self._timed(call), lambda out: [self._chwn(out[0]), self._host(out[1]),
+                                               self._host(out[2])]
+
+    def tanh_forward(self, x):
+        torch, x = self.torch, self._nchw(x)
+        return self._timed(lambda: torch.tanh(x)), lambda y: [self._chwn(y)]
+
+    def tanh_backward(self, x, dy):
+        torch = self.torch
+        y, dy = torch.tanh(self._nchw(x)), self._nchw(dy)
+        return (self._timed(lambda: torch.ops.aten.tanh_backward(dy, y)),
+                lambda dx: [self._chwn(dx)])
 
     def linear_forward(self, x, w, b):
         linear = self.torch.nn.functional.linear

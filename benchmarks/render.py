@@ -299,7 +299,9 @@ def memory_section(results: Results) -> str | None:
 OP_ORDER = ("conv2d_relu_maxpool2d_forward", "conv2d_forward", "conv2d_backward",
             "relu_maxpool2d_forward",
             "relu_maxpool2d_backward", "maxpool2d_forward", "maxpool2d_backward",
-            "linear_forward", "linear_backward", "softmax_cross_entropy", "adam_update")
+            "batchnorm_forward", "batchnorm_backward", "batchnorm_relu_maxpool2d_forward",
+            "batchnorm_relu_maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
+            "tanh_forward", "tanh_backward", "linear_forward", "linear_backward", "softmax_cross_entropy", "adam_update")
 
 
 def _op_entries(results: Results) -> list[Entry]:

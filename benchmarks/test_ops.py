@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import pytest
 
-from .ops import (AVG_POOLS, BATCHNORMS, CONV_BLOCKS, CONVS, LINEARS, POOLS, adam_inputs,
-                  avgpool_inputs, batchnorm_inputs, conv_inputs, linear_inputs, loss_inputs,
-                  measure, pool_inputs)
+from .ops import (AVG_POOLS, BATCHNORM_BLOCKS, BATCHNORMS, CONV_BLOCKS, CONVS, LINEARS, POOLS,
+                  TANHS, adam_inputs, avgpool_inputs, batchnorm_block_inputs, batchnorm_inputs,
+                  conv_inputs, linear_inputs, loss_inputs, measure, pool_inputs, tanh_inputs)
 
 
 @pytest.mark.parametrize("layer", CONVS)
@@ -47,6 +47,24 @@ def test_batchnorm(benchmark, contender, batch, layer, op):
     """compact's batch norms in training mode (statistics of the batch, running estimates
     updated), forward or backward."""
     measure(benchmark, contender, op, layer, batchnorm_inputs(layer, batch), batch)
+
+
+@pytest.mark.parametrize("op", ["batchnorm_relu_maxpool2d_forward",
+                                "batchnorm_relu_maxpool2d_backward"])
+@pytest.mark.parametrize("layer", BATCHNORM_BLOCKS)
+def test_batchnorm_relu_maxpool2d(benchmark, contender, batch, layer, op):
+    """compact's batch norm + ReLU + 2x2 max-pool blocks as the model runs them (one call
+    each way; PyTorch runs its three ops), forward or backward."""
+    measure(benchmark, contender, op, layer, batchnorm_block_inputs(layer, batch), batch)
+
+
+@pytest.mark.parametrize("op", ["tanh_forward", "tanh_backward"])
+@pytest.mark.parametrize("layer", TANHS)
+def test_tanh(benchmark, contender, batch, layer, op):
+    """lenet5-classic's activations, forward (from x) or backward (dy to dx, from the
+    forward's output)."""
+    x, dy = tanh_inputs(layer, batch)
+    measure(benchmark, contender, op, layer, (x,) if op.endswith("forward") else (x, dy), batch)
 
 
 @pytest.mark.parametrize("op", ["avgpool2d_forward", "avgpool2d_backward"])

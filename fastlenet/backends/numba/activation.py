@@ -1,16 +1,17 @@
 """Element-wise activation kernels: tanh forward and backward.
 
-Parallel over blocks of the flattened array. Without Intel's SVML, Numba calls libm's
-tanh one value at a time (several times slower than NumPy's); float32 therefore takes a
-rational approximation that vectorizes (Eigen's ``generic_fast_tanh_float``: odd degree
-13 over even degree 6 on [-7.9, 7.9], a few float32 rounding errors from tanh, the input
-itself below 4e-4), float64 keeps libm's tanh.
+Parallel over blocks of the flattened array; arrays of one block or two run on the
+calling thread (waking the pool costs more than they take). Without Intel's SVML, Numba
+calls libm's tanh one value at a time (several times slower than NumPy's); float32
+therefore takes a rational approximation that vectorizes (Eigen's
+``generic_fast_tanh_float``: odd degree 13 over even degree 6 on [-7.9, 7.9], a few
+float32 rounding errors from tanh, the input itself below 4e-4), float64 keeps libm's tanh.
 """
 
 import numpy as np
 from numba import prange
 
-from .jit import parallel
+from .jit import parallel, serial
 
 BLOCK = 16384  # values per task: enough to outweigh a task's start, few tasks per thread
 
@@ -53,6 +54,10 @@ def _tanh_backward(dy, y, dx):
             dx[i] = dy[i] * (one - y[i] * y[i])
 
 
+SERIAL_BELOW = 2 * BLOCK  # values: fewer run on the calling thread
 tanh_f32 = parallel(_tanh_f32)
 tanh_f64 = parallel(_tanh_f64)
 tanh_backward = parallel(_tanh_backward)
+tanh_f32_serial = serial(_tanh_f32)
+tanh_f64_serial = serial(_tanh_f64)
+tanh_backward_serial = serial(_tanh_backward)

@@ -111,7 +111,8 @@ class NumbaBackend(ReferenceBackend):
         self.conv2d_relu_maxpool2d_backward(pooled, ctx)
         # a convolution and a max-pool on their own: models with BatchNorm between them
         self.relu_maxpool2d_forward(self.conv2d_forward(x, w, None, 1, 1)[0], 2, 2)
-        self.tanh_backward(*self.tanh_forward(x))
+        for values in (x, np.zeros(activation.SERIAL_BELOW, dtype)):  # serial, then parallel
+            self.tanh_backward(*self.tanh_forward(values))
         stats = [np.ones(2, dtype), np.zeros(2, dtype), np.zeros(2, dtype), np.ones(2, dtype)]
         for training in (True, False):
             y, ctx = self.batchnorm_forward(x.reshape(2, -1), *stats, training=training,
@@ -328,7 +329,11 @@ class NumbaBackend(ReferenceBackend):
         if x.dtype not in (np.float32, np.float64):  # the reference's dtype rules
             return super().tanh_forward(x)
         y = np.empty_like(x)
-        kernel = activation.tanh_f32 if x.dtype == np.float32 else activation.tanh_f64
+        small = x.size < activation.SERIAL_BELOW
+        if x.dtype == np.float32:
+            kernel = activation.tanh_f32_serial if small else activation.tanh_f32
+        else:
+            kernel = activation.tanh_f64_serial if small else activation.tanh_f64
         kernel(x.reshape(-1), y.reshape(-1))
         return y, y
 
@@ -338,7 +343,9 @@ class NumbaBackend(ReferenceBackend):
             return super().tanh_backward(dy, ctx)
         dy = np.ascontiguousarray(dy)
         dx = np.empty_like(dy)
-        activation.tanh_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+        kernel = (activation.tanh_backward_serial if dy.size < activation.SERIAL_BELOW
+                  else activation.tanh_backward)
+        kernel(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
         return dx
 
     # ------------------------------------------------------------ normalisation
