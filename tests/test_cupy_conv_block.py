@@ -77,6 +77,24 @@ def _compare(be, got, want, dtype, names=("y", "dx", "dw", "db")):
         np.testing.assert_allclose(g, r, err_msg=name, **_tolerance(dtype))
 
 
+
+def _pooled(shape) -> int:
+    """The pooled output's height (= width) of a SHAPES-style square case."""
+    C, H, N, K, KH, stride, pad, size, ps, _ = shape
+    return ((H + 2 * pad - KH) // stride + 1 - size) // ps + 1
+
+
+def _fused_matches_numpy(fused, module, shape, seed):
+    """The fused kernels ran (a FusedContext) and agree with the NumPy backend, float32."""
+    x, w, b = _inputs(shape, np.float32, seed=seed)
+    ref = get_backend("numpy")
+    y, _ = _block(ref, x, w, b, None, shape)
+    dy = np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32)
+    want, _ = _block(ref, x, w, b, dy, shape)
+    got, ctx = _block(fused, x, w, b, dy, shape)
+    assert isinstance(ctx, module.FusedContext)
+    _compare(fused, got, want, np.float32)
+
 SHAPES = {
     # C, H, N, K, KH, stride, pad, pool size, pool stride, bias
     "lenet-conv1": (1, 32, 3, 6, 5, 1, 0, 2, 2, True),
@@ -113,18 +131,10 @@ def test_every_launch_shape_gives_numpys_results(fused, monkeypatch, name, threa
         monkeypatch.setattr(module, constant, value)
     shape = (6, 14, 5, 16, 5, 1, 0, 2, 2, True) if name == "lenet-conv2-batch5" else SHAPES[name]
     C, H, N, K, KH, stride, pad, size, ps, _ = shape
-    OH = (H + 2 * pad - KH) // stride + 1
-    PH = (OH - size) // ps + 1
+    PH = _pooled(shape)
     plan = module.plan_forward(C, K, N, KH, KH, stride, PH, PH, size, ps, 4)
     assert plan[3] == (min(8, K) if threads == 0 else 1) and plan[0] == min(N, images)
-    x, w, b = _inputs(shape, np.float32, seed=10)
-    ref = get_backend("numpy")
-    y, _ = _block(ref, x, w, b, None, shape)
-    dy = np.random.default_rng(10).standard_normal(y.shape).astype(np.float32)
-    want, _ = _block(ref, x, w, b, dy, shape)
-    got, ctx = _block(fused, x, w, b, dy, shape)
-    assert isinstance(ctx, module.FusedContext)
-    _compare(fused, got, want, np.float32)
+    _fused_matches_numpy(fused, module, shape, seed=10)
 
 
 @pytest.mark.parametrize("shape", [(2, 9, 5, 24, 3, 1, 1, 2, 2, True),
@@ -136,17 +146,9 @@ def test_output_channels_split_over_block_groups_give_numpys_results(fused, monk
     monkeypatch.setattr(module, "BLOCK_THREADS", 16)
     monkeypatch.setattr(module, "FUSED_THREADS", 0)
     C, H, N, K, KH, stride, pad, size, ps, _ = shape
-    OH = (H + 2 * pad - KH) // stride + 1
-    PH = (OH - size) // ps + 1
+    PH = _pooled(shape)
     assert module.plan_forward(C, K, N, KH, KH, stride, PH, PH, size, ps, 4)[2] < K
-    x, w, b = _inputs(shape, np.float32, seed=3)
-    ref = get_backend("numpy")
-    y, _ = _block(ref, x, w, b, None, shape)
-    dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
-    want, _ = _block(ref, x, w, b, dy, shape)
-    got, ctx = _block(fused, x, w, b, dy, shape)
-    assert isinstance(ctx, module.FusedContext)
-    _compare(fused, got, want, np.float32)
+    _fused_matches_numpy(fused, module, shape, seed=3)
 
 
 def test_a_dy_of_the_wrong_shape_is_one_line(fused):
