@@ -157,6 +157,23 @@ def test_input_gradient_after_another_kernel_width_of_the_same_widened_width():
     _close(dx(nb, x6, w6), dx(npb, x6, w6))
 
 
+@pytest.mark.parametrize("shape", [(1600, 128), (257, 129), (33, 2000), (16, 16), (1, 40000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiled_transpose_is_the_transpose(numba_be, shape, dtype):
+    """The parallel copy the linear layers take for tall activations: every element, tiles
+    cut by both edges, and a strided view as input (the backend copies it first)."""
+    from fastlenet.backends.numba import layout
+
+    a = np.random.default_rng(shape[0]).standard_normal(shape).astype(dtype)
+    out = np.empty(shape[::-1], dtype)
+    layout.transposed(a, out)
+    np.testing.assert_array_equal(out, a.T)
+    view = np.repeat(a, 2, axis=1)[:, ::2]  # same values, a stride of two elements
+    got = numba_be._transposed(view)
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, a.T)
+
+
 @pytest.mark.parametrize("shape", [(120, 128, 400), (10, 88, 96), (7, 5, 33), (1, 1, 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_gemm_blocking_matches_and_sums_alike(shape, dtype):

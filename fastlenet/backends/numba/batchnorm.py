@@ -4,9 +4,12 @@ max-pool that follow it (kernels/batchnorm.cu holds the CUDA versions of the fir
 One task per channel (row of x (C, M)) in each direction, so each direction is one
 parallel region: the row's reduction (sum and sum of squares together forward; the sums
 of dy and dy * xhat together backward) and then its element-wise pass, while the row is
-still in cache. Sums run in float64 whatever the arrays' dtype, and the forward's
-squares are taken about the row's first value, so the one-pass variance loses nothing
-to cancellation when the mean is large against the spread.
+still in cache. Sums run in the arrays' dtype over blocks of SUM_BLOCK values (vectorized,
+each lane adding a few dozen) and in float64 across blocks: a float32 sum never runs long
+enough to lose digits, and float64 adds in the inner loop ran at half the vector width
+(docs/performance.md). The forward's squares are taken about the row's first value, so
+the one-pass variance loses nothing to cancellation when the mean is large against the
+spread.
 """
 
 import math
@@ -17,6 +20,8 @@ from numba import prange
 from .jit import parallel, serial
 from .pool import pool_window, pool_window_2x2
 
+SUM_BLOCK = 1024  # values summed in the arrays' dtype before the float64 total takes them
+
 
 def _channel_statistics(row, c, training, momentum, eps, running_mean, running_var, mean,
                         inv_std):
@@ -25,16 +30,22 @@ def _channel_statistics(row, c, training, momentum, eps, running_mean, running_v
     estimates; returned too, in float64."""
     if training:
         M = row.shape[0]
-        shift = float(row[0])
+        shift = row[0]
+        zero = shift - shift
         s = 0.0
         ss = 0.0
-        for m in range(M):
-            d = row[m] - shift
-            s += d
-            ss += d * d
+        for m0 in range(0, M, SUM_BLOCK):
+            bs = zero
+            bss = zero
+            for m in range(m0, min(m0 + SUM_BLOCK, M)):
+                d = row[m] - shift
+                bs += d
+                bss += d * d
+            s += bs
+            ss += bss
         offset = s / M
         var = max(ss / M - offset * offset, 0.0)
-        mu = shift + offset
+        mu = float(shift) + offset
         running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mu
         running_var[c] = (1.0 - momentum) * running_var[c] + momentum * var * M / (M - 1)
     else:
@@ -94,12 +105,18 @@ def _batchnorm_backward(x, dy, mean, inv_std, gamma, training, need_dx, dx, dgam
         row = x[c]
         grad = dy[c]
         mu = mean[c]
+        zero = mu - mu
         sdy = 0.0
         sdyx = 0.0
-        for m in range(M):
-            g = grad[m]
-            sdy += g
-            sdyx += g * (row[m] - mu)
+        for m0 in range(0, M, SUM_BLOCK):
+            bdy = zero
+            bdyx = zero
+            for m in range(m0, min(m0 + SUM_BLOCK, M)):
+                g = grad[m]
+                bdy += g
+                bdyx += g * (row[m] - mu)
+            sdy += bdy
+            sdyx += bdyx
         a, k0, k1 = parameter_gradients(sdy, sdyx, c, M, inv_std, gamma, training, dgamma,
                                         dbeta)
         if need_dx:
@@ -155,12 +172,16 @@ def _routed(x, dy, arg, c, mu, a, k0, k1, write, dx):
             p, q = offset // size, offset % size
             xrow = x[c, i2 * size + p, j2 * size + q]
             out = dx[c, i2 * size + p, j2 * size + q] if write else xrow
+            bdy = zero  # this run's sums in the arrays' dtype (module docstring)
+            bdyx = zero
             for n in range(N):
                 g = drow[n] if arow[n] == offset else zero
-                sdy += g
-                sdyx += g * (xrow[n] - mu)
+                bdy += g
+                bdyx += g * (xrow[n] - mu)
                 if write:
                     out[n] = g * a - k0 - (xrow[n] - mu) * k1
+            sdy += bdy
+            sdyx += bdyx
     return sdy, sdyx
 
 

@@ -1,8 +1,10 @@
-"""The batch gather into the batch-innermost layout (base.Backend.to_batch_last)."""
+"""The batch gather into the batch-innermost layout (base.Backend.to_batch_last), and
+the transposed copies the linear layers' products read."""
 
 import numpy as np
+from numba import prange
 
-from .jit import serial
+from .jit import parallel, serial
 
 
 def _batch_last(x, index, out):
@@ -36,3 +38,29 @@ def _batch_last(x, index, out):
 
 
 batch_last = serial(_batch_last)
+
+
+def _transposed(a, out):
+    """out = a.T for a (R, S) and out (S, R), both C-contiguous, one task per band of 16
+    rows of out (16 columns of a): each 16 x 16 tile is read as 16 runs of a's rows and
+    written as 16 runs of out's, so both sides move whole cache lines, where NumPy's copy
+    of a transposed view writes one strided element at a time."""
+    R, S = a.shape
+    for band in prange((S + 15) // 16):
+        s0 = band * 16
+        cols = min(16, S - s0)
+        tile = np.empty((16, 16), a.dtype)
+        for r0 in range(0, R, 16):
+            rows = min(16, R - r0)
+            for i in range(rows):
+                arun = a[r0 + i, s0:s0 + cols]
+                for j in range(cols):
+                    tile[j, i] = arun[j]
+            for j in range(cols):
+                orun = out[s0 + j, r0:r0 + rows]
+                trow = tile[j]
+                for i in range(rows):
+                    orun[i] = trow[i]
+
+
+transposed = parallel(_transposed)
