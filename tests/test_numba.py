@@ -174,6 +174,24 @@ def test_tiled_transpose_is_the_transpose(numba_be, shape, dtype):
     np.testing.assert_array_equal(got, a.T)
 
 
+@pytest.mark.parametrize("shape, pad", [((16, 14, 14, 128), 1), ((3, 5, 4, 7), 2), ((1, 1, 1, 1), 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parallel_padding_is_the_references(numba_be, shape, pad, dtype):
+    """The convolution's padded input (a fresh array, every margin zero) and dy between
+    zero margins in the kept buffer, however many times it is refilled."""
+    from fastlenet.backends.reference import ReferenceBackend
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    got = numba_be._padded(x, pad)
+    np.testing.assert_array_equal(got, ReferenceBackend._padded(numba_be, x, pad))
+    assert numba_be._padded(x, pad) is not got
+    for _ in range(2):
+        dy = rng.standard_normal(shape).astype(dtype)
+        wide = numba_be._widened(dy[:, :, ::-1], pad)  # a strided view is copied first
+        np.testing.assert_array_equal(wide, np.pad(dy[:, :, ::-1], [(0, 0), (0, 0), (pad, pad), (0, 0)]))
+
+
 @pytest.mark.parametrize("shape", [(120, 128, 400), (10, 88, 96), (7, 5, 33), (1, 1, 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_gemm_blocking_matches_and_sums_alike(shape, dtype):

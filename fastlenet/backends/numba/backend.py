@@ -40,18 +40,28 @@ class NumbaBackend(ReferenceBackend):
 
     def _widened(self, dy, margin: int):
         """dy (K, OH, OW, N) with ``margin`` columns of zeros each side, in a buffer kept
-        per shape: its margins are zeroed once, and only the middle is rewritten each call.
-        The buffer never leaves the call that fills it (it is not kept in any ctx)."""
+        per shape (no fresh pages each call). The buffer never leaves the call that fills
+        it (it is not kept in any ctx)."""
         K, OH, OW, N = dy.shape
         shape = (K, OH, OW + 2 * margin, N)
         # the margin is in the key: another kernel width with the same widened width
         # would find a buffer whose margins hold its own dy
         key = ("widened", shape, margin, dy.dtype.str)
         if key not in self._buffers:
-            self._buffers[key] = np.zeros(shape, dtype=dy.dtype)
+            self._buffers[key] = np.empty(shape, dtype=dy.dtype)
         wide = self._buffers[key]
-        wide[:, :, margin:margin + OW] = dy
+        layout.pad_into(np.ascontiguousarray(dy), 0, margin, wide)
         return wide
+
+    def _padded(self, x, pad: int):
+        """x (C, H, W, N) with ``pad`` rows and columns of zeros on each side: a new
+        array (the convolution's ctx keeps it), written in one parallel pass."""
+        if not pad:
+            return x
+        C, H, W, N = x.shape
+        xpad = np.empty((C, H + 2 * pad, W + 2 * pad, N), dtype=x.dtype)
+        layout.pad_into(np.ascontiguousarray(x), pad, pad, xpad)
+        return xpad
 
     def prepare(self, dtype) -> str | None:
         """Compile (or load from Numba's disk cache) the kernels of a training step of any

@@ -1,5 +1,6 @@
 """The batch gather into the batch-innermost layout (base.Backend.to_batch_last), and
-the transposed copies the linear layers' products read."""
+the copies other kernels read: transposes for the linear layers' products, and maps
+between margins of zeros for the convolutions."""
 
 import numpy as np
 from numba import prange
@@ -64,3 +65,34 @@ def _transposed(a, out):
 
 
 transposed = parallel(_transposed)
+
+
+def _pad_into(x, top, left, out):
+    """out (C, HP, WP, N) = x (C, H, W, N) with ``top`` rows and ``left`` columns of zeros
+    before it and the rest of out's rows and columns zero after it: the padded input of a
+    convolution, or dy between zero margins. One task per row of out, in parallel, where
+    NumPy's zeros-then-assign is two serial passes with strided writes."""
+    C, H, W, N = x.shape
+    HP, WP = out.shape[1], out.shape[2]
+    zero = out.dtype.type(0)
+    xf = x.reshape(C * H, W * N)
+    of = out.reshape(C * HP, WP * N)
+    for task in prange(C * HP):
+        c = task // HP
+        i = task % HP - top
+        row = of[task]
+        if 0 <= i < H:
+            src = xf[c * H + i]
+            for m in range(left * N):
+                row[m] = zero
+            mid = row[left * N:(left + W) * N]
+            for m in range(W * N):
+                mid[m] = src[m]
+            for m in range((left + W) * N, WP * N):
+                row[m] = zero
+        else:
+            for m in range(WP * N):
+                row[m] = zero
+
+
+pad_into = parallel(_pad_into)
