@@ -174,6 +174,53 @@ def test_tiled_transpose_is_the_transpose(numba_be, shape, dtype):
     np.testing.assert_array_equal(got, a.T)
 
 
+def test_philox_known_answer():
+    """Random123's known answer for Philox4x32-10 with a zero key and counter."""
+    from fastlenet.backends.numba.random import philox_words
+
+    zero = np.uint64(0)
+    assert [int(w) for w in philox_words(zero, zero, zero, zero)] == \
+        [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_generator_draws_uniforms_and_normals_and_restores(numba_be, dtype):
+    """The numbers' distributions, a saved state continuing the same stream, draws that
+    differ after it, and a wrong dtype or another generator's state refused."""
+    rng = numba_be.default_rng(7)
+    u = rng.random((1000, 1001), dtype=dtype)
+    assert u.dtype == dtype and u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 2e-3 and abs(u.var() - 1 / 12) < 2e-3
+    assert abs(np.corrcoef(u.ravel()[:-1], u.ravel()[1:])[0, 1]) < 5e-3
+    z = rng.standard_normal((1000, 1001), dtype=dtype)
+    assert z.dtype == dtype and np.isfinite(z).all()
+    z = z.astype(np.float64)
+    assert abs(z.mean()) < 5e-3 and abs(z.var() - 1) < 5e-3
+    assert abs((np.abs(z) > 1.96).mean() - 0.05) < 2e-3
+    state = numba_be.rng_state(rng)
+    json.dumps(state)  # goes into checkpoint metadata
+    first = rng.random(257, dtype=dtype)
+    again = numba_be.default_rng(0)
+    numba_be.set_rng_state(again, state)
+    np.testing.assert_array_equal(again.random(257, dtype=dtype), first)
+    assert not np.array_equal(rng.random(257, dtype=dtype), first)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        rng.random(3, dtype=np.int32)
+    with pytest.raises(ValueError, match="'MT19937' generator state does not fit"):
+        numba_be.set_rng_state(rng, {"bit_generator": "MT19937"})
+
+
+def test_generator_resumes_an_older_checkpoints_pcg64_state(numba_be):
+    """Checkpoints of versions before Philox hold NumPy's PCG64 state: it still resumes,
+    with a key of its own that the same state always gives."""
+    old = np.random.default_rng(3).bit_generator.state
+    a, b = numba_be.default_rng(0), numba_be.default_rng(1)
+    numba_be.set_rng_state(a, old)
+    numba_be.set_rng_state(b, old)
+    np.testing.assert_array_equal(a.random(100), b.random(100))
+    assert numba_be.rng_state(a)["bit_generator"] == "Philox4x32-10"
+
+
 @pytest.mark.parametrize("shape, pad", [((16, 14, 14, 128), 1), ((3, 5, 4, 7), 2), ((1, 1, 1, 1), 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_parallel_padding_is_the_references(numba_be, shape, pad, dtype):

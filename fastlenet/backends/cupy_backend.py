@@ -45,7 +45,7 @@ except ImportError as exc:
 
 from ..errors import ArrayError
 from ..kernels import sources
-from . import cupy_conv_block, cupy_dense_chain
+from . import cupy_conv_block, cupy_dense_chain, philox
 from .cupy_kernel_set import kernel_set
 from .cuda_graph import CapturedStep, first_line
 from .reference import ReferenceBackend
@@ -114,7 +114,8 @@ def _i32(value: int) -> np.int32:
 
 
 class PhiloxGenerator:
-    """Uniform numbers on the device from Philox4x32-10 (kernels/random.cu).
+    """Uniform numbers on the device from Philox4x32-10 (kernels/random.cu; the numba
+    backend draws the same numbers on the CPU, backends/philox.py).
 
     State: a 64-bit key derived from the seed and a 64-bit counter, both in the device
     array ``state`` (key, counter): draws need no host round trip, a replayed CUDA graph
@@ -124,8 +125,7 @@ class PhiloxGenerator:
 
     def __init__(self, backend: CupyBackend, seed: int):
         self._backend = backend
-        key = np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]
-        self.state = cupy.asarray(np.array([key, 0], dtype=np.uint64))
+        self.state = cupy.asarray(np.array([philox.seed_key(seed), 0], dtype=np.uint64))
 
     def random(self, shape, dtype=np.float64):
         """Uniform numbers in [0, 1), a new device array of ``shape`` and ``dtype``."""
@@ -293,18 +293,10 @@ class CupyBackend(ReferenceBackend):
         return PhiloxGenerator(self, seed)
 
     def rng_state(self, rng) -> dict:
-        key, counter = (int(v) for v in cupy.asnumpy(rng.state))
-        return {"bit_generator": "Philox4x32-10", "key": key, "counter": counter}
+        return philox.to_state(*(int(v) for v in cupy.asnumpy(rng.state)))
 
     def set_rng_state(self, rng, state: dict) -> None:
-        if not isinstance(state, dict):
-            raise TypeError(f"a generator state is a dict, not {type(state).__name__}")
-        if state.get("bit_generator") != "Philox4x32-10":
-            raise ValueError(f"a {state.get('bit_generator')!r} generator state does not fit "
-                             "the cupy backend's Philox4x32-10 generator")
-        key, counter = int(state["key"]), int(state["counter"])
-        if not (0 <= key < 2 ** 64 and 0 <= counter < 2 ** 64):
-            raise ValueError("generator key and counter must be 64-bit unsigned integers")
+        key, counter = philox.from_state(state, self.name)
         # in place: recorded steps read the state from this array
         rng.state[...] = cupy.asarray(np.array([key, counter], dtype=np.uint64))
 

@@ -1,5 +1,6 @@
 """The Numba backend's launchers: argument checks, output arrays and the calls into the
-kernels of conv2d.py, pool.py, batchnorm.py, activation.py, dense.py, loss.py, adam.py, augment.py and layout.py.
+kernels of conv2d.py, pool.py, batchnorm.py, activation.py, dense.py, loss.py, adam.py,
+augment.py, layout.py and random.py (the generator).
 
 Memory ownership is as in the reference: every array a kernel returns or keeps in a ctx
 is freshly allocated, so a ctx stays valid until its backward. Two buffers are kept per
@@ -19,9 +20,11 @@ import numpy as np
 
 from ... import tuning
 from ...errors import ArrayError
+from .. import philox
 from ..base import check_window_options, window_out_size
 from ..reference import ReferenceBackend
-from . import activation, adam, augment, batchnorm, conv2d, dense, jit, layout, loss, pool
+from . import (activation, adam, augment, batchnorm, conv2d, dense, jit, layout, loss, pool,
+               random)
 
 
 class NumbaBackend(ReferenceBackend):
@@ -62,6 +65,23 @@ class NumbaBackend(ReferenceBackend):
         xpad = np.empty((C, H + 2 * pad, W + 2 * pad, N), dtype=x.dtype)
         layout.pad_into(np.ascontiguousarray(x), pad, pad, xpad)
         return xpad
+
+    def default_rng(self, seed: int):
+        """Philox4x32-10 drawn in parallel: the cupy backend's numbers for the same seed."""
+        return random.PhiloxGenerator(seed)
+
+    def rng_state(self, rng) -> dict:
+        return philox.to_state(rng.key, rng.counter)
+
+    def set_rng_state(self, rng, state: dict) -> None:
+        """A checkpoint of an older version holds NumPy's PCG64 state; its run resumes with
+        a Philox key derived from that state (deterministic, not the old stream)."""
+        if isinstance(state, dict) and state.get("bit_generator") == "PCG64":
+            numbers = state.get("state", {})
+            entropy = [int(numbers.get("state", 0)), int(numbers.get("inc", 0))]
+            rng.key, rng.counter = philox.seed_key(entropy), 0
+            return
+        rng.key, rng.counter = philox.from_state(state, self.name)
 
     def prepare(self, dtype) -> str | None:
         """Compile (or load from Numba's disk cache) the kernels of a training step of any
@@ -135,6 +155,8 @@ class NumbaBackend(ReferenceBackend):
                                      rng.standard_normal(5).astype(dtype))
         self.linear_backward(y, ctx)
         self._transposed(np.zeros((1 << 15, 1), dtype))  # the tiled copy of tall activations
+        generator = self.default_rng(0)
+        generator.random(3, dtype=dtype), generator.standard_normal(3, dtype=dtype)
         logits = rng.standard_normal((3, 4)).astype(dtype)
         self.softmax_cross_entropy(logits, np.arange(4) % 3, 0.1)
         p = rng.standard_normal(5).astype(dtype)
