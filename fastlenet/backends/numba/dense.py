@@ -1,15 +1,19 @@
 """The linear layers' matrix products and bias gradients (kernels/dense.cu holds the
-CUDA versions). A kernel of this backend's own rather than BLAS: BLAS's threads and
+CUDA versions). Kernels of this backend's own rather than BLAS: BLAS's threads and
 Numba's would spin against each other on the same cores (docs/performance.md).
 
-The product comes in two register blockings, 4 x 4 and 3 x 3 outputs per task: which one
-is faster depends on how many vector registers the CPU has, so fastlenet.tuning measures
-both on first use and keeps the faster (docs/tuning.md).
+The forward's product (gemm_nt: dot products along the layer's input, hundreds of values
+long) comes in two register blockings, 4 x 4 and 3 x 3 outputs per task: which one is
+faster depends on how many vector registers the CPU has, so fastlenet.tuning measures
+both on first use and keeps the faster (docs/tuning.md). The gradients' products sum over
+the batch or the layer's outputs, too few values for dot products to pay their final
+reductions, so they update whole output rows instead (gemm_rows).
 """
 
 import numpy as np
 from numba import prange
 
+from .conv2d import row_multiply_add, row_multiply_add2
 from .jit import parallel, serial
 
 
@@ -98,6 +102,28 @@ def _block_3x3(a, b, bias, out, r0, s0):
     out[r2, s0], out[r2, s1], out[r2, s2] = c20 + d2, c21 + d2, c22 + d2
 
 
+def _gemm_rows(a, b, out):
+    """out = a @ b for a (R, L) (any strides), b (L, S) C-contiguous, out (R, S): one task
+    per two rows of out, which take the convolutions' row step over b's rows, five rows
+    of b per pass (conv2d.row_multiply_add2), so each load of b feeds two sums."""
+    R, L = a.shape
+    S = b.shape[1]
+    bf = b.reshape(L * S)
+    zero = out.dtype.type(0)
+    for task in prange((R + 1) // 2):
+        r = task * 2
+        out0 = out[r]
+        for m in range(S):
+            out0[m] = zero
+        if r + 1 < R:
+            out1 = out[r + 1]
+            for m in range(S):
+                out1[m] = zero
+            row_multiply_add2(out0, out1, bf, 0, S, a[r], a[r + 1])
+        else:
+            row_multiply_add(out0, bf, 0, S, a[r])
+
+
 def _row_sum(a, out):
     """out[r] = sum_k a[r, k]: a bias gradient."""
     for r in range(a.shape[0]):
@@ -110,6 +136,7 @@ def _row_sum(a, out):
 block_4x4 = serial(_block_4x4)
 block_3x3 = serial(_block_3x3)
 gemm_nt = parallel(_gemm_nt)
+gemm_rows = parallel(_gemm_rows)
 row_sum = serial(_row_sum)
 
 # the register blockings of gemm_nt (its ``size``), by the name fastlenet.tuning records
