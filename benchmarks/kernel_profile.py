@@ -33,7 +33,8 @@ KERNELS = ("conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward",
            "linear_forward", "linear_backward", "softmax_cross_entropy", "adam_update",
            "to_batch_last", "batchnorm_relu_maxpool2d_forward",
            "batchnorm_relu_maxpool2d_backward", "batchnorm_forward", "batchnorm_backward",
-           "avgpool2d_forward", "avgpool2d_backward", "tanh_forward", "tanh_backward")
+           "avgpool2d_forward", "avgpool2d_backward", "tanh_forward", "tanh_backward",
+           "dropout_forward", "dropout_backward")
 WARMUP_STEPS = 20
 EPOCH_IMAGES = 60000
 

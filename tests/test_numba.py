@@ -210,6 +210,23 @@ def test_generator_draws_uniforms_and_normals_and_restores(numba_be, dtype):
         numba_be.set_rng_state(rng, {"bit_generator": "MT19937"})
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p, shape", [(0.25, (1600, 128)), (0.3, (7, 5)), (1e-4, (3, 40000))])
+def test_dropout_in_one_pass_is_the_base_maths_bit_for_bit(numba_be, dtype, p, shape):
+    """The fused mask-and-scale kernel (serial and parallel sizes) against base.Backend's
+    array maths on the same generator state, both ways; a NaN stays a NaN."""
+    from fastlenet.backends.base import Backend
+
+    rng = np.random.default_rng(len(shape))
+    x, dy = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    x[0, 0] = np.nan
+    y, ctx = numba_be.dropout_forward(x, p, numba_be.default_rng(3))
+    y_ref, mask = Backend.dropout_forward(numba_be, x, p, numba_be.default_rng(3))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(numba_be.dropout_backward(dy, ctx),
+                                  Backend.dropout_backward(numba_be, dy, mask))
+
+
 def test_generator_resumes_an_older_checkpoints_pcg64_state(numba_be):
     """Checkpoints of versions before Philox hold NumPy's PCG64 state: it still resumes,
     with a key of its own that the same state always gives."""

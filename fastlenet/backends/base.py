@@ -392,6 +392,21 @@ class Backend(ABC):
         """dx = dy * (1 - y^2), y the forward's output."""
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- dropout
+    def dropout_forward(self, x, p: float, rng):
+        """Inverted dropout in training: y = x * keep / (1 - p), keep = u >= p for
+        uniforms u = rng.random(x.shape, dtype=x.dtype) (0 <= p < 1); ``(y, ctx)``. By
+        default NumPy-style array maths on the mask; a backend may apply it in one pass,
+        bit for bit alike (a NaN in x stays NaN where it is dropped too)."""
+        keep = rng.random(x.shape, dtype=x.dtype) >= p
+        mask = keep.astype(x.dtype)
+        mask *= 1.0 / (1.0 - p)
+        return x * mask, mask
+
+    def dropout_backward(self, dy, ctx):
+        """dx = dy * keep / (1 - p), the forward's mask."""
+        return dy * ctx
+
     # ------------------------------------------------------------ normalisation
     @abstractmethod
     def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, *, training: bool,

@@ -36,14 +36,11 @@ class Dropout(Layer):
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
-        keep = self.rng.random(x.shape, dtype=x.dtype) >= self.p
-        mask = keep.astype(x.dtype)
-        mask *= 1.0 / (1.0 - self.p)
-        self._mask = mask
-        return x * mask
+        y, self._mask = self.backend.dropout_forward(x, self.p, self.rng)
+        return y
 
     def backward(self, dy):
-        return dy if self._mask is None else dy * self._mask
+        return dy if self._mask is None else self.backend.dropout_backward(dy, self._mask)
 
 
 class BatchNorm(Layer):

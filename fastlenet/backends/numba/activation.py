@@ -1,4 +1,4 @@
-"""Element-wise activation kernels: tanh forward and backward.
+"""Element-wise kernels: tanh forward and backward, and dropout's mask applied.
 
 Parallel over blocks of the flattened array; arrays of one block or two run on the
 calling thread (waking the pool costs more than they take). Without Intel's SVML, Numba
@@ -54,6 +54,17 @@ def _tanh_backward(dy, y, dx):
             dx[i] = dy[i] * (one - y[i] * y[i])
 
 
+def _dropout(x, u, p, scale, y):
+    """y = x * (scale if u >= p else 0): inverted dropout's mask and scale in one pass,
+    the same bits as base.Backend.dropout_forward's multiply by its mask (flattened,
+    contiguous; p and scale in x's dtype). Also its backward, with dy for x."""
+    n = x.shape[0]
+    zero = y.dtype.type(0)
+    for block in prange((n + BLOCK - 1) // BLOCK):
+        for i in range(block * BLOCK, min(n, (block + 1) * BLOCK)):
+            y[i] = x[i] * (scale if u[i] >= p else zero)
+
+
 SERIAL_BELOW = 2 * BLOCK  # values: fewer run on the calling thread
 tanh_f32 = parallel(_tanh_f32)
 tanh_f64 = parallel(_tanh_f64)
@@ -61,3 +72,5 @@ tanh_backward = parallel(_tanh_backward)
 tanh_f32_serial = serial(_tanh_f32)
 tanh_f64_serial = serial(_tanh_f64)
 tanh_backward_serial = serial(_tanh_backward)
+dropout = parallel(_dropout)
+dropout_serial = serial(_dropout)

@@ -137,8 +137,11 @@ class NumbaBackend(ReferenceBackend):
         self.conv2d_relu_maxpool2d_backward(pooled, ctx)
         # a convolution and a max-pool on their own: models with BatchNorm between them
         self.relu_maxpool2d_forward(self.conv2d_forward(x, w, None, 1, 1)[0], 2, 2)
+        generator = self.default_rng(0)
         for values in (x, np.zeros(activation.SERIAL_BELOW, dtype)):  # serial, then parallel
             self.tanh_backward(*self.tanh_forward(values))
+            y, ctx = self.dropout_forward(values, 0.5, generator)
+            self.dropout_backward(y, ctx)
         stats = [np.ones(2, dtype), np.zeros(2, dtype), np.zeros(2, dtype), np.ones(2, dtype)]
         for training in (True, False):
             y, ctx = self.batchnorm_forward(x.reshape(2, -1), *stats, training=training,
@@ -151,7 +154,6 @@ class NumbaBackend(ReferenceBackend):
                                      rng.standard_normal(5).astype(dtype))
         self.linear_backward(y, ctx)
         self._transposed(np.zeros((1 << 15, 1), dtype))  # the tiled copy of tall activations
-        generator = self.default_rng(0)
         generator.random(3, dtype=dtype), generator.standard_normal(3, dtype=dtype)
         logits = rng.standard_normal((3, 4)).astype(dtype)
         self.softmax_cross_entropy(logits, np.arange(4) % 3, 0.1)
@@ -353,6 +355,31 @@ class NumbaBackend(ReferenceBackend):
         return (dx if need_dx else None), dgamma, dbeta
 
     # --------------------------------------------------------------- activation
+    def dropout_forward(self, x, p: float, rng):
+        """The uniforms drawn in parallel (Philox) and the mask applied in one pass; the
+        uniforms are the ctx, so no mask array is made."""
+        if x.dtype not in (np.float32, np.float64):  # the reference's dtype rules
+            return super().dropout_forward(x, p, rng)
+        x = np.ascontiguousarray(x)
+        t = x.dtype.type
+        p_t, scale = t(p), t(1.0 / (1.0 - p))
+        u = rng.random(x.shape, dtype=x.dtype)
+        return self._dropout(x, u, p_t, scale), (u, p_t, scale)
+
+    def dropout_backward(self, dy, ctx):
+        u, p, scale = ctx
+        if dy.dtype != u.dtype:
+            return dy * ((u >= p).astype(u.dtype) * scale)
+        return self._dropout(np.ascontiguousarray(dy), u, p, scale)
+
+    @staticmethod
+    def _dropout(x, u, p, scale):
+        y = np.empty_like(x)
+        small = x.size < activation.SERIAL_BELOW
+        kernel = activation.dropout_serial if small else activation.dropout
+        kernel(x.reshape(-1), u.reshape(-1), p, scale, y.reshape(-1))
+        return y
+
     def tanh_forward(self, x):
         x = np.ascontiguousarray(x)
         if x.dtype not in (np.float32, np.float64):  # the reference's dtype rules
