@@ -88,8 +88,8 @@ class Augmenter:
     ``mean`` and ``std`` are the normalisation of the data (x = (pixel - mean) / std), so
     that the background and the noise level are known in normalised units. ``seed`` seeds
     the augmenter's own generator (``self.rng``, from ``backend.default_rng``; save it with
-    ``backend.rng_state``). It draws with ``random`` and ``standard_normal``, which NumPy's
-    and CuPy's generators both offer.
+    ``backend.rng_state``). It draws with ``random`` and ``standard_normal``, which every
+    backend's generator offers (NumPy's PCG64, the Philox4x32-10 of cupy and numba).
     """
 
     def __init__(self, backend: Backend, settings: AugmentSettings, mean: float, std: float,
@@ -134,7 +134,7 @@ class Augmenter:
         return r * dtype.type(high - low) + dtype.type(low)
 
     def _normal(self, shape, dtype) -> Array:
-        """Standard normal values (NumPy's and CuPy's generators both draw them)."""
+        """Standard normal values from the backend's generator."""
         return self.rng.standard_normal(shape, dtype=dtype)
 
     # -------------------------------------------------------------- geometry

@@ -186,6 +186,6 @@ def describe(threads: int) -> list[str]:
         lines.append("  nothing measured on this machine yet (the first numba run measures)")
     for op, record in sorted(kept.items()):
         times = ", ".join(f"{k} {v:.0f} us" for k, v in record.get("times_us", {}).items())
-        lines.append(f"  {op:<16} {record.get('variant')}  ({times}; measured "
+        lines.append(f"  {op:<22} {record.get('variant')}  ({times}; measured "
                      f"{record.get('measured', '?')})")
     return lines

@@ -493,6 +493,7 @@ def test_numba_backend_draws_the_gpu_generators_numbers(cuda_backend, dtype):
     one seed: the same uniforms bit for bit, draw after draw (dropout's masks and the
     augmentations match across the two backends), normals to within the rounding of two
     libm's log and cos, and each backend's saved state restores in the other."""
+    pytest.importorskip("numba")
     numba_be = backends.get_backend("numba")
     gpu, cpu = cuda_backend.default_rng(21), numba_be.default_rng(21)
     for shape in [(5000,), (3, 7), (1,)]:
@@ -506,6 +507,13 @@ def test_numba_backend_draws_the_gpu_generators_numbers(cuda_backend, dtype):
     cuda_backend.set_rng_state(gpu, numba_be.rng_state(numba_be.default_rng(5)))
     np.testing.assert_array_equal(cuda_backend.to_numpy(gpu.random(9, dtype=dtype)),
                                   numba_be.default_rng(5).random(9, dtype=dtype))
+    for counter in (2 ** 32 - 2, 2 ** 64 - 3):  # the counter's high word, and its wrap
+        state = {"bit_generator": "Philox4x32-10", "key": 7, "counter": counter}
+        numba_be.set_rng_state(cpu, state)
+        cuda_backend.set_rng_state(gpu, state)
+        np.testing.assert_array_equal(cpu.random(6, dtype=dtype),
+                                      cuda_backend.to_numpy(gpu.random(6, dtype=dtype)))
+        assert numba_be.rng_state(cpu) == cuda_backend.rng_state(gpu)
 
 
 def _history(out):

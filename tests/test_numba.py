@@ -100,8 +100,10 @@ def test_first_run_reports_its_compile_and_a_cached_run_does_not(tmp_path):
         note = get_backend("numba").prepare(np.float32)
         print(json.dumps([note, time.perf_counter() - tick]))
     """
-    first = _python(code, NUMBA_CACHE_DIR=str(tmp_path))
-    second = _python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    # the tuner's own note (a choice measured now) is another test's: a machine too busy
+    # for steady timings measures again in the second process and says so
+    first = _python(code, NUMBA_CACHE_DIR=str(tmp_path), FASTLENET_TUNING="off")
+    second = _python(code, NUMBA_CACHE_DIR=str(tmp_path), FASTLENET_TUNING="off")
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     (note, _), (again, cached_seconds) = (json.loads(r.stdout.splitlines()[-1])
                                           for r in (first, second))
@@ -229,13 +231,21 @@ def test_dropout_in_one_pass_is_the_base_maths_bit_for_bit(numba_be, dtype, p, s
 
 def test_generator_resumes_an_older_checkpoints_pcg64_state(numba_be):
     """Checkpoints of versions before Philox hold NumPy's PCG64 state: it still resumes,
-    with a key of its own that the same state always gives."""
+    with a key of its own that the same state always gives and another state does not;
+    a damaged one is refused with the error a checkpoint load reports in one line."""
     old = np.random.default_rng(3).bit_generator.state
-    a, b = numba_be.default_rng(0), numba_be.default_rng(1)
+    a, b, c = (numba_be.default_rng(i) for i in range(3))
     numba_be.set_rng_state(a, old)
     numba_be.set_rng_state(b, old)
-    np.testing.assert_array_equal(a.random(100), b.random(100))
+    numba_be.set_rng_state(c, np.random.default_rng(4).bit_generator.state)
+    first = a.random(100)
+    np.testing.assert_array_equal(first, b.random(100))
+    assert not np.array_equal(first, c.random(100))
     assert numba_be.rng_state(a)["bit_generator"] == "Philox4x32-10"
+    for damaged in ({"bit_generator": "PCG64"}, {"bit_generator": "PCG64", "state": [1, 2]},
+                    {"bit_generator": "Philox4x32-10", "key": 1}):
+        with pytest.raises((TypeError, ValueError)):
+            numba_be.set_rng_state(a, damaged)
 
 
 @pytest.mark.parametrize("shape, pad", [((16, 14, 14, 128), 1), ((3, 5, 4, 7), 2), ((1, 1, 1, 1), 3)])
@@ -292,6 +302,6 @@ def test_the_linear_layers_use_the_machines_choice(tmp_path):
     if not (tmp_path / "tuning.json").exists():
         pytest.skip(f"the machine was too busy for steady timings: {first.strip()}")
     (entry,) = json.loads((tmp_path / "tuning.json").read_text()).values()
-    assert f"chose {entry['numba.gemm_nt']['variant']} blocks" in first
+    assert f"chose {entry['numba.gemm_nt.forward']['variant']} blocks" in first
     assert run().splitlines()[-1] == f"from {tmp_path / 'tuning.json'}"
     assert run(FASTLENET_TUNING="off").splitlines()[-1] == "default (FASTLENET_TUNING=off)"

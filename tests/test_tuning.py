@@ -128,10 +128,10 @@ def test_steadiness():
 
 
 def test_info_shows_the_kept_choice(cache, tmp_path):
-    tuning.choose("numba.gemm_nt", {"4x4": _sleeper(0.004), "3x3": _sleeper(0.0005)},
+    tuning.choose("numba.gemm_nt.forward", {"4x4": _sleeper(0.004), "3x3": _sleeper(0.0005)},
                   default="4x4", threads=3)
     env = dict(os.environ, FASTLENET_CACHE_DIR=str(cache.parent), NUMBA_NUM_THREADS="3")
     out = subprocess.run([sys.executable, "-m", "fastlenet", "info"], capture_output=True,
                          text=True, env=env, check=True).stdout
     assert f"machine  {tuning.machine_key(3)}" in out
-    assert "numba.gemm_nt    3x3  (4x4 " in out
+    assert "numba.gemm_nt.forward  3x3  (4x4 " in out

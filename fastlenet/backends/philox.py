@@ -31,6 +31,9 @@ def from_state(state: dict, backend: str) -> tuple[int, int]:
     if state.get("bit_generator") != NAME:
         raise ValueError(f"a {state.get('bit_generator')!r} generator state does not fit "
                          f"the {backend} backend's {NAME} generator")
+    missing = [name for name in ("key", "counter") if name not in state]
+    if missing:
+        raise ValueError(f"the generator state lacks its {' and '.join(missing)}")
     key, counter = int(state["key"]), int(state["counter"])
     if not (0 <= key < 2 ** 64 and 0 <= counter < 2 ** 64):
         raise ValueError("generator key and counter must be 64-bit unsigned integers")

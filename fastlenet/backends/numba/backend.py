@@ -57,8 +57,9 @@ class NumbaBackend(ReferenceBackend):
         return wide
 
     def _padded(self, x, pad: int):
-        """x (C, H, W, N) with ``pad`` rows and columns of zeros on each side: a new
-        array (the convolution's ctx keeps it), written in one parallel pass."""
+        """x (C, H, W, N) with ``pad`` rows and columns of zeros on each side, written in
+        one parallel pass into a new array (the convolution's ctx keeps it); x itself when
+        ``pad`` is 0, as the reference's."""
         if not pad:
             return x
         C, H, W, N = x.shape
@@ -77,9 +78,13 @@ class NumbaBackend(ReferenceBackend):
         """A checkpoint of an older version holds NumPy's PCG64 state; its run resumes with
         a Philox key derived from that state (deterministic, not the old stream)."""
         if isinstance(state, dict) and state.get("bit_generator") == "PCG64":
-            numbers = state.get("state", {})
-            entropy = [int(numbers.get("state", 0)), int(numbers.get("inc", 0))]
-            rng.key, rng.counter = philox.seed_key(entropy), 0
+            old = np.random.PCG64()
+            try:
+                old.state = state
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"a damaged PCG64 generator state ({exc!r})") from None
+            numbers = old.state["state"]
+            rng.key, rng.counter = philox.seed_key([numbers["state"], numbers["inc"]]), 0
             return
         rng.key, rng.counter = philox.from_state(state, self.name)
 
@@ -123,7 +128,8 @@ class NumbaBackend(ReferenceBackend):
                 return lambda: dense.gemm_nt(w, xt, bias, y, size)
 
             self._gemm = tuning.choose(
-                "numba.gemm_nt", {name: products(size) for name, size in dense.BLOCKINGS.items()},
+                "numba.gemm_nt.forward",
+                {name: products(size) for name, size in dense.BLOCKINGS.items()},
                 default="4x4", threads=numba.get_num_threads())
         return self._gemm
 
@@ -446,8 +452,9 @@ class NumbaBackend(ReferenceBackend):
         """a.T as a C-contiguous array: a tiled parallel copy for large arrays (fc1's
         1600 x 128 activation: 0.12 against NumPy's 0.32-0.40 ms), NumPy's copy for
         small ones, and for wide ones under 65,536 values, where it is as fast."""
-        if a.ndim != 2 or a.size < 1 << 15 or (a.size < 1 << 16 and a.shape[0] < a.shape[1]):
-            return np.ascontiguousarray(a.T)
+        if a.ndim != 2 or a.T.flags.c_contiguous or a.size < 1 << 15 or (
+                a.size < 1 << 16 and a.shape[0] < a.shape[1]):
+            return np.ascontiguousarray(a.T)  # a view when a is a transposed array
         out = np.empty(a.shape[::-1], dtype=a.dtype)
         layout.transposed(np.ascontiguousarray(a), out)
         return out

@@ -4,10 +4,10 @@ max-pool that follow it (kernels/batchnorm.cu holds the CUDA versions of the fir
 One task per channel (row of x (C, M)) in each direction, so each direction is one
 parallel region: the row's reduction (sum and sum of squares together forward; the sums
 of dy and dy * xhat together backward) and then its element-wise pass, while the row is
-still in cache. Sums run in the arrays' dtype over blocks of SUM_BLOCK values (vectorized,
-each lane adding a few dozen) and in float64 across blocks: a float32 sum never runs long
-enough to lose digits, and float64 adds in the inner loop ran at half the vector width
-(docs/performance.md). The forward's squares are taken about the row's first value, so
+still in cache. Sums run in the arrays' dtype over blocks of SUM_BLOCK values (in the
+pooled block's backward, over runs of the batch's N values), vectorized so that each lane
+adds a few dozen, and in float64 across blocks: float64 adds in the inner loop ran at half
+the vector width (docs/performance.md, Batch norm). The forward's squares are taken about the row's first value, so
 the one-pass variance loses nothing to cancellation when the mean is large against the
 spread.
 """
