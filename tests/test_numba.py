@@ -176,6 +176,34 @@ def test_tiled_transpose_is_the_transpose(numba_be, shape, dtype):
     np.testing.assert_array_equal(got, a.T)
 
 
+@pytest.mark.parametrize("C, K, H, N, bias", [(16, 120, 5, 128, True), (3, 4, 3, 5, False),
+                                          (1, 1, 1, 1, True), (2, 7, 4, 1, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_whole_window_convolution_backward_is_the_references(numba_be, C, K, H, N, bias, dtype):
+    """A convolution whose one window is its whole input (classic's C5) takes the linear
+    layers' products backward: every gradient as the reference's, and none for x when
+    need_dx is False."""
+    ref = backends.get_backend("numpy")
+    rng = np.random.default_rng(C * K + H)
+    x = rng.standard_normal((C, H, H, N)).astype(dtype)
+    w = rng.standard_normal((K, C, H, H)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype) if bias else None
+    y, ctx = numba_be.conv2d_forward(x, w, b, 1, 0)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    want = ref.conv2d_backward(dy, ref.conv2d_forward(x, w, b, 1, 0)[1])
+    got = numba_be.conv2d_backward(dy, ctx)
+    for a, e in zip(got, want):
+        if e is None:
+            assert a is None
+        else:
+            assert a.shape == e.shape and a.dtype == e.dtype
+            if dtype == np.float32:
+                _close(a, e)
+            else:
+                np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+    assert numba_be.conv2d_backward(dy, ctx, need_dx=False)[0] is None
+
+
 def test_philox_known_answer():
     """Random123's known answer for Philox4x32-10 with a zero key and counter."""
     from fastlenet.backends.numba.random import philox_words

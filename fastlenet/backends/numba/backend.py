@@ -205,6 +205,8 @@ class NumbaBackend(ReferenceBackend):
         xpad, w, x_shape, stride, pad, has_bias = ctx
         dy = np.ascontiguousarray(dy)
         K, C, KH, KW = w.shape
+        if dy.shape[1:3] == (1, 1) and not pad and x_shape[1:3] == (KH, KW) and C:
+            return self._whole_window_backward(dy, xpad, w, has_bias, need_dx)
         dw = np.empty_like(w)
         db = np.empty(K if has_bias else 0, dtype=dy.dtype)
         if stride == 1:
@@ -239,6 +241,26 @@ class NumbaBackend(ReferenceBackend):
             conv2d.conv2d_backward_input(dy_wide, w_flipped, pad, pad, reached)
             dx[:, :HC, :WC] = reached
         return dx, dw, db
+
+    def _whole_window_backward(self, dy, x, w, has_bias, need_dx):
+        """The gradients of a convolution whose one window is its whole input (LeNet-5
+        classic's C5: 16 x 5 x 5 -> 120 x 1 x 1), a linear layer over the flattened input:
+        the linear layers' row updates, where the convolution kernels' tasks would each sum
+        only the batch (0.83 ms -> 0.3 ms on the Zen 3, docs/performance.md)."""
+        K, N = w.shape[0], dy.shape[3]
+        dy2, w2 = dy.reshape(K, N), np.ascontiguousarray(w).reshape(K, -1)
+        dw = np.empty_like(w2)
+        dense.gemm_rows(dy2, self._transposed(np.ascontiguousarray(x).reshape(-1, N)), dw)
+        db = None
+        if has_bias:
+            db = np.empty(K, dtype=dy.dtype)
+            dense.row_sum(dy2, db)
+        dx = None
+        if need_dx:
+            dxt = np.empty((N, w2.shape[1]), dtype=dy.dtype)
+            dense.gemm_rows(dy2.T, w2, dxt)
+            dx = self._transposed(dxt).reshape(x.shape)
+        return dx, dw.reshape(w.shape), db
 
     def conv2d_relu_maxpool2d_forward(self, x, w, b, stride: int, pad: int, size: int,
                                       pool_stride: int):
