@@ -246,7 +246,7 @@ class NumbaBackend(ReferenceBackend):
         """The gradients of a convolution whose one window is its whole input (LeNet-5
         classic's C5: 16 x 5 x 5 -> 120 x 1 x 1), a linear layer over the flattened input:
         the linear layers' row updates, where the convolution kernels' tasks would each sum
-        only the batch (0.83 ms -> 0.3 ms on the Zen 3, docs/performance.md)."""
+        only the batch (docs/performance.md, Linear layers)."""
         K, N = w.shape[0], dy.shape[3]
         dy2, w2 = dy.reshape(K, N), np.ascontiguousarray(w).reshape(K, -1)
         dw = np.empty_like(w2)
@@ -471,9 +471,9 @@ class NumbaBackend(ReferenceBackend):
 
     @staticmethod
     def _transposed(a):
-        """a.T as a C-contiguous array: a tiled parallel copy for large arrays (fc1's
-        1600 x 128 activation: 0.12 against NumPy's 0.32-0.40 ms), NumPy's copy for
-        small ones, and for wide ones under 65,536 values, where it is as fast."""
+        """a.T as a C-contiguous array: the tiled parallel copy for large arrays, NumPy's
+        copy for small ones and for wide ones under 65,536 values, where it is as fast
+        (docs/performance.md, Linear layers)."""
         if a.ndim != 2 or a.T.flags.c_contiguous or a.size < 1 << 15 or (
                 a.size < 1 << 16 and a.shape[0] < a.shape[1]):
             return np.ascontiguousarray(a.T)  # a view when a is a transposed array

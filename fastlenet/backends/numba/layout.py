@@ -45,7 +45,8 @@ def _transposed(a, out):
     """out = a.T for a (R, S) and out (S, R), both C-contiguous, one task per band of 16
     rows of out (16 columns of a): each 16 x 16 tile is read as 16 runs of a's rows and
     written as 16 runs of out's, so both sides move whole cache lines, where NumPy's copy
-    of a transposed view writes one strided element at a time."""
+    of a transposed view writes one strided element at a time. The tile loops are
+    batch_last's, inline: shared as a serial helper they ran 1.5x slower."""
     R, S = a.shape
     for band in prange((S + 15) // 16):
         s0 = band * 16

@@ -46,9 +46,9 @@ def _philox(k0, k1, c0, c1):
 
 
 # The loops below sit in the parallel functions themselves, and each reads one Philox
-# word: LLVM vectorizes those (2 threads of the Zen 3: 0.25-0.28 ms per 204,800 numbers),
-# but not the same loop in a serial function, nor one that reads two words (1.6 ms). So
-# float64 uniforms and normals draw their words one pass each and then combine them.
+# word: LLVM vectorizes those, but not the same loop in a serial function, nor one that
+# reads two words (6x slower). So float64 uniforms and normals draw their words one pass
+# each and then combine them (docs/performance.md, Random numbers).
 
 def _uniform_f32(out, key, counter):
     """out[i] = the top 24 bits of word 0 of Philox(key, counter + i), over 2^24."""
@@ -115,10 +115,8 @@ class PhiloxGenerator:
 
     State: ``key`` (from the seed) and ``counter`` (numbers drawn so far), plain ints;
     ``random`` and ``standard_normal`` take a shape and float32 or float64, as
-    numpy.random.Generator's do. Per 204,800 numbers on 2 threads of the Zen 3: float32
-    uniforms 0.25 ms, float64 0.59 ms, float32 normals 1.4 ms (NumPy's PCG64 on its one
-    thread: 0.45-0.9, about 0.9 and 2.9 ms), float64 normals 7.8 ms (NumPy's float64 log
-    and cos are scalar with AVX2).
+    numpy.random.Generator's do. Speed against NumPy's PCG64: docs/performance.md,
+    Random numbers.
     """
 
     def __init__(self, seed: int):
