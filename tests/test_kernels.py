@@ -82,7 +82,10 @@ def test_batch_last_gathers_by_index(backend, shape):
 # narrower than its kernel (no input column is reached by every kernel column), and the
 # NumPy backend's weight gradient with one output row per product (K > 24) and with
 # groups of rows whose last group is shorter (stride 1 and 2), with an input row no
-# window reaches, and with a stride larger than the kernel.
+# window reaches, and with a stride larger than the kernel; the last two sum 144 and 72
+# terms per output, enough for numba's register tiles (7 and 6 output channels: blocks
+# of 4, 2 and 1), with rows of 90 and 198 values (whole tiles, then vectors, then single
+# values).
 CONV_CASES = [
     (1, 7, 7, 1, 2, 1, 1, 1, 0),
     (3, 6, 3, 5, 2, 3, 5, 1, 1),
@@ -98,6 +101,8 @@ CONV_CASES = [
     (1, 15, 6, 2, 8, 3, 3, 2, 0),
     (1, 16, 6, 2, 8, 3, 3, 2, 0),
     (1, 13, 5, 2, 6, 1, 1, 3, 0),
+    (16, 7, 9, 10, 7, 3, 3, 1, 1),
+    (8, 6, 6, 33, 6, 3, 3, 1, 0),
 ]
 
 

@@ -129,6 +129,10 @@ def test_pure_python_copy_gives_the_same_results(tmp_path):
             block, bctx = be.conv2d_relu_maxpool2d_forward(x, w, w[0, 0, 0], 1, 1, size, size)
             out += [block, *be.conv2d_relu_maxpool2d_backward(block, bctx)]
         out.append(be.to_batch_last(x, np.array([1, -2, 0, 1])))
+        wide = rng.standard_normal((8, 5, 4, 3)).astype(np.float32)  # long sums: tiles
+        y8, ctx8 = be.conv2d_forward(wide, rng.standard_normal((3, 8, 3, 3)).astype(np.float32),
+                                     None, 1, 1)
+        out += [y8, *be.conv2d_backward(y8, ctx8)[:2]]
         np.savez(OUT, *out)
     """
     results = []
@@ -333,3 +337,59 @@ def test_the_linear_layers_use_the_machines_choice(tmp_path):
     assert f"chose {entry['numba.gemm_nt.forward']['variant']} blocks" in first
     assert run().splitlines()[-1] == f"from {tmp_path / 'tuning.json'}"
     assert run(FASTLENET_TUNING="off").splitlines()[-1] == "default (FASTLENET_TUNING=off)"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("run", [0, 5, 8, 24, 37, 90])
+@pytest.mark.parametrize("terms", [0, 1, 40, 100])
+def test_register_tiles_sum_shifted_runs(rows, run, terms, dtype):
+    """tiles.rows_multiply_add adds sum_t w[t*rows + r] * x[xbase + off[t] + m] to each
+    of its rows, over whole tiles, one-vector tiles and single values, with terms past
+    one chunk, offsets of either sign, and rows that do not touch."""
+    from fastlenet.backends.numba import tiles
+
+    rng = np.random.default_rng(rows * 1000 + run * 10 + terms)
+    x = rng.standard_normal(400).astype(dtype)
+    xbase = 150
+    off = rng.integers(-150, 400 - 150 - run + 1, size=terms).astype(np.intp)
+    w = rng.standard_normal(terms * rows).astype(dtype)
+    out = rng.standard_normal(3 + rows * (run + 7)).astype(dtype)
+    want = out.copy()
+    for r in range(rows):
+        for m in range(run):
+            want[3 + r * (run + 7) + m] += sum(
+                float(w[t * rows + r]) * float(x[xbase + off[t] + m]) for t in range(terms))
+    tiles.rows_multiply_add(out, 3, run + 7, rows, run, x, xbase, off, w)
+    np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 5, 6, 9])
+def test_convolutions_on_tiles_match_numpy(numba_be, K):
+    """Long sums (C x KH x KW >= conv2d.TILE_TERMS) take the register tiles in the
+    forward, the conv block and the input gradient: every block split of K output
+    channels (4s, then a 2, then a 1), against the NumPy backend."""
+    from fastlenet.backends.numba import conv2d
+
+    npb = backends.get_backend("numpy")
+    rng = np.random.default_rng(K)
+    C = 8
+    assert C * 9 >= conv2d.TILE_TERMS
+    x = rng.standard_normal((C, 8, 7, 13)).astype(np.float32)
+    w = (rng.standard_normal((K, C, 3, 3)) / 8).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+    for be_args in ((1,), (0,)):
+        got, got_ctx = numba_be.conv2d_forward(x, w, b, 1, *be_args)
+        want, want_ctx = npb.conv2d_forward(x, w, b, 1, *be_args)
+        _close(got, want)
+        dy = rng.standard_normal(got.shape).astype(np.float32)
+        for g, e in zip(numba_be.conv2d_backward(dy, got_ctx), npb.conv2d_backward(dy, want_ctx)):
+            _close(g, e)
+    got, got_ctx = numba_be.conv2d_relu_maxpool2d_forward(x, w, b, 1, 1, 2, 2)
+    want, want_ctx = npb.conv2d_relu_maxpool2d_forward(x, w, b, 1, 1, 2, 2)
+    _close(got, want)
+    dy = rng.standard_normal(got.shape).astype(np.float32)
+    for g, e in zip(numba_be.conv2d_relu_maxpool2d_backward(dy, got_ctx),
+                    npb.conv2d_relu_maxpool2d_backward(dy, want_ctx)):
+        _close(g, e)

@@ -2,7 +2,7 @@
 and weight gradients (kernels/conv2d.cu holds the CUDA versions).
 
 The stride-1 kernels run along whole output rows: with the batch innermost, one output
-row's (j, n) values and the inputs each kernel column needs are contiguous runs. Strided
+row's (j, n) values and the inputs each kernel tap needs are contiguous runs. Strided
 convolutions (no zoo model has one) take the plain ``*_strided`` loops.
 """
 
@@ -11,12 +11,14 @@ from numba import prange
 
 from .jit import parallel, serial
 from .pool import pool_window, pool_window_2x2
+from .tiles import fill_rows, pack_rows, row_block, row_blocks, rows_multiply_add
 
 
-# The stride-1 kernels work on two output rows at a time (two output channels in the
-# forward, two input channels in the input gradient) or two weight blocks (two output
-# channels in the weight gradient), so every input value loaded feeds two sums; four at
-# a time leave too few registers for the loads (docs/performance.md, Numba backend).
+# The row steps below (used by the linear layers and the augmentation warps; the
+# convolutions' forward and input gradient use tiles.py's register-blocked tiles) work on
+# two output rows at a time, so every input value loaded feeds two sums; four at a time
+# leave too few registers for the loads (docs/performance.md, Numba backend). The weight
+# gradient sums two output channels' weight blocks at once for the same reason.
 
 def _row_multiply_add(out, src, base, step, wrow):
     """out[m] += sum_q wrow[q] * src[base + q*step + m] for every m < len(out).
@@ -101,84 +103,120 @@ row_multiply_add = serial(_row_multiply_add)
 row_multiply_add2 = serial(_row_multiply_add2)
 
 
+# Sums of at least this many terms (input channels x kernel taps) go to tiles.py's
+# register-blocked tiles; shorter ones, the single-channel first layers' 25, run faster
+# as row pairs (docs/performance.md, Numba backend, Convolution).
+TILE_TERMS = 64
+
+
+def _forward_taps(w, HP, WP, N):
+    """The forward's terms t = (c, p, q), c-major: each one's offset into the flattened
+    padded input (C, HP, WP, N) from its output row's start, and w (K, C, KH, KW) packed
+    for the tiles (tiles.pack_rows)."""
+    K, C, KH, KW = w.shape
+    T = C * KH * KW
+    off = np.empty(T, dtype=np.intp)
+    for c in range(C):
+        for p in range(KH):
+            for q in range(KW):
+                off[(c * KH + p) * KW + q] = ((c * HP + p) * WP + q) * N
+    packed = np.empty(K * T, dtype=w.dtype)
+    pack_rows(w.reshape(K, T), packed)
+    return off, packed
+
+
+def _conv_rows(out, obase, ostride, rows, run, xf, xbase, off, packed, w, b, k0, HP, WP, N):
+    """out[obase + r*ostride + m] for r < rows, m < run: the first ``run`` values of the
+    output row of channel k0 + r whose inputs start at xf[xbase] (b plus the sum over
+    every term). Tiles for long sums; row pairs for short ones, each input row read once
+    for both channels of a pair."""
+    T = off.shape[0]
+    if T >= TILE_TERMS:
+        fill_rows(out, obase, ostride, rows, run, b[k0:k0 + rows])
+        rows_multiply_add(out, obase, ostride, rows, run, xf, xbase, off,
+                          packed[k0 * T:(k0 + rows) * T])
+        return
+    C, KH = w.shape[1], w.shape[2]
+    for r in range(0, rows, 2):
+        k = k0 + r
+        y0 = out[obase + r * ostride:obase + r * ostride + run]
+        for m in range(run):
+            y0[m] = b[k]
+        if r + 1 < rows:
+            y1 = out[obase + (r + 1) * ostride:obase + (r + 1) * ostride + run]
+            for m in range(run):
+                y1[m] = b[k + 1]
+            for c in range(C):
+                for p in range(KH):
+                    row_multiply_add2(y0, y1, xf, xbase + (c * HP + p) * WP * N, N, w[k, c, p],
+                                      w[k + 1, c, p])
+        else:
+            for c in range(C):
+                for p in range(KH):
+                    row_multiply_add(y0, xf, xbase + (c * HP + p) * WP * N, N, w[k, c, p])
+
+
+forward_taps = serial(_forward_taps)
+conv_rows = serial(_conv_rows)
+
+
 def _conv2d_forward(xpad, w, b, y):
     """Stride 1: y[k, i, j, n] = b[k] + sum_{c,p,q} w[k, c, p, q] * xpad[c, i + p, j + q, n].
 
-    xpad (C, HP, WP, N) already padded; w (K, C, KH, KW); b (K,); y (K, OH, OW, N).
-    One task per output row i of a pair of output channels (k, k + 1) (the last channel
-    alone when K is odd), taken i-major so consecutive tasks read the same input rows
-    while they are in cache.
+    xpad (C, HP, WP, N) already padded; w (K, C, KH, KW) contiguous; b (K,); y (K, OH, OW, N).
+    Output row i's (j, n) values and each term's inputs are contiguous runs of OW*N (the
+    batch is innermost), so a row is a sum of shifted input runs: one task per output row
+    i of a block of up to four output channels, taken i-major so consecutive tasks read
+    the same input rows while they are in cache.
     """
     K, OH, OW, N = y.shape
     C, HP, WP = xpad.shape[0], xpad.shape[1], xpad.shape[2]
     run = OW * N
     xf = xpad.reshape(C * HP * WP * N)
     yf = y.reshape(K * OH * run)
-    pairs = (K + 1) // 2
-    for task in prange(OH * pairs):
-        i = task // pairs
-        k = (task % pairs) * 2
-        both = k + 1 < K
-        y0 = yf[(k * OH + i) * run:(k * OH + i + 1) * run]
-        y1 = yf[((k + 1) * OH + i) * run:((k + 1) * OH + i + 1) * run] if both else y0
-        conv_row_pair(y0, y1, both, xf, w, b, k, i, HP, WP, N)
-
-
-def _conv_row_pair(y0, y1, both, xf, w, b, k, i, HP, WP, N):
-    """Output row i of channel k (y0) and, when ``both``, of channel k + 1 (y1): the bias,
-    plus every input channel's KH kernel rows, each input row read once for both."""
-    C, KH = w.shape[1], w.shape[2]
-    for m in range(y0.shape[0]):
-        y0[m] = b[k]
-    if both:
-        for m in range(y1.shape[0]):
-            y1[m] = b[k + 1]
-        for c in range(C):
-            for p in range(KH):
-                row_multiply_add2(y0, y1, xf, (c * HP + i + p) * WP * N, N, w[k, c, p],
-                                   w[k + 1, c, p])
-    else:
-        for c in range(C):
-            for p in range(KH):
-                row_multiply_add(y0, xf, (c * HP + i + p) * WP * N, N, w[k, c, p])
-
-
-conv_row_pair = serial(_conv_row_pair)
+    off, packed = forward_taps(w, HP, WP, N)
+    blocks = row_blocks(K)
+    for task in prange(OH * blocks):
+        i = task // blocks
+        k0, rows = row_block(task % blocks, K)
+        conv_rows(yf, (k0 * OH + i) * run, OH * run, rows, run, xf, i * WP * N, off, packed,
+                  w, b, k0, HP, WP, N)
 
 
 def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
     """y = maxpool(relu(conv(xpad) + b)) for a stride-1 convolution and non-overlapping
     size x size windows (pool stride = size), without storing the convolution's output.
 
-    xpad (C, HP, WP, N) already padded; w (K, C, KH, KW); y, arg (K, PH, PW, N) as
-    _maxpool2d_forward's with ``relu``. One task per pooled row of a pair of output
-    channels (the last alone when K is odd): it computes the ``size`` convolution rows
-    under it as _conv2d_forward does, into a scratch block that stays in cache, and pools
-    them there. Rows and columns no window covers are not computed.
+    xpad (C, HP, WP, N) already padded; w (K, C, KH, KW) contiguous; y, arg (K, PH, PW, N)
+    as _maxpool2d_forward's with ``relu``. One task per pooled row of a block of up to four
+    output channels: it computes the ``size`` convolution rows under it as _conv2d_forward
+    does, into a scratch block that stays in cache, and pools them there. Rows and columns
+    no window covers are not computed.
     """
     K, PH, PW, N = y.shape
     C, HP, WP = xpad.shape[0], xpad.shape[1], xpad.shape[2]
     cols = PW * size * N  # the part of a convolution output row the windows cover
     xf = xpad.reshape(C * HP * WP * N)
-    pairs = (K + 1) // 2
-    for task in prange(PH * pairs):
-        i2 = task // pairs
-        k = (task % pairs) * 2
-        both = k + 1 < K
-        # rows[kk * size + r]: convolution row i2*size + r of channel k + kk
-        rows = np.empty((2 * size, cols), dtype=y.dtype)
-        for r in range(size):
-            conv_row_pair(rows[r], rows[size + r], both, xf, w, b, k, i2 * size + r, HP, WP, N)
-        for kk in range(2 if both else 1):
+    off, packed = forward_taps(w, HP, WP, N)
+    blocks = row_blocks(K)
+    for task in prange(PH * blocks):
+        i2 = task // blocks
+        k0, rows = row_block(task % blocks, K)
+        # conv[r * size + s]: convolution row i2*size + s of channel k0 + r
+        conv = np.empty((4 * size, cols), dtype=y.dtype)
+        flat = conv.reshape(4 * size * cols)
+        for s in range(size):
+            conv_rows(flat, s * cols, size * cols, rows, cols, xf, (i2 * size + s) * WP * N,
+                      off, packed, w, b, k0, HP, WP, N)
+        for r in range(rows):
             for j2 in range(PW):
-                yrow = y[k + kk, i2, j2]
-                arow = arg[k + kk, i2, j2]
+                yrow = y[k0 + r, i2, j2]
+                arow = arg[k0 + r, i2, j2]
                 if size == 2:
-                    pool_window_2x2(rows[2 * kk], rows[2 * kk + 1], j2 * 2 * N, N, yrow, arow)
+                    pool_window_2x2(conv[2 * r], conv[2 * r + 1], j2 * 2 * N, N, yrow, arow)
                 else:
-                    pool_window(rows[kk * size:(kk + 1) * size], j2 * size * N, N, yrow, arow,
-                                 True)
-
+                    pool_window(conv[r * size:(r + 1) * size], j2 * size * N, N, yrow, arow,
+                                True)
 
 
 def _conv2d_backward_input(dy_wide, w_flipped, top, left, dx):
@@ -189,42 +227,41 @@ def _conv2d_backward_input(dy_wide, w_flipped, top, left, dx):
     dy_wide (K, OH, OW + 2*(KW-1), N) is dy with KW-1 columns of zeros each side and
     w_flipped (K, C, KH, KW) the weights with q reversed, so with q' = KW-1-q the sum
     over q is dxpad[c, h, x] += sum_q' w_flipped[k, c, p, q'] dy_wide[k, h - p, x + q']:
-    the forward kernel's row step. One task per row r of a pair of input channels
-    (c, c + 1) (the last alone when C is odd), which sums only the kernel rows p whose
-    output row top + r - p exists. dx (C, R, S, N) must lie within the padded input
-    (top + R <= OH + KH - 1, left + S <= OW + KW - 1).
+    the forward's sum of shifted runs, over terms (p, k, q') taken p-major so that the
+    kernel rows p whose output row h - p exists are one range of them. One task per row
+    r of a block of up to four input channels. dx (C, R, S, N) must lie within the padded
+    input (top + R <= OH + KH - 1, left + S <= OW + KW - 1).
     """
     K, OH, WW, N = dy_wide.shape
     C, R, S = dx.shape[0], dx.shape[1], dx.shape[2]
-    KH = w_flipped.shape[2]
+    KH, KW = w_flipped.shape[2], w_flipped.shape[3]
     run = S * N
     dyf = dy_wide.reshape(K * OH * WW * N)
     dxf = dx.reshape(C * R * run)
-    pairs = (C + 1) // 2
-    for task in prange(pairs * R):
-        c = (task // R) * 2
+    T = KH * K * KW
+    off = np.empty(T, dtype=np.intp)
+    terms = np.empty((C, T), dtype=dx.dtype)
+    for p in range(KH):
+        for k in range(K):
+            for q in range(KW):
+                t = (p * K + k) * KW + q
+                off[t] = ((k * OH - p) * WW + q) * N  # from row h's start: dy row h - p
+                for c in range(C):
+                    terms[c, t] = w_flipped[k, c, p, q]
+    packed = np.empty(C * T, dtype=dx.dtype)
+    pack_rows(terms, packed)
+    zeros = np.zeros(4, dtype=dx.dtype)
+    blocks = row_blocks(C)
+    for task in prange(blocks * R):
+        c0, rows = row_block(task // R, C)
         r = task % R
         h = top + r
-        row0 = dxf[(c * R + r) * run:(c * R + r + 1) * run]
-        for m in range(run):
-            row0[m] = 0
-        if c + 1 < C:
-            row1 = dxf[((c + 1) * R + r) * run:((c + 1) * R + r + 1) * run]
-            for m in range(run):
-                row1[m] = 0
-            for p in range(KH):
-                i = h - p
-                if 0 <= i < OH:
-                    for k in range(K):
-                        row_multiply_add2(row0, row1, dyf, ((k * OH + i) * WW + left) * N, N,
-                                           w_flipped[k, c, p], w_flipped[k, c + 1, p])
-        else:
-            for p in range(KH):
-                i = h - p
-                if 0 <= i < OH:
-                    for k in range(K):
-                        row_multiply_add(row0, dyf, ((k * OH + i) * WW + left) * N, N,
-                                         w_flipped[k, c, p])
+        fill_rows(dxf, (c0 * R + r) * run, R * run, rows, run, zeros)
+        t0, t1 = max(0, h - OH + 1) * K * KW, min(KH, h + 1) * K * KW
+        if t0 < t1:
+            rows_multiply_add(dxf, (c0 * R + r) * run, R * run, rows, run, dyf,
+                              (h * WW + left) * N, off[t0:t1],
+                              packed[c0 * T + t0 * rows:c0 * T + t1 * rows])
 
 
 def _conv2d_forward_strided(xpad, w, b, stride, y):
