@@ -399,3 +399,31 @@ def test_convolutions_on_tiles_match_numpy(numba_be, K):
     for g, e in zip(numba_be.conv2d_relu_maxpool2d_backward(dy, got_ctx),
                     npb.conv2d_relu_maxpool2d_backward(dy, want_ctx)):
         _close(g, e)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_vector_tiles_sum_the_same(dtype):
+    """The 64-byte tiles of AMD's AVX-512 CPUs, compiled on whatever CPU runs the test
+    (LLVM splits vectors wider than the CPU's): the same sums as the plain loops."""
+    import numba
+
+    from fastlenet.backends.numba import tiles
+
+    if numba.config.DISABLE_JIT:
+        pytest.skip("the vector tiles exist only when Numba compiles")
+    tile = tiles._vector_tile(4, 3, 64)
+
+    @numba.njit
+    def call(out, x, off, w):
+        tile(out, 2, 70, x, 40, off, w)
+
+    width = 3 * 64 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(width)
+    x = rng.standard_normal(200).astype(dtype)
+    off = rng.integers(-40, 200 - 40 - width + 1, size=50).astype(np.intp)
+    w = rng.standard_normal(50 * 4).astype(dtype)
+    out = rng.standard_normal(2 + 3 * 70 + width + 5).astype(dtype)
+    want = out.copy()
+    tiles._python_tile(4, 3 * 64 // tiles.VECTOR_BYTES)(want, 2, 70, x, 40, off, w)
+    call(out, x, off, w)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4 if dtype == np.float32 else 1e-12)

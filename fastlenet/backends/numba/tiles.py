@@ -1,5 +1,5 @@
 """Register-blocked multiply-add tiles for the stride-1 convolutions' sums of shifted input
-runs: up to four output rows x 24 values (float32; 12 in float64) stay in vector
+runs: up to four output rows x three vectors (24 float32 values with AVX2) stay in vector
 registers across a whole sum, written as LLVM vector code through Numba's ``@intrinsic``.
 
 Plain Numba loops keep the output row in memory (a load and a store per few multiply-
@@ -16,15 +16,35 @@ from numba.extending import intrinsic
 
 from .jit import serial
 
-VECTOR_BYTES = 32  # one AVX2 register (LLVM splits it on CPUs with 16-byte vectors)
+
+
+def _vector_bytes() -> int:
+    """The vector width LLVM gives plain loops on the CPU Numba compiles for: 64 bytes on
+    AMD's AVX-512 CPUs (znver4 on), 32 elsewhere (AVX2, and Intel's AVX-512 CPUs, which
+    LLVM's tuning keeps on 256-bit vectors). NUMBA_CPU_NAME / _FEATURES apply."""
+    import llvmlite.binding as llvm
+
+    name = numba.config.CPU_NAME
+    if not name or name == "host":
+        name = llvm.get_host_cpu_name()
+    if numba.config.CPU_FEATURES:
+        avx512 = "+avx512f" in numba.config.CPU_FEATURES.split(",")
+    else:
+        avx512 = bool(llvm.get_host_cpu_features().get("avx512f"))
+    generation = name[len("znver"):] if name.startswith("znver") else ""
+    return 64 if avx512 and generation.isdigit() and int(generation) >= 4 else 32
+
+
+VECTOR_BYTES = _vector_bytes()
 TILE_VECTORS = 3   # vectors per output row in a tile: 4 x 3 accumulators + 3 inputs + 1 weight
 # terms summed along a whole run before the next ones: the inputs they read stay in L1
 # until the tiles a kernel width of images later read them again
 CHUNK = 36
 
 
-def _vector_tile(rows: int, vectors: int):
-    """The compiled tile of ``rows`` output rows x ``vectors`` vectors (rows_multiply_add)."""
+def _vector_tile(rows: int, vectors: int, vector_bytes: int = VECTOR_BYTES):
+    """The compiled tile of ``rows`` output rows x ``vectors`` vectors of ``vector_bytes``
+    (rows_multiply_add)."""
 
     @intrinsic
     def tile(typingctx, out, obase, ostride, x, xbase, off, w):
@@ -39,7 +59,7 @@ def _vector_tile(rows: int, vectors: int):
             w_p = context.make_array(w_t)(context, builder, value=w_v).data
             terms = cgutils.unpack_tuple(builder, off_a.shape)[0]
             bits = out_t.dtype.bitwidth
-            lanes = VECTOR_BYTES * 8 // bits
+            lanes = vector_bytes * 8 // bits
             scalar = context.get_value_type(out_t.dtype)
             vec = ir.VectorType(scalar, lanes)
             intp = context.get_value_type(types.intp)
