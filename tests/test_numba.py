@@ -371,17 +371,14 @@ def test_register_tiles_sum_shifted_runs(rows, run, terms, dtype):
                                atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
-@pytest.mark.parametrize("K", [1, 2, 3, 5, 6, 9])
-def test_convolutions_on_tiles_match_numpy(numba_be, K):
-    """Long sums (C x KH x KW >= conv2d.TILE_TERMS) take the register tiles in the
-    forward, the conv block and the input gradient: every block split of K output
-    channels (4s, then a 2, then a 1), against the NumPy backend."""
-    from fastlenet.backends.numba import conv2d
-
+@pytest.mark.parametrize("C, K", [(8, 1), (8, 2), (11, 3), (9, 5), (7, 6), (10, 9)])
+def test_convolutions_on_tiles_match_numpy(numba_be, C, K):
+    """The register tiles in the input gradient, and in the forward and the conv block
+    where a sum is long (C x 3 x 3 >= conv2d.TILE_TERMS; C = 7 keeps the row pairs there):
+    every block split of K output and C input channels (4s, then a 2, then a 1), against
+    the NumPy backend."""
     npb = backends.get_backend("numpy")
     rng = np.random.default_rng(K)
-    C = 8
-    assert C * 9 >= conv2d.TILE_TERMS
     x = rng.standard_normal((C, 8, 7, 13)).astype(np.float32)
     w = (rng.standard_normal((K, C, 3, 3)) / 8).astype(np.float32)
     b = rng.standard_normal(K).astype(np.float32)
@@ -427,3 +424,88 @@ def test_wide_vector_tiles_sum_the_same(dtype):
     tiles._python_tile(4, 3 * 64 // tiles.VECTOR_BYTES)(want, 2, 70, x, 40, off, w)
     call(out, x, off, w)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+def test_wide_vector_rows_multiply_add_sums_the_same(tmp_path):
+    """The whole 64-byte path of AMD's AVX-512 CPUs (tiles, one-vector tails, 4/2/1 rows
+    and the loop that drives them), built in a fresh process with the width set before
+    anything compiles, so LLVM splits its vectors on whatever CPU runs the test."""
+    code = """
+        import numpy as np
+        from fastlenet.backends.numba import tiles
+        tiles.VECTOR_BYTES = 64
+        for rows, name in ((4, "4"), (2, "2"), (1, "1")):
+            setattr(tiles, "tile_" + name, tiles._vector_tile(rows, tiles.TILE_VECTORS, 64))
+            setattr(tiles, "tail_" + name, tiles._vector_tile(rows, 1, 64))
+        bad = 0
+        for dtype in (np.float32, np.float64):
+            for rows in (1, 2, 4):
+                for run in (0, 7, 16, 48, 63, 130):
+                    rng = np.random.default_rng(rows * 1000 + run)
+                    x = rng.standard_normal(500).astype(dtype)
+                    off = rng.integers(-100, 500 - 100 - run + 1, size=45).astype(np.intp)
+                    w = rng.standard_normal(45 * rows).astype(dtype)
+                    out = rng.standard_normal(rows * (run + 3) + 1).astype(dtype)
+                    want = out.astype(np.float64)
+                    for r in range(rows):
+                        for m in range(run):
+                            want[1 + r * (run + 3) + m] += sum(
+                                float(w[t * rows + r]) * float(x[100 + off[t] + m]) for t in range(45))
+                    tiles.rows_multiply_add(out, 1, run + 3, rows, run, x, 100, off, w)
+                    bad += not np.allclose(out, want, rtol=1e-5, atol=1e-4)
+        print(bad)
+    """
+    run = _python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[-1] == "0"
+
+
+@pytest.mark.parametrize("name, features, width", [
+    ("znver4", "+avx2,+avx512f", 64), ("znver5", "+avx512f,+fma", 64),
+    ("znver3", "+avx2,+fma", 32), ("znver4", "+avx2,-avx512f", 32),
+    ("sapphirerapids", "+avx512f,+avx2", 32), ("skylake", "+avx2", 32)])
+def test_tile_width_follows_llvms_vector_width(monkeypatch, name, features, width):
+    """64-byte vectors only where LLVM vectorizes plain loops with them: AMD's AVX-512
+    CPUs; Intel's stay on 256 bits."""
+    import numba
+
+    from fastlenet.backends.numba import tiles
+
+    monkeypatch.setattr(numba.config, "CPU_NAME", name)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
+    assert tiles._vector_bytes() == width
+
+
+def test_an_edit_to_any_kernel_module_recompiles_the_cached_kernels(tmp_path):
+    """Cached kernels carry the helpers they inline from other modules (tiles.py's tiles
+    in conv2d.py's kernels), so the disk cache is stamped with every module of the
+    package: in a copy of the package, an edit to tiles.py alone recompiles conv2d.py's
+    kernels, and the next run loads them."""
+    import shutil
+
+    copy = tmp_path / "src"
+    shutil.copytree(os.path.join(REPO, "fastlenet"), copy / "fastlenet",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = """
+        import numpy as np
+        import fastlenet
+        from fastlenet.backends.numba import conv2d, jit
+        assert fastlenet.__file__.startswith(COPY), fastlenet.__file__
+        xpad = np.ones((8, 5, 5, 3), np.float32)
+        conv2d.conv2d_forward(xpad, np.ones((4, 8, 3, 3), np.float32), np.zeros(4, np.float32),
+                              np.empty((4, 3, 3, 3), np.float32))
+        print(jit.cache_misses())
+    """.replace("COPY", repr(str(copy)))
+
+    def misses():
+        run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(copy),
+                                  "NUMBA_CACHE_DIR": str(tmp_path / "cache")},
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout.split()[-1])
+
+    assert misses() > 0 and misses() == 0
+    with open(copy / "fastlenet" / "backends" / "numba" / "tiles.py", "a") as tiles:
+        tiles.write("\n# an edit\n")
+    assert misses() > 0 and misses() == 0

@@ -61,8 +61,8 @@ class NumbaBackend(ReferenceBackend):
         one parallel pass into a new array (the convolution's ctx keeps it); x itself when
         ``pad`` is 0, as the reference's. Where its rows would lie a multiple of 4 KB
         apart it gets one more zero column on the right, which no window reaches: the
-        rows a kernel reads together would otherwise share L1's sets (compact's conv2
-        forward 61 -> 75 GFLOP/s per core; docs/performance.md, Convolution)."""
+        rows a kernel reads together would otherwise share L1's sets (docs/performance.md,
+        numba backend, Convolution)."""
         if not pad:
             return x
         C, H, W, N = x.shape

@@ -14,11 +14,12 @@ from .pool import pool_window, pool_window_2x2
 from .tiles import fill_rows, pack_rows, row_block, row_blocks, rows_multiply_add
 
 
-# The row steps below (used by the linear layers and the augmentation warps; the
-# convolutions' forward and input gradient use tiles.py's register-blocked tiles) work on
-# two output rows at a time, so every input value loaded feeds two sums; four at a time
-# leave too few registers for the loads (docs/performance.md, Numba backend). The weight
-# gradient sums two output channels' weight blocks at once for the same reason.
+# The row steps below (used by the convolutions' short sums, the linear layers'
+# gradients and the augmentation's separable filter; long sums take tiles.py's
+# register-blocked tiles) work on two output rows at a time, so every input value loaded
+# feeds two sums; four at a time leave too few registers for the loads
+# (docs/performance.md, Numba backend). The weight gradient sums two output channels'
+# weight blocks at once for the same reason.
 
 def _row_multiply_add(out, src, base, step, wrow):
     """out[m] += sum_q wrow[q] * src[base + q*step + m] for every m < len(out).

@@ -17,20 +17,20 @@ from numba.extending import intrinsic
 from .jit import serial
 
 
-
 def _vector_bytes() -> int:
     """The vector width LLVM gives plain loops on the CPU Numba compiles for: 64 bytes on
     AMD's AVX-512 CPUs (znver4 on), 32 elsewhere (AVX2, and Intel's AVX-512 CPUs, which
     LLVM's tuning keeps on 256-bit vectors). NUMBA_CPU_NAME / _FEATURES apply."""
     import llvmlite.binding as llvm
+    from numba.core.codegen import get_host_cpu_features
 
     name = numba.config.CPU_NAME
     if not name or name == "host":
         name = llvm.get_host_cpu_name()
-    if numba.config.CPU_FEATURES:
-        avx512 = "+avx512f" in numba.config.CPU_FEATURES.split(",")
-    else:
-        avx512 = bool(llvm.get_host_cpu_features().get("avx512f"))
+    features = numba.config.CPU_FEATURES
+    if features is None:  # Numba's own reading of the host (NUMBA_ENABLE_AVX applies)
+        features = get_host_cpu_features()
+    avx512 = "+avx512f" in features.split(",")
     generation = name[len("znver"):] if name.startswith("znver") else ""
     return 64 if avx512 and generation.isdigit() and int(generation) >= 4 else 32
 
@@ -63,8 +63,11 @@ def _vector_tile(rows: int, vectors: int, vector_bytes: int = VECTOR_BYTES):
             scalar = context.get_value_type(out_t.dtype)
             vec = ir.VectorType(scalar, lanes)
             intp = context.get_value_type(types.intp)
+            # fmuladd: fused where the CPU has FMA, a multiply and an add where it has not
+            # (llvm.fma would call the C library's fmaf per lane there)
             fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{lanes}f{bits}")
+                builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                f"llvm.fmuladd.v{lanes}f{bits}")
             zero = ir.Constant(vec, [ir.Constant(scalar, 0.0)] * lanes)
             # allocas in the entry block: LLVM promotes them to registers
             acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)]
@@ -133,6 +136,8 @@ def _rows_multiply_add(out, obase, ostride, rows, run, x, xbase, off, w):
     out and x are flat arrays; off holds each term's offset into x (any sign, as long as
     xbase + off[t] + m stays in x) and w the rows' weights term-major (pack_rows).
     """
+    if rows != 1 and rows != 2 and rows != 4:
+        raise ValueError("rows_multiply_add: rows must be 1, 2 or 4")
     T = off.shape[0]
     for t0 in range(0, T, CHUNK):
         t1 = min(t0 + CHUNK, T)
@@ -172,7 +177,7 @@ def _rows_multiply_add_terms(out, obase, ostride, rows, run, x, xbase, off, w):
 def _fill_rows(out, obase, ostride, rows, run, values):
     """out[obase + r*ostride + m] = values[r] for r < rows and m < run: the rows' starting
     values before rows_multiply_add (a loop of its own: slice assignments in the callers'
-    parallel loops made their tiles 2x slower)."""
+    parallel loops slowed their tiles; docs/performance.md, Convolution)."""
     for r in range(rows):
         value = values[r]
         for m in range(run):
