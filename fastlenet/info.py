@@ -71,7 +71,21 @@ def backend_lines() -> list[str]:
 
 
 def tuning_lines() -> list[str]:
-    return ["per-machine kernel choices (docs/tuning.md):", *tuning.describe(_numba_threads())]
+    lines = ["per-machine kernel choices (docs/tuning.md):", *tuning.describe(_numba_threads())]
+    width = _tile_vector_bytes()
+    if width:
+        lines.append(f"  {'numba conv tiles':<22} {width}-byte vectors  (from the CPU's name and "
+                     f"features, the width LLVM vectorizes with; not measured)")
+    return lines
+
+
+def _tile_vector_bytes() -> int | None:
+    """The vector width of the numba convolutions' tiles here; None without Numba."""
+    try:
+        from .backends.numba import tiles
+    except ImportError:
+        return None
+    return tiles.VECTOR_BYTES
 
 
 def _numba_threads() -> int:

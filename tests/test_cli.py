@@ -84,6 +84,15 @@ def test_info_lists_backends():
     assert "numpy" in result.stdout and "usable" in result.stdout
 
 
+def test_info_names_the_tile_width_where_numba_is_installed():
+    pytest.importorskip("numba")
+    from fastlenet.backends.numba import tiles
+
+    result = run_cli("info")
+    assert result.returncode == 0
+    assert f"numba conv tiles       {tiles.VECTOR_BYTES}-byte vectors" in result.stdout
+
+
 def test_info_lists_every_optional_dependency_and_the_default_backend():
     from importlib import metadata
 
