@@ -155,4 +155,7 @@ def conditions(load_at_start: list[float] | None) -> dict:
         from fastlenet import tuning
         info["tuning"] = tuning.recorded().get(tuning.machine_key(numba.get_num_threads()), {})
         info["tuning_mode"] = tuning.mode()
+    tiles = sys.modules.get("fastlenet.backends.numba.tiles")
+    if tiles is not None:  # the numba convolutions' vector width, derived from the CPU
+        info["numba_tile_bytes"] = tiles.VECTOR_BYTES
     return info

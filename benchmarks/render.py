@@ -161,6 +161,8 @@ def machine_section(results: Results) -> str:
     if "numba_threads" in c:
         layer = c.get("numba_threading_layer")
         threads += f"; Numba threads: {c['numba_threads']}" + (f" ({layer} layer)" if layer else "")
+    if "numba_tile_bytes" in c:
+        threads += f"; numba conv tiles: {c['numba_tile_bytes']}-byte vectors"
     lines.append(f"Run: {when}{threads}{extra}.")
     return "\n".join(lines)
 
