@@ -10,6 +10,7 @@ stamped with every module of the package, since kernels inline helpers from othe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -26,17 +27,15 @@ OPTIONS = dict(cache=True, fastmath={"contract", "reassoc"}, error_model="numpy"
 COMPILED: list = []
 
 PACKAGE = Path(__file__).resolve().parent
-_stamp: list = []
 
 
+@functools.cache
 def _package_stamp() -> str:
     """A hash of every module of this package, computed once per process."""
-    if not _stamp:
-        digest = hashlib.sha256()
-        for path in sorted(PACKAGE.glob("*.py")):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-        _stamp.append(digest.hexdigest())
-    return _stamp[0]
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _package_locator(base):

@@ -125,7 +125,7 @@ def _python_tile(rows: int, vectors: int):
 _make_tile = _python_tile if numba.config.DISABLE_JIT else _vector_tile
 tile_4, tile_2, tile_1 = (_make_tile(rows, TILE_VECTORS) for rows in (4, 2, 1))
 # one vector wide, for a run's last values short of a whole tile
-tail_4, tail_2, tail_1 = _make_tile(4, 1), _make_tile(2, 1), _make_tile(1, 1)
+tail_4, tail_2, tail_1 = (_make_tile(rows, 1) for rows in (4, 2, 1))
 
 
 def _rows_multiply_add(out, obase, ostride, rows, run, x, xbase, off, w):
