@@ -133,6 +133,11 @@ def test_pure_python_copy_gives_the_same_results(tmp_path):
         y8, ctx8 = be.conv2d_forward(wide, rng.standard_normal((3, 8, 3, 3)).astype(np.float32),
                                      None, 1, 1)
         out += [y8, *be.conv2d_backward(y8, ctx8)[:2]]
+        from fastlenet.backends.numba import winograd
+        winograd.MIN_CHANNEL_RATIO, winograd.MAX_OVERHANG = 0, 100.0  # Winograd's path
+        y9, ctx9 = be.conv2d_forward(wide, rng.standard_normal((3, 8, 3, 3)).astype(np.float32),
+                                     None, 1, 1)
+        out += [y9, *be.conv2d_backward(y9, ctx9)[:2]]
         np.savez(OUT, *out)
     """
     results = []
@@ -349,10 +354,12 @@ def test_the_linear_layers_use_the_machines_choice(tmp_path):
 @pytest.mark.parametrize("rows", [1, 2, 4])
 @pytest.mark.parametrize("run", [0, 5, 8, 24, 37, 90])
 @pytest.mark.parametrize("terms", [0, 1, 40, 100])
-def test_register_tiles_sum_shifted_runs(rows, run, terms, dtype):
+@pytest.mark.parametrize("mode", ["add", "set"])
+def test_register_tiles_sum_shifted_runs(rows, run, terms, dtype, mode):
     """tiles.rows_multiply_add adds sum_t w[t*rows + r] * x[xbase + off[t] + m] to each
-    of its rows, over whole tiles, one-vector tiles and single values, with terms past
-    one chunk, offsets of either sign, and rows that do not touch."""
+    of its rows (rows_multiply_set writes init[r] plus it), over whole tiles, one-vector
+    tiles and single values, with terms past one chunk, offsets of either sign, and rows
+    that do not touch."""
     from fastlenet.backends.numba import tiles
 
     rng = np.random.default_rng(rows * 1000 + run * 10 + terms)
@@ -360,23 +367,31 @@ def test_register_tiles_sum_shifted_runs(rows, run, terms, dtype):
     xbase = 150
     off = rng.integers(-150, 400 - 150 - run + 1, size=terms).astype(np.intp)
     w = rng.standard_normal(terms * rows).astype(dtype)
+    init = rng.standard_normal(rows).astype(dtype)
     out = rng.standard_normal(3 + rows * (run + 7)).astype(dtype)
     want = out.copy()
     for r in range(rows):
         for m in range(run):
-            want[3 + r * (run + 7) + m] += sum(
+            start = want[3 + r * (run + 7) + m] if mode == "add" else init[r]
+            want[3 + r * (run + 7) + m] = start + sum(
                 float(w[t * rows + r]) * float(x[xbase + off[t] + m]) for t in range(terms))
-    tiles.rows_multiply_add(out, 3, run + 7, rows, run, x, xbase, off, w)
+    if mode == "add":
+        tiles.rows_multiply_add(out, 3, run + 7, rows, run, x, xbase, off, w)
+    else:
+        tiles.rows_multiply_set(out, 3, run + 7, rows, run, x, xbase, off, w, init)
     np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
                                atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
 @pytest.mark.parametrize("C, K", [(8, 1), (8, 2), (11, 3), (9, 5), (7, 6), (10, 9)])
-def test_convolutions_on_tiles_match_numpy(numba_be, C, K):
+def test_convolutions_on_tiles_match_numpy(numba_be, C, K, monkeypatch):
     """The register tiles in the input gradient, and in the forward and the conv block
     where a sum is long (C x 3 x 3 >= conv2d.TILE_TERMS; C = 7 keeps the row pairs there):
     every block split of K output and C input channels (4s, then a 2, then a 1), against
-    the NumPy backend."""
+    the NumPy backend. Winograd's path is switched off, to reach the tiles with 3x3."""
+    from fastlenet.backends.numba import winograd
+
+    monkeypatch.setattr(winograd, "MIN_CHANNEL_RATIO", 1 << 30)
     npb = backends.get_backend("numpy")
     rng = np.random.default_rng(K)
     x = rng.standard_normal((C, 8, 7, 13)).astype(np.float32)
@@ -398,6 +413,75 @@ def test_convolutions_on_tiles_match_numpy(numba_be, C, K):
         _close(g, e)
 
 
+WINOGRAD_CASES = [  # C, K, H, W, pad, N: odd sizes (a last half block), 1x1 and 2x2
+    (8, 8, 14, 14, 1, 128), (16, 32, 7, 7, 0, 64), (9, 5, 6, 9, 2, 3), (12, 9, 5, 4, 1, 1),
+    (8, 3, 3, 3, 1, 7), (10, 12, 2, 2, 1, 33), (33, 6, 4, 5, 0, 2), (1, 2, 4, 4, 1, 9),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C, K, H, W, pad, N", WINOGRAD_CASES)
+def test_winograd_convolutions_match_numpy(numba_be, C, K, H, W, pad, N, dtype, monkeypatch):
+    """Winograd's F(2x2, 3x3), taken for every 3x3 stride-1 shape here (its thresholds
+    set aside): forward and every gradient against the NumPy backend, the forward and
+    the input gradient each through it once."""
+    from fastlenet.backends.numba import winograd
+
+    monkeypatch.setattr(winograd, "MIN_CHANNEL_RATIO", 0)
+    monkeypatch.setattr(winograd, "MAX_OVERHANG", 100.0)
+    calls = []
+    real = winograd.conv2d
+    monkeypatch.setattr(winograd, "conv2d", lambda *args: calls.append(1) or real(*args))
+    npb = backends.get_backend("numpy")
+    rng = np.random.default_rng(C * 100 + K)
+    x = rng.standard_normal((C, H, W, N)).astype(dtype)
+    w = (rng.standard_normal((K, C, 3, 3)) / 4).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    got, got_ctx = numba_be.conv2d_forward(x, w, b, 1, pad)
+    want, want_ctx = npb.conv2d_forward(x, w, b, 1, pad)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(got, want, **tol)
+    dy = rng.standard_normal(got.shape).astype(dtype)
+    for g, e in zip(numba_be.conv2d_backward(dy, got_ctx), npb.conv2d_backward(dy, want_ctx)):
+        np.testing.assert_allclose(g, e, **tol)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("C, K, H, pad, taken", [
+    (16, 32, 14, 1, True),    # compact's conv2
+    (32, 16, 14, 2, True),    # its input gradient (a convolution of dy: 32 -> 16)
+    (32, 64, 7, 0, False),    # compact's conv3: 5x5 outputs in 3x3 blocks, 44% more
+    (64, 32, 5, 2, False),    # its input gradient: 7x7 in 4x4 blocks
+    (8, 8, 28, 1, False),     # too few channels for the transforms to pay
+    (1, 16, 28, 1, False),    # compact's conv1
+])
+def test_winograd_is_taken_where_it_wins(C, K, H, pad, taken):
+    """winograd.applies picks the shapes it was measured faster on."""
+    from fastlenet.backends.numba import winograd
+
+    out = H + 2 * pad - 2
+    assert winograd.applies(np.zeros((K, C, 3, 3)), 1, out, out) is taken
+    assert not winograd.applies(np.zeros((K, C, 3, 3)), 2, out, out)
+    assert not winograd.applies(np.zeros((K, C, 5, 5)), 1, out, out)
+
+
+def test_winograd_transform_is_exact_on_integers():
+    """F(2x2, 3x3) with small integer inputs and weights (halves in G's products only):
+    exactly the direct sums in float64."""
+    from fastlenet.backends.numba import winograd
+
+    rng = np.random.default_rng(5)
+    C, K, N = 8, 4, 3
+    x = rng.integers(-3, 4, size=(C, 6, 6, N)).astype(np.float64)
+    w = rng.integers(-3, 4, size=(K, C, 3, 3)).astype(np.float64)
+    y = np.empty((K, 4, 4, N))
+    winograd.conv2d(x, w, np.zeros(K), y, threads=2)
+    want = np.einsum("kcpq,cpqijn->kijn", w,
+                     np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))
+                     .transpose(0, 4, 5, 1, 2, 3))
+    np.testing.assert_array_equal(y, want)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_wide_vector_tiles_sum_the_same(dtype):
     """The 64-byte tiles of AMD's AVX-512 CPUs, compiled on whatever CPU runs the test
@@ -408,22 +492,26 @@ def test_wide_vector_tiles_sum_the_same(dtype):
 
     if numba.config.DISABLE_JIT:
         pytest.skip("the vector tiles exist only when Numba compiles")
-    tile = tiles._vector_tile(4, 3, 64)
-
-    @numba.njit
-    def call(out, x, off, w):
-        tile(out, 2, 70, x, 40, off, w)
-
     width = 3 * 64 // np.dtype(dtype).itemsize
     rng = np.random.default_rng(width)
     x = rng.standard_normal(200).astype(dtype)
     off = rng.integers(-40, 200 - 40 - width + 1, size=50).astype(np.intp)
     w = rng.standard_normal(50 * 4).astype(dtype)
-    out = rng.standard_normal(2 + 3 * 70 + width + 5).astype(dtype)
-    want = out.copy()
-    tiles._python_tile(4, 3 * 64 // tiles.VECTOR_BYTES)(want, 2, 70, x, 40, off, w)
-    call(out, x, off, w)
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4 if dtype == np.float32 else 1e-12)
+    init = rng.standard_normal(4).astype(dtype)
+    for accumulate in (True, False):
+        tile = tiles._vector_tile(4, 3, 64, accumulate)
+
+        @numba.njit
+        def call(out, x, off, w, init):
+            tile(out, 2, 70, x, 40, off, w, init)
+
+        out = rng.standard_normal(2 + 3 * 70 + width + 5).astype(dtype)
+        want = out.copy()
+        tiles._python_tile(4, 3 * 64 // tiles.VECTOR_BYTES, accumulate)(want, 2, 70, x, 40,
+                                                                        off, w, init)
+        call(out, x, off, w, init)
+        np.testing.assert_allclose(out, want, rtol=1e-5,
+                                   atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
 def test_wide_vector_rows_multiply_add_sums_the_same(tmp_path):
@@ -435,8 +523,10 @@ def test_wide_vector_rows_multiply_add_sums_the_same(tmp_path):
         from fastlenet.backends.numba import tiles
         tiles.VECTOR_BYTES = 64
         for rows, name in ((4, "4"), (2, "2"), (1, "1")):
-            setattr(tiles, "tile_" + name, tiles._vector_tile(rows, tiles.TILE_VECTORS, 64))
-            setattr(tiles, "tail_" + name, tiles._vector_tile(rows, 1, 64))
+            for mode, accumulate in (("", True), ("set_", False)):
+                setattr(tiles, mode + "tile_" + name,
+                        tiles._vector_tile(rows, tiles.TILE_VECTORS, 64, accumulate))
+                setattr(tiles, mode + "tail_" + name, tiles._vector_tile(rows, 1, 64, accumulate))
         bad = 0
         for dtype in (np.float32, np.float64):
             for rows in (1, 2, 4):
@@ -445,14 +535,21 @@ def test_wide_vector_rows_multiply_add_sums_the_same(tmp_path):
                     x = rng.standard_normal(500).astype(dtype)
                     off = rng.integers(-100, 500 - 100 - run + 1, size=45).astype(np.intp)
                     w = rng.standard_normal(45 * rows).astype(dtype)
+                    init = rng.standard_normal(rows).astype(dtype)
                     out = rng.standard_normal(rows * (run + 3) + 1).astype(dtype)
                     want = out.astype(np.float64)
+                    want_set = want.copy()
                     for r in range(rows):
                         for m in range(run):
-                            want[1 + r * (run + 3) + m] += sum(
-                                float(w[t * rows + r]) * float(x[100 + off[t] + m]) for t in range(45))
+                            total = sum(float(w[t * rows + r]) * float(x[100 + off[t] + m])
+                                        for t in range(45))
+                            want[1 + r * (run + 3) + m] += total
+                            want_set[1 + r * (run + 3) + m] = init[r] + total
+                    out_set = out.copy()
                     tiles.rows_multiply_add(out, 1, run + 3, rows, run, x, 100, off, w)
+                    tiles.rows_multiply_set(out_set, 1, run + 3, rows, run, x, 100, off, w, init)
                     bad += not np.allclose(out, want, rtol=1e-5, atol=1e-4)
+                    bad += not np.allclose(out_set, want_set, rtol=1e-5, atol=1e-4)
         print(bad)
     """
     run = _python(code, NUMBA_CACHE_DIR=str(tmp_path))

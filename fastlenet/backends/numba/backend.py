@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+import numba
 import numpy as np
 
 from ... import tuning
@@ -24,7 +25,7 @@ from .. import philox
 from ..base import check_window_options, window_out_size
 from ..reference import ReferenceBackend
 from . import (activation, adam, augment, batchnorm, conv2d, dense, jit, layout, loss, pool,
-               random)
+               random, winograd)
 
 
 class NumbaBackend(ReferenceBackend):
@@ -56,20 +57,33 @@ class NumbaBackend(ReferenceBackend):
         layout.pad_into(np.ascontiguousarray(dy), 0, margin, wide)
         return wide
 
-    def _padded(self, x, pad: int):
-        """x (C, H, W, N) with ``pad`` rows and columns of zeros on each side, written in
-        one parallel pass into a new array (the convolution's ctx keeps it); x itself when
-        ``pad`` is 0, as the reference's. Where its rows would lie a multiple of 4 KB
-        apart it gets one more zero column on the right, which no window reaches: the
-        rows a kernel reads together would otherwise share L1's sets (docs/performance.md,
-        numba backend, Convolution)."""
-        if not pad:
-            return x
+    def _padded_buffer(self, dy, pad: int, rows: int, cols: int):
+        """dy (K, OH, OW, N) with ``pad`` zero rows and columns before it and zeros after
+        it up to rows x cols, in a buffer kept per shape, as _widened's."""
+        K, _, _, N = dy.shape
+        shape = (K, rows, cols, N)
+        key = ("padded", shape, pad, dy.dtype.str)
+        if key not in self._buffers:
+            self._buffers[key] = np.empty(shape, dtype=dy.dtype)
+        out = self._buffers[key]
+        layout.pad_into(np.ascontiguousarray(dy), pad, pad, out)
+        return out
+
+    def _padded(self, x, pad: int, rows: int = 0, cols: int = 0):
+        """x (C, H, W, N) with ``pad`` rows and columns of zeros on each side, and more on
+        the bottom and right up to ``rows`` x ``cols`` where asked, written in one parallel
+        pass into a new array (the convolution's ctx keeps it); x itself when that adds
+        nothing, as the reference's. Where its rows would lie a multiple of 4 KB apart it
+        gets one more zero column on the right, which no window reaches: the rows a kernel
+        reads together would otherwise share L1's sets (docs/performance.md, numba
+        backend, Convolution)."""
         C, H, W, N = x.shape
-        WP = W + 2 * pad
+        HP, WP = max(H + 2 * pad, rows), max(W + 2 * pad, cols)
+        if (HP, WP) == (H, W):
+            return x
         if (WP * N * x.dtype.itemsize) % 4096 == 0:
             WP += 1
-        xpad = np.empty((C, H + 2 * pad, WP, N), dtype=x.dtype)
+        xpad = np.empty((C, HP, WP, N), dtype=x.dtype)
         layout.pad_into(np.ascontiguousarray(x), pad, pad, xpad)
         return xpad
 
@@ -122,8 +136,6 @@ class NumbaBackend(ReferenceBackend):
         """The register blocking of the linear layers' forward products on this machine,
         measured once on LeNet-5's first linear layer at batch 128 (fastlenet.tuning)."""
         if self._gemm is None:
-            import numba
-
             rng = np.random.default_rng(0)
             w, xt = (rng.standard_normal(shape).astype(np.float32)
                      for shape in ((120, 400), (128, 400)))
@@ -188,19 +200,25 @@ class NumbaBackend(ReferenceBackend):
         return out.reshape(*x.shape[1:], N)
 
     # --------------------------------------------------------------- convolution
-    def _conv_operands(self, x, w, b, stride: int, pad: int):
-        """A convolution's kernel operands: x padded (the reference's padding), all
-        contiguous, and the bias (zeros when the layer has none); and the ctx
-        conv2d_backward reads."""
-        xpad = np.ascontiguousarray(self._padded(x, pad))
+    def _conv_operands(self, x, w, b, stride: int, pad: int, rows: int = 0, cols: int = 0):
+        """A convolution's kernel operands: x padded (the reference's padding; at least
+        rows x cols), all contiguous, and the bias (zeros when the layer has none); and
+        the ctx conv2d_backward reads."""
+        xpad = np.ascontiguousarray(self._padded(x, pad, rows, cols))
         w = np.ascontiguousarray(w)
         bias = np.ascontiguousarray(b) if b is not None else np.zeros(w.shape[0], dtype=x.dtype)
         return xpad, w, bias, (xpad, w, x.shape, stride, pad, b is not None)
 
     def conv2d_forward(self, x, w, b, stride: int, pad: int):
         OH, OW = self.check_conv2d(x, w, b, stride, pad)
-        xpad, w, bias, ctx = self._conv_operands(x, w, b, stride, pad)
         y = np.empty((w.shape[0], OH, OW, x.shape[3]), dtype=x.dtype)
+        if winograd.applies(w, stride, OH, OW):
+            xpad, w, bias, ctx = self._conv_operands(x, w, b, stride, pad,
+                                                     winograd.padded_size(OH),
+                                                     winograd.padded_size(OW))
+            winograd.conv2d(xpad, w, bias, y, numba.get_num_threads())
+            return y, ctx
+        xpad, w, bias, ctx = self._conv_operands(x, w, b, stride, pad)
         if stride == 1:
             conv2d.conv2d_forward(xpad, w, bias, y)
         else:
@@ -212,7 +230,8 @@ class NumbaBackend(ReferenceBackend):
         dy = np.ascontiguousarray(dy)
         K, C, KH, KW = w.shape
         if dy.shape[1:3] == (1, 1) and not pad and x_shape[1:3] == (KH, KW) and C:
-            return self._whole_window_backward(dy, xpad, w, has_bias, need_dx)
+            # xpad is x, or x with zero rows and columns after it (winograd's blocks)
+            return self._whole_window_backward(dy, xpad[:, :KH, :KW], w, has_bias, need_dx)
         dw = np.empty_like(w)
         db = np.empty(K if has_bias else 0, dtype=dy.dtype)
         if stride == 1:
@@ -231,9 +250,19 @@ class NumbaBackend(ReferenceBackend):
             spread = np.zeros((K, (OH - 1) * stride + 1, (OW - 1) * stride + 1, N), dtype=dy.dtype)
             spread[:, ::stride, ::stride] = dy
             dy = spread
+        _, H, W, _ = x_shape
+        if pad <= KH - 1 and winograd.applies(w.transpose(1, 0, 2, 3), stride, H, W):
+            # the input gradient is the forward convolution of dy, padded by KH-1-pad,
+            # with w's channels swapped and its rows and columns reversed
+            dx = np.empty(x_shape, dtype=dy.dtype)
+            dy_padded = self._padded_buffer(dy, KH - 1 - pad, winograd.padded_size(H),
+                                            winograd.padded_size(W))
+            w_turned = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+            winograd.conv2d(dy_padded, w_turned, np.zeros(C, dtype=dy.dtype), dx,
+                            numba.get_num_threads())
+            return dx, dw, db
         dy_wide = self._widened(dy, KW - 1)
         w_flipped = np.ascontiguousarray(w[:, :, :, ::-1])
-        _, H, W, _ = x_shape
         # the padded input's rows and columns the windows reached; the rest (stride > 1
         # leftovers) get no gradient
         HC, WC = min(dy.shape[1] + KH - 1 - pad, H), min(dy.shape[2] + KW - 1 - pad, W)

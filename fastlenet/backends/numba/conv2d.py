@@ -11,7 +11,7 @@ from numba import prange
 
 from .jit import parallel, serial
 from .pool import pool_window, pool_window_2x2
-from .tiles import fill_rows, pack_rows, row_block, row_blocks, rows_multiply_add
+from .tiles import fill_rows, pack_rows, row_block, row_blocks, rows_multiply_set
 
 
 # The row steps below (used by the convolutions' short sums, the linear layers'
@@ -133,9 +133,8 @@ def _conv_rows(out, obase, ostride, rows, run, xf, xbase, off, packed, w, b, k0,
     for both channels of a pair."""
     T = off.shape[0]
     if T >= TILE_TERMS:
-        fill_rows(out, obase, ostride, rows, run, b[k0:k0 + rows])
-        rows_multiply_add(out, obase, ostride, rows, run, xf, xbase, off,
-                          packed[k0 * T:(k0 + rows) * T])
+        rows_multiply_set(out, obase, ostride, rows, run, xf, xbase, off,
+                          packed[k0 * T:(k0 + rows) * T], b[k0:k0 + rows])
         return
     C, KH = w.shape[1], w.shape[2]
     for r in range(0, rows, 2):
@@ -257,12 +256,13 @@ def _conv2d_backward_input(dy_wide, w_flipped, top, left, dx):
         c0, rows = row_block(task // R, C)
         r = task % R
         h = top + r
-        fill_rows(dxf, (c0 * R + r) * run, R * run, rows, run, zeros)
         t0, t1 = max(0, h - OH + 1) * K * KW, min(KH, h + 1) * K * KW
         if t0 < t1:
-            rows_multiply_add(dxf, (c0 * R + r) * run, R * run, rows, run, dyf,
+            rows_multiply_set(dxf, (c0 * R + r) * run, R * run, rows, run, dyf,
                               (h * WW + left) * N, off[t0:t1],
-                              packed[c0 * T + t0 * rows:c0 * T + t1 * rows])
+                              packed[c0 * T + t0 * rows:c0 * T + t1 * rows], zeros)
+        else:
+            fill_rows(dxf, (c0 * R + r) * run, R * run, rows, run, zeros)
 
 
 def _conv2d_forward_strided(xpad, w, b, stride, y):

@@ -96,3 +96,9 @@ def serial(func):
 def cache_misses() -> int:
     """Signatures compiled so far (not loaded from the disk cache), over all kernels."""
     return sum(sum(kernel.stats.cache_misses.values()) for kernel in COMPILED)
+
+
+def inline(func):
+    """``func`` as serial's, but inlined into its callers by Numba: short helpers called
+    many times per task, whose call costs as much as their work."""
+    return _register(numba.njit(inline="always", **OPTIONS)(func))
