@@ -383,12 +383,11 @@ def test_register_tiles_sum_shifted_runs(rows, run, terms, dtype, mode):
                                atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
-@pytest.mark.parametrize("C, K", [(8, 1), (8, 2), (11, 3), (9, 5), (7, 6), (10, 9)])
+@pytest.mark.parametrize("C, K", [(1, 6), (8, 1), (8, 2), (11, 3), (9, 5), (7, 6), (10, 9)])
 def test_convolutions_on_tiles_match_numpy(numba_be, C, K, monkeypatch):
-    """The register tiles in the input gradient, and in the forward and the conv block
-    where a sum is long (C x 3 x 3 >= conv2d.TILE_TERMS; C = 7 keeps the row pairs there):
-    every block split of K output and C input channels (4s, then a 2, then a 1), against
-    the NumPy backend. Winograd's path is switched off, to reach the tiles with 3x3."""
+    """The register tiles in the forward, the conv block and the input gradient: every
+    block split of K output and C input channels (4s, then a 2, then a 1), against the
+    NumPy backend. Winograd's path is switched off, to reach the tiles with 3x3."""
     from fastlenet.backends.numba import winograd
 
     monkeypatch.setattr(winograd, "MIN_CHANNEL_RATIO", 1 << 30)

@@ -14,17 +14,17 @@ from .pool import pool_window, pool_window_2x2
 from .tiles import fill_rows, pack_rows, row_block, row_blocks, rows_multiply_set
 
 
-# The row steps below (used by the convolutions' short sums, the linear layers'
-# gradients and the augmentation's separable filter; long sums take tiles.py's
-# register-blocked tiles) work on two output rows at a time, so every input value loaded
-# feeds two sums; four at a time leave too few registers for the loads
+# The row steps below (the convolutions' first inner step, now used by the linear
+# layers' gradients and the augmentation's separable filter; the convolutions' sums take
+# tiles.py's register-blocked tiles) work on two output rows at a time, so every input
+# value loaded feeds two sums; four at a time leave too few registers for the loads
 # (docs/performance.md, Numba backend). The weight gradient sums two output channels'
 # weight blocks at once for the same reason.
 
 def _row_multiply_add(out, src, base, step, wrow):
     """out[m] += sum_q wrow[q] * src[base + q*step + m] for every m < len(out).
 
-    The stride-1 convolution's inner step: for one input row and one kernel row, the
+    A stride-1 convolution's step: for one input row and one kernel row, the
     output row's (j, n) values and the inputs they need are contiguous runs, so the
     row is updated by whole-run multiply-adds (``step`` = N apart, one kernel column q to
     the next), five kernel columns q at a time: the five weights sit in registers and
@@ -104,12 +104,6 @@ row_multiply_add = serial(_row_multiply_add)
 row_multiply_add2 = serial(_row_multiply_add2)
 
 
-# Sums of at least this many terms (input channels x kernel taps) go to tiles.py's
-# register-blocked tiles; shorter ones, the single-channel first layers' 25, run faster
-# as row pairs (docs/performance.md, Numba backend, Convolution).
-TILE_TERMS = 64
-
-
 def _forward_taps(w, HP, WP, N):
     """The forward's terms t = (c, p, q), c-major: each one's offset into the flattened
     padded input (C, HP, WP, N) from its output row's start, and w (K, C, KH, KW) packed
@@ -126,34 +120,13 @@ def _forward_taps(w, HP, WP, N):
     return off, packed
 
 
-def _conv_rows(out, obase, ostride, rows, run, xf, xbase, off, packed, w, b, k0, HP, WP, N):
+def _conv_rows(out, obase, ostride, rows, run, xf, xbase, off, packed, b, k0):
     """out[obase + r*ostride + m] for r < rows, m < run: the first ``run`` values of the
     output row of channel k0 + r whose inputs start at xf[xbase] (b plus the sum over
-    every term). Tiles for long sums; row pairs for short ones, each input row read once
-    for both channels of a pair."""
+    every term), on the register tiles."""
     T = off.shape[0]
-    if T >= TILE_TERMS:
-        rows_multiply_set(out, obase, ostride, rows, run, xf, xbase, off,
-                          packed[k0 * T:(k0 + rows) * T], b[k0:k0 + rows])
-        return
-    C, KH = w.shape[1], w.shape[2]
-    for r in range(0, rows, 2):
-        k = k0 + r
-        y0 = out[obase + r * ostride:obase + r * ostride + run]
-        for m in range(run):  # in place: a fill_rows call here made the row pairs slower
-            y0[m] = b[k]
-        if r + 1 < rows:
-            y1 = out[obase + (r + 1) * ostride:obase + (r + 1) * ostride + run]
-            for m in range(run):
-                y1[m] = b[k + 1]
-            for c in range(C):
-                for p in range(KH):
-                    row_multiply_add2(y0, y1, xf, xbase + (c * HP + p) * WP * N, N, w[k, c, p],
-                                      w[k + 1, c, p])
-        else:
-            for c in range(C):
-                for p in range(KH):
-                    row_multiply_add(y0, xf, xbase + (c * HP + p) * WP * N, N, w[k, c, p])
+    rows_multiply_set(out, obase, ostride, rows, run, xf, xbase, off,
+                      packed[k0 * T:(k0 + rows) * T], b[k0:k0 + rows])
 
 
 forward_taps = serial(_forward_taps)
@@ -180,7 +153,7 @@ def _conv2d_forward(xpad, w, b, y):
         i = task // blocks
         k0, rows = row_block(task % blocks, K)
         conv_rows(yf, (k0 * OH + i) * run, OH * run, rows, run, xf, i * WP * N, off, packed,
-                  w, b, k0, HP, WP, N)
+                  b, k0)
 
 
 def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
@@ -207,7 +180,7 @@ def _conv2d_relu_maxpool2d_forward(xpad, w, b, size, y, arg):
         flat = conv.reshape(4 * size * cols)
         for s in range(size):
             conv_rows(flat, s * cols, size * cols, rows, cols, xf, (i2 * size + s) * WP * N,
-                      off, packed, w, b, k0, HP, WP, N)
+                      off, packed, b, k0)
         for r in range(rows):
             for j2 in range(PW):
                 yrow = y[k0 + r, i2, j2]
