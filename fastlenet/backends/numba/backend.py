@@ -1,12 +1,12 @@
 """The Numba backend's launchers: argument checks, output arrays and the calls into the
-kernels of conv2d.py, pool.py, batchnorm.py, activation.py, dense.py, loss.py, adam.py,
+kernels of conv2d.py, winograd.py, pool.py, batchnorm.py, activation.py, dense.py, loss.py, adam.py,
 augment.py, layout.py and random.py (the generator).
 
 Memory ownership is as in the reference: every array a kernel returns or keeps in a ctx
-is freshly allocated, so a ctx stays valid until its backward. Two buffers are kept per
+is freshly allocated, so a ctx stays valid until its backward. Three buffers are kept per
 shape seen and never leave the call that uses them: the zero-margined copy of dy the
-input gradient reads, and the field of zeros warp_bilinear reads when an augmentation has
-no elastic displacement.
+input gradient reads (a padded one on Winograd's path), and the field of zeros
+warp_bilinear reads when an augmentation has no elastic displacement.
 
 Threads: Numba's workers and BLAS's both spin while idle, and on a small machine the two
 pools fight over the cores (docs/performance.md), so this backend calls no BLAS.
@@ -61,6 +61,8 @@ class NumbaBackend(ReferenceBackend):
         """dy (K, OH, OW, N) with ``pad`` zero rows and columns before it and zeros after
         it up to rows x cols, in a buffer kept per shape, as _widened's."""
         K, _, _, N = dy.shape
+        if (cols * N * dy.dtype.itemsize) % 4096 == 0:  # as _padded: rows off 4 KB multiples
+            cols += 1
         shape = (K, rows, cols, N)
         key = ("padded", shape, pad, dy.dtype.str)
         if key not in self._buffers:
@@ -161,6 +163,10 @@ class NumbaBackend(ReferenceBackend):
         self.conv2d_relu_maxpool2d_backward(pooled, ctx)
         # a convolution and a max-pool on their own: models with BatchNorm between them
         self.relu_maxpool2d_forward(self.conv2d_forward(x, w, None, 1, 1)[0], 2, 2)
+        # Winograd's kernel directly (its thresholds keep tiny shapes off it); the forward
+        # and the input gradient call it with these types
+        winograd.conv2d(x[:1, :4, :4].copy(), w[:1, :1].copy(), np.zeros(1, dtype),
+                        np.empty((1, 2, 2, 3), dtype), numba.get_num_threads())
         generator = self.default_rng(0)
         for values in (x, np.zeros(activation.SERIAL_BELOW, dtype)):  # serial, then parallel
             self.tanh_backward(*self.tanh_forward(values))

@@ -227,9 +227,9 @@ def _rows_sum_terms(out, obase, ostride, rows, run, x, xbase, off, w, init, accu
 
 
 def _fill_rows(out, obase, ostride, rows, run, values):
-    """out[obase + r*ostride + m] = values[r] for r < rows and m < run: the rows' starting
-    values before rows_multiply_add (a loop of its own: slice assignments in the callers'
-    parallel loops slowed their tiles; docs/performance.md, Convolution)."""
+    """out[obase + r*ostride + m] = values[r] for r < rows and m < run: rows that no term
+    reaches (rows_multiply_set sets the others). A loop of its own: slice assignments in
+    the callers' parallel loops slowed their tiles (docs/performance.md, Convolution)."""
     for r in range(rows):
         value = values[r]
         for m in range(run):

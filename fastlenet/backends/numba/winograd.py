@@ -229,6 +229,8 @@ def conv2d(xpad, w, b, y, threads: int):
     would be too few tasks for the threads)."""
     K, C = w.shape[0], w.shape[1]
     OH, OW, N = y.shape[1], y.shape[2], y.shape[3]
+    if y.size == 0:
+        return
     seg = min(N, SEGMENT, max(8, SCRATCH_VALUES // (16 * (C + 4)) // 8 * 8))
     blocks = output_blocks(OH) * output_blocks(OW)
     while seg > 32 and blocks * -(-N // seg) < 4 * threads:
