@@ -1,6 +1,6 @@
 """The Numba backend's launchers: argument checks, output arrays and the calls into the
-kernels of conv2d.py, winograd.py, pool.py, batchnorm.py, activation.py, dense.py, loss.py, adam.py,
-augment.py, layout.py and random.py (the generator).
+kernels of conv2d.py, winograd.py, pool.py, batchnorm.py, activation.py, dense.py,
+loss.py, adam.py, augment.py, layout.py and random.py (the generator).
 
 Memory ownership is as in the reference: every array a kernel returns or keeps in a ctx
 is freshly allocated, so a ctx stays valid until its backward. Three buffers are kept per
@@ -42,50 +42,44 @@ class NumbaBackend(ReferenceBackend):
         self._buffers: dict[tuple, np.ndarray] = {}
         self._gemm: tuning.Choice | None = None
 
-    def _widened(self, dy, margin: int):
-        """dy (K, OH, OW, N) with ``margin`` columns of zeros each side, in a buffer kept
-        per shape (no fresh pages each call). The buffer never leaves the call that fills
-        it (it is not kept in any ctx)."""
-        K, OH, OW, N = dy.shape
-        shape = (K, OH, OW + 2 * margin, N)
-        # the margin is in the key: another kernel width with the same widened width
-        # would find a buffer whose margins hold its own dy
-        key = ("widened", shape, margin, dy.dtype.str)
-        if key not in self._buffers:
-            self._buffers[key] = np.empty(shape, dtype=dy.dtype)
-        wide = self._buffers[key]
-        layout.pad_into(np.ascontiguousarray(dy), 0, margin, wide)
-        return wide
-
-    def _padded_buffer(self, dy, pad: int, rows: int, cols: int):
-        """dy (K, OH, OW, N) with ``pad`` zero rows and columns before it and zeros after
-        it up to rows x cols, in a buffer kept per shape, as _widened's."""
+    def _kept_padded(self, dy, top: int, left: int, rows: int, cols: int):
+        """dy (K, OH, OW, N) with ``top`` rows and ``left`` columns of zeros before it and
+        zeros after it up to rows x cols, in a buffer kept per shape (no fresh pages each
+        call). The buffer never leaves the call that fills it (it is not kept in any
+        ctx)."""
         K, _, _, N = dy.shape
-        if (cols * N * dy.dtype.itemsize) % 4096 == 0:  # as _padded: rows off 4 KB multiples
-            cols += 1
         shape = (K, rows, cols, N)
-        key = ("padded", shape, pad, dy.dtype.str)
+        key = ("padded", shape, top, left, dy.dtype.str)
         if key not in self._buffers:
             self._buffers[key] = np.empty(shape, dtype=dy.dtype)
         out = self._buffers[key]
-        layout.pad_into(np.ascontiguousarray(dy), pad, pad, out)
+        layout.pad_into(np.ascontiguousarray(dy), top, left, out)
         return out
+
+    def _widened(self, dy, margin: int):
+        """dy with ``margin`` columns of zeros each side (the direct input gradient's)."""
+        _, OH, OW, _ = dy.shape
+        return self._kept_padded(dy, 0, margin, OH, OW + 2 * margin)
+
+    @staticmethod
+    def _row_width(cols: int, N: int, itemsize: int) -> int:
+        """cols, or one more where rows of cols x N values would lie a multiple of 4 KB
+        apart: the rows a kernel reads together would otherwise share L1's sets
+        (docs/performance.md, numba backend, Convolution). No window reaches the extra
+        column."""
+        return cols + 1 if (cols * N * itemsize) % 4096 == 0 else cols
 
     def _padded(self, x, pad: int, rows: int = 0, cols: int = 0):
         """x (C, H, W, N) with ``pad`` rows and columns of zeros on each side, and more on
-        the bottom and right up to ``rows`` x ``cols`` where asked, written in one parallel
-        pass into a new array (the convolution's ctx keeps it); x itself when that adds
-        nothing, as the reference's. Where its rows would lie a multiple of 4 KB apart it
-        gets one more zero column on the right, which no window reaches: the rows a kernel
-        reads together would otherwise share L1's sets (docs/performance.md, numba
-        backend, Convolution)."""
+        the bottom and right up to ``rows`` x ``cols`` where asked (rows kept off 4 KB
+        multiples: _row_width), written in one parallel pass into a new array (the
+        convolution's ctx keeps it); x itself when that adds nothing, as the
+        reference's."""
         C, H, W, N = x.shape
         HP, WP = max(H + 2 * pad, rows), max(W + 2 * pad, cols)
         if (HP, WP) == (H, W):
             return x
-        if (WP * N * x.dtype.itemsize) % 4096 == 0:
-            WP += 1
-        xpad = np.empty((C, HP, WP, N), dtype=x.dtype)
+        xpad = np.empty((C, HP, self._row_width(WP, N, x.dtype.itemsize), N), dtype=x.dtype)
         layout.pad_into(np.ascontiguousarray(x), pad, pad, xpad)
         return xpad
 
@@ -261,8 +255,9 @@ class NumbaBackend(ReferenceBackend):
             # the input gradient is the forward convolution of dy, padded by KH-1-pad,
             # with w's channels swapped and its rows and columns reversed
             dx = np.empty(x_shape, dtype=dy.dtype)
-            dy_padded = self._padded_buffer(dy, KH - 1 - pad, winograd.padded_size(H),
-                                            winograd.padded_size(W))
+            dy_padded = self._kept_padded(
+                dy, KH - 1 - pad, KH - 1 - pad, winograd.padded_size(H),
+                self._row_width(winograd.padded_size(W), dy.shape[3], dy.dtype.itemsize))
             w_turned = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
             winograd.conv2d(dy_padded, w_turned, np.zeros(C, dtype=dy.dtype), dx,
                             numba.get_num_threads())

@@ -185,7 +185,7 @@ def _winograd_forward(xpad, packed, b, seg, workers, y):
                 k0, rows = row_block(kb, K)
                 for xi in range(16):
                     # all C terms in one pass (V[xi] is in L1), without rows_multiply_set's
-                    # chunking, whose per-call cost is a third of these short sums' time
+                    # chunk loop, whose per-call cost is large against these short sums
                     rows_sum_terms(M, xi * ms, nn, rows, nn, V, xi * vs, off,
                                    packed[xi, k0 * C:(k0 + rows) * C], zeros, False)
                 for r in range(rows):  # while this block's M is in L1
@@ -201,7 +201,7 @@ winograd_forward = parallel(_winograd_forward)
 # much (7x7 outputs take 8x8, 31% more products)
 MIN_CHANNEL_RATIO = 10
 MAX_OVERHANG = 1.15
-# a task's V and M in at most this many values (512 KB of float32, a Zen 3 core's L2)
+# a task's V and M in at most this many values (512 KB of float32, a common core's L2)
 SCRATCH_VALUES = 1 << 17
 # the longest run of images a task takes
 SEGMENT = 128
